@@ -1,0 +1,115 @@
+"""Atomic, non-clobbering writers for videos (mp4, gif), frames and JSON.
+
+Everything is written to a temporary name beside the target and renamed into place, so an interrupted run never
+leaves a half-written file under the final name; an existing target is an error unless ``overwrite=True``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+
+def _check_target(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=true to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], overwrite: bool = False) -> Path:
+    """Call ``write(tmp_path)`` and rename the result to ``path``. The temp file keeps the suffix (writers use it)."""
+    path = Path(path)
+    _check_target(path, overwrite)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """(F, 3, H, W) float in [-1, 1] -> (F, H, W, 3) uint8."""
+    x = ((frames.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def save_mp4(frames: torch.Tensor, path, fps: int = 8, overwrite: bool = False) -> Path:
+    """H.264 mp4 (yuv420p; odd sizes are padded by one pixel by the encoder's macro-block rule)."""
+    import imageio.v2 as imageio
+
+    arr = to_uint8(frames)
+
+    def write(tmp: Path) -> None:
+        with imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", quality=8,
+                                macro_block_size=1, ffmpeg_log_level="error",
+                                output_params=["-pix_fmt", "yuv420p"]) as w:
+            for f in arr:
+                w.append_data(f)
+
+    return atomic_write(path, write, overwrite)
+
+
+def save_gif(frames: torch.Tensor, path, fps: int = 8, overwrite: bool = False) -> Path:
+    from PIL import Image
+
+    imgs = [Image.fromarray(f) for f in to_uint8(frames)]
+
+    def write(tmp: Path) -> None:
+        imgs[0].save(tmp, format="GIF", save_all=True, append_images=imgs[1:], duration=int(1000 / fps), loop=0)
+
+    return atomic_write(path, write, overwrite)
+
+
+def save_frames(frames: torch.Tensor, folder, overwrite: bool = False) -> Path:
+    from PIL import Image
+
+    folder = Path(folder)
+    for i, f in enumerate(to_uint8(frames)):
+        atomic_write(folder / f"{i:03d}.png", lambda tmp, f=f: Image.fromarray(f).save(tmp, format="PNG"), overwrite)
+    return folder
+
+
+def save_json(obj: Any, path, overwrite: bool = False) -> Path:
+    text = json.dumps(obj, indent=2, sort_keys=False, default=str)
+    return atomic_write(path, lambda tmp: tmp.write_text(text), overwrite)
+
+
+def load_image(path, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Read an image file as (3, H, W) float in [-1, 1]; non-RGB modes are converted (with a note)."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"image not found: {p}")
+    try:
+        img = Image.open(p)
+        img.load()
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read image {p}: {e}") from e
+    if img.mode != "RGB":
+        print(f"note: {p.name} has mode {img.mode}; converting to RGB")
+        img = img.convert("RGB")
+    if size is not None and img.size != (size[1], size[0]):
+        img = _resize_center_crop(img, size)
+    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float()
+    return x / 127.5 - 1.0
+
+
+def _resize_center_crop(img, size: tuple[int, int]):
+    from PIL import Image
+
+    h, w = size
+    s = max(h / img.height, w / img.width)
+    img = img.resize((max(w, round(img.width * s)), max(h, round(img.height * s))), Image.BICUBIC)
+    left, top = (img.width - w) // 2, (img.height - h) // 2
+    return img.crop((left, top, left + w, top + h))
