@@ -1,0 +1,252 @@
+"""Toy-world encoders and codecs (DESIGN.md "Toy world"): tiny CPU stand-ins for CLIP text/vision and the VAE.
+
+* :class:`ToyTextEncoder` -- open_clip's offline BPE tokenizer (bundled vocab file, no hub) + a 2-layer width-64
+  causal transformer. Implements ``TextEncoder``: ``context`` ``(B, L, 64)``, ``pooled`` = EOS-token state ``(B, 64)``.
+* :class:`ToyImageEncoder` -- a 3-block ViT on 32x32 (patch 4 -> 64 tokens + CLS). Implements ``ImageEncoder`` with
+  the same kinds of outputs as open_clip ViT-H/14, so the real IP-Adapter projections apply unchanged.
+* :class:`IdentityCodec` (toy default, pixel space) and :class:`PatchCodec` (fixed invertible 2x2 space-to-depth)
+  implement ``LatentCodec``.
+
+Hashed vocabulary: CLIP's 49,408 BPE ids would need a 12.6 MB embedding. Row 0 is padding (every position after EOS),
+1 is SOT, 2 is EOS and an ordinary BPE id ``i`` uses row ``3 + i % (vocab_rows - 3)``. With 4,096 rows, two ids only
+share a row when they differ by a multiple of 4,093; the words of the synthetic captions do not collide (tested).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .protocols import ImageFeatures, TextOutput
+
+
+@dataclass
+class ToyTextConfig:
+    context_length: int = 16     # tokens incl. SOT/EOS; longer prompts are truncated (EOS kept last)
+    vocab_rows: int = 4096       # hashed embedding rows (see module docstring)
+    width: int = 64
+    layers: int = 2
+    heads: int = 4
+    seed: int = 0
+
+
+@dataclass
+class ToyImageConfig:
+    image_size: int = 32         # inputs are resized to image_size x image_size
+    patch: int = 4
+    width: int = 64
+    layers: int = 3
+    heads: int = 4
+    embed_dim: int = 64          # size of ``image_embeds``
+    seed: int = 0
+
+
+class _Block(nn.Module):
+    """Pre-LN transformer block (open_clip names: ln_1, attn.in_proj/out_proj, ln_2, mlp.c_fc/c_proj)."""
+
+    def __init__(self, width: int, heads: int, causal: bool):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads, self.causal = heads, causal
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = nn.ModuleDict({"in_proj": nn.Linear(width, 3 * width), "out_proj": nn.Linear(width, width)})
+        self.ln_2 = nn.LayerNorm(width)
+        self.mlp = nn.ModuleDict({"c_fc": nn.Linear(width, 4 * width), "c_proj": nn.Linear(4 * width, width)})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x ``(B, T, W)`` -> ``(B, T, W)``."""
+        q, k, v = rearrange(self.attn["in_proj"](self.ln_1(x)), "b t (three h d) -> three b h t d",
+                            three=3, h=self.heads)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        x = x + self.attn["out_proj"](rearrange(y, "b h t d -> b t (h d)"))
+        return x + self.mlp["c_proj"](F.gelu(self.mlp["c_fc"](self.ln_2(x))))
+
+
+def _seeded_init(module: nn.Module, seed: int, std: dict[str, float]) -> None:
+    """Deterministic init independent of the global RNG: LayerNorm 1/0, biases 0, Linear/Conv weights
+    N(0, 1/fan_in), and every parameter named in ``std`` N(0, std[name]). Parameters are visited by name."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(module.named_parameters()):
+            leaf = name.rsplit(".", 1)[-1]
+            if name in std:
+                p.copy_(torch.randn(p.shape, generator=g) * std[name])
+            elif ".ln" in f".{name}" and leaf == "weight":
+                p.fill_(1.0)
+            elif leaf == "bias":
+                p.zero_()
+            else:
+                fan_in = p[0].numel() if p.dim() > 1 else p.numel()
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
+
+
+class ToyTextEncoder(nn.Module):
+    """``__call__(prompts: list[str]) -> {"context": (B, L, W), "pooled": (B, W)}``; ``""`` (CFG) works."""
+
+    def __init__(self, cfg: Optional[ToyTextConfig] = None):
+        super().__init__()
+        from open_clip.tokenizer import SimpleTokenizer  # bundled bpe_simple_vocab_16e6.txt.gz, no network
+
+        self.cfg = cfg = cfg or ToyTextConfig()
+        if cfg.context_length < 2 or cfg.vocab_rows < 4:
+            raise ValueError(f"ToyTextConfig needs context_length >= 2 and vocab_rows >= 4, got {cfg}")
+        self.tokenizer = SimpleTokenizer(context_length=cfg.context_length)
+        self.sot_id, self.eot_id = self.tokenizer.sot_token_id, self.tokenizer.eot_token_id
+        self.token_embedding = nn.Embedding(cfg.vocab_rows, cfg.width)
+        self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.width))
+        self.blocks = nn.ModuleList(_Block(cfg.width, cfg.heads, causal=True) for _ in range(cfg.layers))
+        self.ln_final = nn.LayerNorm(cfg.width)
+        _seeded_init(self, cfg.seed, {"token_embedding.weight": 1.0, "positional_embedding": 0.1})
+
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        """BPE ids ``(B, L)`` (int64): SOT, tokens, EOS, zeros; truncated to L with EOS last."""
+        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+            raise TypeError(f"ToyTextEncoder expects a list of strings, got {type(prompts).__name__}")
+        return self.tokenizer(list(prompts))
+
+    def token_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Hashed embedding rows ``(B, L)`` for BPE ids ``(B, L)`` (0 pad after EOS, 1 SOT, 2 EOS, else 3 + id % n)."""
+        eos_pos = (ids == self.eot_id).int().argmax(dim=-1, keepdim=True)
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        rows = 3 + ids % (self.cfg.vocab_rows - 3)
+        rows = torch.where(ids == self.sot_id, torch.ones_like(rows), rows)
+        rows = torch.where(ids == self.eot_id, torch.full_like(rows, 2), rows)
+        return torch.where(pos[None] > eos_pos, torch.zeros_like(rows), rows)
+
+    def forward(self, prompts: list[str]) -> TextOutput:
+        ids = self.tokenize(prompts).to(self.positional_embedding.device)
+        x = self.token_embedding(self.token_rows(ids)) + self.positional_embedding
+        for blk in self.blocks:
+            x = blk(x)
+        x = self.ln_final(x)
+        eos_pos = (ids == self.eot_id).int().argmax(dim=-1)
+        pooled = x[torch.arange(x.shape[0], device=x.device), eos_pos]
+        return {"context": x, "pooled": pooled}
+
+
+class ToyImageEncoder(nn.Module):
+    """Tiny ViT. ``__call__(images (B, 3, H, W) in [-1, 1])`` -> ``{"image_embeds": (B, E), "penultimate":
+    (B, 1 + (S/P)^2, W)}``: ``image_embeds`` = ``ln_post(CLS) @ proj``, ``penultimate`` = hidden states after the
+    second-to-last block (no post-LN), as for open_clip ViT-H. Pixels are used in [-1, 1] (no CLIP mean/std)."""
+
+    def __init__(self, cfg: Optional[ToyImageConfig] = None):
+        super().__init__()
+        self.cfg = cfg = cfg or ToyImageConfig()
+        if cfg.image_size % cfg.patch or cfg.layers < 2:
+            raise ValueError(f"ToyImageConfig needs image_size % patch == 0 and layers >= 2, got {cfg}")
+        n_tokens = 1 + (cfg.image_size // cfg.patch) ** 2
+        self.conv1 = nn.Conv2d(3, cfg.width, cfg.patch, stride=cfg.patch, bias=False)
+        self.class_embedding = nn.Parameter(torch.empty(cfg.width))
+        self.positional_embedding = nn.Parameter(torch.empty(n_tokens, cfg.width))
+        self.ln_pre = nn.LayerNorm(cfg.width)
+        self.blocks = nn.ModuleList(_Block(cfg.width, cfg.heads, causal=False) for _ in range(cfg.layers))
+        self.ln_post = nn.LayerNorm(cfg.width)
+        self.proj = nn.Parameter(torch.empty(cfg.width, cfg.embed_dim))
+        _seeded_init(self, cfg.seed, {"class_embedding": 1.0, "positional_embedding": 0.1,
+                                      "proj": cfg.width ** -0.5})
+
+    def forward(self, images: torch.Tensor) -> ImageFeatures:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"ToyImageEncoder expects pixels (B, 3, H, W), got {tuple(images.shape)}")
+        s = self.cfg.image_size
+        x = images.to(self.proj.dtype)
+        if x.shape[-2:] != (s, s):
+            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+        x = rearrange(self.conv1(x), "b w gh gw -> b (gh gw) w")
+        cls = self.class_embedding.expand(x.shape[0], 1, -1)
+        x = self.ln_pre(torch.cat([cls, x], dim=1) + self.positional_embedding)
+        penultimate = x
+        for i, blk in enumerate(self.blocks):
+            x = blk(x)
+            if i == len(self.blocks) - 2:
+                penultimate = x
+        return {"image_embeds": self.ln_post(x[:, 0]) @ self.proj, "penultimate": penultimate}
+
+
+def _check_pixels(pixels: torch.Tensor, channels: int, who: str) -> None:
+    if pixels.dim() != 4 or pixels.shape[1] != channels:
+        raise ValueError(f"{who} expects (B, {channels}, H, W), got {tuple(pixels.shape)}")
+
+
+class IdentityCodec(nn.Module):
+    """Pixel-space "VAE" of the toy world (its default): ``encode`` = x * scale, ``decode`` = z / scale.
+    ``(B, 3, H, W)`` <-> ``(B, 3, H, W)``; deterministic (``generator`` ignored), no parameters."""
+
+    latent_channels = 3
+    downsample = 1
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        if scale == 0:
+            raise ValueError("IdentityCodec scale must be non-zero")
+        self.scale = float(scale)
+
+    def encode(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        _check_pixels(pixels, 3, "IdentityCodec.encode")
+        return pixels * self.scale
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        _check_pixels(latents, 3, "IdentityCodec.decode")
+        return latents / self.scale
+
+
+def _patch_mix() -> torch.Tensor:
+    """Fixed orthonormal (12, 12) mix = kron(colour, haar): colour rows (1,1,1)/√3, (1,-1,0)/√2, (1,1,-2)/√6;
+    2x2 Haar rows (1,1,1,1)/2, (1,1,-1,-1)/2, (1,-1,1,-1)/2, (1,-1,-1,1)/2. Channel 0 = mean luminance."""
+    colour = torch.tensor([[1, 1, 1], [1, -1, 0], [1, 1, -2]], dtype=torch.float64)
+    colour = colour / colour.norm(dim=1, keepdim=True)
+    haar = torch.tensor([[1, 1, 1, 1], [1, 1, -1, -1], [1, -1, 1, -1], [1, -1, -1, 1]], dtype=torch.float64) / 2
+    return torch.kron(colour, haar).float()
+
+
+class PatchCodec(nn.Module):
+    """Fixed invertible codec: 2x2 space-to-depth ``(B, 3, H, W) -> (B, 12, H/2, W/2)`` then the orthonormal
+    :func:`_patch_mix`, times ``scale``. Not used by the toy default (which is :class:`IdentityCodec`)."""
+
+    latent_channels = 12
+    downsample = 2
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        if scale == 0:
+            raise ValueError("PatchCodec scale must be non-zero")
+        self.scale = float(scale)
+        self.register_buffer("mix", _patch_mix(), persistent=False)
+
+    def encode(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        _check_pixels(pixels, 3, "PatchCodec.encode")
+        if pixels.shape[-1] % 2 or pixels.shape[-2] % 2:
+            raise ValueError(f"PatchCodec needs even H and W, got {tuple(pixels.shape[-2:])}")
+        z = F.pixel_unshuffle(pixels, 2)  # channel index = c*4 + 2*row + col
+        return torch.einsum("oc,bchw->bohw", self.mix.to(z.dtype), z) * self.scale
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        _check_pixels(latents, 12, "PatchCodec.decode")
+        z = torch.einsum("oc,bohw->bchw", self.mix.to(latents.dtype), latents / self.scale)
+        return F.pixel_shuffle(z, 2)
+
+
+def toy_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Plain, contiguous, storage-disjoint copies of ``module.state_dict()`` (safe for ``safetensors.save_file``)."""
+    return {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}
+
+
+def load_toy_state_dict(module: nn.Module, path: str) -> None:
+    """Load a ``.safetensors`` file written from :func:`toy_state_dict` strictly; errors name the file and keys."""
+    from safetensors.torch import load_file
+
+    if not str(path).endswith(".safetensors"):
+        raise ValueError(f"toy encoder weights must be a .safetensors file, got {path}")
+    sd = load_file(str(path))
+    expected = set(module.state_dict())
+    missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)
+    if missing or unexpected:
+        raise KeyError(f"{path}: missing keys {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} "
+                       f"({len(unexpected)}) for {type(module).__name__}")
+    module.load_state_dict(sd, strict=True)
