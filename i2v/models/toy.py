@@ -7,9 +7,11 @@
 * :class:`IdentityCodec` (toy default, pixel space) and :class:`PatchCodec` (fixed invertible 2x2 space-to-depth)
   implement ``LatentCodec``.
 
-Hashed vocabulary: CLIP's 49,408 BPE ids would need a 12.6 MB embedding. Row 0 is padding (every position after EOS),
-1 is SOT, 2 is EOS and an ordinary BPE id ``i`` uses row ``3 + i % (vocab_rows - 3)``. With 4,096 rows, two ids only
-share a row when they differ by a multiple of 4,093; the words of the synthetic captions do not collide (tested).
+Hashed vocabulary: CLIP's 49,408 BPE ids would need a 12.6 MB embedding, so the toy keeps ``vocab_rows`` (4,096)
+rows: 0 = padding (every position after EOS), 1 = SOT, 2 = EOS, then two tables of prime sizes p < q (2,029 and
+2,039 for 4,096 rows). An ordinary BPE id ``i`` embeds as ``E[3 + i % p] + E[3 + p + i % q]``; since p·q > 49,408 the
+row pair is unique for every id (Chinese remainder theorem), so no two tokens share an embedding. (A single
+``i % 4093`` table would merge e.g. "green" and "background".) Special rows are looked up twice, i.e. ``2·E[row]``.
 """
 from __future__ import annotations
 
@@ -86,6 +88,14 @@ def _seeded_init(module: nn.Module, seed: int, std: dict[str, float]) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
 
 
+def _two_primes(n: int) -> tuple[int, int]:
+    """Primes p < q <= n // 2 (so p + q < n): the hash tables' sizes; (2029, 2039) for n = 4093."""
+    primes = [k for k in range(n // 2, 1, -1) if all(k % d for d in range(2, int(k ** 0.5) + 1))][:2]
+    if len(primes) < 2:
+        raise ValueError(f"vocab table of {n} rows is too small for two hash tables")
+    return primes[1], primes[0]
+
+
 class ToyTextEncoder(nn.Module):
     """``__call__(prompts: list[str]) -> {"context": (B, L, W), "pooled": (B, W)}``; ``""`` (CFG) works."""
 
@@ -94,15 +104,19 @@ class ToyTextEncoder(nn.Module):
         from open_clip.tokenizer import SimpleTokenizer  # bundled bpe_simple_vocab_16e6.txt.gz, no network
 
         self.cfg = cfg = cfg or ToyTextConfig()
-        if cfg.context_length < 2 or cfg.vocab_rows < 4:
-            raise ValueError(f"ToyTextConfig needs context_length >= 2 and vocab_rows >= 4, got {cfg}")
+        if cfg.context_length < 2:
+            raise ValueError(f"ToyTextConfig needs context_length >= 2, got {cfg}")
         self.tokenizer = SimpleTokenizer(context_length=cfg.context_length)
         self.sot_id, self.eot_id = self.tokenizer.sot_token_id, self.tokenizer.eot_token_id
+        self.primes = _two_primes(cfg.vocab_rows - 3)
+        if self.primes[0] * self.primes[1] < self.tokenizer.vocab_size:
+            raise ValueError(f"vocab_rows={cfg.vocab_rows} too small for unique hashed pairs over "
+                             f"{self.tokenizer.vocab_size} BPE ids (need about 450 or more)")
         self.token_embedding = nn.Embedding(cfg.vocab_rows, cfg.width)
         self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.width))
         self.blocks = nn.ModuleList(_Block(cfg.width, cfg.heads, causal=True) for _ in range(cfg.layers))
         self.ln_final = nn.LayerNorm(cfg.width)
-        _seeded_init(self, cfg.seed, {"token_embedding.weight": 1.0, "positional_embedding": 0.1})
+        _seeded_init(self, cfg.seed, {"token_embedding.weight": 0.7, "positional_embedding": 0.1})
 
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         """BPE ids ``(B, L)`` (int64): SOT, tokens, EOS, zeros; truncated to L with EOS last."""
@@ -111,21 +125,24 @@ class ToyTextEncoder(nn.Module):
         return self.tokenizer(list(prompts))
 
     def token_rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """Hashed embedding rows ``(B, L)`` for BPE ids ``(B, L)`` (0 pad after EOS, 1 SOT, 2 EOS, else 3 + id % n)."""
-        eos_pos = (ids == self.eot_id).int().argmax(dim=-1, keepdim=True)
-        pos = torch.arange(ids.shape[1], device=ids.device)
-        rows = 3 + ids % (self.cfg.vocab_rows - 3)
-        rows = torch.where(ids == self.sot_id, torch.ones_like(rows), rows)
-        rows = torch.where(ids == self.eot_id, torch.full_like(rows, 2), rows)
-        return torch.where(pos[None] > eos_pos, torch.zeros_like(rows), rows)
+        """Embedding row pairs ``(..., 2)`` for BPE ids ``(...)``: SOT ``(1, 1)``, EOS ``(2, 2)``, any other id ``i``
+        ``(3 + i % p, 3 + p + i % q)``. Padding (row 0) is applied by position in :meth:`forward`."""
+        p, q = self.primes
+        rows = torch.stack([3 + ids % p, 3 + p + ids % q], dim=-1)
+        for tok, row in ((self.sot_id, 1), (self.eot_id, 2)):
+            rows = torch.where((ids == tok)[..., None], torch.full_like(rows, row), rows)
+        return rows
 
     def forward(self, prompts: list[str]) -> TextOutput:
         ids = self.tokenize(prompts).to(self.positional_embedding.device)
-        x = self.token_embedding(self.token_rows(ids)) + self.positional_embedding
+        eos_pos = (ids == self.eot_id).int().argmax(dim=-1)
+        rows = self.token_rows(ids)
+        after_eos = torch.arange(ids.shape[1], device=ids.device)[None, :, None] > eos_pos[:, None, None]
+        rows = rows.masked_fill(after_eos, 0)
+        x = self.token_embedding(rows).sum(dim=2) + self.positional_embedding
         for blk in self.blocks:
             x = blk(x)
         x = self.ln_final(x)
-        eos_pos = (ids == self.eot_id).int().argmax(dim=-1)
         pooled = x[torch.arange(x.shape[0], device=x.device), eos_pos]
         return {"context": x, "pooled": pooled}
 
@@ -133,7 +150,8 @@ class ToyTextEncoder(nn.Module):
 class ToyImageEncoder(nn.Module):
     """Tiny ViT. ``__call__(images (B, 3, H, W) in [-1, 1])`` -> ``{"image_embeds": (B, E), "penultimate":
     (B, 1 + (S/P)^2, W)}``: ``image_embeds`` = ``ln_post(CLS) @ proj``, ``penultimate`` = hidden states after the
-    second-to-last block (no post-LN), as for open_clip ViT-H. Pixels are used in [-1, 1] (no CLIP mean/std)."""
+    second-to-last block (no post-LN), as for open_clip ViT-H. Pixels are used in [-1, 1] (no CLIP mean/std);
+    other sizes are box-averaged (shrink) or bilinearly resized (grow) to ``image_size``."""
 
     def __init__(self, cfg: Optional[ToyImageConfig] = None):
         super().__init__()
@@ -156,8 +174,10 @@ class ToyImageEncoder(nn.Module):
             raise ValueError(f"ToyImageEncoder expects pixels (B, 3, H, W), got {tuple(images.shape)}")
         s = self.cfg.image_size
         x = images.to(self.proj.dtype)
-        if x.shape[-2:] != (s, s):
-            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+        if x.shape[-2:] != (s, s):  # box average when shrinking (exact for integer factors), else bilinear
+            shrink = x.shape[-2] >= s and x.shape[-1] >= s
+            x = F.interpolate(x, size=(s, s), mode="area") if shrink else \
+                F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
         x = rearrange(self.conv1(x), "b w gh gw -> b (gh gw) w")
         cls = self.class_embedding.expand(x.shape[0], 1, -1)
         x = self.ln_pre(torch.cat([cls, x], dim=1) + self.positional_embedding)
