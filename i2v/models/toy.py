@@ -150,8 +150,8 @@ class ToyTextEncoder(nn.Module):
 class ToyImageEncoder(nn.Module):
     """Tiny ViT. ``__call__(images (B, 3, H, W) in [-1, 1])`` -> ``{"image_embeds": (B, E), "penultimate":
     (B, 1 + (S/P)^2, W)}``: ``image_embeds`` = ``ln_post(CLS) @ proj``, ``penultimate`` = hidden states after the
-    second-to-last block (no post-LN), as for open_clip ViT-H. Pixels are used in [-1, 1] (no CLIP mean/std);
-    other sizes are box-averaged (shrink) or bilinearly resized (grow) to ``image_size``."""
+    second-to-last block (no post-LN), as for open_clip ViT-H. Same surface as ``content.ClipImageEncoder``
+    (``image_size``, ``dtype``, ``preprocess``, ``encode_preprocessed``, ``uncond_features``)."""
 
     def __init__(self, cfg: Optional[ToyImageConfig] = None):
         super().__init__()
@@ -169,16 +169,30 @@ class ToyImageEncoder(nn.Module):
         _seeded_init(self, cfg.seed, {"class_embedding": 1.0, "positional_embedding": 0.1,
                                       "proj": cfg.width ** -0.5})
 
-    def forward(self, images: torch.Tensor) -> ImageFeatures:
+    @property
+    def image_size(self) -> int:
+        return self.cfg.image_size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.proj.dtype
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` in [-1, 1] -> ``(B, 3, S, S)``: box average when shrinking (exact for integer factors),
+        bilinear otherwise; no mean/std normalisation, so an all-zero preprocessed image is mid-grey."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"ToyImageEncoder expects pixels (B, 3, H, W), got {tuple(images.shape)}")
         s = self.cfg.image_size
-        x = images.to(self.proj.dtype)
-        if x.shape[-2:] != (s, s):  # box average when shrinking (exact for integer factors), else bilinear
+        x = images.to(self.dtype)
+        if x.shape[-2:] != (s, s):
             shrink = x.shape[-2] >= s and x.shape[-1] >= s
             x = F.interpolate(x, size=(s, s), mode="area") if shrink else \
                 F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
-        x = rearrange(self.conv1(x), "b w gh gw -> b (gh gw) w")
+        return x
+
+    def encode_preprocessed(self, pixel_values: torch.Tensor) -> ImageFeatures:
+        """``(B, 3, S, S)`` -> ImageFeatures (same entry point as ``content.ClipImageEncoder``)."""
+        x = rearrange(self.conv1(pixel_values), "b w gh gw -> b (gh gw) w")
         cls = self.class_embedding.expand(x.shape[0], 1, -1)
         x = self.ln_pre(torch.cat([cls, x], dim=1) + self.positional_embedding)
         penultimate = x
@@ -187,6 +201,15 @@ class ToyImageEncoder(nn.Module):
             if i == len(self.blocks) - 2:
                 penultimate = x
         return {"image_embeds": self.ln_post(x[:, 0]) @ self.proj, "penultimate": penultimate}
+
+    def uncond_features(self, batch: int, device: Optional[torch.device] = None) -> ImageFeatures:
+        """Features of an all-zero *preprocessed* image (IP-Adapter Plus' unconditional branch), ``batch`` rows."""
+        s = self.cfg.image_size
+        return self.encode_preprocessed(torch.zeros(batch, 3, s, s, device=device or self.proj.device,
+                                                    dtype=self.dtype))
+
+    def forward(self, images: torch.Tensor) -> ImageFeatures:
+        return self.encode_preprocessed(self.preprocess(images))
 
 
 def _check_pixels(pixels: torch.Tensor, channels: int, who: str) -> None:

@@ -191,3 +191,18 @@ def test_state_dict_safetensors_round_trip(tmp_path, kind):
     save_file(sd, str(tmp_path / "bad.safetensors"))
     with pytest.raises(KeyError, match="bad.safetensors"):
         load_toy_state_dict(dst, str(tmp_path / "bad.safetensors"))
+
+
+def test_real_ip_adapter_projections_apply_unchanged():
+    from i2v.models.content import ImageProjModel, Resampler, image_tokens, uncond_image_tokens
+
+    enc = ToyImageEncoder().eval()
+    feats = enc(torch.rand(2, 3, 32, 32) * 2 - 1)
+    base = ImageProjModel(clip_dim=64, cross_dim=32, num_tokens=4)
+    plus = Resampler(dim=32, depth=1, dim_head=8, heads=4, num_queries=16, embedding_dim=64, output_dim=32)
+    assert image_tokens(base, feats).shape == (2, 4, 32)
+    assert image_tokens(plus, feats).shape == (2, 16, 32)
+    # Plus' unconditional branch runs the encoder on an all-zero preprocessed image
+    un = uncond_image_tokens(plus, enc, batch=3)
+    torch.testing.assert_close(un[0], image_tokens(plus, enc(torch.zeros(1, 3, 32, 32)))[0])
+    assert un.shape == (3, 16, 32)
