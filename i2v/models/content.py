@@ -28,7 +28,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 class ImageProjModel(nn.Module):
     """Base IP-Adapter: ``proj`` Linear(E → N·d) + ``norm`` LayerNorm(d). image_embeds ``(B, E)`` -> ``(B, N, d)``."""
 
-    input_key = "image_embeds"
+    input_key, kind = "image_embeds", "base"
 
     def __init__(self, clip_dim: int = 1024, cross_dim: int = 768, num_tokens: int = 4):
         super().__init__()
@@ -44,7 +44,7 @@ class ImageProjModel(nn.Module):
 class MLPProjModel(nn.Module):
     """Full-face IP-Adapter: ``proj`` = Linear(W,W), GELU, Linear(W,d), LayerNorm(d). ``(B, T, W)`` -> ``(B, T, d)``."""
 
-    input_key = "penultimate"
+    input_key, kind = "penultimate", "full"
 
     def __init__(self, clip_dim: int = 1280, cross_dim: int = 768):
         super().__init__()
@@ -80,7 +80,7 @@ class Resampler(nn.Module):
     """IP-Adapter Plus resampler (keys ``latents``, ``proj_in``, ``layers.k.{0,1}``, ``proj_out``, ``norm_out``).
     penultimate hidden states ``(B, T, E)`` -> ``(B, Q, d_out)``."""
 
-    input_key = "penultimate"
+    input_key, kind = "penultimate", "plus"
 
     def __init__(self, dim: int = 768, depth: int = 4, dim_head: int = 64, heads: int = 12, num_queries: int = 16,
                  embedding_dim: int = 1280, output_dim: int = 768, ff_mult: int = 4):
@@ -121,8 +121,7 @@ def uncond_image_tokens(image_proj: ImageProj, encoder: Optional["ClipImageEncod
         return image_proj(torch.zeros(batch, image_proj.clip_dim, device=p.device, dtype=p.dtype))
     if encoder is None:
         raise ValueError(f"{type(image_proj).__name__} needs the image encoder for its unconditional tokens")
-    zeros = torch.zeros(batch, 3, encoder.image_size, encoder.image_size, device=p.device, dtype=encoder.dtype)
-    return image_tokens(image_proj, encoder.encode_preprocessed(zeros))
+    return image_tokens(image_proj, encoder.uncond_features(batch, p.device))
 
 
 # --------------------------------------------------------------------------------------- decoupled cross-attention
@@ -263,6 +262,11 @@ class ClipImageEncoder(nn.Module):
         out = vis.forward_intermediates(pixel_values, indices=[n - 2], output_fmt="NLC", output_extra_tokens=True)
         pen = torch.cat([out["image_intermediates_prefix"][0], out["image_intermediates"][0]], dim=1)
         return ImageFeatures(image_embeds=out["image_features"], penultimate=pen)
+
+    def uncond_features(self, batch: int, device: Optional[torch.device] = None) -> ImageFeatures:
+        """Features of an all-zero *preprocessed* image (official IP-Adapter ``zeros_like(clip_image)``)."""
+        s = self.image_size
+        return self.encode_preprocessed(torch.zeros(batch, 3, s, s, device=device, dtype=self.dtype))
 
     def forward(self, images: torch.Tensor) -> ImageFeatures:
         return self.encode_preprocessed(self.preprocess(images))

@@ -1,0 +1,119 @@
+"""I2V-Adapter (paper §3.2, eq. 5-6): a trainable cross-frame branch beside every spatial self-attention ``attn1``.
+
+For frame i of a video::
+
+    out_i = Attn(Q_i, K_i, V_i) W_O  +  Attn(X_i W'_Q, K_1, V_1) W'_O
+
+``K_1 = to_k(X_1)``, ``V_1 = to_v(X_1)`` are the frozen key/value projections of frame 0's normalised hidden
+states (the attn1 input), shared by all frames of the same video; frame 0's own adapter term is kept (official
+behaviour). ``W'_Q`` = ``to_q_ff`` (Linear C→C, no bias, initialised as a copy of ``to_q``), ``W'_O`` =
+``to_out_ff`` (Linear C→C with bias, zero-initialised), so at init the model output is unchanged. Both are
+registered on the Attention so checkpoint keys read ``…attn1.to_q_ff.weight`` as in the official release.
+Trainable size Σ(2C² + C): SD1.5 24,793,280 (16 layers), SDXL 204,883,200 (70 layers).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from i2v.models.attention import Attention, spatial_attention_layers
+
+ADAPTER_SUFFIXES = ("to_q_ff.weight", "to_out_ff.weight", "to_out_ff.bias")
+
+
+class I2VAdapterProcessor:
+    """attn1 processor for eq. 6. ``x`` ``(B·F, T, C)``; needs ``num_frames`` = F. When ``enabled`` is False it is
+    the plain self-attention (ablation ``no_i2v``)."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+
+    def __call__(self, attn: Attention, x: torch.Tensor, context: Optional[torch.Tensor] = None,
+                 num_frames: Optional[int] = None) -> torch.Tensor:
+        if context is not None:
+            raise ValueError("I2V-Adapter is a self-attention (attn1) processor; got a cross-attention context")
+        if not self.enabled:
+            return attn.default_forward(x)
+        if num_frames is None or x.shape[0] % num_frames:
+            raise ValueError(f"I2V-Adapter needs num_frames dividing the batch of frames, got num_frames={num_frames} "
+                             f"for x of shape {tuple(x.shape)}")
+        q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
+        out = attn.project_out(attn.attend(q, k, v))
+        k1 = rearrange(k, "(b f) t c -> b f t c", f=num_frames)[:, 0]
+        v1 = rearrange(v, "(b f) t c -> b f t c", f=num_frames)[:, 0]
+        # Every frame's queries attend to frame 0's keys: softmax is per query, so stacking the frames of one
+        # video along the query axis is exactly eq. 5 without repeating K_1/V_1 F times.
+        q_ff = rearrange(attn.to_q_ff(x), "(b f) t c -> b (f t) c", f=num_frames)
+        cross = rearrange(attn.attend(q_ff, k1, v1), "b (f t) c -> (b f) t c", f=num_frames)
+        return out + attn.to_out_ff(cross)
+
+
+def i2v_adapter_layers(unet: nn.Module) -> list[tuple[str, Attention]]:
+    """``(name, attn1)`` of every spatial self-attention carrying an I2V-Adapter."""
+    return [(n, a) for n, a in spatial_attention_layers(unet, "attn1") if isinstance(a.processor, I2VAdapterProcessor)]
+
+
+def attach_i2v_adapter(unet: nn.Module, enabled: bool = True) -> dict[str, nn.Parameter]:
+    """Add ``to_q_ff`` (copy of ``to_q``) and ``to_out_ff`` (zeros) to every spatial attn1 and set the processor.
+
+    Works on the meta device (tensors are created where ``to_q`` lives). Returns the trainable tensors by full
+    state-dict name (``<block>.attn1.to_q_ff.weight``, ``…attn1.to_out_ff.{weight,bias}``), with requires_grad=True.
+    """
+    if i2v_adapter_layers(unet):
+        raise ValueError("attach_i2v_adapter: the model already carries an I2V-Adapter")
+    params: dict[str, nn.Parameter] = {}
+    for qual, attn in spatial_attention_layers(unet, "attn1"):
+        w = attn.to_q.weight
+        inner, c = w.shape
+        q_ff = nn.Linear(c, inner, bias=False, device=w.device, dtype=w.dtype)
+        out_ff = nn.Linear(inner, c, bias=True, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            q_ff.weight.copy_(w)
+            nn.init.zeros_(out_ff.weight)
+            nn.init.zeros_(out_ff.bias)
+        attn.to_q_ff, attn.to_out_ff = q_ff, out_ff
+        attn.processor = I2VAdapterProcessor(enabled)
+        for suffix, p in zip(ADAPTER_SUFFIXES, (q_ff.weight, out_ff.weight, out_ff.bias)):
+            p.requires_grad_(True)
+            params[f"{qual}.{suffix}"] = p
+    if not params:
+        raise ValueError("attach_i2v_adapter: the model has no spatial attn1 layers")
+    return params
+
+
+def i2v_adapter_parameters(unet: nn.Module) -> dict[str, nn.Parameter]:
+    """The adapter tensors currently attached, by full state-dict name (same names as ``attach_i2v_adapter``)."""
+    layers = i2v_adapter_layers(unet)
+    if not layers:
+        raise ValueError("no I2V-Adapter attached (call attach_i2v_adapter first)")
+    return {f"{n}.{s}": p for n, a in layers
+            for s, p in zip(ADAPTER_SUFFIXES, (a.to_q_ff.weight, a.to_out_ff.weight, a.to_out_ff.bias))}
+
+
+def set_i2v_adapter_enabled(unet: nn.Module, enabled: bool) -> int:
+    """Switch the adapter branch on/off in every layer (off = default self-attention). Returns the layer count."""
+    layers = i2v_adapter_layers(unet)
+    if not layers:
+        raise ValueError("no I2V-Adapter attached (call attach_i2v_adapter first)")
+    for _, attn in layers:
+        attn.processor.enabled = bool(enabled)
+    return len(layers)
+
+
+def detach_i2v_adapter(unet: nn.Module) -> int:
+    """Remove ``to_q_ff``/``to_out_ff`` and the processors. Returns the number of layers restored."""
+    layers = i2v_adapter_layers(unet)
+    if not layers:
+        raise ValueError("no I2V-Adapter attached (call attach_i2v_adapter first)")
+    for _, attn in layers:
+        del attn.to_q_ff, attn.to_out_ff
+        attn.processor = None
+    return len(layers)
+
+
+def expected_trainable_count(channels: list[int]) -> int:
+    """Σ(2C² + C) over the attn1 layers' channel widths (W'_Q without bias + W'_O with bias)."""
+    return sum(2 * c * c + c for c in channels)
