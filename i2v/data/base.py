@@ -1,0 +1,122 @@
+"""Shared pieces of the map-style video datasets: skip-and-retry, subsets, compact string storage.
+
+A bad item (BadSample) is counted and replaced by the next index, deterministically (i+1, i+2, ... within the
+dataset or the subset being read). `max_consecutive_failures` bad items in a row raise one clear error, so a
+dataset where everything is bad fails fast; `VideoDataModule.setup` runs `check_usable()` in the main process
+before any worker starts.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from i2v.data.clip import ClipSpec, item_rng, read_clip
+from i2v.data.stats import BadSample, FailureTracker, SkipCounter
+
+
+class StringTable:
+    """Many strings in one uint8 buffer + offsets: no per-string Python objects, so forked dataloader workers do
+    not copy the table page by page through refcount writes (the classic 'DataLoader memory leak')."""
+
+    def __init__(self, strings: Iterable[str]):
+        buf, offsets = bytearray(), [0]
+        for s in strings:
+            buf += s.encode("utf-8")
+            offsets.append(len(buf))
+        self.data = np.frombuffer(bytes(buf), dtype=np.uint8)
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> str:
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return self.data[a:b].tobytes().decode("utf-8")
+
+
+class RobustMapDataset(Dataset, abc.ABC):
+    """Base class: subclasses implement `__len__` and `load(index) -> {"video", "text", "meta"}` (may raise
+    BadSample). Items: video (F, 3, H, W) float32 in [-1, 1], text str, meta dict."""
+
+    def __init__(
+        self,
+        n_frames: int = 16,
+        stride: int = 4,
+        size=256,
+        hflip: bool = True,
+        deterministic: bool = False,
+        seed: int = 0,
+        antialias: bool = True,
+        backends: Sequence[str] = ("decord", "pyav"),
+        decode_threads: int = 1,
+        max_consecutive_failures: int = 100,
+    ):
+        self.spec = ClipSpec(n_frames, stride, size, hflip, antialias, tuple(backends), decode_threads)
+        self.deterministic, self.seed = deterministic, seed
+        self.max_consecutive_failures = max_consecutive_failures
+        self.skips = SkipCounter()
+
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
+
+    @abc.abstractmethod
+    def load(self, index: int) -> dict:
+        """Item `index` or raise BadSample."""
+
+    def read(self, source, index: int, name: str) -> tuple:
+        """Decode a clip for item `index` (deterministic per (seed, index) when `deterministic`)."""
+        return read_clip(source, self.spec, item_rng(self.seed, index, self.deterministic), name)
+
+    def get(self, positions: Sequence[int], j: int, counter: Optional[SkipCounter] = None) -> dict:
+        """Item positions[j], or on BadSample the next usable one (j+1, j+2, ... cyclically)."""
+        counter = self.skips if counter is None else counter
+        n = len(positions)
+        if n == 0:
+            raise IndexError(f"{type(self).__name__} is empty")
+        tracker = FailureTracker(type(self).__name__, min(self.max_consecutive_failures, n))
+        for k in range(n):
+            idx = int(positions[(j + k) % n])
+            try:
+                item = self.load(idx)
+            except BadSample as e:
+                tracker.fail(e, counter)
+                continue
+            except OSError as e:  # I/O error on one file (permissions, network FS): skip it as well
+                tracker.fail(BadSample("other", f"{type(e).__name__}: {e}"), counter)
+                continue
+            item["meta"]["index"] = idx
+            return item
+        tracker.raise_all_bad(f"all {n} items are unusable")
+
+    def __getitem__(self, j: int) -> dict:
+        return self.get(range(len(self)), j)
+
+    def check_usable(self, positions: Optional[Sequence[int]] = None) -> None:
+        """Fail fast (RuntimeError) if no usable item is found within max_consecutive_failures tries.
+        Uses a throwaway counter so the check does not show up in the epoch report."""
+        self.get(range(len(self)) if positions is None else positions, 0, counter=SkipCounter())
+
+    def subset(self, positions: Sequence[int]) -> "SubsetView":
+        return SubsetView(self, positions)
+
+
+class SubsetView(Dataset):
+    """A fixed list of indices of a RobustMapDataset; bad items fall back to the next index of the subset."""
+
+    def __init__(self, parent: RobustMapDataset, positions: Sequence[int]):
+        self.parent = parent
+        self.positions = np.asarray(list(positions), dtype=np.int64)
+        self.skips = parent.skips
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, j: int) -> dict:
+        return self.parent.get(self.positions, j)
+
+    def check_usable(self) -> None:
+        self.parent.check_usable(self.positions)

@@ -1,0 +1,209 @@
+"""LightningDataModule for all video datasets, built from the `data/` config group.
+
+The dataset is given as a spec (`{_target_: i2v.data.WebVidDataset, csv_path: ..., ...}`, instantiated lazily in
+`setup()`, so `_recursive_: false` in the config) or as a ready Dataset. The stage sizes the clips: `n_frames`,
+`stride`, `size` are passed to the dataset unless its spec sets them (and only if its constructor takes them).
+Validation: a separate `val_dataset` spec, else a deterministic hold-out (`val_fraction` of the items by a seeded
+permutation for map-style datasets, the last shards for shard datasets). Validation instances are built with
+`deterministic=True, hflip=False`, so the same clip comes back every epoch.
+Batches: {"video": (B, F, 3, H, W) float32 in [-1, 1], "text": [B str], "meta": [B dict]}.
+Skipped samples are reported once per epoch by `DataSkipReport`, which `setup()` adds to the trainer.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any, Mapping, Optional
+
+import hydra
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from omegaconf import OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+
+from i2v.data.base import RobustMapDataset
+from i2v.data.stats import DataSkipReport, format_counts
+from i2v.data.webdataset import WebDatasetVideos
+
+log = logging.getLogger("i2v.data")
+
+
+def collate_videos(items: list[dict]) -> dict:
+    """[{"video": (F, 3, H, W), "text", "meta"}] -> {"video": (B, F, 3, H, W), "text": [str], "meta": [dict]}."""
+    shapes = {tuple(it["video"].shape) for it in items}
+    if len(shapes) != 1:
+        raise ValueError(f"cannot batch clips of different shapes {sorted(shapes)}; set one size/n_frames")
+    return {
+        "video": torch.stack([it["video"] for it in items]),
+        "text": [it["text"] for it in items],
+        "meta": [it["meta"] for it in items],
+    }
+
+
+def _plain_spec(spec: Any, what: str) -> Any:
+    if OmegaConf.is_config(spec):
+        try:
+            return OmegaConf.to_container(spec, resolve=True, throw_on_missing=True)
+        except MissingMandatoryValue as e:
+            raise ValueError(f"{what}: a required value is not set ({e.full_key} is ???); "
+                             f"set it on the command line, e.g. data.{what}.{e.full_key.split('.')[-1]}=...") from None
+    return spec
+
+
+def _accepts(target: str, name: str) -> bool:
+    cls = hydra.utils.get_class(target) if isinstance(target, str) else target
+    params = inspect.signature(cls).parameters
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def build_dataset(spec: Mapping, defaults: Mapping, overrides: Mapping) -> Dataset:
+    """instantiate(spec) with `defaults` filled in where the spec lacks them and `overrides` forced, each only
+    if the target's constructor takes that argument."""
+    if "_target_" not in spec:
+        raise ValueError(f"dataset spec needs a _target_ (e.g. i2v.data.WebVidDataset), got keys {sorted(spec)}")
+    cfg = dict(spec)
+    target = cfg["_target_"]
+    for k, v in defaults.items():
+        if k not in cfg and v is not None and _accepts(target, k):
+            cfg[k] = v
+    for k, v in overrides.items():
+        if _accepts(target, k):
+            cfg[k] = v
+    return hydra.utils.instantiate(cfg, _convert_="all")
+
+
+class VideoDataModule(LightningDataModule):
+    def __init__(
+        self,
+        dataset: Any,
+        val_dataset: Any = None,
+        n_frames: Optional[int] = None,
+        stride: Optional[int] = None,
+        size: Any = None,
+        batch_size: int = 1,
+        val_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        persistent_workers: bool = False,
+        pin_memory: bool = False,
+        val_fraction: float = 0.01,
+        max_val_items: Optional[int] = 64,
+        split_seed: int = 0,
+        drop_last: bool = True,
+        check_data: bool = True,
+    ):
+        super().__init__()
+        self.dataset_spec = _plain_spec(dataset, "dataset")
+        self.val_spec = _plain_spec(val_dataset, "val_dataset")
+        size = _plain_spec(size, "size")
+        self.sizing = {"n_frames": n_frames, "stride": stride, "size": size}
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.num_workers, self.persistent_workers, self.pin_memory = num_workers, persistent_workers, pin_memory
+        self.val_fraction, self.max_val_items, self.split_seed = val_fraction, max_val_items, split_seed
+        self.drop_last, self.check_data = drop_last, check_data
+        self.train_dataset: Optional[Dataset] = None
+        self.val_dataset: Optional[Dataset] = None
+
+    # ---- building -----------------------------------------------------------------------------------------------
+    def _build(self, spec: Any, validation: bool, **extra) -> Dataset:
+        if isinstance(spec, Dataset):
+            return spec
+        over = {"deterministic": True, "hflip": False} if validation else {"deterministic": False}
+        return build_dataset(spec, self.sizing, {**over, **extra})
+
+    def _n_val(self, n: int) -> int:
+        if self.val_fraction <= 0 or n < 2:
+            return 0
+        k = max(1, int(round(n * self.val_fraction)))
+        return min(k, n - 1, self.max_val_items or n)
+
+    def _split(self, train_full: Dataset) -> None:
+        if isinstance(train_full, WebDatasetVideos):  # hold out the last shards
+            urls = train_full.urls
+            k = min(self._n_val(len(urls)), len(urls) - 1)
+            if k > 0 and not isinstance(self.dataset_spec, Dataset):
+                self.train_dataset = self._build(self.dataset_spec, False, urls=urls[:-k])
+                self.val_dataset = self._build(self.dataset_spec, True, urls=urls[-k:])
+            else:
+                self.train_dataset = train_full
+            return
+        if isinstance(train_full, IterableDataset):
+            self.train_dataset = train_full
+            return
+        n = len(train_full)
+        perm = np.random.default_rng(self.split_seed).permutation(n)
+        k = self._n_val(n)
+        val_idx, train_idx = np.sort(perm[:k]), np.sort(perm[k:])
+        val_full = train_full if isinstance(self.dataset_spec, Dataset) else self._build(self.dataset_spec, True)
+        sub = (lambda d, idx: d.subset(idx)) if isinstance(train_full, RobustMapDataset) else Subset
+        self.train_dataset = sub(train_full, train_idx.tolist())
+        self.val_dataset = sub(val_full, val_idx.tolist()) if k else None
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_dataset is None:
+            train_full = self._build(self.dataset_spec, False)
+            if self.val_spec is not None:
+                self.train_dataset, self.val_dataset = train_full, self._build(self.val_spec, True)
+            else:
+                self._split(train_full)
+            if self.check_data:  # fail fast, in the main process, before any worker starts
+                for ds in (self.train_dataset, self.val_dataset):
+                    if ds is not None and hasattr(ds, "check_usable"):
+                        ds.check_usable()
+            log.info("VideoDataModule: train %s, val %s", self._describe(self.train_dataset),
+                     self._describe(self.val_dataset))
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and not any(isinstance(c, DataSkipReport) for c in trainer.callbacks):
+            trainer.callbacks.append(DataSkipReport())
+
+    @staticmethod
+    def _describe(ds: Optional[Dataset]) -> str:
+        if ds is None:
+            return "none"
+        if isinstance(ds, WebDatasetVideos):
+            return f"{len(ds.urls)} shard(s)"
+        return f"{len(ds)} item(s)" if hasattr(ds, "__len__") else type(ds).__name__
+
+    # ---- loaders ------------------------------------------------------------------------------------------------
+    def _loader(self, ds: Dataset, batch_size: int, train: bool) -> DataLoader:
+        iterable = isinstance(ds, IterableDataset)
+        workers = self.num_workers
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            shuffle=train and not iterable,
+            drop_last=train and self.drop_last,
+            num_workers=workers,
+            persistent_workers=self.persistent_workers and workers > 0,
+            pin_memory=self.pin_memory,
+            collate_fn=collate_videos,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            self.setup("fit")
+        return self._loader(self.train_dataset, self.batch_size, train=True)
+
+    def val_dataloader(self):
+        if self.train_dataset is None:
+            self.setup("validate")
+        if self.val_dataset is None:
+            return []
+        return self._loader(self.val_dataset, self.val_batch_size, train=False)
+
+    # ---- skip reporting -----------------------------------------------------------------------------------------
+    def skip_report(self, split: str = "train", epoch: Optional[int] = None) -> Optional[dict]:
+        """Samples skipped in `split` since the last report, {reason: n}; also logs one line. None if the
+        dataset does not count skips (synthetic)."""
+        ds = self.train_dataset if split == "train" else self.val_dataset
+        counter = getattr(ds, "skips", None)
+        if counter is None:
+            return None
+        counts = counter.since_last_report()
+        total = sum(counts.values())
+        where = f" epoch {epoch}" if epoch is not None else ""
+        (log.warning if total else log.info)(
+            "data %s%s: skipped %d sample(s) (%s)", split, where, total, format_counts(counts))
+        return counts
