@@ -1,20 +1,24 @@
 """Toy-world metrics on synthetic moving-shape clips: the §4.4 ablation axes measured with ground truth in hand.
 
 Videos are ``(B, F, 3, H, W)`` in [-1, 1]; the reference is the conditioning first frame ``(B, 3, H, W)``.
-The background colour is the median of frame 1's one-pixel border, the object colour the median of frame 1's pixels
-at least half as far from the background as its farthest pixel. A pixel belongs to the object when its RGB distance
-to the object colour is below half the object-background distance; "background" = outside the object mask dilated by
-one pixel (all pixels if that is empty). Centres are ``(x, y)`` = (column, row) in pixels of the given video.
+Colours come from the ground truth when given (``SyntheticVideos`` meta ``background``/``colour``), else from frame 1:
+background = median of its one-pixel border, object = median of its pixels at least half as far from the background
+as its farthest pixel (one object assumed). A pixel is "object" when its RGB distance to the object colour is below
+half the object-background distance; "background" = outside the object mask dilated by one pixel (all pixels if that
+is empty). Coverage = a pixel's position on the bg -> obj colour segment (the anti-aliasing alpha); object area and
+centre are coverage-weighted over the dilated mask, so sub-pixel motion is measured accurately. Centres are
+``(x, y)`` = (column, row) in pixels, as in ``SyntheticVideos``. Undefined values are NaN.
 
-* identity (frames 2..F vs frame 1): ``bg_err`` mean |pixel - bg colour| on the background; ``obj_err`` mean
-  |pixel - object colour| on the mask; ``area_ratio`` min(a_i, a_1) / max(a_i, a_1) (0 when the object is lost);
-  ``identity`` = mean_i exp(-bg_err_i / tau) * exp(-obj_err_i / tau) * area_ratio_i in [0, 1], tau = 0.25
-  (a lost object scores 0 in that frame; without an object in frame 1 only the background factor is used).
-* motion: ``step_px`` mean |c_{i+1} - c_i| over consecutive frames where both centroids exist, ``total_px`` =
-  |c_last - c_first| between the first and last frames with an object, ``direction_agree`` = cosine between that
-  net motion and the given direction (0 when the net motion is under 0.5 px), ``traj_err_px`` mean |c_i - gt_i|.
+* identity (frames 2..F vs frame 1): ``bg_err`` mean |pixel - bg colour| on the background (a second object counts
+  as an error: the metric assumes one object); ``obj_err`` mean |pixel - object colour| on the mask shrunk by one
+  pixel; ``area_ratio`` min(a_i, a_1) / max(a_i, a_1); ``identity`` = mean_i exp(-bg_err_i / tau) *
+  exp(-obj_err_i / tau) * area_ratio_i in [0, 1], tau = 0.25 (a frame that lost the object scores 0; without an
+  object in frame 1 only the background factor is used).
+* motion: ``step_px`` mean |c_{i+1} - c_i| over consecutive frames where both centres exist; ``total_px`` =
+  |c_last - c_first| between the first and last frames with an object; ``direction_agree`` = cosine between that
+  net motion and the given direction (0 when the net motion is under 0.5 px); ``traj_err_px`` mean |c_i - gt_i|.
 * stability: ``flicker`` mean |f_{i+1} - f_i| and ``bg_drift`` mean |f_i - f_1| over pixels outside both frames'
-  object masks. ``lost_frac``: fraction of frames with an empty object mask. Undefined values are NaN.
+  object masks. ``lost_frac``: fraction of frames with an empty object mask.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import torch.nn.functional as F
 from torchmetrics import Metric
 
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
+Colors = tuple[torch.Tensor, torch.Tensor]  # (bg (B, 3), obj (B, 3)) in [-1, 1]
 KEYS = ("identity", "bg_err", "obj_err", "area_ratio", "step_px", "total_px", "direction_agree", "traj_err_px",
         "flicker", "bg_drift", "lost_frac")
 
@@ -52,6 +57,14 @@ def estimate_colors(first: torch.Tensor, min_contrast: float = 0.2) -> tuple[tor
     return bg, pix.nanmedian(dim=-1).values, far >= min_contrast
 
 
+def _reference(first: torch.Tensor, colors: Optional[tuple[torch.Tensor, torch.Tensor]], min_contrast: float):
+    """bg, obj ``(B, 3)`` and has_obj ``(B,)``: given ground-truth ``colors`` = (bg, obj) in [-1, 1], else estimated."""
+    if colors is None:
+        return estimate_colors(first, min_contrast)
+    bg, obj = (c.float().to(first.device).reshape(first.shape[0], 3) for c in colors)
+    return bg, obj, (obj - bg).norm(dim=1) >= min_contrast
+
+
 def object_masks(frames: torch.Tensor, bg: torch.Tensor, obj: torch.Tensor, has_obj: torch.Tensor) -> torch.Tensor:
     """frames ``(B, F, 3, H, W)`` -> object masks ``(B, F, H, W)`` bool (all False where ``has_obj`` is False)."""
     thresh = 0.5 * (obj - bg).norm(dim=1)                                            # (B,)
@@ -59,10 +72,28 @@ def object_masks(frames: torch.Tensor, bg: torch.Tensor, obj: torch.Tensor, has_
     return close & has_obj[:, None, None, None]
 
 
+def coverage(frames: torch.Tensor, bg: torch.Tensor, obj: torch.Tensor) -> torch.Tensor:
+    """frames ``(B, F, 3, H, W)`` -> soft object coverage ``(B, F, H, W)`` in [0, 1]: the pixel's position on the
+    bg -> obj colour segment (1 = object colour), i.e. the anti-aliasing alpha of a clean render."""
+    axis = obj - bg
+    t = ((frames - bg[:, None, :, None, None]) * axis[:, None, :, None, None]).sum(2)
+    return (t / axis.pow(2).sum(1).clamp(min=1e-8)[:, None, None, None]).clamp(0, 1)
+
+
+def _dilate(masks: torch.Tensor) -> torch.Tensor:
+    """Boolean ``(B, F, H, W)`` grown by one pixel (3x3)."""
+    return F.max_pool2d(masks.float().flatten(0, 1)[:, None], 3, stride=1, padding=1)[:, 0].view_as(masks) > 0
+
+
+def _core(masks: torch.Tensor) -> torch.Tensor:
+    """Masks shrunk by one pixel (anti-aliased rim removed); the mask itself where that leaves nothing."""
+    core = ~_dilate(~masks)
+    return torch.where(core.flatten(2).any(-1)[..., None, None], core, masks)
+
+
 def _background(masks: torch.Tensor) -> torch.Tensor:
     """masks ``(B, F, H, W)`` -> background ``(B, F, H, W)``: outside the 1-px dilated mask; all pixels if empty."""
-    dil = F.max_pool2d(masks.float().flatten(0, 1)[:, None], 3, stride=1, padding=1)[:, 0].view_as(masks) > 0
-    bgm = ~dil
+    bgm = ~_dilate(masks)
     return torch.where(bgm.flatten(2).any(-1)[..., None, None], bgm, torch.ones_like(bgm))
 
 
@@ -73,27 +104,37 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(n > 0, s / n.clamp(min=1), torch.full_like(s, float("nan")))
 
 
-def centroids(masks: torch.Tensor) -> torch.Tensor:
-    """masks ``(B, F, H, W)`` -> centres ``(B, F, 2)`` as (x, y) pixels; NaN where a mask is empty."""
+def _soft_area(masks: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Object area ``(B, F)`` in pixels: coverage summed over the 1-px dilated mask (exact for anti-aliased renders)."""
+    return (alpha * _dilate(masks)).flatten(2).sum(-1)
+
+
+def centroids(masks: torch.Tensor, alpha: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """masks ``(B, F, H, W)`` (optional coverage ``alpha``: weights on the dilated mask, for sub-pixel accuracy)
+    -> centres ``(B, F, 2)`` as (x, y) pixels; NaN where a mask is empty."""
     h, w = masks.shape[-2:]
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=masks.device),
                             torch.arange(w, dtype=torch.float32, device=masks.device), indexing="ij")
-    m = masks.float()
-    return torch.stack([_masked_mean(xs.expand_as(m), masks), _masked_mean(ys.expand_as(m), masks)], dim=-1)
+    wgt = masks.float() if alpha is None else alpha * _dilate(masks)
+    total = wgt.flatten(2).sum(-1)
+    ok = masks.flatten(2).any(-1) & (total > 0)
+    cx, cy = ((wgt * g).flatten(2).sum(-1) / total.clamp(min=1e-8) for g in (xs, ys))
+    return torch.where(ok[..., None], torch.stack([cx, cy], dim=-1), torch.full_like(cx[..., None], float("nan")))
 
 
 def identity_consistency(video: torch.Tensor, first: Optional[torch.Tensor] = None, tau: float = 0.25,
-                         min_contrast: float = 0.2) -> dict[str, torch.Tensor]:
+                         min_contrast: float = 0.2, colors: Optional[Colors] = None) -> dict[str, torch.Tensor]:
     """video ``(B, F, 3, H, W)``, first ``(B, 3, H, W)`` (default ``video[:, 0]``) -> ``bg_err``, ``obj_err``,
     ``area_ratio``, ``identity``: each ``(B,)``, averaged over frames 2..F (see the module docstring)."""
     video, first = _check_video(video, first)
-    bg, obj, has_obj = estimate_colors(first, min_contrast)
+    bg, obj, has_obj = _reference(first, colors, min_contrast)
     masks = object_masks(video[:, 1:], bg, obj, has_obj)                            # (B, F-1, H, W)
     ref = object_masks(first[:, None], bg, obj, has_obj)[:, 0]                       # (B, H, W)
     bg_err = _masked_mean((video[:, 1:] - bg[:, None, :, None, None]).abs().mean(2), _background(masks))
-    obj_err = _masked_mean((video[:, 1:] - obj[:, None, :, None, None]).abs().mean(2), masks)
-    area, area_ref = masks.flatten(2).sum(-1).float(), ref.flatten(1).sum(-1).float()[:, None]
-    ratio = torch.minimum(area, area_ref) / torch.maximum(area, area_ref).clamp(min=1)
+    obj_err = _masked_mean((video[:, 1:] - obj[:, None, :, None, None]).abs().mean(2), _core(masks))
+    area = _soft_area(masks, coverage(video[:, 1:], bg, obj))                       # (B, F-1)
+    area_ref = _soft_area(ref[:, None], coverage(first[:, None], bg, obj))          # (B, 1)
+    ratio = torch.minimum(area, area_ref) / torch.maximum(area, area_ref).clamp(min=1e-6)
     obj_factor = torch.where(area > 0, torch.exp(-obj_err.nan_to_num(0.0) / tau) * ratio, torch.zeros_like(ratio))
     obj_factor = torch.where(has_obj[:, None], obj_factor, torch.ones_like(obj_factor))
     per_frame = torch.exp(-bg_err / tau) * obj_factor
@@ -118,13 +159,13 @@ def direction_vectors(directions: Union[Sequence[str], torch.Tensor]) -> torch.T
 
 def motion_amplitude(video: torch.Tensor, first: Optional[torch.Tensor] = None,
                      direction: Optional[torch.Tensor] = None, centers: Optional[torch.Tensor] = None,
-                     min_contrast: float = 0.2) -> dict[str, torch.Tensor]:
+                     min_contrast: float = 0.2, colors: Optional[Colors] = None) -> dict[str, torch.Tensor]:
     """video ``(B, F, 3, H, W)``; direction unit ``(B, 2)`` (NaN rows = unknown); ground-truth centers ``(B, F, 2)``
     -> ``step_px``, ``total_px``, ``direction_agree``, ``traj_err_px``, ``lost_frac``, each ``(B,)``."""
     video, first = _check_video(video, first)
-    bg, obj, has_obj = estimate_colors(first, min_contrast)
+    bg, obj, has_obj = _reference(first, colors, min_contrast)
     masks = object_masks(video, bg, obj, has_obj)
-    c = centroids(masks)                                                             # (B, F, 2)
+    c = centroids(masks, coverage(video, bg, obj))                                  # (B, F, 2)
     valid = ~c.isnan().any(-1)                                                       # (B, F)
     step = (c[:, 1:] - c[:, :-1]).norm(dim=-1)                                       # NaN where either is lost
     idx = torch.arange(c.shape[1], device=c.device)
@@ -149,12 +190,12 @@ def motion_amplitude(video: torch.Tensor, first: Optional[torch.Tensor] = None,
             "lost_frac": (~valid).float().mean(1)}
 
 
-def temporal_stability(video: torch.Tensor, first: Optional[torch.Tensor] = None,
-                       min_contrast: float = 0.2) -> dict[str, torch.Tensor]:
+def temporal_stability(video: torch.Tensor, first: Optional[torch.Tensor] = None, min_contrast: float = 0.2,
+                       colors: Optional[Colors] = None) -> dict[str, torch.Tensor]:
     """video ``(B, F, 3, H, W)`` -> ``flicker`` (consecutive frames) and ``bg_drift`` (frames 2..F vs frame 1),
     mean |difference| on pixels outside both frames' object masks, each ``(B,)``."""
     video, first = _check_video(video, first)
-    bg, obj, has_obj = estimate_colors(first, min_contrast)
+    bg, obj, has_obj = _reference(first, colors, min_contrast)
     masks = object_masks(video, bg, obj, has_obj)
     ref = object_masks(first[:, None], bg, obj, has_obj)
     pair_bg = _background(masks[:, 1:] | masks[:, :-1])
@@ -166,25 +207,44 @@ def temporal_stability(video: torch.Tensor, first: Optional[torch.Tensor] = None
 
 def toy_video_metrics(video: torch.Tensor, first: Optional[torch.Tensor] = None,
                       direction: Optional[torch.Tensor] = None, centers: Optional[torch.Tensor] = None,
-                      tau: float = 0.25, min_contrast: float = 0.2) -> dict[str, torch.Tensor]:
-    """All per-video toy metrics (``KEYS``), each ``(B,)``; see the module docstring."""
-    out = identity_consistency(video, first, tau, min_contrast)
-    out.update(motion_amplitude(video, first, direction, centers, min_contrast))
-    out.update(temporal_stability(video, first, min_contrast))
+                      tau: float = 0.25, min_contrast: float = 0.2, colors: Optional[Colors] = None
+                      ) -> dict[str, torch.Tensor]:
+    """All per-video toy metrics (``KEYS``), each ``(B,)``; ``colors`` = ground-truth (bg, obj) ``(B, 3)`` each in
+    [-1, 1] (default: estimated from the first frame). See the module docstring."""
+    out = identity_consistency(video, first, tau, min_contrast, colors)
+    out.update(motion_amplitude(video, first, direction, centers, min_contrast, colors))
+    out.update(temporal_stability(video, first, min_contrast, colors))
     return out
 
 
-def reference_from_meta(meta: Any, batch: int) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """Collated meta (dict of lists/tensors) or a list of per-video dicts -> (direction ``(B, 2)`` or None,
-    centers ``(B, F, 2)`` or None). Direction from ``direction`` (word or vector), else ``caption``/``prompt``/
-    ``text``; centres from ``centers``/``centres`` (pixels, (x, y))."""
+def _color_tensor(val: Any, batch: int) -> torch.Tensor:
+    """Colour names of ``i2v.data.synthetic.COLOURS`` or values in [-1, 1] -> ``(B, 3)``."""
+    if isinstance(val, str):
+        val = [val]
+    if isinstance(val, (list, tuple)) and val and isinstance(val[0], str):
+        from i2v.data.synthetic import COLOURS
+
+        unknown = [v for v in val if v not in COLOURS]
+        if unknown:
+            raise ValueError(f"toy metrics: unknown colour names {unknown}; expected one of {list(COLOURS)}")
+        return torch.tensor([COLOURS[v] for v in val], dtype=torch.float32) / 127.5 - 1.0
+    if isinstance(val, (list, tuple)):
+        val = torch.stack([torch.as_tensor(v) for v in val])
+    return torch.as_tensor(val).float().reshape(batch, 3)
+
+
+def reference_from_meta(meta: Any, batch: int) -> dict[str, Any]:
+    """Collated meta (dict of lists/tensors) or a list of per-video dicts (``SyntheticVideos`` items' ``meta``) ->
+    ``{"direction": (B, 2) | None, "centers": (B, F, 2) | None, "colors": (bg, obj) | None}``. Direction from
+    ``direction`` (word or vector), else ``caption``/``prompt``/``text``; centres from ``centers``/``centres``
+    (pixels, (x, y)); colours from ``background`` and ``colour``/``color`` (names or values in [-1, 1])."""
+    ref: dict[str, Any] = {"direction": None, "centers": None, "colors": None}
     if meta is None:
-        return None, None
+        return ref
     if isinstance(meta, (list, tuple)):
         meta = {k: [m[k] for m in meta] for k in meta[0]} if meta else {}
     if not isinstance(meta, dict):
         raise TypeError(f"toy metrics meta must be a dict or a list of dicts, got {type(meta).__name__}")
-    direction = None
     for key in ("direction", "caption", "prompt", "text"):
         val = meta.get(key)
         if val is None:
@@ -193,16 +253,19 @@ def reference_from_meta(meta: Any, batch: int) -> tuple[Optional[torch.Tensor], 
             val = [val]
         if isinstance(val, (list, tuple)) and val and isinstance(val[0], torch.Tensor):
             val = torch.stack([torch.as_tensor(v) for v in val])
-        direction = direction_vectors(val)
+        ref["direction"] = direction_vectors(val)
+        if ref["direction"].shape[0] != batch:
+            raise ValueError(f"meta gives {ref['direction'].shape[0]} directions for a batch of {batch} videos")
         break
     centers = next((meta[k] for k in ("centers", "centres") if meta.get(k) is not None), None)
     if centers is not None:
         centers = torch.stack([torch.as_tensor(v) for v in centers]) if isinstance(centers, (list, tuple)) \
             else torch.as_tensor(centers)
-        centers = centers.reshape(batch, -1, 2)
-    if direction is not None and direction.shape[0] != batch:
-        raise ValueError(f"meta gives {direction.shape[0]} directions for a batch of {batch} videos")
-    return direction, centers
+        ref["centers"] = centers.reshape(batch, -1, 2)
+    obj = next((meta[k] for k in ("colour", "color") if meta.get(k) is not None), None)
+    if obj is not None and meta.get("background") is not None:
+        ref["colors"] = (_color_tensor(meta["background"], batch), _color_tensor(obj, batch))
+    return ref
 
 
 class ToyMetrics(Metric):
@@ -224,8 +287,9 @@ class ToyMetrics(Metric):
     def update(self, video: torch.Tensor, first_frame: Optional[torch.Tensor] = None, meta: Any = None) -> None:
         """video ``(B, F, 3, H, W)`` in [-1, 1]; first_frame ``(B, 3, H, W)`` (default frame 0); meta: see
         :func:`reference_from_meta`."""
-        direction, centers = reference_from_meta(meta, video.shape[0])
-        vals = toy_video_metrics(video, first_frame, direction, centers, self.tau, self.min_contrast)
+        ref = reference_from_meta(meta, video.shape[0])
+        vals = toy_video_metrics(video, first_frame, ref["direction"], ref["centers"], self.tau, self.min_contrast,
+                                 ref["colors"])
         for key in KEYS:
             v = vals[key].double()
             ok = ~v.isnan()

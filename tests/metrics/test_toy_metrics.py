@@ -176,3 +176,42 @@ def test_bad_input_is_refused():
         toy_video_metrics(video, first=torch.zeros(1, 3, 16, 16))
     with pytest.raises(ValueError, match="directions"):
         ToyMetrics().update(video, meta={"direction": ["left", "right"]})
+
+
+def test_ground_truth_colours_track_the_main_object_among_two():
+    video, centres = render(step=(2, 0), start=(2, 4))
+    video[0, :, :, 20:26, 20:26] = torch.tensor(GREEN)[:, None, None]  # a second, static object
+    meta = {"background": torch.tensor([BLUE]), "colour": torch.tensor([RED]), "direction": ["right"],
+            "centers": centres}
+    metric = ToyMetrics()
+    metric.update(video, meta=meta)
+    out = metric.compute()
+    assert abs(out["step_px"].item() - 2.0) <= 0.5 and abs(out["total_px"].item() - 14.0) <= 0.5
+    assert out["traj_err_px"].item() < 0.5 and out["direction_agree"].item() > 0.99
+    assert out["area_ratio"].item() == pytest.approx(1.0)
+
+
+def test_on_synthetic_videos():
+    from i2v.data.synthetic import SyntheticVideos
+
+    ds = SyntheticVideos(6, n_frames=8, size=32, seed=0)
+    items = [ds[i] for i in range(len(ds))]
+    video = torch.stack([it["video"] for it in items])
+    metas = [it["meta"] for it in items]
+    per_video = toy_video_metrics(video, direction=direction_vectors([m["direction"] for m in metas]))
+    speeds = torch.tensor([float(m["speed"]) for m in metas])
+    assert (per_video["step_px"] - speeds).abs().max() < 0.15
+    assert (per_video["total_px"] - 7 * speeds).abs().max() < 0.5
+    assert per_video["direction_agree"].min() > 0.99
+    assert per_video["identity"].min() > 0.95 and per_video["flicker"].max() < 0.01
+    metric = ToyMetrics()
+    metric.update(video, video[:, 0], meta=metas)  # colour names + centres + direction words from the meta
+    out = metric.compute()
+    assert out["n_videos"].item() == 6 and out["lost_frames"].item() == 0
+    assert abs(out["step_px"].item() - speeds.mean().item()) < 0.1
+    assert out["identity"].item() > 0.95 and out["direction_agree"].item() > 0.99
+    round_shapes = [i for i, m in enumerate(metas) if m["shape"] != "triangle"]  # a triangle's GT centre != centroid
+    assert len(round_shapes) >= 2
+    gt = torch.stack([metas[i]["centers"] for i in round_shapes])
+    traj = motion_amplitude(video[round_shapes], centers=gt)["traj_err_px"]
+    assert traj.max() < 0.3
