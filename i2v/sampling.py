@@ -1,0 +1,186 @@
+"""``sample(cfg)`` behind ``python sample.py`` and ``generate_videos`` used by evaluation (paper §3.3, §4.5).
+
+For each (image, prompt): frame 1 = the encoded input image, kept exactly clean; frames 2..F start from the Frame
+Similarity Prior (or pure noise with ``fsp.enabled=false``) and are denoised with classifier-free guidance. Writes
+``<name>.mp4``, ``<name>.gif`` (optional frames) and ``<name>.json`` with the settings, NFE, timing, the resolved
+config and package versions -- atomically, never overwriting unless ``overwrite=true``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from i2v.bundle import Bundle, build_bundle
+from i2v.io import load_image, save_frames, save_gif, save_json, save_mp4
+
+
+def check_sampling_args(cfg: DictConfig) -> None:
+    if not (0.0 < float(cfg.t0) <= 1.0):
+        raise ValueError(f"t0 must lie in (0, 1], got {cfg.t0}")
+    if not (0.0 <= float(cfg.p) <= 1.0):
+        raise ValueError(f"p must lie in [0, 1], got {cfg.p}")
+    if int(cfg.steps) < 1:
+        raise ValueError(f"steps must be >= 1, got {cfg.steps}")
+    if int(cfg.frames) < 2:
+        raise ValueError(f"frames must be >= 2 (frame 1 is the input image), got {cfg.frames}")
+
+
+def resolve_device(cfg: DictConfig) -> tuple[torch.device, torch.dtype]:
+    dev = cfg.get("device", "auto")
+    dev = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else ("cpu" if dev == "auto" else dev))
+    dt = cfg.get("dtype", "auto")
+    if dt == "auto":
+        dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    else:
+        dtype = getattr(torch, str(dt))
+    return dev, dtype
+
+
+def read_items(cfg: DictConfig) -> list[dict]:
+    """Items ``{image, prompt, seed, name}`` from ``image``+``prompt`` or a ``prompts`` CSV/JSONL file."""
+    if cfg.get("prompts"):
+        path = Path(str(cfg.prompts))
+        if not path.is_file():
+            raise FileNotFoundError(f"prompts file not found: {path}")
+        if path.suffix == ".jsonl":
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        elif path.suffix == ".csv":
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+        else:
+            raise ValueError(f"prompts must be a .csv or .jsonl file, got {path}")
+        items = []
+        for i, r in enumerate(rows):
+            if not r.get("image") or r.get("prompt") is None:
+                raise ValueError(f"{path}: row {i + 1} needs 'image' and 'prompt' columns, got {sorted(r)}")
+            img = Path(r["image"])
+            img = img if img.is_absolute() else path.parent / img
+            seed = int(r["seed"]) if r.get("seed") not in (None, "") else int(cfg.seed)
+            items.append({"image": str(img), "prompt": r["prompt"], "seed": seed,
+                          "name": r.get("name") or f"{img.stem}_{seed}"})
+        return items
+    if not cfg.get("image") or cfg.get("prompt") is None:
+        raise ValueError("give image=<file> and prompt=\"...\" (or prompts=<file.csv|jsonl>)")
+    name = cfg.get("name") or f"{Path(str(cfg.image)).stem}_{int(cfg.seed)}"
+    return [{"image": str(cfg.image), "prompt": str(cfg.prompt), "seed": int(cfg.seed), "name": name}]
+
+
+def load_bundle_for_sampling(cfg: DictConfig, device, dtype) -> Bundle:
+    from i2v.checkpoints.adapter_io import load_adapter
+
+    bundle = build_bundle(cfg.backbone, cfg.adapter, device="cpu", dtype=torch.float32, for_training=False)
+    ckpt = cfg.get("ckpt")
+    if cfg.adapter.i2v:
+        if not ckpt:
+            raise ValueError(f"adapter={cfg.adapter.name} uses the I2V-Adapter: give ckpt=<adapter.safetensors>")
+        load_adapter(bundle.unet, str(ckpt), backbone=cfg.backbone.name)
+    for spec in cfg.get("lora") or []:
+        from i2v.checkpoints.lora import merge_lora
+
+        n = merge_lora(bundle.unet, str(spec["path"]), scale=float(spec.get("scale", 1.0)))
+        print(f"merged LoRA {spec['path']} into {n} UNet layers (scale {spec.get('scale', 1.0)})")
+    return bundle.to(device=device, dtype=dtype)
+
+
+@torch.no_grad()
+def generate_one(bundle: Bundle, cfg: DictConfig, image: torch.Tensor, prompt: str, seed: int,
+                 controlnet=None, control=None, progress: bool = True) -> dict:
+    """One video. ``image`` (3, H, W) in [-1, 1]. Returns {"video": (F, 3, H, W), "latents", "nfe", ...}."""
+    from i2v.diffusion.sampler import sample_video
+    from i2v.diffusion.schedule import make_scheduler
+
+    dev = next(bundle.unet.parameters()).device
+    dtype = next(bundle.unet.parameters()).dtype
+    g = torch.Generator(device="cpu").manual_seed(int(seed))
+    img = image[None].to(dev, dtype)
+    first = bundle.encode_video(img[:, None], generator=g)[:, :, 0]              # (1, C, h, w)
+    hw = tuple(image.shape[-2:])
+    cond = bundle.condition([prompt], img, hw=hw)
+    uncond = bundle.condition([str(cfg.get("negative_prompt", ""))], None, hw=hw)
+    scheduler = make_scheduler(str(cfg.scheduler), bundle.schedule)
+    res = sample_video(bundle.unet, first, cond["context"], uncond["context"], scheduler=scheduler,
+                       schedule=bundle.schedule, steps=int(cfg.steps), cfg=float(cfg.cfg), n_frames=int(cfg.frames),
+                       t0=float(cfg.t0), p=float(cfg.p), fsp=bool(cfg.fsp.enabled),
+                       blur_kernel=int(cfg.fsp.kernel_size), blur_sigma=float(cfg.fsp.sigma), generator=g,
+                       added_cond=cond["added_cond"], added_uncond=uncond["added_cond"], controlnet=controlnet, control=control, progress=progress)
+    video = bundle.decode_video(res["latents"])[0].float()
+    if cfg.get("post", {}).get("color_match"):
+        from i2v.diffusion.color import color_match_video
+
+        video = color_match_video(video[None], image[None].to(video))[0]
+    return {"video": video, "latents": res["latents"], "nfe": res["nfe"], "steps_run": res.get("steps")}
+
+
+def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optional[Bundle] = None) -> list[dict]:
+    """Sample every item ``{image, prompt, seed, name}`` and write its files into ``out_dir``."""
+    check_sampling_args(cfg)
+    device, dtype = resolve_device(cfg)
+    bundle = bundle or load_bundle_for_sampling(cfg, device, dtype)
+    res = int(cfg.get("height") or bundle.resolution), int(cfg.get("width") or bundle.resolution)
+    controlnet = control = None
+    if cfg.get("controlnet", {}).get("path"):
+        from i2v.diffusion.controlnet import VideoControlNet, load_control_frames
+
+        if not cfg.controlnet.get("control"):
+            raise ValueError("controlnet.path is set: also give controlnet.control=<folder of images or a video>")
+        text_tokens = None
+        if bundle.content_enabled:  # the ControlNet sees the text tokens only, not the Content-Adapter's
+            text_tokens = bundle.condition([""])["context"].shape[1] - bundle.image_tokens(None, 1).shape[1]
+        controlnet = VideoControlNet.from_folder(str(cfg.controlnet.path), conditioning_scale=float(cfg.controlnet.scale),
+                                                 num_text_tokens=text_tokens, dtype=dtype, device=device)
+        control = load_control_frames(str(cfg.controlnet.control), n_frames=int(cfg.frames), size=res)[None]
+        control = control.to(device, dtype)
+    out_dir = Path(out_dir)
+    overwrite = bool(cfg.get("overwrite", False))
+    versions = package_versions()
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    results = []
+    for item in tqdm(items, desc="videos", disable=len(items) < 2):
+        stem = out_dir / item["name"]
+        for suffix in (".mp4", ".json"):
+            if stem.with_suffix(suffix).exists() and not overwrite:
+                raise FileExistsError(f"{stem.with_suffix(suffix)} exists; pass overwrite=true to replace it")
+        image = load_image(item["image"], size=res)
+        t_start = time.perf_counter()
+        out = generate_one(bundle, cfg, image, item["prompt"], item["seed"], controlnet, control)
+        seconds = time.perf_counter() - t_start
+        save_mp4(out["video"], stem.with_suffix(".mp4"), fps=int(cfg.fps), overwrite=overwrite)
+        if cfg.get("write_gif", True):
+            save_gif(out["video"], stem.with_suffix(".gif"), fps=int(cfg.fps), overwrite=overwrite)
+        if cfg.get("write_frames"):
+            save_frames(out["video"], out_dir / f"{item['name']}_frames", overwrite=overwrite)
+        meta = {"prompt": item["prompt"], "image": item["image"], "seed": item["seed"], "steps": int(cfg.steps),
+                "t0": float(cfg.t0), "p": float(cfg.p), "cfg": float(cfg.cfg), "nfe": out["nfe"],
+                "frames": int(cfg.frames), "height": res[0], "width": res[1], "seconds": round(seconds, 3),
+                "scheduler": str(cfg.scheduler), "fsp": bool(cfg.fsp.enabled), "backbone": cfg.backbone.name,
+                "adapter": cfg.adapter.name, "ckpt": cfg.get("ckpt"), "versions": versions, "config": resolved}
+        save_json(meta, stem.with_suffix(".json"), overwrite=overwrite)
+        results.append({"video": str(stem.with_suffix(".mp4")), "image": item["image"], "name": item["name"],
+                        "prompt": item["prompt"], "nfe": out["nfe"], "seconds": seconds, "tensor": out["video"]})
+    return results
+
+
+def package_versions() -> dict:
+    import diffusers
+    import transformers
+
+    import i2v
+
+    return {"i2v": i2v.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def sample(cfg: DictConfig) -> list[dict]:
+    items = read_items(cfg)
+    results = generate_videos(cfg, items, Path(str(cfg.out)))
+    for r in results:
+        print(f"wrote {r['video']} ({r['nfe']} UNet calls, {r['seconds']:.1f} s)")
+    return results

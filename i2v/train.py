@@ -1,0 +1,58 @@
+"""``train(cfg)``: the logic behind ``python train.py`` (configs/train.yaml)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from i2v.bundle import build_bundle, check_paths
+from i2v.training.callbacks import AdapterCheckpoint
+from i2v.training.module import I2VAdapterModule
+
+log = logging.getLogger(__name__)
+
+
+def build_trainer(cfg: DictConfig, out_dir: Path, extra_callbacks: list | None = None, **overrides) -> L.Trainer:
+    loggers = [instantiate(v) for v in (cfg.get("logger") or {}).values()]
+    callbacks = [AdapterCheckpoint(out_dir, every_n_steps=cfg.train.save_every_n_steps, config=cfg,
+                                   overwrite=cfg.overwrite),
+                 L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir / "lightning", save_last=True,
+                                                     every_n_train_steps=cfg.train.save_every_n_steps)]
+    callbacks += extra_callbacks or []
+    return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **overrides)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train the adapter described by ``cfg``; returns {"adapter": path or None, "out_dir": path, ...}."""
+    L.seed_everything(cfg.seed, workers=True)
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    check_paths(cfg.backbone, cfg.adapter)
+    final = out_dir / "adapter.safetensors"
+    if final.exists() and not cfg.overwrite:
+        raise FileExistsError(f"{final} exists; pass overwrite=true to replace it")
+
+    bundle = build_bundle(cfg.backbone, cfg.adapter, device="cpu", dtype=torch.float32, for_training=True)
+    result: dict = {"out_dir": str(out_dir), "adapter": None}
+    if not bundle.trainable:
+        print(f"adapter={cfg.adapter.name} has no trainable tensors: nothing to train "
+              "(a sampling-only ablation); skipping to the after-train steps")
+    else:
+        datamodule = instantiate(cfg.data, _recursive_=False)
+        module = I2VAdapterModule(bundle, optim=cfg.optim, train=cfg.train,
+                                  config=OmegaConf.to_container(cfg, resolve=True))
+        trainer = build_trainer(cfg, out_dir)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.train.resume)
+        result["adapter"] = str(final)
+        result["steps"] = int(trainer.global_step)
+        if trainer.callback_metrics.get("train/loss") is not None:
+            result["final_loss"] = float(trainer.callback_metrics["train/loss"])
+    if cfg.after_train.sample or cfg.after_train.evaluate:
+        from i2v.after_train import sample_and_score
+
+        result.update(sample_and_score(cfg, bundle, out_dir))
+    return result

@@ -1,0 +1,156 @@
+"""First-frame-clean training of the I2V-Adapter as a LightningModule (paper §3.2, §4.1; DESIGN.md "Training").
+
+One step::
+
+    z   = codec.encode(video)                      # (B, C, F, h, w)
+    t   ~ U{0..T-1} per video,  ε ~ N(0, I)
+    z_t = add_noise(z, ε, t);  z_t[:, :, 0] = z[:, :, 0]     # frame 0 clean, set AFTER noising
+    ε̂   = unet(z_t, t, context(text, first frame))
+    loss = mse(ε̂[:, :, 1:], ε[:, :, 1:])                      # frames 2..F only
+
+Everything but the I2V-Adapter tensors is frozen (asserted at start, counts printed).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from i2v.bundle import Bundle
+
+log = logging.getLogger(__name__)
+
+
+def first_frame_clean_noising(z: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, schedule) -> torch.Tensor:
+    """Noise every frame of ``z`` (B, C, F, h, w) to its video's timestep ``t`` (B,), then put frame 0 back clean."""
+    z_t = schedule.add_noise(z, eps, t)
+    z_t[:, :, 0] = z[:, :, 0]
+    return z_t
+
+
+def masked_frame_loss(eps_hat: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """ε-MSE over frames 1..F-1 (0-based) of (B, C, F, h, w) tensors; frame 0 gets no gradient."""
+    return F.mse_loss(eps_hat[:, :, 1:].float(), eps[:, :, 1:].float())
+
+
+class I2VAdapterModule(L.LightningModule):
+    """Trains only ``bundle.trainable`` (the I2V-Adapter's ``to_q_ff``/``to_out_ff`` tensors)."""
+
+    def __init__(self, bundle: Bundle, optim: dict, train: dict, config: Optional[dict] = None):
+        super().__init__()
+        self.bundle = bundle
+        self.unet = bundle.unet
+        self.optim_cfg = dict(optim)
+        self.train_cfg = dict(train)
+        self.run_config = config or {}
+        self.nonfinite_in_a_row = 0
+        self.skipped_steps = 0
+        self._check_frozen()
+        if self.train_cfg.get("gradient_checkpointing"):
+            self.unet.gradient_checkpointing = True
+
+    # ------------------------------------------------------------------ setup
+    def _check_frozen(self) -> None:
+        trainable = {n for n, p in self.bundle.named_parameters() if p.requires_grad}
+        expected = {f"unet.{k}" for k in self.bundle.trainable}
+        if trainable != expected:
+            extra = sorted(trainable - expected)[:5]
+            missing = sorted(expected - trainable)[:5]
+            raise RuntimeError(f"only the I2V-Adapter may be trainable; unexpected trainable {extra}, "
+                               f"frozen adapter tensors {missing}")
+        n_train = sum(p.numel() for p in self.bundle.trainable.values())
+        n_frozen = sum(p.numel() for p in self.bundle.parameters() if not p.requires_grad)
+        msg = f"trainable {n_train:,} parameters ({len(self.bundle.trainable)} tensors), frozen {n_frozen:,}"
+        log.info(msg)
+        print(msg)
+
+    def configure_optimizers(self):
+        params = list(self.bundle.trainable.values())
+        if not params:
+            raise RuntimeError("nothing to train: the adapter config has no trainable tensors "
+                               "(adapter=no_i2v / none are sampling-only ablations)")
+        return torch.optim.AdamW(params, lr=self.optim_cfg["lr"], weight_decay=self.optim_cfg.get("weight_decay", 0.0),
+                                 betas=tuple(self.optim_cfg.get("betas", (0.9, 0.999))))
+
+    def configure_model(self) -> None:
+        if self.train_cfg.get("compile") and not getattr(self, "_compiled", False):
+            self.unet.forward = torch.compile(self.unet.forward)
+            self._compiled = True
+
+    # ------------------------------------------------------------------ step
+    def compute_loss(self, batch: dict, generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+        """Loss and the tensors tests inspect. ``batch["video"]``: (B, F, 3, H, W) in [-1, 1]; ``batch["text"]``: list."""
+        video = batch["video"].to(self.device)
+        texts = list(batch["text"])
+        b = video.shape[0]
+        dev = video.device
+        with torch.no_grad():
+            z = self.bundle.encode_video(video)                                  # (B, C, F, h, w)
+            drop_text = torch.rand(b, generator=generator, device="cpu") < self.train_cfg.get("text_drop_prob", 0.0)
+            texts = ["" if d else s for s, d in zip(texts, drop_text.tolist())]
+            drop_img = torch.rand(b, generator=generator, device="cpu") < self.train_cfg.get("image_drop_prob", 0.0)
+            cond = self.bundle.condition(texts, video[:, 0], drop_image=drop_img.to(dev))
+        t = torch.randint(0, self.bundle.schedule.num_train_timesteps, (b,), generator=generator, device="cpu").to(dev)
+        eps = torch.randn(z.shape, generator=generator, device="cpu", dtype=z.dtype).to(dev)
+        z_t = first_frame_clean_noising(z, eps, t, self.bundle.schedule)
+        eps_hat = self.unet(z_t, t, cond["context"], added_cond=cond.get("added_cond"))
+        return {"loss": masked_frame_loss(eps_hat, eps), "z": z, "z_t": z_t, "eps": eps, "eps_hat": eps_hat, "t": t}
+
+    def step_generator(self) -> torch.Generator:
+        """Noise, timesteps and condition drops of a step are a pure function of (seed, rank, global step), so a
+        resumed run draws exactly what an uninterrupted one would."""
+        seed = int(self.run_config.get("seed", 0))
+        return torch.Generator().manual_seed(seed * 1_000_003 + self.global_rank * 7_919 + self.global_step)
+
+    def training_step(self, batch: dict, batch_idx: int):
+        loss = self.compute_loss(batch, generator=self.step_generator())["loss"]
+        if not torch.isfinite(loss):
+            self.nonfinite_in_a_row += 1
+            self.skipped_steps += 1
+            self.log("train/skipped_steps", float(self.skipped_steps))
+            limit = self.train_cfg.get("max_nonfinite_in_a_row", 10)
+            if self.nonfinite_in_a_row >= limit:
+                raise RuntimeError(f"loss was NaN/Inf for {self.nonfinite_in_a_row} steps in a row (step "
+                                   f"{self.global_step}); lower the lr, use bf16 instead of fp16, or check the data")
+            return None  # Lightning skips the optimiser step
+        self.nonfinite_in_a_row = 0
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["video"].shape[0])
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else 0.0)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        grads = [p.grad.detach().float().norm() for p in self.bundle.trainable.values() if p.grad is not None]
+        if grads:
+            self.log("train/grad_norm", torch.stack(grads).norm())
+
+    def validation_step(self, batch: dict, batch_idx: int):
+        g = torch.Generator().manual_seed(1000 + batch_idx)
+        loss = self.compute_loss(batch, generator=g)["loss"]
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch["video"].shape[0])
+        return loss
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self, *args, **kwargs) -> dict[str, Any]:
+        """Lightning checkpoints hold only the trainable tensors (the frozen model is rebuilt from config)."""
+        return {f"bundle.unet.{k}": p.detach() for k, p in self.bundle.trainable.items()}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        expected = {f"bundle.unet.{k}" for k in self.bundle.trainable}
+        got = set(state_dict)
+        if strict and got != expected:
+            raise RuntimeError(f"checkpoint tensors do not match the adapter: missing {sorted(expected - got)[:5]}, "
+                               f"unexpected {sorted(got - expected)[:5]}")
+        with torch.no_grad():
+            for k, p in self.bundle.trainable.items():
+                if f"bundle.unet.{k}" in state_dict:
+                    p.copy_(state_dict[f"bundle.unet.{k}"])
+        return None
+
+
+def frames_to_batch(video: torch.Tensor) -> torch.Tensor:
+    """(B, F, 3, H, W) -> (B·F, 3, H, W), the layout per-frame encoders take."""
+    return rearrange(video, "b f c h w -> (b f) c h w")
