@@ -55,11 +55,11 @@ def _trajectory(rng, n_frames: int, hw: tuple, radius: float, direction: str, sp
     dx, dy = DIRECTIONS[direction]
     lo = radius - 0.5  # a shape of "radius" r around c covers [c - r, c + r]; the image spans [-0.5, side - 0.5]
     hi_x, hi_y = w - 0.5 - radius, h - 0.5 - radius
-    along = hi_x - lo if dx else hi_y - lo
+    along = max(0.0, hi_x - lo if dx else hi_y - lo)
     speed = min(speed, along / max(n_frames - 1, 1))
     travel = speed * (n_frames - 1)
-    cross = rng.uniform(lo, hi_y if dx else hi_x)
-    start = rng.uniform(lo, lo + along - travel)
+    cross = lo + rng.random() * max(0.0, (hi_y if dx else hi_x) - lo)
+    start = lo + rng.random() * max(0.0, along - travel)
     if (dx or dy) < 0:  # moving towards 0: start at the high end
         start = start + travel
     t = np.arange(n_frames, dtype=np.float64) * speed
@@ -82,7 +82,8 @@ def make_scene(
     colours: Sequence[str] = tuple(COLOURS),
 ) -> Scene:
     """Scene for item `index`: a pure function of the arguments. speed/radius ranges are fractions of the image
-    side (speed per frame); radius is at least 2.5 px so the centre pixel lies well inside the shape."""
+    side (speed per frame); radius is at least 2.5 px (so the centre pixel lies well inside the shape) and at most
+    (side - 1) / 2."""
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index)])
     hw = as_hw(size)
     side = min(hw)
@@ -95,7 +96,7 @@ def make_scene(
         used.add(colour)
         shape = shapes[rng.integers(len(shapes))]
         direction = list(DIRECTIONS)[rng.integers(4)]
-        radius = max(2.5, rng.uniform(*radius_range) * side)
+        radius = min(max(2.5, rng.uniform(*radius_range) * side), (side - 1) / 2)
         speed = rng.uniform(*speed_range) * side
         centers, speed = _trajectory(rng, n_frames, hw, radius, direction, speed)
         objects.append(ShapeObject(shape, str(colour), direction, speed, float(radius), centers))

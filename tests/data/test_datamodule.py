@@ -1,0 +1,152 @@
+"""VideoDataModule: config instantiation, deterministic split, collate, per-epoch skip report through a real
+Lightning fit with dataloader workers, fail fast in setup."""
+
+import csv
+import logging
+import os
+import shutil
+
+import hydra
+import lightning as L
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from i2v.data import VideoDataModule, WebVidDataset
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
+STAGE = {"n_frames": 6, "stride": 2, "resolution": 16, "batch_size": 2}
+
+
+def _data_cfg(name, **extra):
+    cfg = OmegaConf.create({"stage": STAGE, "data": OmegaConf.load(os.path.join(CONFIGS, "data", f"{name}.yaml"))})
+    for k, v in extra.items():
+        OmegaConf.update(cfg, f"data.{k}", v, force_add=True)
+    return cfg.data
+
+
+def test_synthetic_config_batches_and_split():
+    dm = hydra.utils.instantiate(_data_cfg("synthetic", **{"dataset.n_items": 50, "val_fraction": 0.2}))
+    dm.setup("fit")
+    assert len(dm.train_dataset) == 40 and len(dm.val_dataset) == 10
+    tr, va = set(dm.train_dataset.indices), set(dm.val_dataset.indices)
+    assert not tr & va and tr | va == set(range(50))
+    dm2 = hydra.utils.instantiate(_data_cfg("synthetic", **{"dataset.n_items": 50, "val_fraction": 0.2}))
+    dm2.setup("fit")
+    assert set(dm2.val_dataset.indices) == va  # deterministic split
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["video"].shape == (2, 6, 3, 16, 16) and batch["video"].dtype == torch.float32
+    assert isinstance(batch["text"], list) and len(batch["text"]) == 2 and len(batch["meta"]) == 2
+    assert batch["meta"][0]["centers"].shape == (6, 2)
+
+
+def test_compose_train_config_with_each_data_option():
+    with hydra.initialize_config_dir(os.path.abspath(CONFIGS), version_base="1.3"):
+        for name in ("webvid", "webdataset", "selfcollected", "synthetic"):
+            cfg = hydra.compose("train", overrides=[f"data={name}", "stage.resolution=16"])
+            assert cfg.data._target_ == "i2v.data.VideoDataModule" and cfg.data.size == 16
+            assert cfg.data.n_frames == cfg.stage.n_frames and cfg.data.stride == cfg.stage.stride
+        dm = hydra.utils.instantiate(cfg.data, _recursive_=False)
+        assert dm.sizing == {"n_frames": cfg.stage.n_frames, "stride": cfg.stage.stride, "size": 16}
+        cfg = hydra.compose("train", overrides=["data=webvid"])
+        with pytest.raises(Exception, match="csv_path"):
+            hydra.utils.instantiate(cfg.data, _recursive_=False)
+
+
+ROWS = [("1", "good"), ("2", "text"), ("3", "good"), ("4", "missing"), ("5", "zero"), ("6", "good"),
+        ("7", "good"), ("8", "truncated"), ("9", "good")]
+
+
+@pytest.fixture()
+def webvid(tmp_path, media):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for vid, kind in ROWS:
+        if kind != "missing":
+            shutil.copy(media[kind], videos / f"{vid}.mp4")
+    with open(tmp_path / "w.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["videoid", "page_dir", "name"])
+        w.writerows([vid, "d", f"caption {vid}"] for vid, _ in ROWS)
+    return str(tmp_path / "w.csv"), str(videos)
+
+
+def _expected(positions):
+    """Skips per epoch when each position of a subset is requested once (bad -> next in the subset)."""
+    reason = {"text": "corrupt", "truncated": "corrupt", "missing": "missing_file", "zero": "empty_file"}
+    out = {}
+    for j in range(len(positions)):
+        k = j
+        while ROWS[positions[k % len(positions)]][1] != "good":
+            r = reason[ROWS[positions[k % len(positions)]][1]]
+            out[r] = out.get(r, 0) + 1
+            k += 1
+    return out
+
+
+class _Tiny(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.shapes = []
+
+    def training_step(self, batch, i):
+        self.shapes.append(tuple(batch["video"].shape))
+        return (self.w - batch["video"].mean()) ** 2
+
+    def validation_step(self, batch, i):
+        self.shapes.append(tuple(batch["video"].shape))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_fit_reports_skips_per_epoch_with_workers(webvid, caplog):
+    csv_path, videos = webvid
+    dm = VideoDataModule({"_target_": "i2v.data.WebVidDataset", "csv_path": csv_path, "video_folder": videos},
+                         n_frames=6, stride=2, size=16, batch_size=1, num_workers=2, persistent_workers=True,
+                         val_fraction=0.34, drop_last=False)
+    model = _Tiny()
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    with caplog.at_level(logging.INFO, logger="i2v.data"):
+        trainer.fit(model, datamodule=dm)
+    assert set(model.shapes) == {(1, 6, 3, 16, 16)}
+    train_pos, val_pos = dm.train_dataset.positions.tolist(), dm.val_dataset.positions.tolist()
+    assert len(val_pos) == 3 and sorted(train_pos + val_pos) == list(range(9))
+    m = trainer.callback_metrics
+    assert sum(_expected(train_pos).values()) > 0  # counted in worker processes, read in the main process
+    for split, pos in (("train", train_pos), ("val", val_pos)):
+        exp = _expected(pos)
+        assert m[f"data/{split}_skipped"].item() == sum(exp.values())  # per epoch, not cumulative
+        for r in ("corrupt", "missing_file", "empty_file", "too_short"):
+            assert m[f"data/{split}_skipped_{r}"].item() == exp.get(r, 0), (split, r)
+    lines = [r.getMessage() for r in caplog.records if "data train epoch" in r.getMessage()]
+    assert len(lines) == 2 and all("skipped" in s for s in lines)
+    assert dm.train_dataset.skips.totals()["corrupt"] == 2 * _expected(train_pos).get("corrupt", 0)
+
+
+def test_validation_is_deterministic(webvid):
+    csv_path, videos = webvid
+    dm = VideoDataModule({"_target_": "i2v.data.WebVidDataset", "csv_path": csv_path, "video_folder": videos},
+                         val_dataset={"_target_": "i2v.data.WebVidDataset", "csv_path": csv_path,
+                                      "video_folder": videos, "hflip": True},
+                         n_frames=6, stride=2, size=16, batch_size=2, num_workers=2)
+    dm.setup("fit")
+    assert isinstance(dm.val_dataset, WebVidDataset) and dm.val_dataset.deterministic
+    assert not dm.val_dataset.spec.hflip and dm.train_dataset.spec.hflip is True  # train: class default
+    a = [b["video"] for b in dm.val_dataloader()]
+    b = [b["video"] for b in dm.val_dataloader()]
+    assert len(a) == 5 and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_all_bad_fails_in_setup(tmp_path, media):
+    videos = tmp_path / "v"
+    videos.mkdir()
+    with open(tmp_path / "bad.csv", "w") as f:
+        f.write("videoid,name\n" + "".join(f"{i},c\n" for i in range(5)))
+    shutil.copy(media["text"], videos / "0.mp4")
+    dm = VideoDataModule({"_target_": "i2v.data.WebVidDataset", "csv_path": str(tmp_path / "bad.csv"),
+                          "video_folder": str(videos)}, n_frames=4, stride=1, size=8, val_fraction=0)
+    with pytest.raises(RuntimeError, match=r"WebVidDataset: .*corrupt=1 missing_file=4"):
+        dm.setup("fit")

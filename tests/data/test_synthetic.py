@@ -1,0 +1,103 @@
+"""SyntheticVideos: pure function of (seed, i); ground-truth centres, motion and caption agree with the pixels."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from i2v.data import SyntheticVideos, make_scene, render_frame
+from i2v.data.synthetic import COLOURS, DIRECTIONS
+
+CAPTION = re.compile(r"^a (\w+) (circle|square|triangle) moving (left|right|up|down)"
+                     r"( and a (\w+) (circle|square|triangle) moving (left|right|up|down))? on a (\w+) background$")
+
+
+def _rgb(video_frame, y, x):
+    return tuple(((video_frame[:, y, x] + 1) * 127.5).round().int().tolist())
+
+
+def test_pure_function_of_seed_and_index():
+    a = SyntheticVideos(20, n_frames=6, size=24, seed=3, second_object_prob=0.5)
+    b = SyntheticVideos(20, n_frames=6, size=24, seed=3, second_object_prob=0.5)
+    order_a = [a[i] for i in (7, 2, 7)]
+    order_b = [b[i] for i in (2, 7)]
+    assert torch.equal(order_a[0]["video"], order_a[2]["video"]) and order_a[0]["text"] == order_a[2]["text"]
+    assert torch.equal(order_a[0]["video"], order_b[1]["video"]) and torch.equal(order_a[1]["video"], order_b[0]["video"])
+    c = SyntheticVideos(20, n_frames=6, size=24, seed=4, second_object_prob=0.5)
+    assert sum(a[i]["text"] != c[i]["text"] for i in range(20)) > 5
+    assert len({a[i]["text"] for i in range(20)}) > 10  # varied captions
+
+
+@pytest.mark.parametrize("size", [32, (24, 40)])
+def test_centres_colours_and_caption(size):
+    ds = SyntheticVideos(24, n_frames=8, size=size, seed=1, second_object_prob=0.4)
+    h, w = (size, size) if isinstance(size, int) else size
+    two = 0
+    for i in range(len(ds)):
+        item = ds[i]
+        v, meta = item["video"], item["meta"]
+        assert v.shape == (8, 3, h, w) and v.dtype == torch.float32 and v.min() >= -1 and v.max() <= 1
+        m = CAPTION.match(item["text"])
+        assert m, item["text"]
+        assert (m.group(1), m.group(2), m.group(3), m.group(8)) == (
+            meta["colour"], meta["shape"], meta["direction"], meta["background"])
+        two += m.group(4) is not None
+        assert len(meta["objects"]) == (2 if m.group(4) else 1)
+        if m.group(4):
+            o = meta["objects"][1]
+            assert (m.group(5), m.group(6), m.group(7)) == (o["colour"], o["shape"], o["direction"])
+            assert len({meta["background"], meta["colour"], o["colour"]}) == 3
+        centres = meta["centers"]
+        assert centres.shape == (8, 2)
+        for f in range(8):
+            x, y = centres[f].tolist()
+            assert _rgb(v[f], int(round(y)), int(round(x))) == COLOURS[meta["colour"]]
+        # motion: constant step along the caption's direction, speed as reported
+        steps = centres[1:] - centres[:-1]
+        dx, dy = DIRECTIONS[meta["direction"]]
+        assert torch.allclose(steps, torch.tensor([dx, dy]) * meta["speed"], atol=1e-4)
+        assert meta["speed"] > 0
+        # fully inside the frame
+        r = meta["radius"]
+        assert centres[:, 0].min() - r >= -0.5 - 1e-4 and centres[:, 0].max() + r <= w - 0.5 + 1e-4
+        assert centres[:, 1].min() - r >= -0.5 - 1e-4 and centres[:, 1].max() + r <= h - 0.5 + 1e-4
+    assert 0 < two < len(ds)
+
+
+def test_centroid_of_colour_mask_matches_centre():
+    """For symmetric shapes alone on the canvas, the coverage centroid is the centre (a half-pixel convention
+    error would be off by 0.5)."""
+    ds = SyntheticVideos(10, n_frames=4, size=40, seed=2, shapes=("circle", "square"))
+    for i in range(len(ds)):
+        item = ds[i]
+        col = torch.tensor(COLOURS[item["meta"]["colour"]], dtype=torch.float32) / 127.5 - 1
+        bg = torch.tensor(COLOURS[item["meta"]["background"]], dtype=torch.float32) / 127.5 - 1
+        for f in range(4):
+            frame = item["video"][f]
+            # coverage per pixel from the blend: frame = bg + a (col - bg)
+            diff = (col - bg).view(3, 1, 1)
+            a = ((frame - bg.view(3, 1, 1)) * diff).sum(0) / (diff * diff).sum()
+            ys, xs = torch.meshgrid(torch.arange(40.0), torch.arange(40.0), indexing="ij")
+            cx, cy = (a * xs).sum() / a.sum(), (a * ys).sum() / a.sum()
+            assert torch.allclose(torch.stack([cx, cy]), item["meta"]["centers"][f], atol=0.15)  # 4x4 supersampling
+
+
+def test_first_frame_and_render_frame():
+    ds = SyntheticVideos(5, n_frames=4, size=16, seed=0)
+    for i in range(5):
+        assert torch.equal(ds.first_frame(i), ds[i]["video"][0])
+    scene = make_scene(0, 3, n_frames=4, size=16)
+    assert torch.equal(render_frame(scene, 2), ds[3]["video"][2])
+    assert scene.caption == ds[3]["text"]
+    with pytest.raises(IndexError):
+        ds[5]
+
+
+def test_speed_clamped_to_fit():
+    ds = SyntheticVideos(30, n_frames=16, size=16, seed=0, speed_range=(0.3, 0.4))
+    for i in range(30):
+        c = ds[i]["meta"]["centers"].numpy()
+        r = ds[i]["meta"]["radius"]
+        assert c.min() - r >= -0.5 - 1e-4 and c.max() + r <= 15.5 + 1e-4
+        assert np.ptp(c, axis=0).max() > 0
