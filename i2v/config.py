@@ -28,3 +28,15 @@ def missing_paths(section: DictConfig, keys: list[str], prefix: str) -> list[str
         elif not Path(str(v)).exists():
             out.append(f"{prefix}.{k}={v} (no such file or folder)")
     return out
+
+
+def _pick_stage(stages: DictConfig, key) -> DictConfig:
+    """``${pick_stage:${stages},${stage}}``: the settings of the active training stage (``stage=1|2|...``)."""
+    k = str(key)
+    if k not in stages:
+        raise ValueError(f"stage={key!r} is not defined; choose one of {sorted(str(s) for s in stages)}")
+    return stages[k]
+
+
+if not OmegaConf.has_resolver("pick_stage"):
+    OmegaConf.register_new_resolver("pick_stage", _pick_stage)

@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from i2v.bundle import build_bundle, check_paths
+from i2v.config import CONFIGS
 from i2v.training.callbacks import AdapterCheckpoint
 from i2v.training.module import I2VAdapterModule
 
@@ -26,12 +27,40 @@ def build_trainer(cfg: DictConfig, out_dir: Path, extra_callbacks: list | None =
     return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **overrides)
 
 
+def attach_stage_data(cfg: DictConfig) -> DictConfig:
+    """``data: null`` means the active stage's dataset (``stages.<n>.data``): load ``configs/data/<name>.yaml``."""
+    if cfg.get("data") is None:
+        name = cfg.stage_cfg.data
+        path = CONFIGS / "data" / f"{name}.yaml"
+        if not path.is_file():
+            raise FileNotFoundError(f"stage {cfg.stage} wants data={name}, but {path} does not exist")
+        OmegaConf.set_struct(cfg, False)
+        cfg.data = OmegaConf.load(path)
+    return cfg
+
+
+def check_run_inputs(cfg: DictConfig) -> None:
+    """One error naming every unset weight path and every unset data field (``???``) of this run."""
+    problems = []
+    try:
+        check_paths(cfg.backbone, cfg.adapter)
+    except FileNotFoundError as e:
+        problems.append(str(e))
+    unset = sorted(OmegaConf.missing_keys(cfg.data)) if cfg.get("data") is not None else []
+    if unset:
+        problems.append(f"data={cfg.stage_cfg.data if cfg.get('stage_cfg') else ''} needs: " +
+                        ", ".join(f"data.{k}" for k in unset))
+    if problems:
+        raise FileNotFoundError("\n".join(problems))
+
+
 def train(cfg: DictConfig) -> dict:
     """Train the adapter described by ``cfg``; returns {"adapter": path or None, "out_dir": path, ...}."""
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    check_paths(cfg.backbone, cfg.adapter)
+    attach_stage_data(cfg)
+    check_run_inputs(cfg)
     final = out_dir / "adapter.safetensors"
     if final.exists() and not cfg.overwrite:
         raise FileExistsError(f"{final} exists; pass overwrite=true to replace it")
@@ -52,7 +81,7 @@ def train(cfg: DictConfig) -> dict:
         if trainer.callback_metrics.get("train/loss") is not None:
             result["final_loss"] = float(trainer.callback_metrics["train/loss"])
     if cfg.after_train.sample or cfg.after_train.evaluate:
-        from i2v.after_train import sample_and_score
+        from i2v.toy_eval import sample_and_score
 
         result.update(sample_and_score(cfg, bundle, out_dir))
     return result
