@@ -1,0 +1,160 @@
+"""One entry point: build a :class:`~i2v.models.unet.VideoUNet` from public checkpoints.
+
+``unet``: a diffusers folder (model or pipeline with ``unet/``) or a single file (LDM/SGM ``.safetensors`` /
+``.ckpt``, bare LDM UNet, or a diffusers-named ``diffusion_pytorch_model.safetensors``). ``motion``: an original
+AnimateDiff file or a diffusers ``MotionAdapter`` folder. Every source tensor must land in the model and every
+model tensor must be filled; otherwise one :class:`KeyMapError` names the format and the first offending keys.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional, Union
+
+import torch
+
+from i2v.models.config import MotionConfig, UNetConfig
+from i2v.models.unet import VideoUNet
+
+from .animatediff import MotionWeights, read_motion
+from .common import CheckpointError, load_exact, read_checkpoint, require_format
+from .diffusers import UNET_CLASSES, read_diffusers_folder
+from .ldm import LdmParts, infer_unet_config, layout_from_ldm, ldm_to_diffusers, split_ldm
+
+UNET_FILE_FORMATS = ("ldm", "ldm_unet", "diffusers_unet")
+NormSpec = Union[None, str, Mapping[str, str]]
+
+
+@dataclass
+class UNetWeights:
+    """Spatial UNet tensors in diffusers names, its diffusers config, and what else the source held."""
+
+    tensors: dict[str, torch.Tensor]
+    config: dict
+    fmt: str                          # "diffusers folder" | "ldm single file" | ...
+    family: str                       # "sd15" | "sdxl" (layout family; tiny models included)
+    source: str
+    parts: Optional[LdmParts] = None  # VAE / text encoder / ignored keys of a single file
+    skipped: list[str] = field(default_factory=list)
+
+
+def _family(config: Mapping) -> str:
+    return "sdxl" if config.get("addition_embed_type") == "text_time" else "sd15"
+
+
+def read_unet(path: Union[str, Path], *, use_ema: bool = False, hints: Optional[Mapping] = None,
+              variant: Optional[str] = None) -> UNetWeights:
+    """Read any supported UNet source into diffusers-named tensors plus a diffusers config dict.
+
+    ``hints`` (single files only; see :data:`i2v.checkpoints.ldm.HINT_FIELDS`) supply what shapes cannot
+    tell: head count, GroupNorm groups, SDXL time-id embedding size.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: UNet checkpoint not found (give a diffusers folder such as "
+                              f"<sd-1.5>/unet, or a single file such as v1-5-pruned-emaonly.safetensors / "
+                              f"sd_xl_base_1.0.safetensors)")
+    if path.is_dir():
+        if hints:
+            raise CheckpointError(f"{path}: config hints {sorted(hints)} apply to single files only; a diffusers "
+                                  f"folder carries its config.json")
+        if use_ema:
+            raise CheckpointError(f"{path}: use_ema applies to LDM single files only")
+        folder = read_diffusers_folder(path, classes=UNET_CLASSES, subfolder="unet", variant=variant)
+        return UNetWeights(folder.tensors, folder.config, "diffusers folder", _family(folder.config),
+                           str(folder.path))
+    raw = read_checkpoint(path)
+    fmt = require_format(raw.tensors, UNET_FILE_FORMATS, path, "UNet checkpoint")
+    parts = None
+    if fmt == "ldm":
+        parts = split_ldm(raw.tensors, use_ema=use_ema, source=path)
+        tensors = ldm_to_diffusers(parts.unet, layout_from_ldm(parts.unet), path)
+    elif fmt == "ldm_unet":
+        tensors = ldm_to_diffusers(raw.tensors, layout_from_ldm(raw.tensors), path)
+    else:
+        tensors = dict(raw.tensors)
+    if use_ema and fmt != "ldm":
+        raise CheckpointError(f"{path}: use_ema needs an LDM single file with model_ema.* keys, got {fmt}")
+    config = infer_unet_config(tensors, hints, path)
+    label = {"ldm": "ldm single file", "ldm_unet": "bare ldm unet", "diffusers_unet": "diffusers single file"}[fmt]
+    return UNetWeights(tensors, config, label, _family(config), str(path), parts, raw.skipped)
+
+
+def _norms(spec: NormSpec) -> dict:
+    if spec is None:
+        return {}
+    if spec == "diffusers":
+        return {"spatial_norm": "per_frame", "motion_norm": "across_frames"}
+    if isinstance(spec, Mapping) and set(spec) <= {"spatial_norm", "motion_norm"}:
+        return dict(spec)
+    raise ValueError(f"norm must be None (the release's defaults), 'diffusers', or a dict with spatial_norm/"
+                     f"motion_norm, got {spec!r}")
+
+
+MOTION_HINT_FIELDS = ("num_heads", "norm_num_groups")
+
+
+def motion_config(weights: MotionWeights, unet_cfg: UNetConfig, norm: NormSpec = None,
+                  hints: Optional[Mapping] = None) -> MotionConfig:
+    """MotionConfig of a motion checkpoint for ``unet_cfg``: release defaults (norms, pe length, 8 heads for
+    original files, GroupNorm groups of the UNet) + ``norm`` + ``hints`` (``num_heads``, ``norm_num_groups``)."""
+    hints = dict(hints or {})
+    if bad := sorted(set(hints) - set(MOTION_HINT_FIELDS)):
+        raise CheckpointError(f"{weights.source}: unknown motion hints {bad}; allowed: {list(MOTION_HINT_FIELDS)}")
+    widths = [weights.tensors[k].shape[0] for k in sorted(weights.tensors)
+              if k.startswith("down_blocks.") and k.endswith(".motion_modules.0.proj_in.weight")]
+    if tuple(widths) != unet_cfg.block_out_channels:
+        raise CheckpointError(f"{weights.source}: motion modules ({weights.version}) have widths {widths} per "
+                              f"level but the UNet has {list(unet_cfg.block_out_channels)} (SD1.5 motion module "
+                              f"on an SDXL UNet or the reverse?)")
+    cfg = MotionConfig.for_version(weights.version, unet_cfg).replace(num_heads=8)  # every release: 8 heads
+    if weights.fmt == "motion_adapter":
+        cfg = MotionConfig.from_diffusers_adapter(weights.adapter_config, weights.version,
+                                                  spatial_norm=cfg.spatial_norm, motion_norm=cfg.motion_norm)
+    try:
+        return cfg.replace(max_seq_length=weights.max_seq_length, **_norms(norm), **hints)
+    except ValueError as e:
+        raise CheckpointError(f"{weights.source}: {e}") from e
+
+
+def load_video_unet(unet: Union[str, Path], motion: Union[str, Path, None] = None, *, norm: NormSpec = None,
+                    device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
+                    use_ema: bool = False, unet_hints: Optional[Mapping] = None,
+                    motion_version: Optional[str] = None, motion_hints: Optional[Mapping] = None,
+                    variant: Optional[str] = None,
+                    verbose: bool = True) -> VideoUNet:
+    """Build a VideoUNet from a UNet checkpoint (+ an AnimateDiff motion module) on ``device`` in ``dtype``.
+
+    norm: ``None`` -> the detected motion release's GroupNorm modes (v1: spatial across frames); ``"diffusers"``
+    -> diffusers ``UNetMotionModel``'s (:meth:`MotionConfig.diffusers_norms`); or an explicit dict.
+    use_ema: take an LDM file's ``model_ema`` copy. unet_hints: see :func:`read_unet`.
+    motion_version: only for original files without ``pe`` buffers (v1 vs v3). motion_hints: see
+    :func:`motion_config`. variant: e.g. ``"fp16"`` (diffusers folders).
+    Raises :class:`CheckpointError` / :class:`KeyMapError` for anything that does not match one to one.
+    """
+    uw = read_unet(unet, use_ema=use_ema, hints=unet_hints, variant=variant)
+    try:
+        cfg = UNetConfig.from_diffusers(uw.config)
+    except ValueError as e:
+        raise CheckpointError(f"{uw.source}: unsupported UNet config ({e})") from e
+    mw = read_motion(motion, motion_version) if motion is not None else None
+    mcfg = motion_config(mw, cfg, norm, motion_hints) if mw is not None else None
+    with torch.device(device):
+        model = VideoUNet(cfg, mcfg).to(dtype)
+    sd = dict(uw.tensors)
+    if mw is not None:
+        if clash := sorted(set(sd) & set(mw.tensors)):
+            raise CheckpointError(f"{uw.source} and {mw.source} both hold {clash[:5]}")
+        sd.update(mw.tensors)
+    fmt = f"{uw.family} {uw.fmt}" + (f" + {mw.version} {mw.fmt}" if mw else "")
+    load_exact(model, sd, fmt=fmt, source=uw.source if mw is None else f"{uw.source} + {mw.source}")
+    if verbose:
+        msg = f"[i2v.checkpoints] loaded {len(uw.tensors)} UNet tensors ({uw.family}, {uw.fmt})"
+        if mw is not None:
+            msg += (f", {len(mw.tensors)} motion tensors ({mw.version}, {mw.fmt}; norms spatial "
+                    f"{mcfg.spatial_norm}, motion {mcfg.motion_norm}; pe length {mcfg.max_seq_length})")
+        if uw.parts is not None:
+            msg += (f"; also in the file: {len(uw.parts.vae)} VAE, {len(uw.parts.text)} text-encoder tensors; "
+                    f"ignored {', '.join(f'{len(v)} {k}' for k, v in uw.parts.ignored.items()) or 'nothing'}")
+        print(msg)
+    return model.eval()
