@@ -178,3 +178,21 @@ def test_gradients_reach_only_adapter_output_at_init():
     assert all(g.abs().max() > 0 for k, g in grads.items() if "to_out_ff" in k)
     assert all(g.abs().max() == 0 for k, g in grads.items() if "to_q_ff" in k)
     assert all(p.grad is None for n, p in unet.named_parameters() if n not in params)
+
+
+def test_i2v_and_ip_adapters_coexist():
+    """Both adapters attached (attn1 / attn2): the zero-init I2V-Adapter leaves the IP-Adapter model unchanged."""
+    from i2v.models.content import attach_ip_adapter
+
+    unet = _toy()
+    attach_ip_adapter(unet, num_tokens=4)
+    x, t, ctx = _inputs()
+    ctx = torch.cat([ctx, torch.randn(2, 4, 64)], dim=1)
+    with torch.no_grad():
+        ip_only = unet(x, t, ctx)
+        attach_i2v_adapter(unet)
+        assert (unet(x, t, ctx) - ip_only).abs().max().item() <= 1e-6
+        _perturb_adapter(unet)
+        assert (unet(x, t, ctx) - ip_only).abs().max().item() > 1e-3
+    assert all(hasattr(unet.get_submodule(n.replace("attn1", "attn2")), "to_k_ip")
+               for n in {k.rsplit(".", 2)[0] for k in i2v_adapter_parameters(unet)})
