@@ -186,3 +186,23 @@ def test_controlnet_plumbing(fake_unet, fake_controlnet):
 def test_schedule_mismatch_raises(fake_unet):
     with pytest.raises(ValueError, match="schedule"):
         _run(fake_unet, "ddim", steps=2, schedule=NoiseSchedule(beta_schedule="scaled_linear"))
+
+
+@pytest.mark.parametrize("name", ["euler", "dpmpp"])  # σ-scaled input; multistep history on the F-1 slice
+def test_real_toy_unet(name):
+    from i2v.models.unet import build_video_unet
+
+    torch.manual_seed(0)
+    unet = build_video_unet("toy", motion="v2").eval()
+    first = torch.randn(1, 4, 8, 8)
+    cond, uncond = torch.randn(1, 6, 64), torch.zeros(1, 6, 64)
+    calls = []
+    hook = unet.register_forward_pre_hook(lambda m, a: calls.append(a[0][:, :, 0].clone()))
+    out = sample_video(unet, first, cond, uncond, scheduler=make_scheduler(name, NoiseSchedule()), steps=3,
+                       cfg=7.5, n_frames=3, t0=0.7, p=0.5, generator=torch.Generator().manual_seed(0),
+                       progress=False)
+    hook.remove()
+    assert out["nfe"] == len(calls) == 2  # round(3 * 0.7)
+    assert torch.equal(out["latents"][:, :, 0], first)
+    assert all(torch.equal(c, torch.cat([first, first])) for c in calls)
+    assert torch.isfinite(out["latents"]).all()
