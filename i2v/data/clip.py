@@ -81,13 +81,16 @@ def plan_clip(n_source: int, n_frames: int, stride: int, rng: np.random.Generato
 def resize_crop(frames: torch.Tensor, size: tuple[int, int], antialias: bool = True) -> torch.Tensor:
     """Resize so the frame covers `size` (short side for squares), then center-crop.
 
-    frames: (F, 3, h, w) float; returns (F, 3, H, W) with (H, W) = size.
+    frames: (F, 3, h, w) float or uint8; returns (F, 3, H, W), same dtype, with (H, W) = size. uint8 runs
+    torch's channels-last uint8 kernel (about 10x faster than float on CPU; rounds to integers).
     """
     _, _, h, w = frames.shape
     th, tw = size
     scale = max(th / h, tw / w)
     nh, nw = max(th, int(round(h * scale))), max(tw, int(round(w * scale)))
     if (nh, nw) != (h, w):
+        if frames.dtype == torch.uint8:
+            frames = frames.contiguous(memory_format=torch.channels_last)
         frames = F.interpolate(frames, size=(nh, nw), mode="bilinear", align_corners=False, antialias=antialias)
     top, left = int(round((nh - th) / 2.0)), int(round((nw - tw) / 2.0))
     return frames[:, :, top : top + th, left : left + tw]
@@ -95,12 +98,11 @@ def resize_crop(frames: torch.Tensor, size: tuple[int, int], antialias: bool = T
 
 def to_pixels(frames: np.ndarray, spec: ClipSpec, flip: bool) -> torch.Tensor:
     """uint8 (F, h, w, 3) -> float32 (F, 3, H, W) in [-1, 1], resized/cropped to spec.size, optionally flipped."""
-    x = torch.from_numpy(np.ascontiguousarray(frames))
-    x = rearrange(x, "f h w c -> f c h w").float()
-    x = resize_crop(x, spec.size, spec.antialias)
+    x = rearrange(torch.from_numpy(np.ascontiguousarray(frames)), "f h w c -> f c h w")
+    x = resize_crop(x, spec.size, spec.antialias)  # in uint8 (channels-last kernel), before the float conversion
     if flip:
         x = x.flip(-1)
-    return (x / 127.5 - 1.0).clamp_(-1.0, 1.0).contiguous()
+    return (x.float() / 127.5 - 1.0).contiguous()
 
 
 def read_clip(

@@ -90,6 +90,12 @@ def test_resize_crop_geometry():
     out = resize_crop(z, (4, 4), antialias=False)
     ref = z.view(1, 1, 4, 2, 8, 2).mean((3, 5))[..., 2:6]
     assert torch.allclose(out, ref, atol=1e-5)
+    # uint8 input (the fast path used for decoded frames) agrees with float to one grey level
+    u = torch.randint(0, 256, (2, 3, 30, 50), dtype=torch.uint8)
+    for aa in (True, False):
+        fu, ff = resize_crop(u, (16, 16), aa), resize_crop(u.float(), (16, 16), aa)
+        assert fu.dtype == torch.uint8 and (fu.float() - ff).abs().max() <= 1.0
+        assert (fu.float() - ff).abs().mean() < 0.5
 
 
 def test_flip_and_rectangular_size(media):
