@@ -95,7 +95,6 @@ class FolderVideos(RobustMapDataset):
         if root is None and manifest is None:
             raise ValueError("FolderVideos needs root= (folder of videos + .txt captions) or manifest= (jsonl/csv)")
         self.min_short_side, self.default_caption = int(min_short_side), default_caption
-        self.has_captions = manifest is not None
         if manifest is not None:
             paths, caps = read_manifest(manifest)
             base = root if root is not None else os.path.dirname(os.path.abspath(manifest))

@@ -59,6 +59,14 @@ def _as_input(source: VideoSource):
     return os.fspath(source)
 
 
+class ShortStream(ValueError):
+    """The stream decodes fewer frames than its header claims; `actual` = frames that exist."""
+
+    def __init__(self, actual: int, reported: int):
+        super().__init__(f"stream ends after {actual} frames, header says {reported}")
+        self.actual = actual
+
+
 class DecordReader:
     """decord.VideoReader wrapper; `frames(indices)` -> uint8 (N, H, W, 3)."""
 
@@ -108,13 +116,20 @@ class PyAVReader:
             if seekable:
                 target = int((wanted[0] / fps) / tb) + t0
                 container.seek(target, stream=stream, backward=True, any_frame=False)
-            count = 0
-            for frame in container.decode(stream):
+            count, last = 0, -1
+            frames = container.decode(stream)
+            while True:
+                try:
+                    frame = next(frames)
+                except StopIteration:
+                    break
+                except av.error.FFmpegError:  # truncated/corrupt data: keep what decoded before it
+                    break
                 if seekable and frame.pts is not None:
                     idx = int(round(float((frame.pts - t0) * tb) * fps))
                 else:
                     idx = count
-                count += 1
+                count, last = count + 1, max(last, idx)
                 if idx in got or idx not in wanted_set:
                     if idx > wanted[-1]:
                         break
@@ -124,7 +139,9 @@ class PyAVReader:
                     break
         missing = [i for i in wanted if i not in got]
         if missing:
-            raise ValueError(f"decoded stream ended before frames {missing[:4]} (of {self.info.n_frames} reported)")
+            if 0 <= last < missing[0]:  # the stream simply ends early: the header over-reported its length
+                raise ShortStream(last + 1, self.info.n_frames)
+            raise ValueError(f"frames {missing[:4]} not found in the stream ({self.info.n_frames} reported)")
         return np.stack([got[int(i)] for i in indices])
 
 
@@ -165,7 +182,17 @@ def read_frames(
             continue
         indices = [int(i) for i in choose(reader.info)]
         try:
-            frames = reader.frames(indices)
+            try:
+                frames = reader.frames(indices)
+            except ShortStream as short:  # truncated: re-plan once within the frames that decode
+                reader.info.n_frames = short.actual
+                try:
+                    indices = [int(i) for i in choose(reader.info)]
+                except BadSample as e:
+                    raise BadSample("corrupt", f"{name}: truncated, {short} ({e})") from None
+                frames = reader.frames(indices)
+        except BadSample:
+            raise
         except Exception as e:  # noqa: BLE001
             errors.append(f"{b} decode: {type(e).__name__}: {str(e)[:120]}")
             continue

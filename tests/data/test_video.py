@@ -70,6 +70,17 @@ def test_bad_files(media, name, reason):
     assert e.value.reason == reason
 
 
+def test_truncated_file_uses_the_decodable_prefix(media):
+    """Header says 40 frames, data stops early: decord fails, PyAV decodes the prefix, the clip is re-planned."""
+    video, meta = _read(media["truncated_faststart"], n_frames=4, stride=1)
+    assert meta["backend"] == "pyav" and 4 <= meta["n_frames_source"] < 40
+    assert max(meta["indices"]) < meta["n_frames_source"]
+    assert [frame_index(f) for f in video] == meta["indices"]
+    with pytest.raises(BadSample, match="truncated") as e:
+        _read(media["truncated_faststart"], n_frames=39, stride=1)
+    assert e.value.reason == "corrupt"
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(BadSample) as e:
         _read(str(tmp_path / "nope.mp4"))
