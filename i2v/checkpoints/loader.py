@@ -22,6 +22,11 @@ from .diffusers import UNET_CLASSES, read_diffusers_folder
 from .ldm import LdmParts, infer_unet_config, layout_from_ldm, ldm_to_diffusers, split_ldm
 
 UNET_FILE_FORMATS = ("ldm", "ldm_unet", "diffusers_unet")
+# reference/checkpoints.md *derived* totals: (tensors, parameters). Motion: tensors without the 2 pe per module
+# (original files hold 560 / 588 / 560 / 420 with pe), parameters without pe.
+RELEASE_UNETS = {"sd15": (UNetConfig.sd15, 686, 859_520_964), "sdxl": (UNetConfig.sdxl, 1680, 2_567_463_684)}
+RELEASE_MOTION = {(320, 640, 1280, 1280): {False: (520, 417_137_600), True: (546, 453_209_280)},
+                  (320, 640, 1280): {False: (390, 236_779_200)}}
 NormSpec = Union[None, str, Mapping[str, str]]
 
 
@@ -78,6 +83,25 @@ def read_unet(path: Union[str, Path], *, use_ema: bool = False, hints: Optional[
     config = infer_unet_config(tensors, hints, path)
     label = {"ldm": "ldm single file", "ldm_unet": "bare ldm unet", "diffusers_unet": "diffusers single file"}[fmt]
     return UNetWeights(tensors, config, label, _family(config), str(path), parts, raw.skipped)
+
+
+def check_release_counts(cfg: UNetConfig, tensors: Mapping[str, torch.Tensor], source: object,
+                         motion: Optional[MotionConfig] = None) -> None:
+    """At release sizes (SD1.5 / SDXL UNet, AnimateDiff motion widths) assert the derived tensor and
+    parameter totals of §1.2, §2 and §4.2; tiny or custom models are not checked."""
+    def check(what: str, items: list, want: tuple[int, int]) -> None:
+        got = (len(items), sum(t.numel() for t in items))
+        if got != want:
+            raise CheckpointError(f"{source}: {what} holds {got[0]} tensors / {got[1]:,} parameters, the release "
+                                  f"has {want[0]} / {want[1]:,}")
+    spatial = [v for k, v in tensors.items() if ".motion_modules." not in k]
+    for family, (preset, n, params) in RELEASE_UNETS.items():
+        if cfg.replace(sample_size=preset().sample_size) == preset():
+            check(f"{family} UNet", spatial, (n, params))
+    if motion is not None and motion.block_out_channels in RELEASE_MOTION:
+        want = RELEASE_MOTION[motion.block_out_channels].get(motion.use_mid_block)
+        if want is not None:
+            check(f"{motion.version} motion module", [v for k, v in tensors.items() if ".motion_modules." in k], want)
 
 
 def _norms(spec: NormSpec) -> dict:
@@ -147,12 +171,15 @@ def load_video_unet(unet: Union[str, Path], motion: Union[str, Path, None] = Non
             raise CheckpointError(f"{uw.source} and {mw.source} both hold {clash[:5]}")
         sd.update(mw.tensors)
     fmt = f"{uw.family} {uw.fmt}" + (f" + {mw.version} {mw.fmt}" if mw else "")
-    load_exact(model, sd, fmt=fmt, source=uw.source if mw is None else f"{uw.source} + {mw.source}")
+    source = uw.source if mw is None else f"{uw.source} + {mw.source}"
+    load_exact(model, sd, fmt=fmt, source=source)
+    check_release_counts(cfg, sd, source, mcfg)
     if verbose:
         msg = f"[i2v.checkpoints] loaded {len(uw.tensors)} UNet tensors ({uw.family}, {uw.fmt})"
         if mw is not None:
-            msg += (f", {len(mw.tensors)} motion tensors ({mw.version}, {mw.fmt}; norms spatial "
-                    f"{mcfg.spatial_norm}, motion {mcfg.motion_norm}; pe length {mcfg.max_seq_length})")
+            n_pe = sum(k.endswith(("pos_encoder.pe", "pos_embed.pe")) for k in mw.ignored)
+            msg += (f", {len(mw.tensors)} motion tensors + {n_pe} pe buffers checked ({mw.version}, {mw.fmt}; "
+                    f"norms spatial {mcfg.spatial_norm}, motion {mcfg.motion_norm}; pe length {mcfg.max_seq_length})")
         if uw.parts is not None:
             msg += (f"; also in the file: {len(uw.parts.vae)} VAE, {len(uw.parts.text)} text-encoder tensors; "
                     f"ignored {', '.join(f'{len(v)} {k}' for k, v in uw.parts.ignored.items()) or 'nothing'}")

@@ -72,6 +72,18 @@ def test_single_file_matches_folder(kind, suffix, request, ckpt_dir, capsys):
         _assert_close(from_file(x, t, ctx, added), from_folder(x, t, ctx, added))
 
 
+def test_bare_ldm_unet_and_diffusers_single_file(sd15_unet, sd15_folder, ckpt_dir, capsys):
+    ldm = to_ldm_single_file(sd15_unet, sdxl=False)
+    bare = {k[len("model.diffusion_model."):]: v for k, v in ldm.items() if k.startswith("model.diffusion_model.")}
+    save_single_file(bare, ckpt_dir / "bare_unet.safetensors")
+    save_single_file(sd15_unet.state_dict(), ckpt_dir / "diffusion_pytorch_model.safetensors")
+    ref = load_video_unet(sd15_folder, verbose=False).state_dict()
+    for name, label in (("bare_unet", "bare ldm unet"), ("diffusion_pytorch_model", "diffusers single file")):
+        got = load_video_unet(ckpt_dir / f"{name}.safetensors", unet_hints=SD15_HINTS).state_dict()
+        assert f"(sd15, {label})" in capsys.readouterr().out
+        assert all(torch.equal(got[k], ref[k]) for k in ref)
+
+
 def test_use_ema_takes_the_ema_copy(sd15_unet, ckpt_dir):
     sd = to_ldm_single_file(sd15_unet, sdxl=False, ema=True)
     path = ckpt_dir / "ema.safetensors"
@@ -147,3 +159,38 @@ def test_release_norm_defaults(version, norms, sd15_unet, sd15_folder, ckpt_dir)
     with torch.no_grad():
         err = (model(x, t, ctx) - diffusers_motion_reference(sd15_unet, adapter, x, t, ctx, None)).abs().max()
     assert err > 1e-3
+
+
+@pytest.mark.parametrize("kind,version", [("sd15", "v2"), ("sdxl", "sdxl_beta")])
+def test_release_size_layouts_on_meta(kind, version):
+    """Real SD1.5/SDXL sizes without weights (meta tensors): the test-side LDM file maps back, the config is
+    inferred with the release head rules and no hints, the derived totals of reference/checkpoints.md hold,
+    and a VideoUNet at that size has exactly the diffusers UNetMotionModel keys and shapes minus pe."""
+    from diffusers import MotionAdapter
+
+    from i2v.checkpoints.common import CheckpointError
+    from i2v.checkpoints.loader import check_release_counts
+    from i2v.models.config import MotionConfig, UNetConfig
+    from i2v.models.unet import build_video_unet
+
+    preset = UNetConfig.sd15() if kind == "sd15" else UNetConfig.sdxl()
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**preset.to_diffusers())
+        adapter = MotionAdapter(**MotionConfig.for_version(version, preset).to_diffusers_adapter())
+        ours = build_video_unet(kind, version, device="meta")
+    ldm = to_ldm_single_file(unet, sdxl=kind == "sdxl")
+    parts = split_ldm(ldm)
+    mapped = ldm_to_diffusers(parts.unet, layout_from_ldm(parts.unet))
+    ref = unet.state_dict()
+    assert {k: v.shape for k, v in mapped.items()} == {k: v.shape for k, v in ref.items()}
+    assert UNetConfig.from_diffusers(infer_unet_config(mapped)) == preset      # 8 heads / head dim 64
+    assert len(ref) == {"sd15": 686, "sdxl": 1680}[kind]
+    assert sum(v.numel() for v in ref.values()) == {"sd15": 859_520_964, "sdxl": 2_567_463_684}[kind]
+    original = adapter_to_original(adapter)
+    assert len(original) == {"v2": 588, "sdxl_beta": 420}[version]
+    motion = {k: v for k, v in adapter.state_dict().items() if not k.endswith("pos_embed.pe")}
+    expected = {k: v.shape for k, v in {**ref, **motion}.items()}
+    assert {k: v.shape for k, v in ours.state_dict().items()} == expected
+    check_release_counts(ours.config, ours.state_dict(), "meta", ours.motion_config)
+    with pytest.raises(CheckpointError, match="UNet holds"):
+        check_release_counts(ours.config, dict(list(ours.state_dict().items())[1:]), "meta", ours.motion_config)
