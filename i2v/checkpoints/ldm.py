@@ -90,7 +90,8 @@ def block_table(lay: Layout) -> list[tuple[str, str, str]]:
          ("out.2.", "conv_out.", "plain"), ("middle_block.0.", "mid_block.resnets.0.", "resnet"),
          ("middle_block.1.", "mid_block.attentions.0.", "attn"), ("middle_block.2.", "mid_block.resnets.1.", "resnet")]
     if lay.text_time:
-        t += [("label_emb.0.0.", "add_embedding.linear_1.", "plain"), ("label_emb.0.2.", "add_embedding.linear_2.", "plain")]
+        t += [("label_emb.0.0.", "add_embedding.linear_1.", "plain"),
+              ("label_emb.0.2.", "add_embedding.linear_2.", "plain")]
     for lv in range(lay.levels):
         for j in range(lay.layers_per_block):
             i = 1 + lv * n + j

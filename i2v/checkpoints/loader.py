@@ -44,7 +44,10 @@ class UNetWeights:
 
 
 def _family(config: Mapping) -> str:
-    return "sdxl" if config.get("addition_embed_type") == "text_time" else "sd15"
+    """Layout family for messages: sdxl (text_time), sd2 (linear proj, context 1024), else sd15."""
+    if config.get("addition_embed_type") == "text_time":
+        return "sdxl"
+    return "sd2" if config.get("use_linear_projection") and config.get("cross_attention_dim") == 1024 else "sd15"
 
 
 def read_unet(path: Union[str, Path], *, use_ema: bool = False, hints: Optional[Mapping] = None,
@@ -122,7 +125,7 @@ def motion_config(weights: MotionWeights, unet_cfg: UNetConfig, norm: NormSpec =
                   hints: Optional[Mapping] = None) -> MotionConfig:
     """MotionConfig of a motion checkpoint for ``unet_cfg``: release defaults (norms, pe length, 8 heads for
     original files, GroupNorm groups of the UNet) + ``norm`` + ``hints`` (``num_heads``, ``norm_num_groups``)."""
-    hints = dict(hints or {})
+    hints, norms = dict(hints or {}), _norms(norm)
     if bad := sorted(set(hints) - set(MOTION_HINT_FIELDS)):
         raise CheckpointError(f"{weights.source}: unknown motion hints {bad}; allowed: {list(MOTION_HINT_FIELDS)}")
     widths = [weights.tensors[k].shape[0] for k in sorted(weights.tensors)
@@ -136,7 +139,7 @@ def motion_config(weights: MotionWeights, unet_cfg: UNetConfig, norm: NormSpec =
         cfg = MotionConfig.from_diffusers_adapter(weights.adapter_config, weights.version,
                                                   spatial_norm=cfg.spatial_norm, motion_norm=cfg.motion_norm)
     try:
-        return cfg.replace(max_seq_length=weights.max_seq_length, **_norms(norm), **hints)
+        return cfg.replace(max_seq_length=weights.max_seq_length, **norms, **hints)
     except ValueError as e:
         raise CheckpointError(f"{weights.source}: {e}") from e
 
@@ -156,6 +159,7 @@ def load_video_unet(unet: Union[str, Path], motion: Union[str, Path, None] = Non
     :func:`motion_config`. variant: e.g. ``"fp16"`` (diffusers folders).
     Raises :class:`CheckpointError` / :class:`KeyMapError` for anything that does not match one to one.
     """
+    _norms(norm)                      # validated even without a motion module (it then has no effect)
     uw = read_unet(unet, use_ema=use_ema, hints=unet_hints, variant=variant)
     try:
         cfg = UNetConfig.from_diffusers(uw.config)

@@ -26,7 +26,6 @@ SDXL_TINY = dict(  # SDXL layout: 3 levels, attention at 1-2, depth (1,1,2) + mi
 SDXL_HINTS = dict(head_dim=16, norm_num_groups=8, addition_time_embed_dim=8)
 SD15_HINTS = dict(norm_num_groups=8)
 POOLED = 16
-torch.set_num_threads(1)  # tiny models: threads only add contention on the shared 2-core machine
 
 # ------------------------------------------------------------------ diffusers -> LDM (test-side, §1.3/§2)
 RESNET_TO_LDM = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
@@ -166,6 +165,15 @@ def unet_inputs(kind: str, batch: int = 2, tokens: int = 5):
 
 def tolerance(ref: torch.Tensor) -> float:
     return 1e-4 * max(1.0, ref.abs().max().item())
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: extra threads only add contention on a shared CPU (10x wall time measured here)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,8 @@ from i2v.checkpoints.lora import merge_lora, split_text_encoder_lora
 
 RANK = 4
 # transformer Linear/1x1 layers (kohya default) + LoCon convs, time projections and resamplers
-SD15_TARGETS = r"(attentions\.\d+\.(proj_in|proj_out|transformer_blocks\.\d+\.(attn[12]\.(to_[qkv]|to_out\.0)|ff\.net\.(0\.proj|2)))" \
+SD15_TARGETS = r"(attentions\.\d+\.(proj_in|proj_out|transformer_blocks\.\d+\." \
+               r"(attn[12]\.(to_[qkv]|to_out\.0)|ff\.net\.(0\.proj|2)))" \
                r"|resnets\.\d+\.(conv1|conv2|time_emb_proj|conv_shortcut)|downsamplers\.0\.conv|upsamplers\.0\.conv)$"
 
 
