@@ -20,7 +20,6 @@ from typing import Iterator, Optional, Sequence, Union
 
 import braceexpand
 import numpy as np
-import torch
 import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 

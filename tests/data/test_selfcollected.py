@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import frame_index, write_video
+from videofiles import frame_index, write_video
 
 from i2v.data import FolderVideos
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import frame_index
+from videofiles import frame_index
 
 from i2v.data import BadSample, ClipSpec, plan_clip, probe_video, read_clip, resize_crop
 from i2v.data.clip import item_rng

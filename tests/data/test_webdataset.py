@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from conftest import frame_index, write_shard, write_video
+from videofiles import frame_index, write_shard, write_video
 from torch.utils.data import DataLoader
 
 from i2v.data import WebDatasetVideos, collate_videos, expand_urls, shards_for

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import frame_index, make_broken, write_video
+from videofiles import frame_index, make_broken, write_video
 from torch.utils.data import DataLoader
 
 from i2v.data import WebVidDataset, collate_videos
