@@ -145,6 +145,17 @@ def test_motion_adapter_folder_matches_original_file(sd15_folder, ckpt_dir):
         _assert_close(a(x, t, ctx), b(x, t, ctx))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_motion_file(dtype, sd15_folder, ckpt_dir):
+    original = {k: v.to(dtype) for k, v in adapter_to_original(make_adapter("v3")).items()}
+    save_single_file(original, ckpt_dir / f"mm_v3_{str(dtype)[6:]}.safetensors")
+    model = load_video_unet(sd15_folder, ckpt_dir / f"mm_v3_{str(dtype)[6:]}.safetensors", verbose=False)
+    assert model.motion_config.version == "v3"
+    key = "down_blocks.2.motion_modules.1.temporal_transformer.transformer_blocks.0.attention_blocks.1.to_v.weight"
+    got = model.state_dict()["down_blocks.2.motion_modules.1.transformer_blocks.0.attn2.to_v.weight"]
+    assert got.dtype == torch.float32 and torch.equal(got, original[key].float())
+
+
 @pytest.mark.parametrize("version,norms", [("v1", ("across_frames", "per_frame")),
                                            ("v3", ("per_frame", "per_frame"))])
 def test_release_norm_defaults(version, norms, sd15_unet, sd15_folder, ckpt_dir):
