@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import SD15_HINTS, adapter_to_original, make_adapter, save_single_file, to_ldm_single_file
+from ckpt_layouts import SD15_HINTS, adapter_to_original, make_adapter, save_single_file, to_ldm_single_file
 from safetensors.torch import load_file, save_file
 
 from i2v.checkpoints.common import CheckpointError, KeyMapError, UnknownFormatError, read_checkpoint

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import (adapter_to_original, diffusers_key_to_ldm, diffusers_per_frame, make_adapter,
+from ckpt_layouts import (adapter_to_original, diffusers_key_to_ldm, diffusers_per_frame, make_adapter,
                       save_single_file, tolerance, video_inputs)
 from diffusers import UNetMotionModel
 from safetensors.torch import save_file

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import (SD15_HINTS, SDXL_HINTS, adapter_to_original, diffusers_motion_reference,
+from ckpt_layouts import (SD15_HINTS, SDXL_HINTS, adapter_to_original, diffusers_motion_reference,
                       diffusers_per_frame, make_adapter, save_single_file, to_ldm_single_file,
                       tolerance, video_inputs)
 from diffusers import UNet2DConditionModel
