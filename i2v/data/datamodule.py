@@ -75,6 +75,24 @@ def build_dataset(spec: Mapping, defaults: Mapping, overrides: Mapping) -> Datas
     return hydra.utils.instantiate(cfg, _convert_="all")
 
 
+class EpochShuffleSampler(torch.utils.data.Sampler):
+    """Shuffles with a permutation that is a pure function of (seed, epoch): Lightning calls ``set_epoch`` before
+    each epoch, so a run resumed from an epoch-end checkpoint sees exactly the order of an uninterrupted one."""
+
+    def __init__(self, n: int, seed: int = 0):
+        self.n, self.seed, self.epoch = int(n), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
 class VideoDataModule(LightningDataModule):
     def __init__(
         self,
@@ -93,6 +111,7 @@ class VideoDataModule(LightningDataModule):
         split_seed: int = 0,
         drop_last: bool = True,
         check_data: bool = True,
+        shuffle_seed: Optional[int] = 0,
     ):
         super().__init__()
         self.dataset_spec = _plain_spec(dataset, "dataset")
@@ -103,6 +122,7 @@ class VideoDataModule(LightningDataModule):
         self.num_workers, self.persistent_workers, self.pin_memory = num_workers, persistent_workers, pin_memory
         self.val_fraction, self.max_val_items, self.split_seed = val_fraction, max_val_items, split_seed
         self.drop_last, self.check_data = drop_last, check_data
+        self.shuffle_seed = shuffle_seed
         self.train_dataset: Optional[Dataset] = None
         self.val_dataset: Optional[Dataset] = None
 
@@ -170,10 +190,14 @@ class VideoDataModule(LightningDataModule):
     def _loader(self, ds: Dataset, batch_size: int, train: bool) -> DataLoader:
         iterable = isinstance(ds, IterableDataset)
         workers = self.num_workers
+        sampler = None
+        if train and not iterable and self.shuffle_seed is not None:
+            sampler = EpochShuffleSampler(len(ds), self.shuffle_seed)
         return DataLoader(
             ds,
             batch_size=batch_size,
-            shuffle=train and not iterable,
+            shuffle=train and not iterable and sampler is None,
+            sampler=sampler,
             drop_last=train and self.drop_last,
             num_workers=workers,
             persistent_workers=self.persistent_workers and workers > 0,

@@ -20,7 +20,7 @@ STAGE = {"n_frames": 6, "stride": 2, "resolution": 16, "batch_size": 2}
 
 
 def _data_cfg(name, **extra):
-    cfg = OmegaConf.create({"stage_cfg": STAGE, "data": OmegaConf.load(os.path.join(CONFIGS, "data", f"{name}.yaml"))})
+    cfg = OmegaConf.create({"seed": 0, "stage_cfg": STAGE, "data": OmegaConf.load(os.path.join(CONFIGS, "data", f"{name}.yaml"))})
     for k, v in extra.items():
         OmegaConf.update(cfg, f"data.{k}", v, force_add=True)
     return cfg.data
@@ -151,3 +151,16 @@ def test_all_bad_fails_in_setup(tmp_path, media):
                           "video_folder": str(videos)}, n_frames=4, stride=1, size=8, val_fraction=0)
     with pytest.raises(RuntimeError, match=r"WebVidDataset: .*corrupt=1 missing_file=4"):
         dm.setup("fit")
+
+
+def test_epoch_shuffle_is_a_function_of_seed_and_epoch():
+    from i2v.data.datamodule import EpochShuffleSampler
+
+    a, b = EpochShuffleSampler(20, seed=3), EpochShuffleSampler(20, seed=3)
+    a.set_epoch(1)
+    torch.manual_seed(123)  # the global RNG must not matter
+    b.set_epoch(1)
+    assert list(a) == list(b) and sorted(a) == list(range(20))
+    b.set_epoch(2)
+    assert list(a) != list(b)
+    assert list(EpochShuffleSampler(20, seed=4)) != list(EpochShuffleSampler(20, seed=3))
