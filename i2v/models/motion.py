@@ -42,7 +42,7 @@ class TemporalTransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.attn1(self.pos_embed(self.norm1(x))) + x
         x = self.attn2(self.pos_embed(self.norm2(x))) + x
-        return self.ff(self.norm3(x)) + x
+        return self.ff(self.norm3(x)).add_(x)  # the FF output is a fresh Linear output
 
 
 class MotionModule(nn.Module):
@@ -74,7 +74,7 @@ class MotionModule(nn.Module):
         if num_frames > self.max_seq_length:
             raise ValueError(f"{num_frames} frames exceed the motion module's positional-encoding length "
                              f"max_seq_length={self.max_seq_length}")
-        tokens = rearrange(self.norm(x, num_frames), "(b f) c h w -> (b h w) f c", f=num_frames)
+        tokens = rearrange(self.norm.video(x, num_frames), "b c f h w -> (b h w) f c")
         tokens = self.proj_in(tokens)
         for block in self.transformer_blocks:
             tokens = block(tokens)

@@ -26,7 +26,9 @@ class GEGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         value, gate = self.proj(x).chunk(2, dim=-1)
-        return value * F.gelu(gate)
+        if torch.is_grad_enabled():
+            return value * F.gelu(gate)
+        return F.gelu(gate).mul_(value)  # inference: reuse the gelu buffer (same values, one tensor less)
 
 
 class FeedForward(nn.Module):
@@ -62,7 +64,7 @@ class BasicTransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
         x = self.attn1(self.norm1(x), num_frames=num_frames) + x
         x = self.attn2(self.norm2(x), context=context, num_frames=num_frames) + x
-        return self.ff(self.norm3(x)) + x
+        return self.ff(self.norm3(x)).add_(x)  # the FF output is a fresh Linear output
 
 
 class Transformer2D(nn.Module):
