@@ -76,8 +76,15 @@ def test_motion_unet_keys_equal_unet_motion_model_without_pe():
 def test_config_round_trip_and_presets():
     for cfg in (UNetConfig.sd15(), UNetConfig.sdxl(), UNetConfig.toy()):
         assert UNetConfig.from_diffusers(cfg.to_diffusers()) == cfg
-    toy = diffusers.UNet2DConditionModel(**UNetConfig.toy().to_diffusers())
-    assert UNetConfig.from_diffusers(dict(toy.config)) == UNetConfig.toy()
+    for cfg, version in ((UNetConfig.sd15(), "v2"), (UNetConfig.sdxl(), "sdxl_beta"), (UNetConfig.toy(), "v1")):
+        with torch.device("meta"):  # full diffusers config dicts (all defaults spelled out) parse back
+            unet = diffusers.UNet2DConditionModel(**cfg.to_diffusers())
+            adapter = diffusers.MotionAdapter(**MotionConfig.for_version(version, cfg).to_diffusers_adapter())
+            motion_unet = diffusers.UNetMotionModel.from_unet2d(unet, adapter, load_weights=False)
+        assert UNetConfig.from_diffusers(dict(unet.config)) == cfg
+        assert UNetConfig.from_diffusers(dict(motion_unet.config)) == cfg
+        parsed = MotionConfig.from_diffusers_adapter(dict(adapter.config), version=version)
+        assert parsed == MotionConfig.for_version(version, cfg).diffusers_norms()
     with pytest.raises(ValueError, match="class_embed_type"):
         UNetConfig.from_diffusers({**UNetConfig.sd15().to_diffusers(), "class_embed_type": "timestep"})
     with pytest.raises(ValueError, match="unknown key"):
