@@ -25,8 +25,8 @@ def synthetic_video(frames: int, size: int, device) -> tuple[torch.Tensor, torch
 
 
 def timed(fn, device: str, repeats: int) -> float:
-    fn()                                                      # warm-up (cudnn autotune, allocator)
     if device.startswith("cuda"):
+        fn()                                                  # warm-up (cudnn autotune, allocator); CPU needs none
         torch.cuda.synchronize()
     t = time.perf_counter()
     for _ in range(repeats):

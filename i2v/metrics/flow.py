@@ -252,8 +252,11 @@ class WarpingError(Metric):
         return rearrange(err, "(b f) -> b f", b=video.shape[0]), visible
 
     def score(self, video: torch.Tensor, images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """``video (B, F, 3, H, W)`` in [-1, 1] -> ``{"warping_error": (B,), "..._raw", "..._x255sq", "..._x1e4"}``."""
-        return self._variants(self.pair_errors(video)[0].mean(-1))
+        """``video (B, F, 3, H, W)`` in [-1, 1] -> ``{"warping_error": (B,), "..._raw", "..._x255sq", "..._x1e4",
+        "warping_visible": (B,)}``; the last is the mean non-occluded fraction (near 0: the error is degenerate)."""
+        errs, visible = self.pair_errors(video)
+        vis = rearrange(visible.mean(dim=(-2, -1)), "(b f) -> b f", b=video.shape[0]).mean(-1)
+        return {**self._variants(errs.mean(-1)), "warping_visible": vis}
 
     def update(self, video: torch.Tensor, images: torch.Tensor | None = None) -> None:
         self.values.append(self.pair_errors(video)[0].mean(-1))

@@ -18,6 +18,7 @@ COLUMNS = {
     "dover_vqa": ("DoverVQA", True), "clip_temp": ("CLIPTemp", True), "flow_score": ("FlowScore", True),
     "warping_error": ("WarpingError", False), "warping_error_raw": ("WarpingError raw", False),
     "warping_error_x255sq": ("WarpingError ×255²", False), "warping_error_x1e4": ("WarpingError ×1e4", False),
+    "warping_visible": ("non-occluded fraction", True),
     "dover_aesthetic_raw": ("DOVER aesthetic raw", True),
 }
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
@@ -123,4 +122,3 @@ def test_failures_are_clear(tmp_path, monkeypatch):
                    "metrics.clip_temp.weights=/nonexistent.bin", "metrics.flow.enabled=false", f"videos={tmp_path}")
     with pytest.raises(ValueError, match="nothing to score"):  # CLIP skipped (not raised), DOVER n/a, no videos
         evaluate(skip)
-    torch.manual_seed(0)

@@ -200,9 +200,11 @@ def test_warping_error_mask_removes_inconsistent_region():
                 f[i, :, 8:16, 12:20] = 5.0
         return f
 
-    e_plain = WarpingError(consistent, raft_input="fixed").score(corrupted)["warping_error_raw"].item()
-    e_masked = WarpingError(flagging, raft_input="fixed").score(corrupted)["warping_error_raw"].item()
-    assert e_masked < 0.1 * e_plain
+    plain = WarpingError(consistent, raft_input="fixed").score(corrupted)
+    masked = WarpingError(flagging, raft_input="fixed").score(corrupted)
+    assert masked["warping_error_raw"].item() < 0.1 * plain["warping_error_raw"].item()
+    assert plain["warping_visible"].item() == 1.0
+    assert masked["warping_visible"].item() == pytest.approx(1 - 8 * 8 / (24 * 32))
 
 
 def test_pad_replicates_edges():
