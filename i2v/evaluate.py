@@ -101,6 +101,10 @@ def evaluate(cfg: DictConfig) -> dict:
 
     out_dir = Path(str(cfg.out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.mode == "toy":
+        from i2v.toy_eval import evaluate_toy
+
+        return evaluate_toy(cfg, out_dir)
     device = resolve_device(OmegaConf.select(cfg, "device", default="auto"))
     torch.manual_seed(int(OmegaConf.select(cfg, "seed", default=0) or 0))
     metrics, unavailable = build_metrics(cfg.metrics, device)   # before generating: missing weights fail early
@@ -118,7 +122,7 @@ def evaluate(cfg: DictConfig) -> dict:
         if cfg.max_items:
             items = items[: int(cfg.max_items)]
     else:
-        raise ValueError(f"mode must be 'score' or 'generate', got {cfg.mode!r}")
+        raise ValueError(f"mode must be 'score', 'generate' or 'toy', got {cfg.mode!r}")
     if not items:
         raise ValueError(f"nothing to score (videos={cfg.videos}, manifest={cfg.manifest})")
     _save_config(cfg, out_dir)

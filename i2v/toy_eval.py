@@ -70,3 +70,27 @@ def sample_and_score(cfg: DictConfig, bundle: Bundle, out_dir: Path) -> dict:
     save_json(summary, out_dir / "metrics.json", overwrite=bool(cfg.overwrite))
     print("toy metrics:", json.dumps(res["model"]))
     return {"metrics": res["model"], "metrics_file": str(out_dir / "metrics.json")}
+
+
+def evaluate_toy(cfg: DictConfig, out_dir: Path) -> dict:
+    """``evaluate.py mode=toy``: sample held-out synthetic clips with ``ckpt`` at this run's (t0, p, seed) and score
+    them against the ground truth; writes ``metrics.json`` (read by scripts/make_toy_tables.py)."""
+    from i2v.sampling import check_sampling_args, load_bundle_for_sampling
+
+    if cfg.backbone.name != "toy":
+        raise ValueError("mode=toy scores synthetic clips with the toy backbone (experiment=toy_table2)")
+    if cfg.get("t0") is None or cfg.get("p") is None:
+        raise ValueError("t0 and p must be set (experiment=toy_table2 picks them by fsp_row)")
+    check_sampling_args(cfg)
+    torch.manual_seed(int(cfg.seed))
+    bundle = load_bundle_for_sampling(cfg, torch.device("cpu"), torch.float32)
+    n_videos = int(cfg.get("toy_eval", {}).get("n_videos", 8))
+    frames = int(cfg.frames)
+    res = score_bundle(bundle, cfg, n_videos, frames, int(cfg.backbone.resolution),
+                       out_dir / "samples" if cfg.get("toy_eval", {}).get("write_videos", False) else None,
+                       seed=int(cfg.seed), overwrite=bool(cfg.overwrite))
+    summary = {"table": cfg.get("table"), "adapter": cfg.adapter.name, "seed": int(cfg.seed), "t0": float(cfg.t0),
+               "p": float(cfg.p), "steps": int(cfg.steps), "cfg": float(cfg.cfg), "n_videos": n_videos, **res}
+    save_json(summary, out_dir / "metrics.json", overwrite=bool(cfg.overwrite))
+    print(f"toy metrics (t0={cfg.t0}, p={cfg.p}, seed={cfg.seed}):", json.dumps(res["model"]))
+    return summary
