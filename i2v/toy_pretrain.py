@@ -1,0 +1,262 @@
+"""Toy-world base pretraining (DESIGN.md "Toy world"; used by ``scripts/make_toy_checkpoint.py``).
+
+The toy stand-ins for what the real system downloads:
+
+* **Phase A** (SD + AnimateDiff stand-in): text-to-video pretraining of the whole toy ``VideoUNet`` (spatial + motion)
+  and the :class:`ToyTextEncoder` on :class:`SyntheticVideos`; ε-prediction DDPM loss on *all* frames, one timestep
+  per video, caption dropped to ``""`` with ``text_drop`` (classifier-free guidance).
+* **Phase B** (IP-Adapter Plus stand-in): UNet and text encoder frozen; the :class:`ToyImageEncoder` (stand-in for
+  CLIP pretraining), a :class:`Resampler` and the decoupled ``to_k_ip``/``to_v_ip`` layers train on "image prompt
+  = a random frame of the clip"; the image is replaced by the unconditional tokens with ``image_drop`` and the
+  caption by ``""`` with ``text_drop``; same ε loss on all frames.
+
+Latents are :class:`PatchCodec` (2x2 space-to-depth, 12 channels at 16² for 32² pixels). Everything random
+(init, data order, t, ε, drops, frame choice) derives from ``seed``: equal arguments and thread count give
+bit-identical weights.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from tqdm.auto import tqdm
+
+from i2v.data.synthetic import SyntheticVideos
+from i2v.diffusion.schedule import NoiseSchedule
+from i2v.models import build_video_unet
+from i2v.models.content import Resampler, attach_ip_adapter, image_tokens, uncond_image_tokens
+from i2v.models.toy import PatchCodec, ToyImageEncoder, ToyTextEncoder
+
+# build_video_unet("toy", motion=MOTION, **UNET_OVERRIDES) = the shipped base UNet (stored in the file's metadata)
+MOTION = "v2"
+UNET_OVERRIDES = {"in_channels": PatchCodec.latent_channels, "out_channels": PatchCodec.latent_channels}
+SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear")
+# Toy IP-Adapter Plus resampler. dim_head stays 64 because the official-file loader
+# (i2v.checkpoints.ip_adapter.build_image_proj) infers heads = to_q rows // 64, as for the real Plus files.
+RESAMPLER = dict(dim=64, depth=2, dim_head=64, heads=2, num_queries=4, embedding_dim=64, output_dim=64, ff_mult=2)
+
+
+@dataclass
+class PretrainConfig:
+    """Hyper-parameters of both phases (the CLI flags of ``scripts/make_toy_checkpoint.py``)."""
+
+    seed: int = 0
+    base_steps: int = 1800
+    ip_steps: int = 300
+    batch_size: int = 4
+    lr: float = 3e-3              # peak AdamW lr of both phases
+    warmup: int = 50              # linear warm-up steps, then cosine decay to lr * min_lr_ratio
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    text_drop: float = 0.1
+    image_drop: float = 0.1
+    # Offset noise (Guttenberg 2023). The linear 0.00085-0.012 schedule keeps sqrt(alpha_bar) >= 0.04 at t = 999, so a
+    # clip's mean latent stays readable from z_t at every t and a model trained on plain N(0, I) noise ignores the
+    # caption and takes each frame's colour from its initial noise. Per-video and per-frame channel offsets
+    # make those means unreliable; sampling still starts from plain N(0, I). Measured after 1200 steps (25 DDIM
+    # steps, CFG 4, 8 held-out captions): caption's background colour 0/8 and frame colours incoherent at offset 0,
+    # 8/8 and coherent at offset 0.3 and 0.6.
+    offset_noise: float = 0.6
+    n_frames: int = 8
+    size: int = 32
+    n_items: int = 20000          # raised to cover every step's clips, so no clip repeats
+    log_every: int = 50
+    progress: bool = True
+
+
+@dataclass
+class ToyModels:
+    """The trained toy parts. ``image_encoder``/``resampler`` exist after phase B; the UNet then carries the
+    ``to_k_ip``/``to_v_ip`` layers (its base weights are unchanged by phase B)."""
+
+    unet: nn.Module
+    text: ToyTextEncoder
+    codec: PatchCodec
+    schedule: NoiseSchedule
+    image_encoder: ToyImageEncoder | None = None
+    resampler: Resampler | None = None
+
+
+def build_base(seed: int) -> ToyModels:
+    """Fresh phase-A models: UNet initialised from ``torch.manual_seed(seed)``, encoders by their own seeded init."""
+    torch.manual_seed(seed)
+    unet = build_video_unet("toy", motion=MOTION, **UNET_OVERRIDES)
+    return ToyModels(unet=unet, text=ToyTextEncoder(), codec=PatchCodec(), schedule=NoiseSchedule(**SCHEDULE))
+
+
+class ClipStream:
+    """Batches of distinct :class:`SyntheticVideos` clips in a seeded random order.
+
+    ``next()`` -> ``(video (B, F, 3, H, W) in [-1, 1], captions list[str])``.
+    """
+
+    def __init__(self, cfg: PretrainConfig):
+        n = max(cfg.n_items, (cfg.base_steps + cfg.ip_steps) * cfg.batch_size)
+        self.data = SyntheticVideos(n, n_frames=cfg.n_frames, size=cfg.size, seed=cfg.seed)
+        self.order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
+        self.batch, self.pos = cfg.batch_size, 0
+
+    def next(self) -> tuple[torch.Tensor, list[str]]:
+        idx = [int(self.order[(self.pos + j) % len(self.order)]) for j in range(self.batch)]
+        self.pos += self.batch
+        items = [self.data[i] for i in idx]
+        return torch.stack([it["video"] for it in items]), [it["text"] for it in items]
+
+
+def encode_video(codec: PatchCodec, video: torch.Tensor) -> torch.Tensor:
+    """Pixels ``(B, F, 3, H, W)`` -> latents ``(B, 12, F, H/2, W/2)``."""
+    z = codec.encode(rearrange(video, "b f c h w -> (b f) c h w"))
+    return rearrange(z, "(b f) c h w -> b c f h w", b=video.shape[0])
+
+
+def lr_lambda(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine from 1 to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    frac = (step - warmup) / max(1, total - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+
+def _drop_captions(captions: list[str], p: float, g: torch.Generator) -> list[str]:
+    keep = torch.rand(len(captions), generator=g) >= p
+    return [c if k else "" for c, k in zip(captions, keep.tolist())]
+
+
+def _noised(models: ToyModels, video: torch.Tensor, offset: float, g: torch.Generator):
+    """(z_t, t, ε) for a batch: t ~ U{0..N-1} per video (shared by its frames), ε ~ N(0, I) plus ``offset`` x
+    (one N(0, 1) per video and channel + one per frame and channel), see :class:`PretrainConfig`."""
+    z = encode_video(models.codec, video)
+    b, c, f = z.shape[:3]
+    t = torch.randint(0, models.schedule.num_train_timesteps, (b,), generator=g)
+    eps = torch.randn(z.shape, generator=g)
+    if offset:
+        eps = eps + offset * (torch.randn(b, c, 1, 1, 1, generator=g) + torch.randn(b, c, f, 1, 1, generator=g))
+    return models.schedule.add_noise(z, eps, t), t, eps
+
+
+def _train_loop(name: str, params: list[nn.Parameter], steps: int, cfg: PretrainConfig,
+                loss_fn: Callable[[], torch.Tensor]) -> dict:
+    """AdamW + warm-up/cosine + grad clip; returns ``{"losses": [...], "log": [[step, ema], ...]}``."""
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = min(cfg.warmup, max(1, steps // 10))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, steps, warmup, cfg.min_lr_ratio))
+    losses, log, ema = [], [], None
+    bar = tqdm(range(steps), desc=name, disable=not cfg.progress, mininterval=5.0)
+    for step in bar:
+        loss = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        value = loss.item()
+        losses.append(value)
+        ema = value if ema is None else 0.98 * ema + 0.02 * value
+        bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
+            log.append([step + 1, round(ema, 5)])
+            tqdm.write(f"[{name}] step {step + 1}/{steps} loss(ema) {ema:.4f} lr {sched.get_last_lr()[0]:.2e}")
+    return {"losses": losses, "log": log}
+
+
+def pretrain_base(models: ToyModels, stream: ClipStream, cfg: PretrainConfig, g: torch.Generator) -> dict:
+    """Phase A: train UNet (spatial + motion) + text encoder with the ε-MSE on all frames."""
+    params = list(models.unet.parameters()) + list(models.text.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    models.unet.train()
+    models.text.train()
+
+    def loss_fn() -> torch.Tensor:
+        video, captions = stream.next()
+        zt, t, eps = _noised(models, video, cfg.offset_noise, g)
+        ctx = models.text(_drop_captions(captions, cfg.text_drop, g))["context"]
+        return F.mse_loss(models.unet(zt, t, ctx), eps)
+
+    return _train_loop("base", params, cfg.base_steps, cfg, loss_fn)
+
+
+def content_tokens(models: ToyModels, images: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+    """Content-Adapter tokens ``(B, Q, d)`` for images ``(B, 3, H, W)``; rows with ``drop`` ``(B,)`` True get the
+    unconditional tokens (encoder on an all-zero image)."""
+    tok = image_tokens(models.resampler, models.image_encoder(images))
+    if bool(drop.any()):
+        unc = uncond_image_tokens(models.resampler, models.image_encoder, images.shape[0])
+        tok = torch.where(drop.view(-1, 1, 1), unc, tok)
+    return tok
+
+
+def add_content_adapter(models: ToyModels, seed: int) -> list[nn.Parameter]:
+    """Attach fresh image encoder + Resampler + ``to_k_ip``/``to_v_ip`` (copies of ``to_k``/``to_v``); return the
+    phase-B trainable parameters (everything else frozen)."""
+    models.unet.requires_grad_(False)
+    models.text.requires_grad_(False)
+    torch.manual_seed(seed + 1)
+    models.image_encoder = ToyImageEncoder()
+    models.resampler = Resampler(**RESAMPLER)
+    attach_ip_adapter(models.unet, num_tokens=RESAMPLER["num_queries"])
+    ip = [p for n, p in models.unet.named_parameters() if n.endswith(("to_k_ip.weight", "to_v_ip.weight"))]
+    params = list(models.image_encoder.parameters()) + list(models.resampler.parameters()) + ip
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def train_content_adapter(models: ToyModels, stream: ClipStream, cfg: PretrainConfig, g: torch.Generator) -> dict:
+    """Phase B: image prompt = a random frame of each clip; ε-MSE on all frames."""
+    params = add_content_adapter(models, cfg.seed)
+    models.unet.eval()
+    models.text.eval()
+    models.image_encoder.train()
+    models.resampler.train()
+    print(f"[toy_pretrain] phase B trainable {sum(p.numel() for p in params):,} / frozen "
+          f"{sum(p.numel() for p in models.unet.parameters() if not p.requires_grad):,} UNet parameters")
+
+    def loss_fn() -> torch.Tensor:
+        video, captions = stream.next()
+        b = video.shape[0]
+        frame = torch.randint(0, video.shape[1], (b,), generator=g)
+        drop_img = torch.rand(b, generator=g) < cfg.image_drop
+        zt, t, eps = _noised(models, video, cfg.offset_noise, g)
+        with torch.no_grad():
+            ctx = models.text(_drop_captions(captions, cfg.text_drop, g))["context"]
+        tok = content_tokens(models, video[torch.arange(b), frame], drop_img)
+        return F.mse_loss(models.unet(zt, t, torch.cat([ctx, tok], dim=1)), eps)
+
+    return _train_loop("content", params, cfg.ip_steps, cfg, loss_fn)
+
+
+@torch.no_grad()
+def sample_t2v(models: ToyModels, captions: list[str], steps: int = 25, cfg_scale: float = 7.5, seed: int = 42,
+               n_frames: int = 8, images: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain text(-and-image)-to-video DDIM over *all* frames from pure noise (sanity check of the base model; no
+    clamped first frame). ``images`` ``(B, 3, 32, 32)`` are the image prompts (needs phase B; None = unconditional
+    image tokens). Returns latents ``(B, 12, F, 16, 16)``; decode with :func:`decode_video`."""
+    from i2v.diffusion.schedule import make_scheduler
+
+    b, side = len(captions), 16
+    sched = make_scheduler("ddim", models.schedule)
+    sched.set_timesteps(steps)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, PatchCodec.latent_channels, n_frames, side, side, generator=g)
+    ctx = torch.cat([models.text([""] * b)["context"], models.text(list(captions))["context"]])
+    if models.resampler is not None:
+        drop = torch.tensor([True] * b + [images is None] * b)
+        imgs = torch.zeros(2 * b, 3, 32, 32) if images is None else torch.cat([images, images])
+        ctx = torch.cat([ctx, content_tokens(models, imgs, drop)], dim=1)
+    for t in sched.timesteps:
+        eps_u, eps_c = models.unet(torch.cat([x, x]), t.expand(2 * b), ctx).chunk(2)
+        x = sched.step(eps_u + cfg_scale * (eps_c - eps_u), t, x).prev_sample
+    return x
+
+
+def decode_video(codec: PatchCodec, latents: torch.Tensor) -> torch.Tensor:
+    """Latents ``(B, 12, F, h, w)`` -> pixels ``(B, F, 3, 2h, 2w)`` clamped to [-1, 1]."""
+    x = codec.decode(rearrange(latents, "b c f h w -> (b f) c h w"))
+    return rearrange(x, "(b f) c h w -> b f c h w", b=latents.shape[0]).clamp(-1, 1)

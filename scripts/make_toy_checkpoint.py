@@ -1,0 +1,176 @@
+"""Make the shipped toy-world checkpoints in ``i2v/assets/toy`` (DESIGN.md "Toy world"), deterministically.
+
+Phase A pretrains the toy text-to-video model (UNet + motion module + text encoder; the SD + AnimateDiff stand-in),
+phase B a toy Content-Adapter (image encoder + Resampler + ``to_k_ip``/``to_v_ip``; the IP-Adapter Plus stand-in);
+see :mod:`i2v.toy_pretrain`. Writes, atomically and only with ``--overwrite`` over existing files:
+
+* ``base_unet.safetensors``     -- ``VideoUNet`` state dict; metadata ``build_overrides`` (JSON kwargs of
+  ``build_video_unet("toy", motion="v2", ...)``; motion version, codec and schedule are in the MANIFEST);
+* ``text_encoder.safetensors``  -- :class:`ToyTextEncoder` (``load_toy_state_dict``);
+* ``image_encoder.safetensors`` -- :class:`ToyImageEncoder` (``load_toy_state_dict``);
+* ``ip_adapter.safetensors``    -- official flat IP-Adapter layout ``image_proj.*`` + ``ip_adapter.{i}.to_{k,v}_ip.weight``
+  (read by ``i2v.checkpoints.ip_adapter.load_ip_adapter``);
+* ``MANIFEST.json``             -- command, arguments, losses, sha256 of each file, wall time.
+
+Same arguments and ``--threads`` give byte-identical safetensors files. Usage (from the repository root)::
+
+    PYTHONPATH=. python scripts/make_toy_checkpoint.py --overwrite          # the shipped files
+    PYTHONPATH=. python scripts/make_toy_checkpoint.py --quick --out /tmp/toy
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from i2v.checkpoints.ip_adapter import ip_adapter_key_map  # noqa: E402
+from i2v.io import atomic_write, save_json  # noqa: E402
+from i2v.models.toy import toy_state_dict  # noqa: E402
+from i2v.toy_pretrain import (MOTION, RESAMPLER, SCHEDULE, UNET_OVERRIDES, ClipStream, PretrainConfig,  # noqa: E402
+                              ToyModels, build_base, pretrain_base, train_content_adapter)
+
+FILES = ("base_unet.safetensors", "text_encoder.safetensors", "image_encoder.safetensors", "ip_adapter.safetensors")
+QUICK = dict(base_steps=3, ip_steps=2, batch_size=2, log_every=1)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    d = PretrainConfig()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=str(ROOT / "i2v" / "assets" / "toy"), help="output folder")
+    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--base-steps", type=int, default=d.base_steps, help="phase A (text-to-video) steps")
+    ap.add_argument("--ip-steps", type=int, default=d.ip_steps, help="phase B (Content-Adapter) steps")
+    ap.add_argument("--batch-size", type=int, default=d.batch_size)
+    ap.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate (warm-up + cosine)")
+    ap.add_argument("--offset-noise", type=float, default=d.offset_noise,
+                    help="per-video and per-frame channel offset added to the noise (see PretrainConfig)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (part of the determinism contract)")
+    ap.add_argument("--overwrite", action="store_true", help="replace existing files")
+    ap.add_argument("--quick", action="store_true", help=f"tiny run for tests ({QUICK}; overrides step flags)")
+    ap.add_argument("--no-progress", action="store_true", help="no tqdm bar (log lines only)")
+    args = ap.parse_args(argv)
+    if min(args.base_steps, args.ip_steps, args.batch_size, args.threads) < 1:
+        ap.error("--base-steps, --ip-steps, --batch-size and --threads must be >= 1")
+    return args
+
+
+def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
+    cfg = PretrainConfig(seed=args.seed, base_steps=args.base_steps, ip_steps=args.ip_steps,
+                         batch_size=args.batch_size, lr=args.lr, offset_noise=args.offset_noise,
+                         progress=not args.no_progress)
+    return dataclasses.replace(cfg, **QUICK) if args.quick else cfg
+
+
+def command_line(args: argparse.Namespace, cfg: PretrainConfig) -> str:
+    """The canonical command that regenerates the files (explicit values, not the defaults)."""
+    out = Path(args.out).resolve()
+    out_s = str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out)
+    return (f"PYTHONPATH=. python scripts/make_toy_checkpoint.py --out {out_s} --seed {cfg.seed} "
+            f"--base-steps {cfg.base_steps} --ip-steps {cfg.ip_steps} --batch-size {cfg.batch_size} "
+            f"--lr {cfg.lr:g} --offset-noise {cfg.offset_noise:g} --threads {args.threads}" + (" --quick" if args.quick else "") + " --overwrite")
+
+
+def ip_adapter_tensors(models: ToyModels) -> dict[str, torch.Tensor]:
+    """Official flat IP-Adapter layout: ``image_proj.<resampler key>`` + ``ip_adapter.{i}.to_{k,v}_ip.weight``
+    (the inverse of :func:`ip_adapter_key_map`, so ``load_ip_adapter`` reads it back exactly)."""
+    sd = models.unet.state_dict()
+    flat = {f"image_proj.{k}": v for k, v in toy_state_dict(models.resampler).items()}
+    for file_key, ours in ip_adapter_key_map(models.unet).items():
+        flat[f"ip_adapter.{file_key}"] = sd[ours].detach().clone().contiguous()
+    return flat
+
+
+def export(models: ToyModels) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]]:
+    """file name -> (tensors, safetensors metadata). The base UNet excludes the phase-B ip layers."""
+    unet = {k: v for k, v in toy_state_dict(models.unet).items() if not k.endswith(("to_k_ip.weight", "to_v_ip.weight"))}
+    # One metadata key per file: safetensors writes its header's metadata map in hash order, so several keys
+    # would make the bytes (and the MANIFEST sha256) differ between identical runs.
+    return {
+        "base_unet.safetensors": (unet, {"build_overrides": json.dumps(UNET_OVERRIDES)}),
+        "text_encoder.safetensors": (toy_state_dict(models.text), {"format": "i2v ToyTextEncoder"}),
+        "image_encoder.safetensors": (toy_state_dict(models.image_encoder), {"format": "i2v ToyImageEncoder"}),
+        "ip_adapter.safetensors": (ip_adapter_tensors(models), {"format": "IP-Adapter Plus (flat), toy"}),
+    }
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str], overwrite: bool) -> Path:
+    """Atomic write (temp name + rename), world-readable like any other repository file."""
+    from safetensors.torch import save_file
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp), metadata=meta)
+        tmp.chmod(0o644)
+
+    return atomic_write(path, write, overwrite=overwrite)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def loss_summary(hist: dict, n: int = 20) -> dict:
+    """Mean of the first / last ``n`` raw losses, plus the EMA log ``[[step, ema], ...]``."""
+    losses = hist["losses"]
+    k = min(n, len(losses))
+    return {"first": round(sum(losses[:k]) / k, 5), "last": round(sum(losses[-k:]) / k, 5), "ema_log": hist["log"]}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    """Run both phases and write the files. Returns ``{"paths": {name: Path}, "manifest": dict, "models": ToyModels}``."""
+    args = parse_args(argv)
+    cfg = pretrain_config(args)
+    out = Path(args.out)
+    targets = [out / name for name in FILES + ("MANIFEST.json",)]
+    existing = [str(p) for p in targets if p.exists()]
+    if existing and not args.overwrite:
+        raise FileExistsError(f"refusing to overwrite {existing}; pass --overwrite")
+    torch.set_num_threads(args.threads)
+    start = time.time()
+
+    models = build_base(cfg.seed)
+    stream = ClipStream(cfg)
+    g = torch.Generator().manual_seed(cfg.seed + 12345)  # t, ε, caption/image drops, frame choice
+    n_unet = sum(p.numel() for p in models.unet.parameters())
+    print(f"[make_toy_checkpoint] phase A: UNet {n_unet:,} + text encoder "
+          f"{sum(p.numel() for p in models.text.parameters()):,} parameters, {cfg.base_steps} steps x "
+          f"batch {cfg.batch_size} x {cfg.n_frames} frames, {args.threads} thread(s)")
+    base = pretrain_base(models, stream, cfg, g)
+    t_base = time.time() - start
+    content = train_content_adapter(models, stream, cfg, g)
+    t_train = time.time() - start
+
+    paths = {name: write_safetensors(out / name, tensors, meta, args.overwrite)
+             for name, (tensors, meta) in export(models).items()}
+    manifest = {
+        "command": command_line(args, cfg),
+        "seed": cfg.seed, "threads": args.threads, "quick": args.quick,
+        "config": dataclasses.asdict(cfg), "unet": {"preset": "toy", "motion": MOTION, **UNET_OVERRIDES},
+        "resampler": RESAMPLER, "schedule": SCHEDULE,
+        "losses": {"base": loss_summary(base), "content": loss_summary(content)},
+        "files": {name: {"sha256": sha256(p), "bytes": p.stat().st_size} for name, p in paths.items()},
+        "wall_time_s": {"base": round(t_base, 1), "content": round(t_train - t_base, 1),
+                        "total": round(time.time() - start, 1)},
+        "torch": torch.__version__,
+    }
+    paths["MANIFEST.json"] = save_json(manifest, out / "MANIFEST.json", overwrite=args.overwrite)
+    paths["MANIFEST.json"].chmod(0o644)
+    lb, lc = manifest["losses"]["base"], manifest["losses"]["content"]
+    print(f"[make_toy_checkpoint] base loss {lb['first']:.4f} -> {lb['last']:.4f}, content loss "
+          f"{lc['first']:.4f} -> {lc['last']:.4f}; {manifest['wall_time_s']['total']:.0f} s; wrote {out}")
+    print(f"[make_toy_checkpoint] regenerate with:\n  {manifest['command']}")
+    return {"paths": paths, "manifest": manifest, "models": models}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""scripts/make_toy_checkpoint.py: --quick runs write the same layout as the shipped i2v/assets/toy files, load
+through the real loaders (load_ip_adapter, load_toy_state_dict, bundle._build_toy) with identical outputs, and are
+bit-for-bit deterministic."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "i2v" / "assets" / "toy"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("make_toy_checkpoint", ROOT / "scripts" / "make_toy_checkpoint.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    mod = _script()
+    torch.set_num_threads(1)
+    outs = [tmp_path_factory.mktemp(f"toy{i}") for i in range(2)]
+    results = [mod.main(["--quick", "--no-progress", "--out", str(o)]) for o in outs]
+    return mod, outs, results
+
+
+def _layout(path: Path) -> dict:
+    with safe_open(str(path), "pt") as f:
+        return {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+
+
+def test_quick_files_have_the_shipped_layout(runs):
+    mod, (out, _), _ = runs
+    for name in mod.FILES:
+        shipped, made = SHIPPED / name, out / name
+        assert shipped.is_file(), f"shipped toy checkpoint missing: {shipped}"
+        assert made.is_file()
+        assert _layout(made) == _layout(shipped), name
+    with safe_open(str(SHIPPED / "base_unet.safetensors"), "pt") as f:
+        shipped_over = json.loads(f.metadata()["build_overrides"])
+    with safe_open(str(out / "base_unet.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["build_overrides"]) == shipped_over == {"in_channels": 12, "out_channels": 12}
+    keys = _layout(out / "ip_adapter.safetensors")
+    assert {k.split(".")[0] for k in keys} == {"image_proj", "ip_adapter"}
+    assert not any("_ip" in k for k in _layout(out / "base_unet.safetensors"))
+    manifest = json.loads((SHIPPED / "MANIFEST.json").read_text())
+    assert set(manifest["files"]) == set(mod.FILES)
+
+
+def test_shipped_manifest_hashes_match_files():
+    import hashlib
+
+    manifest = json.loads((SHIPPED / "MANIFEST.json").read_text())
+    for name, info in manifest["files"].items():
+        assert hashlib.sha256((SHIPPED / name).read_bytes()).hexdigest() == info["sha256"], name
+    base = manifest["losses"]["base"]
+    assert base["last"] < 0.7 * base["first"]  # pretraining actually learned something
+
+
+def test_two_quick_runs_are_bitwise_identical(runs):
+    mod, (a, b), results = runs
+    for name in mod.FILES:
+        ta, tb = load_file(str(a / name)), load_file(str(b / name))
+        assert ta.keys() == tb.keys()
+        for k in ta:
+            assert torch.equal(ta[k].view(torch.uint8), tb[k].view(torch.uint8)), f"{name}:{k}"
+    assert results[0]["manifest"]["files"] == results[1]["manifest"]["files"]
+
+
+def test_refuses_to_overwrite(runs):
+    mod, (a, _), _ = runs
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        mod.main(["--quick", "--no-progress", "--out", str(a)])
+
+
+def _inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 12, 8, 16, 16, generator=g)
+    img = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    return x, torch.tensor([10, 700]), img
+
+
+def _reference_eps(models, x, t, img, prompts):
+    from i2v.toy_pretrain import content_tokens
+
+    ctx = models.text(prompts)["context"]
+    tok = content_tokens(models, img, torch.tensor([False, True]))
+    return models.unet(x, t, torch.cat([ctx, tok], dim=1))
+
+
+def test_loaders_reproduce_the_trained_models(runs):
+    from i2v.checkpoints.ip_adapter import load_ip_adapter
+    from i2v.models import build_video_unet
+    from i2v.models.content import image_tokens, uncond_image_tokens
+    from i2v.models.toy import ToyImageEncoder, ToyTextEncoder, load_toy_state_dict
+
+    _, (out, _), (res, _) = runs
+    models = res["models"]
+    with safe_open(str(out / "base_unet.safetensors"), "pt") as f:
+        over = json.loads(f.metadata()["build_overrides"])
+    unet = build_video_unet("toy", motion="v2", **over)
+    unet.load_state_dict(load_file(str(out / "base_unet.safetensors")), strict=True)
+    proj = load_ip_adapter(unet, out / "ip_adapter.safetensors")
+    text, enc = ToyTextEncoder(), ToyImageEncoder()
+    load_toy_state_dict(text, out / "text_encoder.safetensors")
+    load_toy_state_dict(enc, out / "image_encoder.safetensors")
+    x, t, img = _inputs()
+    prompts = ["a red circle moving left on a blue background", ""]
+    with torch.no_grad():
+        ref = _reference_eps(models, x, t, img, prompts)
+        tok = torch.cat([image_tokens(proj, enc(img[:1])), uncond_image_tokens(proj, enc, 1)])
+        got = unet(x, t, torch.cat([text(prompts)["context"], tok], dim=1))
+    assert got.shape == (2, 12, 8, 16, 16)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+
+
+def test_bundle_build_toy_loads_the_files(runs):
+    from i2v.bundle import _build_toy
+
+    _, (out, _), (res, _) = runs
+    backbone = OmegaConf.create({
+        "name": "toy", "motion_version": "v2", "unet": str(out / "base_unet.safetensors"),
+        "text_encoder": str(out / "text_encoder.safetensors"), "image_encoder": str(out / "image_encoder.safetensors"),
+        "ip_adapter": str(out / "ip_adapter.safetensors"), "codec": "patch", "vae_scale": 1.0})
+    parts = _build_toy(backbone, OmegaConf.create({"content": True, "content_scale": 1.0}))
+    x, t, img = _inputs(1)
+    prompts = ["a green square moving up on a white background", "a blue triangle"]
+    from i2v.models.content import image_tokens, uncond_image_tokens
+
+    with torch.no_grad():
+        ref = _reference_eps(res["models"], x, t, img, prompts)
+        enc, proj = parts["image_encoder"], parts["image_proj"]
+        tok = torch.cat([image_tokens(proj, enc(img[:1])), uncond_image_tokens(proj, enc, 1)])
+        got = parts["unet"](x, t, torch.cat([parts["text"](prompts)["context"], tok], dim=1))
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+    video = torch.rand(1, 8, 3, 32, 32) * 2 - 1
+    z = parts["codec"].encode(video[0])
+    torch.testing.assert_close(parts["codec"].decode(z), video[0], rtol=0, atol=1e-5)
