@@ -141,7 +141,7 @@ def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optiona
     out_dir = Path(out_dir)
     overwrite = bool(cfg.get("overwrite", False))
     versions = package_versions()
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = resolved_sampling_config(cfg)
     results = []
     for item in tqdm(items, desc="videos", disable=len(items) < 2):
         stem = out_dir / item["name"]
@@ -166,6 +166,12 @@ def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optiona
         results.append({"video": str(stem.with_suffix(".mp4")), "image": item["image"], "name": item["name"],
                         "prompt": item["prompt"], "nfe": out["nfe"], "seconds": seconds, "tensor": out["video"]})
     return results
+
+
+def resolved_sampling_config(cfg: DictConfig) -> dict:
+    """The resolved config minus the training-only groups an experiment file may carry (data, trainer, logger)."""
+    keep = [k for k in cfg if k not in ("data", "trainer", "logger", "stages", "stage_cfg", "hydra")]
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, keep), resolve=True)
 
 
 def package_versions() -> dict:
