@@ -47,9 +47,10 @@ class PretrainConfig:
 
     seed: int = 0
     base_steps: int = 1800
-    ip_steps: int = 300
+    ip_steps: int = 900
     batch_size: int = 4
-    lr: float = 3e-3              # peak AdamW lr of both phases
+    lr: float = 3e-3              # peak AdamW lr of phase A
+    ip_lr: float = 1e-3           # peak AdamW lr of phase B
     warmup: int = 50              # linear warm-up steps, then cosine decay to lr * min_lr_ratio
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
@@ -140,10 +141,10 @@ def _noised(models: ToyModels, video: torch.Tensor, offset: float, g: torch.Gene
     return models.schedule.add_noise(z, eps, t), t, eps
 
 
-def _train_loop(name: str, params: list[nn.Parameter], steps: int, cfg: PretrainConfig,
+def _train_loop(name: str, params: list[nn.Parameter], steps: int, lr: float, cfg: PretrainConfig,
                 loss_fn: Callable[[], torch.Tensor]) -> dict:
     """AdamW + warm-up/cosine + grad clip; returns ``{"losses": [...], "log": [[step, ema], ...]}``."""
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     warmup = min(cfg.warmup, max(1, steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, steps, warmup, cfg.min_lr_ratio))
     losses, log, ema = [], [], None
@@ -179,7 +180,7 @@ def pretrain_base(models: ToyModels, stream: ClipStream, cfg: PretrainConfig, g:
         ctx = models.text(_drop_captions(captions, cfg.text_drop, g))["context"]
         return F.mse_loss(models.unet(zt, t, ctx), eps)
 
-    return _train_loop("base", params, cfg.base_steps, cfg, loss_fn)
+    return _train_loop("base", params, cfg.base_steps, cfg.lr, cfg, loss_fn)
 
 
 def content_tokens(models: ToyModels, images: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
@@ -229,7 +230,7 @@ def train_content_adapter(models: ToyModels, stream: ClipStream, cfg: PretrainCo
         tok = content_tokens(models, video[torch.arange(b), frame], drop_img)
         return F.mse_loss(models.unet(zt, t, torch.cat([ctx, tok], dim=1)), eps)
 
-    return _train_loop("content", params, cfg.ip_steps, cfg, loss_fn)
+    return _train_loop("content", params, cfg.ip_steps, cfg.ip_lr, cfg, loss_fn)
 
 
 @torch.no_grad()

@@ -52,7 +52,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--base-steps", type=int, default=d.base_steps, help="phase A (text-to-video) steps")
     ap.add_argument("--ip-steps", type=int, default=d.ip_steps, help="phase B (Content-Adapter) steps")
     ap.add_argument("--batch-size", type=int, default=d.batch_size)
-    ap.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate (warm-up + cosine)")
+    ap.add_argument("--lr", type=float, default=d.lr, help="phase A peak AdamW learning rate (warm-up + cosine)")
+    ap.add_argument("--ip-lr", type=float, default=d.ip_lr, help="phase B peak AdamW learning rate")
     ap.add_argument("--offset-noise", type=float, default=d.offset_noise,
                     help="per-video and per-frame channel offset added to the noise (see PretrainConfig)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (part of the determinism contract)")
@@ -67,7 +68,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
     cfg = PretrainConfig(seed=args.seed, base_steps=args.base_steps, ip_steps=args.ip_steps,
-                         batch_size=args.batch_size, lr=args.lr, offset_noise=args.offset_noise,
+                         batch_size=args.batch_size, lr=args.lr, ip_lr=args.ip_lr, offset_noise=args.offset_noise,
                          progress=not args.no_progress)
     return dataclasses.replace(cfg, **QUICK) if args.quick else cfg
 
@@ -78,7 +79,8 @@ def command_line(args: argparse.Namespace, cfg: PretrainConfig) -> str:
     out_s = str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out)
     return (f"PYTHONPATH=. python scripts/make_toy_checkpoint.py --out {out_s} --seed {cfg.seed} "
             f"--base-steps {cfg.base_steps} --ip-steps {cfg.ip_steps} --batch-size {cfg.batch_size} "
-            f"--lr {cfg.lr:g} --offset-noise {cfg.offset_noise:g} --threads {args.threads}" + (" --quick" if args.quick else "") + " --overwrite")
+            f"--lr {cfg.lr:g} --ip-lr {cfg.ip_lr:g} --offset-noise {cfg.offset_noise:g} --threads {args.threads}"
+            + (" --quick" if args.quick else "") + " --overwrite")
 
 
 def ip_adapter_tensors(models: ToyModels) -> dict[str, torch.Tensor]:
