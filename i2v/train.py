@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from i2v.bundle import build_bundle, check_paths
 from i2v.config import CONFIGS
-from i2v.training.callbacks import AdapterCheckpoint
+from i2v.training.callbacks import AdapterCheckpoint, SampleVideos
 from i2v.training.module import I2VAdapterModule
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,9 @@ def build_trainer(cfg: DictConfig, out_dir: Path, extra_callbacks: list | None =
                                    overwrite=cfg.overwrite),
                  L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir / "lightning", save_last=True,
                                                      every_n_train_steps=cfg.train.save_every_n_steps)]
+    if cfg.train.get("sample_every_n_steps"):
+        sample_cfg = OmegaConf.create(OmegaConf.to_container(cfg.sample, resolve=True))
+        callbacks.append(SampleVideos(int(cfg.train.sample_every_n_steps), sample_cfg))
     callbacks += extra_callbacks or []
     return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **overrides)
 

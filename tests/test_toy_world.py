@@ -82,3 +82,27 @@ def test_toy_experiment_fast_dev_run(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["n_videos"] == 1 and 0.0 <= metrics["model"]["identity"] <= 1.0
     assert res["adapter"] == str(tmp_path / "adapter.safetensors")
+
+
+def test_sample_video_callback_logs_a_video(tmp_path):
+    """train.sample_every_n_steps > 0: a short video from the current adapter goes to every logger with log_video."""
+    import lightning as L
+
+    from i2v.bundle import random_toy_bundle
+    from i2v.data import SyntheticVideos, VideoDataModule
+    from i2v.training.callbacks import SampleVideos
+    from i2v.training.module import I2VAdapterModule
+
+    class VideoLogger(L.pytorch.loggers.CSVLogger):
+        videos = []
+
+        def log_video(self, key, videos, step=None, fps=None):
+            self.videos.append((key, videos[0].shape, step))
+
+    cfg = _compose("train", ["experiment=toy", "sample.steps=2", "sample.frames=4"]).sample
+    mod = I2VAdapterModule(random_toy_bundle(), {"lr": 1e-3}, {"text_drop_prob": 0.0, "image_drop_prob": 0.0})
+    dm = VideoDataModule(dataset=SyntheticVideos(n_items=4, n_frames=4, size=32), batch_size=2, val_fraction=0.0)
+    lg = VideoLogger(tmp_path)
+    L.Trainer(accelerator="cpu", max_steps=2, logger=lg, enable_progress_bar=False, enable_checkpointing=False,
+              enable_model_summary=False, callbacks=[SampleVideos(1, cfg)]).fit(mod, datamodule=dm)
+    assert [(k, s) for k, s, _ in lg.videos] == [("samples/video", (4, 3, 32, 32))] * 2
