@@ -8,7 +8,8 @@ see :mod:`i2v.toy_pretrain`. Writes, atomically and only with ``--overwrite`` ov
   ``build_video_unet("toy", motion="v2", ...)``; motion version, codec and schedule are in the MANIFEST);
 * ``text_encoder.safetensors``  -- :class:`ToyTextEncoder` (``load_toy_state_dict``);
 * ``image_encoder.safetensors`` -- :class:`ToyImageEncoder` (``load_toy_state_dict``);
-* ``ip_adapter.safetensors``    -- official flat IP-Adapter layout ``image_proj.*`` + ``ip_adapter.{i}.to_{k,v}_ip.weight``
+* ``ip_adapter.safetensors``    -- official flat IP-Adapter layout ``image_proj.*`` +
+  ``ip_adapter.{i}.to_{k,v}_ip.weight``
   (read by ``i2v.checkpoints.ip_adapter.load_ip_adapter``);
 * ``MANIFEST.json``             -- command, arguments, losses, sha256 of each file, wall time.
 
@@ -95,7 +96,8 @@ def ip_adapter_tensors(models: ToyModels) -> dict[str, torch.Tensor]:
 
 def export(models: ToyModels) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]]:
     """file name -> (tensors, safetensors metadata). The base UNet excludes the phase-B ip layers."""
-    unet = {k: v for k, v in toy_state_dict(models.unet).items() if not k.endswith(("to_k_ip.weight", "to_v_ip.weight"))}
+    ip_keys = ("to_k_ip.weight", "to_v_ip.weight")
+    unet = {k: v for k, v in toy_state_dict(models.unet).items() if not k.endswith(ip_keys)}
     # One metadata key per file: safetensors writes its header's metadata map in hash order, so several keys
     # would make the bytes (and the MANIFEST sha256) differ between identical runs.
     return {
@@ -129,7 +131,9 @@ def loss_summary(hist: dict, n: int = 20) -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    """Run both phases and write the files. Returns ``{"paths": {name: Path}, "manifest": dict, "models": ToyModels}``."""
+    """Run both phases and write the files.
+
+    Returns ``{"paths": {name: Path}, "manifest": dict, "models": ToyModels}``."""
     args = parse_args(argv)
     cfg = pretrain_config(args)
     out = Path(args.out)
