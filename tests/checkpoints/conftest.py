@@ -2,17 +2,7 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from ckpt_layouts import make_unet
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: extra threads only add contention on a shared CPU (10x wall time measured here)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="session")

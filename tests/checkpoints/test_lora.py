@@ -2,6 +2,7 @@
 forward hooks adding ``scale * alpha/r * B(A x)`` on every targeted Linear/Conv2d."""
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 
@@ -40,8 +41,9 @@ def random_lora(unet: nn.Module, pattern: str, seed: int, alpha_every: int = 2) 
     return out
 
 
+@contextlib.contextmanager
 def hooked(model: nn.Module, lora: dict, factor_of, scale: float):
-    """Register hooks adding ``scale * factor * B(A x)``; returns the handles."""
+    """While active, forward hooks add ``scale * factor * B(A x)`` to every LoRA target (the unmerged reference)."""
     mods = dict(model.named_modules())
     handles = []
     for path, (down, up, alpha) in lora.items():
@@ -53,7 +55,11 @@ def hooked(model: nn.Module, lora: dict, factor_of, scale: float):
                 return out + f * F.linear(F.linear(x, down), up)
             return out + f * F.conv2d(F.conv2d(x, down, stride=m.stride, padding=m.padding), up)
         handles.append(mod.register_forward_hook(hook))
-    return handles
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def kohya_factor(alpha):
@@ -90,12 +96,8 @@ def test_kohya_sd1_diffusers_paths(sd15_unet, sd15_folder, tmp_path, scale, caps
         base = model(x, t, ctx)
     assert merge_lora(model, tmp_path / "kohya_sd1.safetensors", scale=scale) == len(lora)
     assert "skipped 3 text-encoder LoRA tensors" in capsys.readouterr().out
-    handles = hooked(sd15_unet, lora, kohya_factor, scale)
-    try:
+    with hooked(sd15_unet, lora, kohya_factor, scale):
         ref = diffusers_per_frame(sd15_unet, x, t, ctx, None)
-    finally:
-        for h in handles:
-            h.remove()
     with torch.no_grad():
         _check(model(x, t, ctx), ref, base)
 
@@ -114,12 +116,8 @@ def test_kohya_sdxl_sgm_paths(sdxl_unet, sdxl_folder, tmp_path):
     with torch.no_grad():
         base = model(x, t, ctx, added)
     assert merge_lora(model, tmp_path / "kohya_sdxl.safetensors", verbose=False) == len(lora)
-    handles = hooked(sdxl_unet, lora, kohya_factor, 1.0)
-    try:
+    with hooked(sdxl_unet, lora, kohya_factor, 1.0):
         ref = diffusers_per_frame(sdxl_unet, x, t, ctx, added)
-    finally:
-        for h in handles:
-            h.remove()
     with torch.no_grad():
         _check(model(x, t, ctx, added), ref, base)
 
@@ -150,12 +148,8 @@ def test_peft_and_old_diffusers(sd15_unet, sd15_folder, tmp_path, layout):
         base = model(x, t, ctx)
     assert merge_lora(model, tmp_path / "lora.safetensors", verbose=False) == len(lora)
     lora_f = {p: (d, u, factor[p]) for p, (d, u, _) in lora.items()}
-    handles = hooked(sd15_unet, lora_f, lambda f: f, 1.0)
-    try:
+    with hooked(sd15_unet, lora_f, lambda f: f, 1.0):
         ref = diffusers_per_frame(sd15_unet, x, t, ctx, None)
-    finally:
-        for h in handles:
-            h.remove()
     with torch.no_grad():
         _check(model(x, t, ctx), ref, base)
 
@@ -178,13 +172,9 @@ def test_motion_lora(sd15_unet, sd15_folder, tmp_path):
     with torch.no_grad():
         base = model(x, t, ctx)
     assert merge_lora(model, tmp_path / "v2_lora_PanLeft.ckpt", scale=0.8, verbose=False) == len(lora) == 21 * 8
-    handles = hooked(ref_model, lora, lambda a: 1.0, 0.8)
-    try:
+    with hooked(ref_model, lora, lambda a: 1.0, 0.8):
         with torch.no_grad():
             ref = ref_model(x, t, ctx.repeat_interleave(3, 0)).sample
-    finally:
-        for h in handles:
-            h.remove()
     with torch.no_grad():
         _check(model(x, t, ctx), ref, base)
 

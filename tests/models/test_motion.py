@@ -13,14 +13,6 @@ from i2v.models.unet import build_video_unet
 diffusers = pytest.importorskip("diffusers")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only add contention on the shared 2-core test machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def test_too_many_frames_raise_naming_the_pe_length():
     model = build_video_unet("toy", "v1").eval()  # v1: PE length 24

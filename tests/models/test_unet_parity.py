@@ -14,14 +14,6 @@ from i2v.models.unet import VideoUNet, build_video_unet
 diffusers = pytest.importorskip("diffusers")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only add contention on the shared 2-core test machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 SD15_TINY = UNetConfig(block_out_channels=(16, 32), attention_levels=(True, False), layers_per_block=2,
                        transformer_layers_per_block=(1, 1), num_attention_heads=(2, 2), cross_attention_dim=24,
                        norm_num_groups=8, mid_transformer_layers=1, sample_size=8)
