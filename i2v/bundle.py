@@ -29,6 +29,9 @@ CONTENT_REQUIRED = ["ip_adapter", "image_encoder"]
 def check_paths(backbone: DictConfig, adapter: DictConfig) -> None:
     """Raise one error naming every unset or non-existent weight path the run needs."""
     keys = list(REQUIRED[backbone.name])
+    if backbone.name != "toy" and backbone.get("text_from_single_file", True) and backbone.get("unet") and \
+            Path(str(backbone.unet)).is_file():
+        keys = [k for k in keys if not k.startswith("text_encoder")]  # a single file may carry them (checked later)
     if adapter.content:
         keys += CONTENT_REQUIRED
     if backbone.name != "toy" and backbone.get("vae") is None and backbone.get("unet") and \

@@ -57,7 +57,8 @@ def load_tokenizer(folder: PathLike):
     return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
 
 
-def _load_text_model(folder: PathLike, with_projection: bool, dtype: torch.dtype) -> nn.Module:
+def load_text_model(folder: PathLike, with_projection: bool, dtype: torch.dtype) -> nn.Module:
+    """``CLIPTextModel`` (or ``CLIPTextModelWithProjection``) from a diffusers ``text_encoder*/`` folder."""
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     folder = _check_folder(folder, ["config.json"], "text encoder")
@@ -84,7 +85,7 @@ class SD15TextEncoder(nn.Module):
     @classmethod
     def from_folders(cls, text_encoder: PathLike, tokenizer: PathLike,
                      dtype: torch.dtype = torch.float32) -> "SD15TextEncoder":
-        return cls(load_tokenizer(tokenizer), _load_text_model(text_encoder, False, dtype))
+        return cls(load_tokenizer(tokenizer), load_text_model(text_encoder, False, dtype))
 
     @torch.no_grad()
     def forward(self, prompts: list[str]) -> TextOutput:
@@ -105,8 +106,8 @@ class SDXLTextEncoder(nn.Module):
     @classmethod
     def from_folders(cls, text_encoder: PathLike, tokenizer: PathLike, text_encoder_2: PathLike,
                      tokenizer_2: PathLike, dtype: torch.dtype = torch.float32) -> "SDXLTextEncoder":
-        return cls(load_tokenizer(tokenizer), _load_text_model(text_encoder, False, dtype),
-                   load_tokenizer(tokenizer_2), _load_text_model(text_encoder_2, True, dtype))
+        return cls(load_tokenizer(tokenizer), load_text_model(text_encoder, False, dtype),
+                   load_tokenizer(tokenizer_2), load_text_model(text_encoder_2, True, dtype))
 
     @torch.no_grad()
     def forward(self, prompts: list[str]) -> TextOutput:

@@ -197,3 +197,57 @@ def diffusers_motion_reference(unet: UNet2DConditionModel, adapter: MotionAdapte
     if getattr(unet, "add_embedding", None) is not None:
         ref.add_embedding.load_state_dict(unet.add_embedding.state_dict())
     return ref(x, t, ctx.repeat_interleave(x.shape[2], 0), added_cond_kwargs=added).sample
+
+
+# ------------------------------------------------------------------ CLIP text encoders (§1.1, §2)
+TEXT_WIDTH = 128     # head dim 64 (2 heads): the release rule that config inference relies on
+TEXT_LAYERS = 3
+
+
+def make_clip_l(seed: int = 0, width: int = TEXT_WIDTH):
+    """A random transformers CLIPTextModel in the CLIP-L layout (quick-GELU, full 49408 vocabulary, 77 positions)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    cfg = CLIPTextConfig(vocab_size=49408, hidden_size=width, intermediate_size=4 * width,
+                         num_hidden_layers=TEXT_LAYERS, num_attention_heads=width // 64, max_position_embeddings=77,
+                         hidden_act="quick_gelu", bos_token_id=0, eos_token_id=2, pad_token_id=1)
+    return randomize_(CLIPTextModel(cfg), std=0.02)
+
+
+def hf_text_keys(model: torch.nn.Module) -> dict:
+    """State dict in the hub's names (``text_model.*``), whichever way transformers names its own keys."""
+    return {k if k.startswith(("text_model.", "text_projection.")) else f"text_model.{k}": v.clone()
+            for k, v in model.state_dict().items()}
+
+
+def make_openclip_bigg(seed: int = 0, width: int = TEXT_WIDTH, embed: int = 96):
+    """A random open_clip CLIP model whose text tower has the bigG layout (GELU, argmax pooling, ``text_projection``
+    [width, embed]); the SGM file holds its non-visual keys under ``conditioner.embedders.1.model.``."""
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    torch.manual_seed(seed)
+    model = CLIP(embed_dim=embed, quick_gelu=False,
+                 vision_cfg=CLIPVisionCfg(layers=1, width=64, head_width=32, patch_size=16, image_size=32),
+                 text_cfg=CLIPTextCfg(width=width, heads=width // 64, layers=TEXT_LAYERS))
+    return randomize_(model, std=0.02)
+
+
+def openclip_text_keys(model: torch.nn.Module) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("visual.")}
+
+
+def sd15_text_file(clip_l, old_merge: bool = False) -> dict:
+    """``cond_stage_model.transformer.[text_model.]*`` plus a corrupted ``position_ids`` as old files carry."""
+    prefix = "cond_stage_model.transformer."
+    sd = {prefix + (k[len("text_model."):] if old_merge else k): v for k, v in hf_text_keys(clip_l).items()}
+    ids = prefix + ("" if old_merge else "text_model.") + "embeddings.position_ids"
+    sd[ids] = torch.arange(77)[None].float() * 0.999           # float, off by rounding: must be regenerated
+    return sd
+
+
+def sdxl_text_file(clip_l, bigg) -> dict:
+    sd = {"conditioner.embedders.0.transformer." + k: v for k, v in hf_text_keys(clip_l).items()}
+    sd.update({"conditioner.embedders.1.model." + k: v for k, v in openclip_text_keys(bigg).items()})
+    sd["conditioner.embedders.1.model.attn_mask"] = torch.full((77, 77), float("-inf")).triu(1)  # older files
+    return sd
