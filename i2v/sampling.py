@@ -85,8 +85,7 @@ def load_bundle_for_sampling(cfg: DictConfig, device, dtype) -> Bundle:
     for spec in cfg.get("lora") or []:
         from i2v.checkpoints.lora import merge_lora
 
-        n = merge_lora(bundle.unet, str(spec["path"]), scale=float(spec.get("scale", 1.0)))
-        print(f"merged LoRA {spec['path']} into {n} UNet layers (scale {spec.get('scale', 1.0)})")
+        merge_lora(bundle.unet, str(spec["path"]), scale=float(spec.get("scale", 1.0)), text_encoder=bundle.text)
     return bundle.to(device=device, dtype=dtype)
 
 

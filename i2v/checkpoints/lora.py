@@ -6,8 +6,9 @@ up by flattening our own module names the same way), PEFT/diffusers ``[unet.]<pa
 ``<path>.processor.to_q_lora.down/up`` and AnimateDiff MotionLoRA (same keys on original motion paths).
 Merge, in fp32: ``W += scale * (alpha / r) * up @ down`` (Linear, 1x1 conv; k x k conv: sum over r of
 ``up[o, r] * down[r, i, kh, kw]``); old diffusers and MotionLoRA use factor 1 (no alpha, §4.5).
-Text-encoder LoRA (``lora_te*``, ``text_encoder*.``) is not for the UNet: :func:`merge_lora` counts and skips it,
-:func:`split_text_encoder_lora` hands it out.
+Text-encoder LoRA (kohya ``lora_te_`` / ``lora_te1_`` / ``lora_te2_`` on HF CLIP paths, PEFT ``text_encoder[_2].``,
+old diffusers ``…lora_linear_layer.down/up``) is merged into the CLIP text model(s) by :func:`merge_text_lora` when
+:func:`merge_lora` is given the text encoder, and otherwise skipped and counted.
 """
 from __future__ import annotations
 
@@ -26,7 +27,10 @@ from .ldm import diffusers_to_ldm_names, layout_from_diffusers
 
 LORA_FORMATS = ("lora_kohya", "lora_peft", "lora_diffusers_old", "motion_lora")
 TEXT_PREFIXES = ("lora_te_", "lora_te1_", "lora_te2_", "text_encoder.", "text_encoder_2.")
-KOHYA = re.compile(r"^lora_unet_(\w+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
+KOHYA_SUFFIX = r"_(\w+)\.(lora_down\.weight|lora_up\.weight|alpha)$"
+# text-encoder LoRA prefix -> role (SD1 ``lora_te_`` is the only CLIP-L; SDXL ``lora_te1_``/``lora_te2_``)
+TEXT_ROLE_OF = {"lora_te_": "text_encoder", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2",
+                "text_encoder.": "text_encoder", "text_encoder_2.": "text_encoder_2"}
 PEFT = re.compile(r"^(?:unet\.|base_model\.model\.)?(.+)\.(lora_A\.weight|lora_B\.weight|alpha)$")
 OLD = re.compile(r"^(?:unet\.)?(.+)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
 _MOTION_INV = (("norm1.", "norms.0."), ("norm2.", "norms.1."), ("norm3.", "ff_norm."),
@@ -47,14 +51,18 @@ def split_text_encoder_lora(sd: Mapping[str, torch.Tensor]) -> tuple[dict, dict]
     return {k: v for k, v in sd.items() if k not in text}, text
 
 
-def _peft_alpha(meta: Mapping[str, str], path: str) -> Optional[float]:
-    """``lora_alpha`` for ``path`` from diffusers' ``lora_adapter_metadata`` (PEFT LoraConfig, keys optionally
-    prefixed ``unet.``), honouring ``alpha_pattern`` as PEFT matches it (``(.*\\.)?<pattern>$``)."""
+def _peft_alpha(meta: Mapping[str, str], path: str, component: str = "unet") -> Optional[float]:
+    """``lora_alpha`` for ``path`` from diffusers' ``lora_adapter_metadata`` (PEFT LoraConfig; keys prefixed by
+    component, ``unet.`` / ``text_encoder.`` / ``text_encoder_2.``, or unprefixed for a UNet-only file),
+    honouring ``alpha_pattern`` as PEFT matches it (``(.*\\.)?<pattern>$``)."""
     raw = meta.get("lora_adapter_metadata")
     if not raw:
         return None
     cfg = json.loads(raw)
-    cfg = {k.removeprefix("unet."): v for k, v in cfg.items() if not k.startswith("text_encoder")}
+    if any(k.startswith(("unet.", "text_encoder.", "text_encoder_2.")) for k in cfg):
+        cfg = {k[len(component) + 1:]: v for k, v in cfg.items() if k.startswith(component + ".")}
+    elif component != "unet":
+        return None
     for pattern, alpha in (cfg.get("alpha_pattern") or {}).items():
         if re.match(rf"(.*\.)?({pattern})$", path):
             return float(alpha)
@@ -62,13 +70,15 @@ def _peft_alpha(meta: Mapping[str, str], path: str) -> Optional[float]:
 
 
 def parse_lora(sd: Mapping[str, torch.Tensor], fmt: str, metadata: Optional[Mapping[str, str]] = None,
-               source: object = None) -> dict[str, LoraLayer]:
-    """UNet LoRA tensors (text part already removed) -> ``{target: LoraLayer}``. Targets are kohya names
-    without ``lora_unet_`` for ``lora_kohya``, else diffusers module paths."""
+               source: object = None, *, kohya_prefix: str = "lora_unet", component: str = "unet"
+               ) -> dict[str, LoraLayer]:
+    """LoRA tensors of one component -> ``{target: LoraLayer}``. Targets are kohya names without
+    ``<kohya_prefix>_`` for ``lora_kohya``, else module paths (diffusers UNet / HF CLIP names)."""
     parts: dict[str, dict[str, torch.Tensor]] = {}
     bad = []
+    kohya = re.compile("^" + re.escape(kohya_prefix) + KOHYA_SUFFIX)
     for key, val in sd.items():
-        if fmt == "lora_kohya" and (m := KOHYA.match(key)):
+        if fmt == "lora_kohya" and (m := kohya.match(key)):
             parts.setdefault(m.group(1), {})[{"lora_down.weight": "down", "lora_up.weight": "up"}.get(
                 m.group(2), "alpha")] = val
         elif fmt == "lora_peft" and (m := PEFT.match(key)):
@@ -92,7 +102,7 @@ def parse_lora(sd: Mapping[str, torch.Tensor], fmt: str, metadata: Optional[Mapp
         if fmt == "lora_kohya":
             alpha = float(p["alpha"]) if "alpha" in p else rank
         elif fmt == "lora_peft":
-            alpha = float(p["alpha"]) if "alpha" in p else _peft_alpha(metadata or {}, target)
+            alpha = float(p["alpha"]) if "alpha" in p else _peft_alpha(metadata or {}, target, component)
             alpha = rank if alpha is None else alpha      # no alpha information: diffusers uses scale 1
         else:
             alpha = rank
@@ -146,12 +156,105 @@ def delta_weight(layer: LoraLayer, weight_shape: torch.Size) -> torch.Tensor:
     return dw
 
 
-@torch.no_grad()
-def merge_lora(unet: nn.Module, path_or_state_dict, scale: float = 1.0, *, verbose: bool = True) -> int:
-    """Merge a LoRA file (path) or state dict into ``unet`` in place; return the number of merged layers.
+def _plan(layers: dict[str, LoraLayer], table: dict[str, tuple[str, nn.Module]], *, fmt: str, source: object,
+          what: str) -> list[tuple[nn.Module, torch.Tensor]]:
+    """``[(module, factor * delta)]`` for every layer after checking names (``table``: name -> (path, module))
+    and shapes; raises :class:`KeyMapError` before anything is changed."""
+    if unknown := sorted(t for t in layers if t not in table):
+        raise KeyMapError(f"{len(unknown)} LoRA layer(s) match no module of the {what}", fmt=fmt, source=source,
+                          unexpected=unknown)
+    plan, wrong = [], []
+    for target, layer in layers.items():
+        path, mod = table[target]
+        try:
+            plan.append((mod, layer.factor * delta_weight(layer, mod.weight.shape)))
+        except ValueError as e:
+            wrong.append(f"{target} -> {path}: {e}")
+    if wrong:
+        raise KeyMapError(f"LoRA shapes do not fit the {what}'s modules (nothing merged)", fmt=fmt, source=source,
+                          shapes=wrong)
+    return plan
 
-    Raises :class:`KeyMapError` when a UNet LoRA layer matches no module or has the wrong shape.
-    Text-encoder LoRA tensors are skipped and counted (see :func:`split_text_encoder_lora`).
+
+def _apply(plan: list[tuple[nn.Module, torch.Tensor]], scale: float) -> None:
+    for mod, dw in plan:
+        mod.weight.copy_((mod.weight.float() + scale * dw).to(mod.weight.dtype))
+
+
+def clip_text_models(text_encoder: Optional[nn.Module]) -> dict[str, nn.Module]:
+    """``{"text_encoder": CLIP-L[, "text_encoder_2": bigG]}`` of an SD15/SDXL text encoder (``text_model`` /
+    ``text_model_2`` attributes); ``{}`` for anything else (the toy encoder)."""
+    out = {}
+    for role, attr in (("text_encoder", "text_model"), ("text_encoder_2", "text_model_2")):
+        model = getattr(text_encoder, attr, None)
+        if model is not None and type(model).__name__.startswith("CLIPText"):
+            out[role] = model
+    return out
+
+
+def _text_targets(model: nn.Module, fmt: str) -> dict[str, tuple[str, nn.Module]]:
+    """Linear modules of a transformers CLIP text model by canonical HF path (``text_model.encoder...``, whichever
+    way this transformers version names its own modules); kohya: flattened with ``_``."""
+    wrapped = any(n == "text_model" for n, _ in model.named_children())
+    table = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            canon = name if wrapped or name.startswith("text_projection") else f"text_model.{name}"
+            table[canon.replace(".", "_") if fmt == "lora_kohya" else canon] = (name, mod)
+    return table
+
+
+def _text_groups(text_sd: Mapping[str, torch.Tensor]) -> dict[tuple[str, str], dict[str, torch.Tensor]]:
+    """Text LoRA keys grouped by ``(role, prefix)``; PEFT/old-diffusers keys lose their ``text_encoder[_2].``
+    prefix and old ``lora_linear_layer.down/up`` become ``lora_A/lora_B``."""
+    groups: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, val in text_sd.items():
+        prefix = max((p for p in TEXT_ROLE_OF if key.startswith(p)), key=len)
+        if prefix.endswith("."):
+            key = key[len(prefix):].replace(".lora_linear_layer.down.weight", ".lora_A.weight").replace(
+                ".lora_linear_layer.up.weight", ".lora_B.weight")
+        groups.setdefault((TEXT_ROLE_OF[prefix], prefix), {})[key] = val
+    return groups
+
+
+def plan_text_lora(text_encoder: nn.Module, text_sd: Mapping[str, torch.Tensor],
+                   metadata: Optional[Mapping[str, str]] = None, source: object = None) -> dict[str, list]:
+    """Checked merge plans per role for text-encoder LoRA tensors (as split off by :func:`split_text_encoder_lora`).
+    Raises :class:`KeyMapError` for a role the encoder lacks (SDXL ``lora_te2_`` on SD1.5), unknown targets or
+    wrong shapes."""
+    models = clip_text_models(text_encoder)
+    plans: dict[str, list] = {}
+    for (role, prefix), sd in _text_groups(text_sd).items():
+        if role not in models:
+            raise KeyMapError(f"text-encoder LoRA for {role} ({prefix}*) but the text encoder has "
+                              f"{list(models) or 'no CLIP model'}", fmt="lora text", source=source,
+                              unexpected=sorted(sd)[:5])
+        fmt = require_format(sd, ("lora_kohya", "lora_peft"), source, f"{role} LoRA")
+        layers = parse_lora(sd, fmt, metadata, source, kohya_prefix=prefix.rstrip("_"), component=role)
+        plans.setdefault(role, []).extend(_plan(layers, _text_targets(models[role], fmt), fmt=fmt, source=source,
+                                                what=role))
+    return plans
+
+
+@torch.no_grad()
+def merge_text_lora(text_encoder: nn.Module, text_sd: Mapping[str, torch.Tensor], scale: float = 1.0,
+                    metadata: Optional[Mapping[str, str]] = None, source: object = None) -> dict[str, int]:
+    """Merge text-encoder LoRA tensors into the CLIP model(s) of an SD15/SDXL text encoder (all checked before
+    any is merged); returns the merged layer count per role."""
+    plans = plan_text_lora(text_encoder, text_sd, metadata, source)
+    for plan in plans.values():
+        _apply(plan, scale)
+    return {role: len(plan) for role, plan in plans.items()}
+
+
+@torch.no_grad()
+def merge_lora(unet: nn.Module, path_or_state_dict, scale: float = 1.0, *, text_encoder: Optional[nn.Module] = None,
+               verbose: bool = True) -> int:
+    """Merge a LoRA file (path) or state dict into ``unet`` in place; return the number of merged UNet layers.
+
+    Raises :class:`KeyMapError` (and merges nothing) when a LoRA layer matches no module or has the wrong shape.
+    Text-encoder LoRA tensors are merged into ``text_encoder`` (an SD15/SDXL text encoder, see
+    :func:`merge_text_lora`) when it holds CLIP models, else skipped and counted.
     """
     if isinstance(path_or_state_dict, (str, Path)):
         raw = read_checkpoint(path_or_state_dict)
@@ -159,28 +262,19 @@ def merge_lora(unet: nn.Module, path_or_state_dict, scale: float = 1.0, *, verbo
     else:
         sd, meta, source = dict(path_or_state_dict), {}, "<state dict>"
     unet_sd, text_sd = split_text_encoder_lora(sd)
-    fmt = require_format(unet_sd or sd, LORA_FORMATS, source, "LoRA")   # the UNet part decides
-    layers = parse_lora(unet_sd, fmt, meta, source)
-    table = _targets(unet, fmt)
-    if unknown := sorted(t for t in layers if t not in table):
-        raise KeyMapError(f"{len(unknown)} LoRA layer(s) match no module of the UNet", fmt=fmt, source=source,
-                          unexpected=unknown)
-    deltas, wrong = {}, []
-    for target, layer in layers.items():
-        path, mod = table[target]
-        try:
-            deltas[target] = delta_weight(layer, mod.weight.shape)
-        except ValueError as e:
-            wrong.append(f"{target} -> {path}: {e}")
-    if wrong:
-        raise KeyMapError("LoRA shapes do not fit their modules (nothing merged)", fmt=fmt, source=source,
-                          shapes=wrong)
-    for target, dw in deltas.items():
-        mod = table[target][1]
-        mod.weight.copy_((mod.weight.float() + scale * layers[target].factor * dw).to(mod.weight.dtype))
+    unet_plan, fmt = [], "text only"
+    if unet_sd or not text_sd:
+        fmt = require_format(unet_sd or sd, LORA_FORMATS, source, "LoRA")
+        layers = parse_lora(unet_sd, fmt, meta, source)
+        unet_plan = _plan(layers, _targets(unet, fmt), fmt=fmt, source=source, what="UNet")
+    text_plans = plan_text_lora(text_encoder, text_sd, meta, source) if text_sd and clip_text_models(
+        text_encoder) else {}
+    for plan in [unet_plan, *text_plans.values()]:
+        _apply(plan, scale)
+    if text_plans:
+        text_note = "; " + ", ".join(f"{len(p)} {role} layers" for role, p in text_plans.items())
+    else:
+        text_note = f"; skipped {len(text_sd)} text-encoder LoRA tensors (no CLIP text encoder given)" if text_sd else ""
     if verbose:
-        print(f"[i2v.checkpoints] merged {len(layers)} LoRA layers ({fmt}, scale {scale}) from {source}"
-              + (f"; skipped {len(text_sd)} text-encoder LoRA tensors (see split_text_encoder_lora)"
-                 if text_sd else ""))
-    return len(layers)
-
+        print(f"[i2v.checkpoints] merged {len(unet_plan)} LoRA layers ({fmt}, scale {scale}) from {source}{text_note}")
+    return len(unet_plan)

@@ -9,8 +9,8 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from ckpt_layouts import (adapter_to_original, diffusers_key_to_ldm, diffusers_per_frame, make_adapter,
-                      save_single_file, tolerance, video_inputs)
+from ckpt_layouts import (adapter_to_original, diffusers_key_to_ldm, diffusers_per_frame, make_adapter, make_clip_l,
+                          randomize_, save_single_file, tolerance, video_inputs)
 from diffusers import UNetMotionModel
 from safetensors.torch import save_file
 from torch import nn
@@ -18,6 +18,7 @@ from torch import nn
 from i2v.checkpoints.common import KeyMapError
 from i2v.checkpoints.loader import load_video_unet
 from i2v.checkpoints.lora import merge_lora, split_text_encoder_lora
+from i2v.models.text import SD15TextEncoder, SDXLTextEncoder, load_tokenizer, write_clip_tokenizer
 
 RANK = 4
 # transformer Linear/1x1 layers (kohya default) + LoCon convs, time projections and resamplers
@@ -66,10 +67,10 @@ def kohya_factor(alpha):
     return 1.0 if alpha is None else alpha / RANK
 
 
-def kohya_file(lora: dict, name_of) -> dict:
+def kohya_file(lora: dict, name_of, prefix: str = "lora_unet_") -> dict:
     sd = {}
     for path, (down, up, alpha) in lora.items():
-        name = "lora_unet_" + name_of(path).replace(".", "_")
+        name = prefix + name_of(path).replace(".", "_")
         sd[f"{name}.lora_down.weight"], sd[f"{name}.lora_up.weight"] = down, up
         if alpha is not None:
             sd[f"{name}.alpha"] = torch.tensor(alpha)
@@ -196,7 +197,7 @@ def test_wrong_shape_and_unknown_kind(sd15_unet, sd15_folder):
     model = load_video_unet(sd15_folder, verbose=False)
     name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
     bad = {f"{name}.lora_down.weight": torch.zeros(RANK, 99), f"{name}.lora_up.weight": torch.zeros(32, RANK)}
-    with pytest.raises(KeyMapError, match="do not fit their modules"):
+    with pytest.raises(KeyMapError, match="do not fit the UNet's modules"):
         merge_lora(model, bad)
     with pytest.raises(KeyMapError, match="unknown kind"):
         merge_lora(model, {**bad, f"{name}.hada_w1_a": torch.zeros(2)})
@@ -212,3 +213,110 @@ def test_split_text_encoder_lora():
     unet, text = split_text_encoder_lora(sd)
     assert list(unet) == ["lora_unet_mid_block_attentions_0_proj_in.lora_down.weight"]
     assert len(text) == 3
+
+
+# ------------------------------------------------------------------------------------- text-encoder LoRA
+TEXT_TARGETS = r"(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.fc[12])$"       # kohya's CLIPAttention/CLIPMLP
+PROMPTS = ["a watercolor fox in the snow", ""]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return load_tokenizer(write_clip_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer"))
+
+
+def hub_path(model: nn.Module):
+    """module path -> the hub's name (``text_model.*``), whichever way transformers names its own modules."""
+    wrapped = any(n == "text_model" for n, _ in model.named_children())
+    return lambda p: p if wrapped else f"text_model.{p}"
+
+
+def clip_bigg_hf(seed: int) -> nn.Module:
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    return randomize_(CLIPTextModelWithProjection(make_clip_l().config), std=0.02)
+
+
+def _context(model, tokenizer, last: bool = True):
+    ids = tokenizer(PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model(input_ids=ids, output_hidden_states=True)
+    if last:
+        return out.last_hidden_state
+    pooled = out.text_embeds if hasattr(out, "text_embeds") else out.pooler_output
+    return torch.cat([out.hidden_states[-2].flatten(1), pooled], 1)      # SDXL uses the penultimate + pooled
+
+
+def test_kohya_sd1_text_encoder_lora(sd15_unet, sd15_folder, tokenizer, capsys):
+    import copy
+
+    clip = make_clip_l(seed=11)
+    ref = copy.deepcopy(clip)
+    enc = SD15TextEncoder(tokenizer, clip)
+    lora_t = random_lora(ref, TEXT_TARGETS, seed=12)
+    lora_u = random_lora(sd15_unet, r"attn2\.to_k$", seed=13)
+    sd = {**kohya_file(lora_t, hub_path(ref), prefix="lora_te_"), **kohya_file(lora_u, lambda p: p)}
+    assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight" in sd       # §6 example name
+    model = load_video_unet(sd15_folder, verbose=False)
+    base = enc(PROMPTS)["context"]
+    assert merge_lora(model, sd, scale=0.7, text_encoder=enc) == len(lora_u)
+    assert f"{len(lora_t)} text_encoder layers" in capsys.readouterr().out
+    with hooked(ref, lora_t, kohya_factor, 0.7):
+        want = _context(ref, tokenizer)
+    _check(enc(PROMPTS)["context"], want, base)
+
+
+@pytest.mark.parametrize("layout", ["kohya", "peft", "old_diffusers"])
+def test_sdxl_text_encoder_lora(tokenizer, tmp_path, layout):
+    import copy
+
+    models = {"text_encoder": make_clip_l(seed=21), "text_encoder_2": clip_bigg_hf(seed=22)}
+    refs = {role: copy.deepcopy(m) for role, m in models.items()}
+    enc = SDXLTextEncoder(tokenizer, models["text_encoder"], tokenizer, models["text_encoder_2"])
+    loras = {role: random_lora(refs[role], TEXT_TARGETS, seed=23 + i) for i, role in enumerate(refs)}
+    sd, meta = {}, None
+    factor_of = {"text_encoder": kohya_factor, "text_encoder_2": kohya_factor}
+    for role, lora in loras.items():
+        name_of = hub_path(refs[role])
+        if layout == "kohya":
+            sd.update(kohya_file(lora, name_of, prefix={"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}[role]))
+            continue
+        for path, (down, up, _) in lora.items():
+            a, b = ("lora_A.weight", "lora_B.weight") if layout == "peft" else \
+                ("lora_linear_layer.down.weight", "lora_linear_layer.up.weight")
+            sd[f"{role}.{name_of(path)}.{a}"], sd[f"{role}.{name_of(path)}.{b}"] = down, up
+    if layout == "peft":   # per-component lora_alpha: factor 2 for CLIP-L, 0.5 for bigG
+        meta = {"lora_adapter_metadata": json.dumps({"text_encoder.r": RANK, "text_encoder.lora_alpha": 8,
+                                                     "text_encoder_2.r": RANK, "text_encoder_2.lora_alpha": 2})}
+        factor_of = {"text_encoder": lambda a: 2.0, "text_encoder_2": lambda a: 0.5}
+    elif layout == "old_diffusers":
+        factor_of = {role: (lambda a: 1.0) for role in refs}
+    save_file(sd, str(tmp_path / "te.safetensors"), metadata=meta)
+    base = {role: _context(m, tokenizer, last=False) for role, m in models.items()}
+    assert merge_lora(nn.Linear(1, 1), tmp_path / "te.safetensors", text_encoder=enc, verbose=False) == 0
+    for role, ref in refs.items():
+        with hooked(ref, loras[role], factor_of[role], 1.0):
+            want = _context(ref, tokenizer, last=False)
+        _check(_context(models[role], tokenizer, last=False), want, base[role])
+
+
+def test_text_lora_errors_merge_nothing(sd15_unet, sd15_folder, tokenizer, capsys):
+    from i2v.models.toy import ToyTextEncoder
+
+    clip = make_clip_l(seed=31)
+    enc = SD15TextEncoder(tokenizer, clip)
+    lora_u = random_lora(sd15_unet, r"attn2\.to_k$", seed=32)
+    te2 = kohya_file(random_lora(clip, r"layers\.0\.mlp\.fc1$", seed=33), hub_path(clip), prefix="lora_te2_")
+    model = load_video_unet(sd15_folder, verbose=False)
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in (model, clip)]
+    with pytest.raises(KeyMapError, match=r"text_encoder_2 \(lora_te2_\*\) but the text encoder has \['text_encoder'\]"):
+        merge_lora(model, {**kohya_file(lora_u, lambda p: p), **te2}, text_encoder=enc)
+    unknown = {"lora_te_text_model_encoder_layers_9_mlp_fc1.lora_down.weight": torch.zeros(RANK, 128),
+               "lora_te_text_model_encoder_layers_9_mlp_fc1.lora_up.weight": torch.zeros(512, RANK)}
+    with pytest.raises(KeyMapError, match="match no module of the text_encoder"):
+        merge_lora(model, {**kohya_file(lora_u, lambda p: p), **unknown}, text_encoder=enc)
+    for m, b in zip((model, clip), before):
+        assert all(torch.equal(b[k], v) for k, v in m.state_dict().items())
+    merge_lora(model, {**kohya_file(lora_u, lambda p: p), **unknown}, text_encoder=ToyTextEncoder())
+    assert "skipped 2 text-encoder LoRA tensors (no CLIP text encoder given)" in capsys.readouterr().out
