@@ -64,6 +64,29 @@ class Bundle(nn.Module):
     def content_enabled(self) -> bool:
         return self.image_proj is not None
 
+    @property
+    def pixel_multiple(self) -> int:
+        """Video height and width must be multiples of this: codec downsampling x 2^(UNet levels - 1)."""
+        levels = len(self.unet.config.block_out_channels)
+        return int(getattr(self.codec, "downsample", 1)) * 2 ** (levels - 1)
+
+    @property
+    def max_frames(self) -> Optional[int]:
+        """The motion module's positional-encoding length (``None`` without a motion module)."""
+        motion = getattr(self.unet, "motion_config", None)
+        return None if motion is None else int(motion.max_seq_length)
+
+    def check_video_shape(self, height: int, width: int, frames: int) -> None:
+        """Raise a ``ValueError`` naming the limit when a video of this shape cannot be generated or trained."""
+        m = self.pixel_multiple
+        if height % m or width % m or height <= 0 or width <= 0:
+            raise ValueError(f"height and width must be positive multiples of {m} for backbone {self.name} "
+                             f"(VAE downsampling x 2^(UNet levels - 1)), got {height}x{width}; e.g. "
+                             f"{max(m, round(height / m) * m)}x{max(m, round(width / m) * m)}")
+        if self.max_frames is not None and frames > self.max_frames:
+            raise ValueError(f"frames={frames} exceeds the motion module's positional-encoding length "
+                             f"{self.max_frames}")
+
     # ------------------------------------------------------------------ latents
     def encode_video(self, video: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Pixels (B, F, 3, H, W) in [-1, 1] -> scaled latents (B, C, F, h, w)."""

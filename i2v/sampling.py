@@ -124,6 +124,7 @@ def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optiona
     device, dtype = resolve_device(cfg)
     bundle = bundle or load_bundle_for_sampling(cfg, device, dtype)
     res = int(cfg.get("height") or bundle.resolution), int(cfg.get("width") or bundle.resolution)
+    bundle.check_video_shape(*res, int(cfg.frames))
     controlnet = control = None
     if cfg.get("controlnet", {}).get("path"):
         from i2v.diffusion.controlnet import VideoControlNet, load_control_frames

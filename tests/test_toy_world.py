@@ -61,6 +61,12 @@ def test_sample_rejects_bad_settings(tmp_path):
         cfg = _compose("sample", ["experiment=toy", "image=x.png", "prompt=a", over, f"out={tmp_path}"])
         with pytest.raises(ValueError, match=msg):
             sample(cfg)
+    for over, msg in [("height=33", "multiples of 4 for backbone toy.*got 33x32; e.g. 32x32"),
+                      ("frames=33", "frames=33 exceeds the motion module's positional-encoding length 32")]:
+        cfg = _compose("sample", ["experiment=toy", f"image={tmp_path / 'missing.png'}", "prompt=a", over,
+                                  f"out={tmp_path}"])
+        with pytest.raises(ValueError, match=msg):
+            sample(cfg)
     cfg = _compose("sample", ["experiment=toy", f"image={tmp_path / 'missing.png'}", "prompt=a", f"out={tmp_path}"])
     with pytest.raises(FileNotFoundError, match="image not found"):
         sample(cfg)
@@ -106,3 +112,13 @@ def test_sample_video_callback_logs_a_video(tmp_path):
     L.Trainer(accelerator="cpu", max_steps=2, logger=lg, enable_progress_bar=False, enable_checkpointing=False,
               enable_model_summary=False, callbacks=[SampleVideos(1, cfg)]).fit(mod, datamodule=dm)
     assert [(k, s) for k, s, _ in lg.videos] == [("samples/video", (4, 3, 32, 32))] * 2
+
+
+def test_train_rejects_a_clip_shape_the_backbone_cannot_take(tmp_path):
+    from i2v.train import train
+
+    for i, (over, msg) in enumerate([("stages.toy.resolution=30", "multiples of 4 for backbone toy"),
+                                     ("stages.toy.n_frames=40", "frames=40 exceeds")]):
+        cfg = _compose("train", ["experiment=toy", over, f"out_dir={tmp_path / str(i)}"])
+        with pytest.raises(ValueError, match=msg):
+            train(cfg)

@@ -218,7 +218,7 @@ def _check_pixels(pixels: torch.Tensor, channels: int, who: str) -> None:
 
 
 class IdentityCodec(nn.Module):
-    """Pixel-space "VAE" of the toy world (its default): ``encode`` = x * scale, ``decode`` = z / scale.
+    """Pixel-space "VAE" of the toy world (`backbone.codec=identity`): ``encode`` = x * scale, ``decode`` = z / scale.
     ``(B, 3, H, W)`` <-> ``(B, 3, H, W)``; deterministic (``generator`` ignored), no parameters."""
 
     latent_channels = 3
@@ -250,7 +250,7 @@ def _patch_mix() -> torch.Tensor:
 
 class PatchCodec(nn.Module):
     """Fixed invertible codec: 2x2 space-to-depth ``(B, 3, H, W) -> (B, 12, H/2, W/2)`` then the orthonormal
-    :func:`_patch_mix`, times ``scale``. Not used by the toy default (which is :class:`IdentityCodec`)."""
+    :func:`_patch_mix`, times ``scale``. The toy backbone's default codec (`backbone.codec=patch`)."""
 
     latent_channels = 12
     downsample = 2
