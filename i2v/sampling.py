@@ -109,7 +109,8 @@ def generate_one(bundle: Bundle, cfg: DictConfig, image: torch.Tensor, prompt: s
                        schedule=bundle.schedule, steps=int(cfg.steps), cfg=float(cfg.cfg), n_frames=int(cfg.frames),
                        t0=float(cfg.t0), p=float(cfg.p), fsp=bool(cfg.fsp.enabled),
                        blur_kernel=int(cfg.fsp.kernel_size), blur_sigma=float(cfg.fsp.sigma), generator=g,
-                       added_cond=cond["added_cond"], added_uncond=uncond["added_cond"], controlnet=controlnet, control=control, progress=progress)
+                       added_cond=cond["added_cond"], added_uncond=uncond["added_cond"], controlnet=controlnet,
+                       control=control, progress=progress)
     video = bundle.decode_video(res["latents"])[0].float()
     if cfg.get("post", {}).get("color_match"):
         from i2v.diffusion.color import color_match_video
@@ -134,7 +135,8 @@ def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optiona
         text_tokens = None
         if bundle.content_enabled:  # the ControlNet sees the text tokens only, not the Content-Adapter's
             text_tokens = bundle.condition([""])["context"].shape[1] - bundle.image_tokens(None, 1).shape[1]
-        controlnet = VideoControlNet.from_folder(str(cfg.controlnet.path), conditioning_scale=float(cfg.controlnet.scale),
+        controlnet = VideoControlNet.from_folder(str(cfg.controlnet.path),
+                                                 conditioning_scale=float(cfg.controlnet.scale),
                                                  num_text_tokens=text_tokens, dtype=dtype, device=device)
         control = load_control_frames(str(cfg.controlnet.control), n_frames=int(cfg.frames), size=res)[None]
         control = control.to(device, dtype)

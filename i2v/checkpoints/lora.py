@@ -274,7 +274,8 @@ def merge_lora(unet: nn.Module, path_or_state_dict, scale: float = 1.0, *, text_
     if text_plans:
         text_note = "; " + ", ".join(f"{len(p)} {role} layers" for role, p in text_plans.items())
     else:
-        text_note = f"; skipped {len(text_sd)} text-encoder LoRA tensors (no CLIP text encoder given)" if text_sd else ""
+        text_note = (f"; skipped {len(text_sd)} text-encoder LoRA tensors (no CLIP text encoder given)"
+                     if text_sd else "")
     if verbose:
         print(f"[i2v.checkpoints] merged {len(unet_plan)} LoRA layers ({fmt}, scale {scale}) from {source}{text_note}")
     return len(unet_plan)

@@ -1,8 +1,10 @@
-"""CLIP text encoders (frozen) from local diffusers-style folders, implementing the ``TextEncoder`` protocol.
+"""CLIP text encoders (frozen) implementing the ``TextEncoder`` protocol, from local diffusers-style folders (or,
+through :mod:`i2v.real_models`, from a single-file checkpoint's own text-encoder weights).
 
 SD1.5 (reference §1.7): CLIP ViT-L/14 text, context = ``last_hidden_state`` ``(B, 77, 768)``.
-SDXL (reference §2): context = CLIP-L ``hidden_states[-2]`` ⊕ OpenCLIP bigG ``hidden_states[-2]`` = ``(B, 77, 2048)``,
-pooled = bigG ``text_embeds`` ``(B, 1280)``; plus :func:`sdxl_time_ids` for the ``time_ids`` micro-conditioning.
+SDXL (reference §2): context = CLIP-L ``hidden_states[-2]`` ⊕ OpenCLIP bigG ``hidden_states[-2]`` =
+``(B, 77, 2048)``, pooled = bigG ``text_embeds`` ``(B, 1280)``; plus :func:`sdxl_time_ids` for the ``time_ids``
+micro-conditioning.
 :func:`write_clip_tokenizer` writes the real CLIP BPE tokenizer files from open_clip's bundled vocabulary (offline).
 """
 from __future__ import annotations
@@ -62,8 +64,10 @@ def load_text_model(folder: PathLike, with_projection: bool, dtype: torch.dtype)
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     folder = _check_folder(folder, ["config.json"], "text encoder")
-    if not any((folder / n).is_file() for n in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")):
-        raise FileNotFoundError(f"text encoder: {folder} has no model.safetensors / pytorch_model.bin; expected {_HINT}")
+    weights = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+    if not any((folder / n).is_file() for n in weights):
+        raise FileNotFoundError(f"text encoder: {folder} has no model.safetensors / pytorch_model.bin; "
+                                f"expected {_HINT}")
     cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
     return cls.from_pretrained(str(folder), local_files_only=True, dtype=dtype)
 

@@ -280,7 +280,8 @@ def test_sdxl_text_encoder_lora(tokenizer, tmp_path, layout):
     for role, lora in loras.items():
         name_of = hub_path(refs[role])
         if layout == "kohya":
-            sd.update(kohya_file(lora, name_of, prefix={"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}[role]))
+            prefix = {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}[role]
+            sd.update(kohya_file(lora, name_of, prefix=prefix))
             continue
         for path, (down, up, _) in lora.items():
             a, b = ("lora_A.weight", "lora_B.weight") if layout == "peft" else \
@@ -310,7 +311,8 @@ def test_text_lora_errors_merge_nothing(sd15_unet, sd15_folder, tokenizer, capsy
     te2 = kohya_file(random_lora(clip, r"layers\.0\.mlp\.fc1$", seed=33), hub_path(clip), prefix="lora_te2_")
     model = load_video_unet(sd15_folder, verbose=False)
     before = [{k: v.clone() for k, v in m.state_dict().items()} for m in (model, clip)]
-    with pytest.raises(KeyMapError, match=r"text_encoder_2 \(lora_te2_\*\) but the text encoder has \['text_encoder'\]"):
+    with pytest.raises(KeyMapError, match=r"text_encoder_2 \(lora_te2_\*\) but the text encoder has "
+                                          r"\['text_encoder'\]"):
         merge_lora(model, {**kohya_file(lora_u, lambda p: p), **te2}, text_encoder=enc)
     unknown = {"lora_te_text_model_encoder_layers_9_mlp_fc1.lora_down.weight": torch.zeros(RANK, 128),
                "lora_te_text_model_encoder_layers_9_mlp_fc1.lora_up.weight": torch.zeros(512, RANK)}

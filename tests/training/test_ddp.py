@@ -22,8 +22,19 @@ class RecordRanks(L.Callback):
         assert flat.abs().sum() > 0
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.slow
-def test_two_process_gloo_ddp(tmp_path):
+def test_two_process_gloo_ddp(tmp_path, monkeypatch):
+    # loopback address and a port picked here: no host-name lookup, no port shared with another test process
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
     mod = I2VAdapterModule(random_toy_bundle(seed=0), OPTIM, TRAIN, config={"seed": 0})
     dm = VideoDataModule(dataset=SyntheticVideos(n_items=8, n_frames=4, size=32, seed=0), batch_size=1,
                          val_fraction=0.0, shuffle_seed=0)

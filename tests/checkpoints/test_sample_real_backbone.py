@@ -1,0 +1,94 @@
+"""``sample.py backbone=sd15|sdxl`` end to end on tiny files in the real layouts: a DreamBooth-style LDM/SGM single
+file (UNet + CLIP-L [+ OpenCLIP bigG] text encoders inside), an original AnimateDiff motion file, a diffusers VAE
+folder, CLIP tokenizer folders, an I2V-Adapter checkpoint and a kohya LoRA with UNet and text-encoder parts."""
+from __future__ import annotations
+
+import json
+
+import torch
+import pytest
+from ckpt_layouts import (SD15_TINY, SDXL_TINY, TEXT_WIDTH, adapter_to_original, make_adapter, make_clip_l,
+                          make_openclip_bigg, randomize_, save_single_file, sd15_text_file, sdxl_text_file,
+                          to_ldm_single_file)
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from hydra import compose, initialize_config_dir
+from PIL import Image
+from safetensors.torch import save_file
+
+from i2v.config import CONFIGS
+from i2v.models.text import write_clip_tokenizer
+
+
+def _files(root, kind: str) -> list[str]:
+    """Write every file of a tiny ``kind`` backbone under ``root``; return the backbone overrides."""
+    torch.manual_seed(0)
+    sdxl = kind == "sdxl"
+    pooled = 16
+    arch = {**SDXL_TINY, "cross_attention_dim": 2 * TEXT_WIDTH, "projection_class_embeddings_input_dim":
+            pooled + 6 * 8} if sdxl else {**SD15_TINY, "cross_attention_dim": TEXT_WIDTH}
+    unet = randomize_(UNet2DConditionModel(**arch))
+    clip_l = make_clip_l(seed=3)
+    text = sdxl_text_file(clip_l, make_openclip_bigg(seed=4, embed=pooled)) if sdxl else sd15_text_file(clip_l)
+    ldm = {k: v for k, v in to_ldm_single_file(unet, sdxl=sdxl).items()
+           if not k.startswith(("cond_stage_model.", "conditioner."))}
+    save_single_file({**ldm, **text}, root / "dreambooth.safetensors")
+    save_single_file(adapter_to_original(make_adapter("sdxl_beta" if sdxl else "v1")), root / "mm.ckpt")
+    AutoencoderKL(block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32).save_pretrained(root / "vae")
+    write_clip_tokenizer(root / "tokenizer")
+    write_clip_tokenizer(root / "tokenizer_2", pad_token="!")
+    Image.fromarray((torch.rand(32, 32, 3) * 255).byte().numpy()).save(root / "cat.png")
+    te, mid = ("lora_te1_", "lora_unet_middle_block_1_proj_in") if sdxl else \
+        ("lora_te_", "lora_unet_mid_block_attentions_0_proj_in")
+    width = arch["block_out_channels"][-1]
+    shape = (width,) if sdxl else (width, 1, 1)          # SDXL: Linear proj_in, SD1.5: 1x1 conv
+    lora = {f"{te}text_model_encoder_layers_1_self_attn_q_proj.lora_down.weight": torch.randn(2, TEXT_WIDTH),
+            f"{te}text_model_encoder_layers_1_self_attn_q_proj.lora_up.weight": torch.randn(TEXT_WIDTH, 2),
+            f"{mid}.lora_down.weight": torch.randn(2, *shape), f"{mid}.lora_up.weight": torch.randn(width, 2,
+                                                                                                    *shape[1:])}
+    save_file(lora, str(root / "style.safetensors"))
+    hints = "{head_dim:16,norm_num_groups:8,addition_time_embed_dim:8}" if sdxl else "{norm_num_groups:8}"
+    over = [f"backbone={kind}", f"backbone.unet={root / 'dreambooth.safetensors'}",
+            f"backbone.motion={root / 'mm.ckpt'}", f"backbone.vae={root / 'vae'}", f"backbone.tokenizer={root / 'tokenizer'}", f"backbone.unet_hints={hints}",
+            "adapter=no_content"]
+    return over + ([f"backbone.tokenizer_2={root / 'tokenizer_2'}"] if sdxl else [])
+
+
+def _adapter(root, overrides):
+    """An I2V-Adapter checkpoint for this backbone with non-zero W'_O (a trained one, not the zero init)."""
+    from i2v.bundle import build_bundle
+    from i2v.checkpoints.adapter_io import save_adapter
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="sample", overrides=overrides)
+    bundle = build_bundle(cfg.backbone, cfg.adapter)
+    with torch.no_grad():
+        for p in bundle.trainable.values():
+            p.add_(torch.randn_like(p) * 0.05)
+    save_adapter(root / "adapter.safetensors", bundle.unet, backbone=cfg.backbone.name)
+
+
+@pytest.mark.parametrize("kind", ["sd15", "sdxl"])
+def test_sample_py_on_a_tiny_real_backbone(tmp_path, capsys, kind):
+    from i2v.metrics.video_io import read_video
+    from i2v.sampling import sample
+
+    backbone = _files(tmp_path, kind)
+    _adapter(tmp_path, backbone)
+    capsys.readouterr()
+    run = backbone + [f"ckpt={tmp_path / 'adapter.safetensors'}", f"image={tmp_path / 'cat.png'}",
+                      "prompt=a cat turning its head", f"out={tmp_path / 'out'}", "steps=3", "frames=5",
+                      "height=32", "width=48", "t0=0.8", "p=0.5", "device=cpu",
+                      f"lora=[{{path:{tmp_path / 'style.safetensors'},scale:0.8}}]"]
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="sample", overrides=run)
+    res = sample(cfg)
+    printed = capsys.readouterr().out
+    roles = ["text_encoder", "text_encoder_2"] if kind == "sdxl" else ["text_encoder"]
+    assert all(f"{r}: " in printed for r in roles) and "tensors from the single file" in printed
+    assert "merged 1 LoRA layers" in printed and "1 text_encoder layers" in printed
+    video = read_video(res[0]["video"])
+    assert video.shape == (5, 3, 32, 48)
+    meta = json.loads((tmp_path / "out" / "cat_42.json").read_text())
+    assert (meta["frames"], meta["steps"], meta["t0"], meta["nfe"], meta["height"], meta["width"]) == \
+        (5, 3, 0.8, 2, 32, 48)
