@@ -19,10 +19,13 @@ log = logging.getLogger(__name__)
 
 def build_trainer(cfg: DictConfig, out_dir: Path, extra_callbacks: list | None = None, **overrides) -> L.Trainer:
     loggers = [instantiate(v) for v in (cfg.get("logger") or {}).values()]
+    # the adapter-only safetensors are always written; Lightning's resumable checkpoints unless
+    # trainer.enable_checkpointing=false
     callbacks = [AdapterCheckpoint(out_dir, every_n_steps=cfg.train.save_every_n_steps, config=cfg,
-                                   overwrite=cfg.overwrite),
-                 L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir / "lightning", save_last=True,
-                                                     every_n_train_steps=cfg.train.save_every_n_steps)]
+                                   overwrite=cfg.overwrite)]
+    if cfg.trainer.get("enable_checkpointing", True):
+        callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir / "lightning", save_last=True,
+                                                             every_n_train_steps=cfg.train.save_every_n_steps))
     if cfg.train.get("sample_every_n_steps"):
         sample_cfg = OmegaConf.create(OmegaConf.to_container(cfg.sample, resolve=True))
         callbacks.append(SampleVideos(int(cfg.train.sample_every_n_steps), sample_cfg))

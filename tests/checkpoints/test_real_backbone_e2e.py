@@ -1,6 +1,7 @@
-"""``sample.py backbone=sd15|sdxl`` end to end on tiny files in the real layouts: a DreamBooth-style LDM/SGM single
-file (UNet + CLIP-L [+ OpenCLIP bigG] text encoders inside), an original AnimateDiff motion file, a diffusers VAE
-folder, CLIP tokenizer folders, an I2V-Adapter checkpoint and a kohya LoRA with UNet and text-encoder parts."""
+"""``sample.py`` and ``train.py`` with ``backbone=sd15|sdxl`` end to end on tiny files in the real layouts: a
+DreamBooth-style LDM/SGM single file (UNet + CLIP-L [+ OpenCLIP bigG] text encoders inside), an original AnimateDiff
+motion file, a diffusers VAE folder, CLIP tokenizer folders, an I2V-Adapter checkpoint and a kohya LoRA with UNet
+and text-encoder parts."""
 from __future__ import annotations
 
 import json
@@ -92,3 +93,26 @@ def test_sample_py_on_a_tiny_real_backbone(tmp_path, capsys, kind):
     meta = json.loads((tmp_path / "out" / "cat_42.json").read_text())
     assert (meta["frames"], meta["steps"], meta["t0"], meta["nfe"], meta["height"], meta["width"]) == \
         (5, 3, 0.8, 2, 32, 48)
+
+
+@pytest.mark.parametrize("kind", ["sd15", "sdxl"])
+def test_train_py_on_a_tiny_real_backbone(tmp_path, kind):
+    """``python train.py backbone=<kind> stage=2`` (data swapped for synthetic clips): two steps train the adapter;
+    the checkpoint holds adapter tensors only; ``trainer.enable_checkpointing=false`` writes no Lightning files."""
+    from i2v.checkpoints.adapter_io import read_adapter
+    from i2v.train import train
+
+    backbone = _files(tmp_path, kind)
+    run = backbone + ["stage=2", "data=synthetic", "trainer=cpu", "logger=none", "stages.2.resolution=32",
+                      "stages.2.n_frames=4", "stages.2.batch_size=2", "data.dataset.n_items=8", "data.val_fraction=0",
+                      "trainer.max_steps=2", "trainer.enable_checkpointing=false", f"out_dir={tmp_path / 'run'}"]
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=run)
+    result = train(cfg)
+    assert result["steps"] == 2
+    tensors, info = read_adapter(result["adapter"])
+    assert info["backbone"] == kind
+    out_ff = [v for k, v in tensors.items() if k.endswith("to_out_ff.weight")]
+    assert out_ff and all(v.abs().sum() > 0 for v in out_ff)          # W'_O left its zero init
+    assert all(".to_q_ff." in k or ".to_out_ff." in k for k in tensors)
+    assert not (tmp_path / "run" / "lightning").exists()
