@@ -50,8 +50,8 @@ def _files(root, kind: str) -> list[str]:
     save_file(lora, str(root / "style.safetensors"))
     hints = "{head_dim:16,norm_num_groups:8,addition_time_embed_dim:8}" if sdxl else "{norm_num_groups:8}"
     over = [f"backbone={kind}", f"backbone.unet={root / 'dreambooth.safetensors'}",
-            f"backbone.motion={root / 'mm.ckpt'}", f"backbone.vae={root / 'vae'}", f"backbone.tokenizer={root / 'tokenizer'}", f"backbone.unet_hints={hints}",
-            "adapter=no_content"]
+            f"backbone.motion={root / 'mm.ckpt'}", f"backbone.vae={root / 'vae'}",
+            f"backbone.tokenizer={root / 'tokenizer'}", f"backbone.unet_hints={hints}", "adapter=no_content"]
     return over + ([f"backbone.tokenizer_2={root / 'tokenizer_2'}"] if sdxl else [])
 
 
