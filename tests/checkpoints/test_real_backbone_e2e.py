@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from i2v.config import CONFIGS
+from i2v.models.content import ImageProjModel
 from i2v.models.text import write_clip_tokenizer
 
 
@@ -48,10 +49,28 @@ def _files(root, kind: str) -> list[str]:
             f"{mid}.lora_down.weight": torch.randn(2, *shape), f"{mid}.lora_up.weight": torch.randn(width, 2,
                                                                                                     *shape[1:])}
     save_file(lora, str(root / "style.safetensors"))
+    # Content-Adapter: a tiny HF CLIP vision folder + an IP-Adapter file in the official layout (image_proj.* and
+    # ip_adapter.<i>.to_k_ip/to_v_ip, i = position in diffusers' attn_processors, i.e. attn2 at odd indices)
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28,
+        patch_size=14, projection_dim=20)).save_pretrained(str(root / "image_encoder"))
+    cross = arch["cross_attention_dim"]
+    proj = ImageProjModel(clip_dim=20, cross_dim=cross, num_tokens=4)
+    ip = {f"image_proj.{k}": v for k, v in proj.state_dict().items()}
+    for i, name in enumerate(unet.attn_processors):
+        if name.endswith("attn2.processor"):
+            out = unet.get_submodule(name[: -len(".processor")]).to_k.out_features
+            ip[f"ip_adapter.{i}.to_k_ip.weight"] = torch.randn(out, cross) * 0.05
+            ip[f"ip_adapter.{i}.to_v_ip.weight"] = torch.randn(out, cross) * 0.05
+    save_file(ip, str(root / "ip-adapter.safetensors"))
     hints = "{head_dim:16,norm_num_groups:8,addition_time_embed_dim:8}" if sdxl else "{norm_num_groups:8}"
     over = [f"backbone={kind}", f"backbone.unet={root / 'dreambooth.safetensors'}",
             f"backbone.motion={root / 'mm.ckpt'}", f"backbone.vae={root / 'vae'}",
-            f"backbone.tokenizer={root / 'tokenizer'}", f"backbone.unet_hints={hints}", "adapter=no_content"]
+            f"backbone.tokenizer={root / 'tokenizer'}", f"backbone.unet_hints={hints}",
+            f"backbone.ip_adapter={root / 'ip-adapter.safetensors'}",
+            f"backbone.image_encoder={root / 'image_encoder'}"]
     return over + ([f"backbone.tokenizer_2={root / 'tokenizer_2'}"] if sdxl else [])
 
 
@@ -74,7 +93,7 @@ def test_sample_py_on_a_tiny_real_backbone(tmp_path, capsys, kind):
     from i2v.metrics.video_io import read_video
     from i2v.sampling import sample
 
-    backbone = _files(tmp_path, kind)
+    backbone = _files(tmp_path, kind) + ["adapter=full"]        # I2V-Adapter + Content-Adapter (IP-Adapter)
     _adapter(tmp_path, backbone)
     capsys.readouterr()
     run = backbone + [f"ckpt={tmp_path / 'adapter.safetensors'}", f"image={tmp_path / 'cat.png'}",
@@ -88,6 +107,7 @@ def test_sample_py_on_a_tiny_real_backbone(tmp_path, capsys, kind):
     roles = ["text_encoder", "text_encoder_2"] if kind == "sdxl" else ["text_encoder"]
     assert all(f"{r}: " in printed for r in roles) and "tensors from the single file" in printed
     assert "merged 1 LoRA layers" in printed and "1 text_encoder layers" in printed
+    assert "[ip_adapter] loaded ImageProjModel (4 tokens)" in printed
     video = read_video(res[0]["video"])
     assert video.shape == (5, 3, 32, 48)
     meta = json.loads((tmp_path / "out" / "cat_42.json").read_text())
@@ -95,14 +115,14 @@ def test_sample_py_on_a_tiny_real_backbone(tmp_path, capsys, kind):
         (5, 3, 0.8, 2, 32, 48)
 
 
-@pytest.mark.parametrize("kind", ["sd15", "sdxl"])
-def test_train_py_on_a_tiny_real_backbone(tmp_path, kind):
+@pytest.mark.parametrize("kind,adapter", [("sd15", "full"), ("sdxl", "no_content")])
+def test_train_py_on_a_tiny_real_backbone(tmp_path, kind, adapter):
     """``python train.py backbone=<kind> stage=2`` (data swapped for synthetic clips): two steps train the adapter;
     the checkpoint holds adapter tensors only; ``trainer.enable_checkpointing=false`` writes no Lightning files."""
     from i2v.checkpoints.adapter_io import read_adapter
     from i2v.train import train
 
-    backbone = _files(tmp_path, kind)
+    backbone = _files(tmp_path, kind) + [f"adapter={adapter}"]
     run = backbone + ["stage=2", "data=synthetic", "trainer=cpu", "logger=none", "stages.2.resolution=32",
                       "stages.2.n_frames=4", "stages.2.batch_size=2", "data.dataset.n_items=8", "data.val_fraction=0",
                       "trainer.max_steps=2", "trainer.enable_checkpointing=false", f"out_dir={tmp_path / 'run'}"]
