@@ -157,9 +157,9 @@ def delta_weight(layer: LoraLayer, weight_shape: torch.Size) -> torch.Tensor:
 
 
 def _plan(layers: dict[str, LoraLayer], table: dict[str, tuple[str, nn.Module]], *, fmt: str, source: object,
-          what: str) -> list[tuple[nn.Module, torch.Tensor]]:
-    """``[(module, factor * delta)]`` for every layer after checking names (``table``: name -> (path, module))
-    and shapes; raises :class:`KeyMapError` before anything is changed."""
+          what: str) -> list[tuple[nn.Module, LoraLayer]]:
+    """``[(module, layer)]`` after checking every name (``table``: name -> (path, module)) and every delta shape
+    (on the meta device: no memory); raises :class:`KeyMapError` before anything is changed."""
     if unknown := sorted(t for t in layers if t not in table):
         raise KeyMapError(f"{len(unknown)} LoRA layer(s) match no module of the {what}", fmt=fmt, source=source,
                           unexpected=unknown)
@@ -167,7 +167,8 @@ def _plan(layers: dict[str, LoraLayer], table: dict[str, tuple[str, nn.Module]],
     for target, layer in layers.items():
         path, mod = table[target]
         try:
-            plan.append((mod, layer.factor * delta_weight(layer, mod.weight.shape)))
+            delta_weight(LoraLayer(layer.down.to("meta"), layer.up.to("meta")), mod.weight.shape)
+            plan.append((mod, layer))
         except ValueError as e:
             wrong.append(f"{target} -> {path}: {e}")
     if wrong:
@@ -176,9 +177,11 @@ def _plan(layers: dict[str, LoraLayer], table: dict[str, tuple[str, nn.Module]],
     return plan
 
 
-def _apply(plan: list[tuple[nn.Module, torch.Tensor]], scale: float) -> None:
-    for mod, dw in plan:
-        mod.weight.copy_((mod.weight.float() + scale * dw).to(mod.weight.dtype))
+def _apply(plan: list[tuple[nn.Module, LoraLayer]], scale: float) -> None:
+    """``W += scale * factor * delta`` in fp32, one layer at a time (one delta in memory)."""
+    for mod, layer in plan:
+        dw = delta_weight(layer, mod.weight.shape).to(mod.weight.device)
+        mod.weight.copy_((mod.weight.float() + scale * layer.factor * dw).to(mod.weight.dtype))
 
 
 def clip_text_models(text_encoder: Optional[nn.Module]) -> dict[str, nn.Module]:
