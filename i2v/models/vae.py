@@ -52,10 +52,13 @@ class VAECodec(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"VAE checkpoint not found: {path}; expected {_HINT}")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        if path.suffix == ".safetensors":  # read only the VAE tensors of a multi-GB UNet+VAE+text file
+            from safetensors import safe_open
 
-            sd = load_file(str(path))
+            with safe_open(str(path), framework="pt") as f:
+                keys = list(f.keys())
+                vae_keys = [k for k in keys if k.startswith(("first_stage_model.", "vae."))] or keys
+                sd = {k: f.get_tensor(k) for k in vae_keys}
         else:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
             while isinstance(sd, dict) and "state_dict" in sd:
