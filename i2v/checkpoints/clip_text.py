@@ -122,19 +122,9 @@ def single_file_text_to_hf(text: Mapping[str, torch.Tensor],
 
 
 def read_single_file_text(path: Union[str, Path]) -> dict[str, torch.Tensor]:
-    """Only the text-encoder tensors of a single file. ``.safetensors`` reads just those tensors; a pickle
-    (``.ckpt``) is read whole with ``torch.load(weights_only=True)``."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                return {k: f.get_tensor(k) for k in f.keys() if k.startswith(TEXT_PREFIXES)}
-        except Exception as e:  # safetensors raises its own error types for corrupt headers
-            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
-    raw = read_checkpoint(path)
-    return {k: v for k, v in raw.tensors.items() if k.startswith(TEXT_PREFIXES)}
+    """Only the text-encoder tensors of a single file (a ``.safetensors`` file reads just those; a pickle is
+    read whole with ``torch.load(weights_only=True)`` and filtered)."""
+    return read_checkpoint(path, TEXT_PREFIXES).tensors
 
 
 def infer_clip_text_config(sd: Mapping[str, torch.Tensor], role: str, source: object = None):

@@ -79,19 +79,19 @@ def unwrap_state_dict(obj: object, source: object = None) -> tuple[dict[str, tor
     return tensors, skipped
 
 
-def read_checkpoint(path: str | Path) -> RawCheckpoint:
-    """Read a ``.safetensors`` or ``.ckpt/.pt/.pth/.bin`` file onto the CPU, safely."""
+def read_checkpoint(path: str | Path, prefixes: Optional[tuple[str, ...]] = None) -> RawCheckpoint:
+    """Read a ``.safetensors`` or ``.ckpt/.pt/.pth/.bin`` file onto the CPU, safely. ``prefixes``: keep only
+    the tensors whose names start with one of them (a safetensors file then reads only those)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     if path.suffix == ".safetensors":
         from safetensors import safe_open
-        from safetensors.torch import load_file
 
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = dict(f.metadata() or {})
-            tensors = load_file(str(path), device="cpu")
+                tensors = {k: f.get_tensor(k) for k in f.keys() if prefixes is None or k.startswith(prefixes)}
         except Exception as e:  # safetensors raises its own error types for corrupt headers
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
         return RawCheckpoint(path, tensors, [], meta)
@@ -108,6 +108,8 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({e})") from e
     tensors, skipped = unwrap_state_dict(obj, path)
+    if prefixes is not None:
+        tensors = {k: v for k, v in tensors.items() if k.startswith(prefixes)}
     return RawCheckpoint(path, tensors, skipped)
 
 

@@ -52,17 +52,10 @@ class VAECodec(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"VAE checkpoint not found: {path}; expected {_HINT}")
-        if path.suffix == ".safetensors":  # read only the VAE tensors of a multi-GB UNet+VAE+text file
-            from safetensors import safe_open
+        from i2v.checkpoints.common import read_checkpoint
 
-            with safe_open(str(path), framework="pt") as f:
-                keys = list(f.keys())
-                vae_keys = [k for k in keys if k.startswith(("first_stage_model.", "vae."))] or keys
-                sd = {k: f.get_tensor(k) for k in vae_keys}
-        else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-            while isinstance(sd, dict) and "state_dict" in sd:
-                sd = sd["state_dict"]
+        # only the VAE tensors of a UNet+VAE+text single file; a bare VAE file has no prefix
+        sd = read_checkpoint(path, ("first_stage_model.", "vae.")).tensors or read_checkpoint(path).tensors
         return cls(build_vae_from_ldm(sd, norm_num_groups, str(path)).to(dtype), scaling_factor, **kw)
 
     def encode(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
