@@ -1,0 +1,112 @@
+"""Learning diagnostic for an I2V-Adapter: ε-loss per timestep with the adapter on / off and two network-free
+predictors ("copy frame 1", "signal is zero"); see :mod:`i2v.training.diagnose`. The first thing to run after a
+training run.
+
+    python scripts/diagnose_adapter.py experiment=toy                       # the shipped toy adapter
+    python scripts/diagnose_adapter.py experiment=toy ckpt=outputs/toy/<run>/adapter.safetensors
+    python scripts/diagnose_adapter.py backbone=sd15 stage=2 ckpt=adapter.safetensors \
+        backbone.unet=... backbone.motion=... data=selfcollected data.dataset.root=/data/videos
+
+Arguments are the training config's overrides (``configs/train.yaml``: backbone, adapter, data, stage, ...) plus
+``ckpt=`` (adapter file; default: the experiment's ``ckpt``, none = base only), ``n_clips=`` (16),
+``timesteps=[200,500,800,950]``, ``noise_seed=`` (0), ``batch_size=`` (8), ``device=`` (auto), ``json=<path>``.
+Clips: the toy world's held-out scenes (``SyntheticVideos`` with the evaluation seed), else the data module's
+validation split (the training data when it has none).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+OWN_KEYS = ("ckpt", "n_clips", "timesteps", "noise_seed", "batch_size", "device", "json")
+
+
+def split_args(argv: Sequence[str]) -> tuple[dict, list[str]]:
+    """``key=value`` arguments of this script (see module docstring) and the Hydra overrides."""
+    from omegaconf import OmegaConf
+
+    own, rest = {}, []
+    for a in argv:
+        key = a.split("=", 1)[0]
+        if key in OWN_KEYS and "=" in a:
+            own[key] = OmegaConf.from_dotlist([a])[key]
+        else:
+            rest.append(a)
+    return own, rest
+
+
+def held_out_clips(cfg, n: int) -> tuple[torch.Tensor, list[str]]:
+    """``(videos (n, F, 3, H, W), captions)`` for the diagnostic."""
+    from hydra.utils import get_class, instantiate
+
+    from i2v.data.synthetic import SyntheticVideos
+    from i2v.toy_eval import EVAL_SEED
+
+    spec = cfg.data.dataset
+    if get_class(spec._target_) is SyntheticVideos:
+        data = SyntheticVideos(n, n_frames=int(cfg.data.n_frames), size=cfg.data.size, seed=EVAL_SEED)
+        items = [data[i] for i in range(n)]
+    else:
+        dm = instantiate(cfg.data)
+        dm.setup("fit")
+        ds = dm.val_dataset if dm.val_dataset is not None else dm.train_dataset
+        items = []
+        for batch in dm._loader(ds, 1, train=False):
+            items.append({"video": batch["video"][0], "text": batch["text"][0]})
+            if len(items) == n:
+                break
+        if not items:
+            raise ValueError("the data module yielded no clips")
+    return torch.stack([it["video"] for it in items]), [it["text"] for it in items]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    import i2v.config  # noqa: F401  (resolvers)
+    from i2v.bundle import build_bundle
+    from i2v.checkpoints.adapter_io import load_adapter
+    from i2v.train import attach_stage_data
+    from i2v.training.diagnose import DEFAULT_TIMESTEPS, eps_loss_by_timestep, findings, format_table
+
+    own, overrides = split_args(sys.argv[1:] if argv is None else argv)
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=False)
+    OmegaConf.set_struct(cfg, False)
+    attach_stage_data(cfg)
+    ckpt = own.get("ckpt", cfg.get("ckpt"))
+    dev = own.get("device", "auto")
+    device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else ("cpu" if dev == "auto" else dev))
+    bundle = build_bundle(cfg.backbone, cfg.adapter, device="cpu", dtype=torch.float32, for_training=False)
+    if bundle.trainable:
+        if not ckpt:
+            raise ValueError(f"adapter={cfg.adapter.name} has an I2V-Adapter: give ckpt=<adapter.safetensors>")
+        load_adapter(bundle.unet, str(ckpt), backbone=cfg.backbone.name)
+    bundle = bundle.to(device)
+    videos, texts = held_out_clips(cfg, int(own.get("n_clips", 16)))
+    timesteps = [int(t) for t in own.get("timesteps", DEFAULT_TIMESTEPS)]
+    table = eps_loss_by_timestep(bundle, videos, texts, timesteps, seed=int(own.get("noise_seed", 0)),
+                                 batch_size=int(own.get("batch_size", 8)))
+    print(f"ε-MSE on frames 2..F, frame 1 clean; {len(texts)} clips; backbone={cfg.backbone.name} "
+          f"adapter={cfg.adapter.name} ckpt={ckpt}")
+    print(format_table(table))
+    for line in findings(table):
+        print("-", line)
+    result = {"backbone": cfg.backbone.name, "adapter": cfg.adapter.name, "ckpt": str(ckpt) if ckpt else None,
+              "n_clips": len(texts), "table": {str(t): row for t, row in table.items()}}
+    if own.get("json"):
+        Path(str(own["json"])).write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

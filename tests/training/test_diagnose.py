@@ -1,0 +1,76 @@
+"""The learning diagnostic (i2v/training/diagnose.py): the network-free predictors are the closed forms, the
+adapter is switched on/off and restored, and the numbers react to what the adapter holds."""
+import math
+
+import pytest
+import torch
+
+from i2v.bundle import random_toy_bundle
+from i2v.data.synthetic import SyntheticVideos
+from i2v.training.diagnose import PREDICTORS, eps_loss_by_timestep, findings, format_table
+
+
+@pytest.fixture(scope="module")
+def clips():
+    data = SyntheticVideos(3, n_frames=4, size=32, seed=5)
+    items = [data[i] for i in range(3)]
+    return torch.stack([it["video"] for it in items]), [it["text"] for it in items]
+
+
+def test_network_free_predictors_are_the_closed_forms(clips):
+    videos, texts = clips
+    bundle = random_toy_bundle(for_training=False)
+    table = eps_loss_by_timestep(bundle, videos, texts, timesteps=[300, 900], seed=3, batch_size=2)
+    for t in (300, 900):
+        # recompute with the documented noise: clip n at t uses seed * 1_000_003 + t * 1009 + batch start
+        z = bundle.encode_video(videos)
+        abar = float(bundle.schedule.alphas_cumprod[t])
+        a, s = math.sqrt(abar), math.sqrt(1 - abar)
+        copy, zero = [], []
+        for start in (0, 2):
+            zz = z[start:start + 2]
+            eps = torch.randn(zz.shape, generator=torch.Generator().manual_seed(3 * 1_000_003 + t * 1009 + start))
+            zt = a * zz + s * eps
+            zt[:, :, 0] = zz[:, :, 0]
+            copy.append(((zt - a * zz[:, :, :1]) / s - eps)[:, :, 1:].pow(2).flatten(1).mean(1))
+            zero.append((zt / s - eps)[:, :, 1:].pow(2).flatten(1).mean(1))
+        assert table[t]["copy_frame1"] == pytest.approx(float(torch.cat(copy).mean()), rel=1e-5)
+        assert table[t]["signal_zero"] == pytest.approx(float(torch.cat(zero).mean()), rel=1e-5)
+    # static scenes would make "copy frame 1" exact; moving ones do not, and the gap grows as t falls
+    assert table[300]["copy_frame1"] > table[900]["copy_frame1"] > 0
+
+
+def test_adapter_on_off_and_state_restored(clips):
+    from i2v.models.adapters import i2v_adapter_layers
+
+    videos, texts = clips
+    bundle = random_toy_bundle(for_training=False)
+    same = eps_loss_by_timestep(bundle, videos, texts, timesteps=[700])
+    assert same[700]["adapter_on"] == pytest.approx(same[700]["adapter_off"], rel=1e-6)  # W'_O = 0 at init
+    with torch.no_grad():
+        for p in bundle.trainable.values():
+            p.add_(torch.randn_like(p) * 0.3)
+    layers = i2v_adapter_layers(bundle.unet)
+    layers[0][1].processor.enabled = False               # a mixed state must come back as it was
+    table = eps_loss_by_timestep(bundle, videos, texts, timesteps=[700])
+    assert table[700]["adapter_on"] != pytest.approx(table[700]["adapter_off"], rel=1e-3)
+    assert [a.processor.enabled for _, a in layers] == [False] + [True] * (len(layers) - 1)
+    assert set(table[700]) == set(PREDICTORS)
+    assert "| 700 |" in format_table(table)
+
+
+def test_without_adapter_only_the_base_is_measured(clips):
+    videos, texts = clips
+    bundle = random_toy_bundle(i2v=False, for_training=False)
+    table = eps_loss_by_timestep(bundle, videos, texts, timesteps=[500])
+    assert math.isnan(table[500]["adapter_on"]) and table[500]["adapter_off"] > 0
+    assert any("no I2V-Adapter" in line for line in findings(table))
+
+
+def test_bad_arguments(clips):
+    videos, texts = clips
+    bundle = random_toy_bundle(for_training=False)
+    with pytest.raises(ValueError, match="outside"):
+        eps_loss_by_timestep(bundle, videos, texts, timesteps=[1000])
+    with pytest.raises(ValueError, match="one caption each"):
+        eps_loss_by_timestep(bundle, videos, texts[:2])
