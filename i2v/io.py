@@ -79,6 +79,48 @@ def save_frames(frames: torch.Tensor, folder, overwrite: bool = False) -> Path:
     return folder
 
 
+def save_strip(frames: torch.Tensor, path, overwrite: bool = False) -> Path:
+    """Lossless PNG of a clip's frames side by side: ``(F, 3, H, W)`` in [-1, 1] -> an ``H x F·W`` image."""
+    from PIL import Image
+
+    arr = np.concatenate(list(to_uint8(frames)), axis=1)
+    return atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"), overwrite)
+
+
+def read_strip(path, n_frames: int) -> torch.Tensor:
+    """Inverse of :func:`save_strip`: ``(F, 3, H, W)`` in [-1, 1] (exact for frames written by it)."""
+    from PIL import Image
+
+    arr = np.asarray(Image.open(path).convert("RGB"), dtype=np.uint8)
+    if arr.shape[1] % n_frames:
+        raise ValueError(f"{path}: width {arr.shape[1]} is not a multiple of {n_frames} frames")
+    x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 127.5 - 1.0       # (3, H, F·W)
+    return torch.stack(x.chunk(n_frames, dim=2))
+
+
+def save_contact_sheet(rows: list[tuple[str, torch.Tensor]], path, scale: int = 4, label_width: int = 150,
+                       overwrite: bool = False) -> Path:
+    """One PNG, one clip per row: a text label, then its frames ``(F, 3, H, W)`` (frame 1 = the input image first),
+    each upscaled ``scale``x nearest-neighbour so that small frames stay visible; a 2-px gap between frames."""
+    from PIL import Image, ImageDraw
+
+    if not rows:
+        raise ValueError("save_contact_sheet needs at least one row")
+    n_frames = max(f.shape[0] for _, f in rows)
+    h, w = rows[0][1].shape[-2:]
+    gap, fh, fw = 2, h * scale, w * scale
+    sheet = Image.new("RGB", (label_width + n_frames * (fw + gap), len(rows) * (fh + gap)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for r, (label, frames) in enumerate(rows):
+        y = r * (fh + gap)
+        for line, text in enumerate(str(label).split("\n")):
+            draw.text((4, y + 4 + 12 * line), text, fill=(0, 0, 0))
+        for i, f in enumerate(to_uint8(frames)):
+            img = Image.fromarray(f).resize((fw, fh), Image.NEAREST)
+            sheet.paste(img, (label_width + i * (fw + gap), y))
+    return atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"), overwrite)
+
+
 def save_json(obj: Any, path, overwrite: bool = False) -> Path:
     text = json.dumps(obj, indent=2, sort_keys=False, default=str)
     return atomic_write(path, lambda tmp: tmp.write_text(text), overwrite)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from i2v.bundle import Bundle
-from i2v.io import save_gif, save_json, save_mp4
+from i2v.io import save_gif, save_json, save_mp4, save_strip
 
 EVAL_SEED = 10_000  # held-out scenes: training uses SyntheticVideos(seed=0)
 
@@ -31,8 +31,13 @@ def _plain(metrics: dict) -> dict:
 
 @torch.no_grad()
 def score_bundle(bundle: Bundle, sample_cfg: DictConfig, n_videos: int, n_frames: int, size: int,
-                 out_dir: Path | None = None, seed: int = 0, overwrite: bool = False) -> dict:
-    """Sample ``n_videos`` held-out clips; returns {"model": metrics, "ground_truth": metrics, "videos": [...]}."""
+                 out_dir: Path | None = None, seed: int = 0, overwrite: bool = False,
+                 write_videos: bool = True) -> dict:
+    """Sample ``n_videos`` held-out clips; returns {"model": metrics, "ground_truth": metrics, "videos": [...]}.
+
+    With ``out_dir``: ``clipNNN.png`` (the sampled frames side by side, lossless; the contact sheets of
+    ``scripts/make_toy_tables.py`` are built from them) and ``clipNNN_gt.png`` (the ground-truth clip) for every
+    clip, plus ``clipNNN.mp4|gif`` when ``write_videos``."""
     from i2v.data.synthetic import SyntheticVideos
     from i2v.metrics.toy import ToyMetrics
     from i2v.sampling import generate_one
@@ -49,6 +54,9 @@ def score_bundle(bundle: Bundle, sample_cfg: DictConfig, n_videos: int, n_frames
         gt_m.update(item["video"][None], image[None], [item["meta"]])
         if out_dir is not None:
             stem = Path(out_dir) / f"clip{i:03d}"
+            save_strip(video, stem.with_suffix(".png"), overwrite=overwrite)
+            save_strip(item["video"], stem.with_name(stem.name + "_gt.png"), overwrite=overwrite)
+        if out_dir is not None and write_videos:
             save_mp4(video, stem.with_suffix(".mp4"), fps=int(sample_cfg.get("fps", 8)), overwrite=overwrite)
             save_gif(video, stem.with_suffix(".gif"), fps=int(sample_cfg.get("fps", 8)), overwrite=overwrite)
             written.append({"video": str(stem.with_suffix(".mp4")), "prompt": prompt, "nfe": out["nfe"]})
@@ -60,13 +68,13 @@ def sample_and_score(cfg: DictConfig, bundle: Bundle, out_dir: Path) -> dict:
     if bundle.name != "toy":
         raise ValueError("after_train.sample/evaluate score against synthetic ground truth (toy world only); "
                          "for sd15/sdxl use sample.py and evaluate.py")
-    sample_cfg = OmegaConf.create(OmegaConf.to_container(cfg.sample, resolve=True))
-    res = score_bundle(bundle, sample_cfg, int(cfg.after_train.n_videos), int(cfg.stage_cfg.n_frames),
-                       int(cfg.stage_cfg.resolution), out_dir / "samples", seed=int(cfg.seed),
+    sample_cfg = OmegaConf.create(OmegaConf.to_container(cfg.sampling, resolve=True))
+    res = score_bundle(bundle, sample_cfg, int(cfg.after_train.n_videos), int(cfg.data.n_frames),
+                       int(cfg.data.size), out_dir / "samples", seed=int(cfg.seed),
                        overwrite=bool(cfg.overwrite))
-    summary = {"adapter": cfg.adapter.name, "seed": int(cfg.seed), "t0": float(cfg.sample.t0),
-               "p": float(cfg.sample.p), "steps": int(cfg.sample.steps), "cfg": float(cfg.sample.cfg),
-               "n_videos": int(cfg.after_train.n_videos), **res}
+    summary = {"adapter": cfg.adapter.name, "seed": int(cfg.seed), "t0": float(cfg.sampling.t0),
+               "p": float(cfg.sampling.p), "steps": int(cfg.sampling.steps), "cfg": float(cfg.sampling.guidance_scale),
+               "n_videos": int(cfg.after_train.n_videos), "frames": int(cfg.data.n_frames), **res}
     save_json(summary, out_dir / "metrics.json", overwrite=bool(cfg.overwrite))
     print("toy metrics:", json.dumps(res["model"]))
     return {"metrics": res["model"], "metrics_file": str(out_dir / "metrics.json")}
@@ -79,18 +87,20 @@ def evaluate_toy(cfg: DictConfig, out_dir: Path) -> dict:
 
     if cfg.backbone.name != "toy":
         raise ValueError("mode=toy scores synthetic clips with the toy backbone (experiment=toy_table2)")
-    if cfg.get("t0") is None or cfg.get("p") is None:
-        raise ValueError("t0 and p must be set (experiment=toy_table2 picks them by fsp_row)")
-    check_sampling_args(cfg)
+    if cfg.sampling.get("t0") is None or cfg.sampling.get("p") is None:
+        raise ValueError("sampling.t0 and sampling.p must be set (experiment=toy_table2 picks them by fsp_row)")
+    check_sampling_args(cfg.sampling)
     torch.manual_seed(int(cfg.seed))
     bundle = load_bundle_for_sampling(cfg, torch.device("cpu"), torch.float32)
     n_videos = int(cfg.get("toy_eval", {}).get("n_videos", 8))
-    frames = int(cfg.frames)
-    res = score_bundle(bundle, cfg, n_videos, frames, int(cfg.backbone.resolution),
-                       out_dir / "samples" if cfg.get("toy_eval", {}).get("write_videos", False) else None,
-                       seed=int(cfg.seed), overwrite=bool(cfg.overwrite))
-    summary = {"table": cfg.get("table"), "adapter": cfg.adapter.name, "seed": int(cfg.seed), "t0": float(cfg.t0),
-               "p": float(cfg.p), "steps": int(cfg.steps), "cfg": float(cfg.cfg), "n_videos": n_videos, **res}
+    frames = int(cfg.sampling.num_frames)
+    res = score_bundle(bundle, cfg.sampling, n_videos, frames, int(cfg.backbone.resolution), out_dir / "samples",
+                       seed=int(cfg.seed), overwrite=bool(cfg.overwrite),
+                       write_videos=bool(cfg.get("toy_eval", {}).get("write_videos", False)))
+    summary = {"table": cfg.get("table"), "adapter": cfg.adapter.name, "seed": int(cfg.seed),
+               "t0": float(cfg.sampling.t0), "p": float(cfg.sampling.p), "steps": int(cfg.sampling.steps), "cfg": float(cfg.sampling.guidance_scale),
+               "n_videos": n_videos,
+               "frames": frames, **res}
     save_json(summary, out_dir / "metrics.json", overwrite=bool(cfg.overwrite))
-    print(f"toy metrics (t0={cfg.t0}, p={cfg.p}, seed={cfg.seed}):", json.dumps(res["model"]))
+    print(f"toy metrics (t0={cfg.sampling.t0}, p={cfg.sampling.p}, seed={cfg.seed}):", json.dumps(res["model"]))
     return summary

@@ -1,11 +1,16 @@
 """Collect toy-world runs (``metrics.json`` from ``train.py experiment=toy*`` / ``evaluate.py experiment=toy_table2``)
 into markdown tables with mean ± std over seeds.
 
-    python scripts/make_toy_tables.py multirun/toy_table3/<date> [multirun/toy_table2/<date> ...] [--out toy.md]
+    python scripts/make_toy_tables.py multirun/toy_table3/<date> [multirun/toy_table2/<date> ...] [--out toy.md] \
+        [--sheets docs]
 
 Rows are grouped by the adapter (Table 3) or by (t0, p) (Table 2); the ground-truth clips are scored with the same
 metrics as a reference row. Columns: identity (↑, frame-1 consistency in [0, 1]), background error (↓), object
 colour error (↓), motion per frame in px (toy FlowScore analogue), direction agreement (↑), flicker (↓).
+For Table 2 it also prints the Spearman rank correlation of each sweep (t0 at p = 1, p at t0 = 1) with motion and
+flicker, per seed and averaged over seeds. ``--sheets DIR`` writes contact sheets (``toy_table3.png``,
+``toy_table2_t0.png``, ``toy_table2_p.png``): per row one held-out clip of the lowest seed, input frame first, frames
+upscaled nearest-neighbour, from the lossless ``samples/clipNNN.png`` strips the runs write.
 """
 from __future__ import annotations
 
@@ -13,8 +18,13 @@ import argparse
 import json
 import math
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 COLUMNS = [("identity", "identity ↑"), ("bg_err", "bg err ↓"), ("obj_err", "obj err ↓"), ("step_px", "motion px/frame"),
            ("direction_agree", "direction ↑"), ("flicker", "flicker ↓")]
@@ -74,15 +84,116 @@ def render(runs: list[dict]) -> str:
     return "\n".join(out)
 
 
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN when either side is constant or has NaNs."""
+    def ranks(v: list[float]) -> list[float]:
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+
+    if len(x) < 3 or any(v is None or math.isnan(v) for v in x + y):
+        return float("nan")
+    rx, ry = ranks(x), ranks(y)
+    mx, my = statistics.mean(rx), statistics.mean(ry)
+    sx = math.sqrt(sum((a - mx) ** 2 for a in rx))
+    sy = math.sqrt(sum((b - my) ** 2 for b in ry))
+    if sx == 0 or sy == 0:
+        return float("nan")
+    return sum((a - mx) * (b - my) for a, b in zip(rx, ry)) / (sx * sy)
+
+
+def sweeps(runs: list[dict]) -> dict:
+    """``{(sweep, metric): {"per_seed": {seed: rho}, "mean": rho}}`` for the t0 sweep at p = 1 and the p sweep at
+    t0 = 1 of Table 2, metric in (step_px, flicker)."""
+    t2 = [r for r in runs if r.get("table") == "toy_table2"]
+    out = {}
+    for sweep, fixed, var in (("t0 (p=1)", "p", "t0"), ("p (t0=1)", "t0", "p")):
+        for metric in ("step_px", "flicker"):
+            per_seed = {}
+            for seed in sorted({r["seed"] for r in t2}):
+                rows = sorted((r for r in t2 if r["seed"] == seed and r[fixed] == 1.0), key=lambda r: r[var])
+                if len(rows) >= 3:
+                    per_seed[seed] = spearman([r[var] for r in rows], [r["model"].get(metric) for r in rows])
+            vals = [v for v in per_seed.values() if not math.isnan(v)]
+            out[(sweep, metric)] = {"per_seed": per_seed, "mean": statistics.mean(vals) if vals else float("nan")}
+    return out
+
+
+def render_sweeps(runs: list[dict]) -> str:
+    res = sweeps(runs)
+    if not any(v["per_seed"] for v in res.values()):
+        return ""
+    lines = ["### Toy Table 2 trends (Spearman ρ of the swept value with the metric)", "",
+             "| sweep | metric | ρ per seed | mean ρ |", "|---|---|---|---|"]
+    for (sweep, metric), v in res.items():
+        per = ", ".join(f"{s}: {r:+.2f}" for s, r in v["per_seed"].items())
+        lines.append(f"| {sweep} | {metric} | {per} | {v['mean']:+.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _strip(run: dict, clip: int, gt: bool = False):
+    from i2v.io import read_strip
+
+    path = Path(run["dir"]) / "samples" / f"clip{clip:03d}{'_gt' if gt else ''}.png"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: contact sheets need the runs' samples/clipNNN.png strips")
+    return read_strip(path, n_frames=int(run.get("frames", 8)))
+
+
+def write_sheets(runs: list[dict], out_dir: str, clip: int = 0, scale: int = 4) -> list[Path]:
+    """Contact sheets of Table 3 and of the two Table 2 sweeps (see module docstring)."""
+    from i2v.io import save_contact_sheet
+
+    def first_seed(rs: list[dict]) -> dict:
+        return min(rs, key=lambda r: r["seed"])
+
+    def label(name: str, run: dict) -> str:
+        m = run["model"]
+        return f"{name}\nidentity {m['identity']:.2f}\nmotion {m['step_px']:.2f} px/f"
+
+    written = []
+    t3, t2 = defaultdict(list), defaultdict(list)
+    for r in runs:
+        (t2[(r["t0"], r["p"])] if r.get("table") == "toy_table2" else t3[r["adapter"]]).append(r)
+    if t3:
+        rows = [(label(ADAPTER_LABEL.get(a, a).replace(" and ", " and\n"), first_seed(t3[a])),
+                 _strip(first_seed(t3[a]), clip)) for a in ADAPTER_ORDER if a in t3]
+        anyrun = first_seed(next(iter(t3.values())))
+        rows.append(("ground truth", _strip(anyrun, clip, gt=True)))
+        written.append(save_contact_sheet(rows, Path(out_dir) / "toy_table3.png", scale=scale, overwrite=True))
+    for name, fixed, var in (("toy_table2_t0.png", 1, 0), ("toy_table2_p.png", 0, 1)):
+        keys = sorted((k for k in t2 if k[fixed] == 1.0), key=lambda k: -k[var])
+        if len(keys) < 2:
+            continue
+        rows = [(label(f"t0={k[0]:g} p={k[1]:g}", first_seed(t2[k])), _strip(first_seed(t2[k]), clip)) for k in keys]
+        rows.append(("ground truth", _strip(first_seed(t2[keys[0]]), clip, gt=True)))
+        written.append(save_contact_sheet(rows, Path(out_dir) / name, scale=scale, overwrite=True))
+    return written
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("paths", nargs="+")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", default=None, help="also write the markdown here")
+    ap.add_argument("--sheets", default=None, help="folder for the contact-sheet PNGs")
+    ap.add_argument("--clip", type=int, default=0, help="which held-out clip the sheets show")
     args = ap.parse_args()
-    text = render(load_runs(args.paths))
+    runs = load_runs(args.paths)
+    text = render(runs) + render_sweeps(runs)
     print(text)
     if args.out:
         Path(args.out).write_text(text)
+    if args.sheets:
+        for p in write_sheets(runs, args.sheets, clip=args.clip):
+            print(f"wrote {p}")
 
 
 if __name__ == "__main__":

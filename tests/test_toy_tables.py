@@ -1,0 +1,91 @@
+"""scripts/make_toy_tables.py: markdown tables, Spearman trends of Table 2's sweeps, and contact sheets built from
+the lossless per-clip strips the toy runs write (i2v.io.save_strip)."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from i2v.io import read_strip, save_contact_sheet, save_strip
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("make_toy_tables", ROOT / "scripts" / "make_toy_tables.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _clip(value: float, frames: int = 3) -> torch.Tensor:
+    x = torch.full((frames, 3, 4, 4), value)
+    x[:, 0, 0, 0] = torch.linspace(-1, 1, frames)          # frames differ, so order mistakes show
+    return x
+
+
+def _run(root: Path, name: str, seed: int, clip_value: float, **fields) -> None:
+    d = root / name
+    model = {"identity": 0.5, "bg_err": 0.1, "obj_err": 0.1, "step_px": 1.0, "direction_agree": 1.0, "flicker": 0.1}
+    model.update(fields.pop("model", {}))
+    (d / "samples").mkdir(parents=True)
+    save_strip(_clip(clip_value), d / "samples" / "clip000.png")
+    save_strip(_clip(1.0), d / "samples" / "clip000_gt.png")
+    (d / "metrics.json").write_text(json.dumps({"seed": seed, "frames": 3, "model": model, "ground_truth": model,
+                                                **fields}))
+
+
+def test_strip_round_trip_is_exact(tmp_path):
+    x = (torch.randint(0, 256, (5, 3, 6, 7)).float() / 127.5 - 1.0)
+    save_strip(x, tmp_path / "s.png")
+    assert Image.open(tmp_path / "s.png").size == (35, 6)
+    assert torch.allclose(read_strip(tmp_path / "s.png", 5), x, atol=1e-6)
+    with pytest.raises(ValueError, match="multiple of 4 frames"):
+        read_strip(tmp_path / "s.png", 4)
+
+
+def test_contact_sheet_layout(tmp_path):
+    rows = [("a", torch.full((2, 3, 2, 2), -1.0)), ("b", torch.full((2, 3, 2, 2), 1.0))]
+    save_contact_sheet(rows, tmp_path / "c.png", scale=3, label_width=10)
+    img = torch.from_numpy(__import__("numpy").asarray(Image.open(tmp_path / "c.png")).copy())
+    assert img.shape == (2 * (6 + 2), 10 + 2 * (6 + 2), 3)
+    assert (img[0:6, 10:16] == 0).all() and (img[8:14, 18:24] == 255).all()   # row 1 black, row 2 white, x3
+    assert (img[6:8, 10:16] == 255).all()                                     # the gap between rows
+
+
+def test_spearman():
+    sp = _script().spearman
+    assert sp([1, 2, 3, 4], [10, 20, 30, 45]) == pytest.approx(1.0)
+    assert sp([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert sp([1, 2, 3], [1, 1, 2]) == pytest.approx(0.8660254, rel=1e-6)       # average ranks for ties
+    assert sp([1, 2, 3], [1, 1, 1]) != sp([1, 2, 3], [1, 1, 1])                # constant side: NaN
+
+
+def test_tables_trends_and_sheets(tmp_path, capsys):
+    mod = _script()
+    for seed in (0, 1):
+        for i, t0 in enumerate((1.0, 0.8, 0.6)):     # motion falls with t0 at p = 1
+            _run(tmp_path, f"t0{t0}_s{seed}", seed, -0.5 + i * 0.1, table="toy_table2", adapter="full", t0=t0,
+                 p=1.0, model={"step_px": 3.0 - i, "flicker": 0.3 - 0.1 * i})
+        for i, p in enumerate((0.5, 0.1)):           # with p = 1 above: motion rises with p at t0 = 1
+            _run(tmp_path, f"p{p}_s{seed}", seed, 0.2 + i * 0.1, table="toy_table2", adapter="full", t0=1.0, p=p,
+                 model={"step_px": 2.0 - i, "flicker": 0.3})
+    for a in ("full", "none"):
+        _run(tmp_path / "t3", a, 0, 0.9 if a == "full" else -0.9, adapter=a, t0=1.0, p=0.5)
+    runs = mod.load_runs([str(tmp_path)])
+    res = mod.sweeps(runs)
+    assert res[("t0 (p=1)", "step_px")]["mean"] == pytest.approx(1.0)      # ρ(t0, motion) over t0 = .6, .8, 1
+    assert res[("p (t0=1)", "step_px")]["mean"] == pytest.approx(1.0)      # ρ(p, motion) over p = .1, .5, 1
+    assert res[("t0 (p=1)", "flicker")]["per_seed"] == {0: pytest.approx(1.0), 1: pytest.approx(1.0)}
+    text = mod.render(runs) + mod.render_sweeps(runs)
+    assert "Full model" in text and "t0=0.6 p=1" in text and "| t0 (p=1) | step_px |" in text
+    written = mod.write_sheets(runs, str(tmp_path / "docs"), scale=2)
+    assert sorted(p.name for p in written) == ["toy_table2_p.png", "toy_table2_t0.png", "toy_table3.png"]
+    t3 = Image.open(tmp_path / "docs" / "toy_table3.png")
+    # rows: none, full, ground truth (ADAPTER_ORDER); frame 2 of each row is the clip's value (upscaled 2x)
+    pix = [t3.getpixel((150 + 1 * (8 + 2) + 3, r * (8 + 2) + 3)) for r in range(3)]
+    assert [v[1] for v in pix] == [round((-0.9 + 1) * 127.5), round((0.9 + 1) * 127.5), 255]
+    t0_sheet = Image.open(tmp_path / "docs" / "toy_table2_t0.png")
+    assert t0_sheet.size[1] == 4 * (8 + 2)                               # t0 = 1, .8, .6 + ground truth
