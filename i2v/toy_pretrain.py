@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -57,18 +58,21 @@ class PretrainConfig:
     grad_clip: float = 1.0
     text_drop: float = 0.1
     image_drop: float = 0.1
-    # Offset noise (Guttenberg 2023). The linear 0.00085-0.012 schedule keeps sqrt(alpha_bar) >= 0.04 at t = 999, so a
-    # clip's mean latent stays readable from z_t at every t and a model trained on plain N(0, I) noise ignores the
-    # caption and takes each frame's colour from its initial noise. Per-video and per-frame channel offsets
-    # make those means unreliable; sampling still starts from plain N(0, I). Measured after 1200 steps (25 DDIM
-    # steps, CFG 4, 8 held-out captions): caption's background colour 0/8 and frame colours incoherent at offset 0,
-    # 8/8 and coherent at offset 0.3 and 0.6.
-    offset_noise: float = 0.6
+    # Offset noise (Guttenberg 2023): per-video and per-frame channel offsets added to ε. Off by default, as for
+    # SD1.5: the linear schedule keeps sqrt(alpha_bar_999) ~ 0.07 of the signal in x_T and a base trained with
+    # offsets learns to ignore exactly that low-frequency signal, which is what the Frame Similarity Prior feeds it
+    # (with 0.6 the prior's p had no measurable effect at t0 = 1).
+    offset_noise: float = 0.0
+    # EMA of the trained weights (what is exported); decay ramps as min(ema_decay, (1 + s) / (10 + s)).
+    ema_decay: float = 0.999
+    # Resumable state every this many steps (``state_dir``); a rerun of the same command continues from it.
+    checkpoint_every: int = 250
     n_frames: int = 8
     size: int = 32
     n_items: int = 20000          # raised to cover every step's clips, so no clip repeats
     log_every: int = 50
     progress: bool = True
+    state_dir: Optional[str] = None
 
 
 @dataclass
@@ -141,28 +145,106 @@ def _noised(models: ToyModels, video: torch.Tensor, offset: float, g: torch.Gene
     return models.schedule.add_noise(z, eps, t), t, eps
 
 
-def _train_loop(name: str, params: list[nn.Parameter], steps: int, lr: float, cfg: PretrainConfig,
+def _model_states(models: ToyModels) -> dict[str, dict[str, torch.Tensor]]:
+    parts = {"unet": models.unet, "text": models.text, "image_encoder": models.image_encoder,
+             "resampler": models.resampler}
+    return {k: {n: v.detach().clone() for n, v in m.state_dict().items()} for k, m in parts.items() if m is not None}
+
+
+def _resume_key(cfg: PretrainConfig) -> dict:
+    """The settings a saved state must match to be resumed (everything but logging and the state folder)."""
+    d = {k: v for k, v in cfg.__dict__.items() if k not in ("progress", "state_dir", "log_every", "checkpoint_every")}
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+class PhaseState:
+    """Resumable training state of one phase in ``<state_dir>/<name>.pt`` (``torch.load(weights_only=True)``):
+    all model weights, the EMA, optimiser, lr schedule, RNG, data position and loss history."""
+
+    def __init__(self, name: str, cfg: PretrainConfig):
+        self.path = Path(cfg.state_dir) / f"{name}.pt" if cfg.state_dir else None
+        self.key = _resume_key(cfg)
+
+    def load(self) -> Optional[dict]:
+        if self.path is None or not self.path.is_file():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if state.get("key") != self.key:
+            raise ValueError(f"{self.path} was written with other settings ({state.get('key')}); delete the "
+                             f"folder {self.path.parent} to start over")
+        return state
+
+    def save(self, state: dict) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        torch.save({**state, "key": self.key}, tmp)
+        tmp.replace(self.path)
+
+
+def _train_loop(name: str, models: ToyModels, params: list[nn.Parameter], steps: int, lr: float,
+                cfg: PretrainConfig, stream: "ClipStream", g: torch.Generator,
                 loss_fn: Callable[[], torch.Tensor]) -> dict:
-    """AdamW + warm-up/cosine + grad clip; returns ``{"losses": [...], "log": [[step, ema], ...]}``."""
+    """AdamW + warm-up/cosine + grad clip + EMA of ``params`` (copied into them at the end); resumable through
+    :class:`PhaseState`. Returns ``{"losses": [...], "log": [[step, ema_loss], ...]}``."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     warmup = min(cfg.warmup, max(1, steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, steps, warmup, cfg.min_lr_ratio))
-    losses, log, ema = [], [], None
-    bar = tqdm(range(steps), desc=name, disable=not cfg.progress, mininterval=5.0)
-    for step in bar:
+    ema = [p.detach().clone() for p in params]
+    losses, log, ema_loss, step = [], [], None, 0
+    store = PhaseState(name, cfg)
+    saved = store.load()
+    if saved is not None:
+        parts = {"unet": models.unet, "text": models.text, "image_encoder": models.image_encoder,
+                 "resampler": models.resampler}
+        for k, sd in saved["models"].items():
+            parts[k].load_state_dict(sd, strict=True)
+        if saved["done"]:
+            stream.pos = saved["stream_pos"]
+            g.set_state(saved["rng"])
+            print(f"[{name}] finished earlier; loaded from {store.path}")
+            return {"losses": saved["losses"], "log": saved["log"]}
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        for e, v in zip(ema, saved["ema"]):
+            e.copy_(v)
+        losses, log, ema_loss, step = saved["losses"], saved["log"], saved["ema_loss"], saved["step"]
+        stream.pos = saved["stream_pos"]
+        g.set_state(saved["rng"])
+        print(f"[{name}] resuming at step {step}/{steps} from {store.path}")
+
+    def snapshot(done: bool) -> dict:
+        return {"models": _model_states(models), "ema": [e.clone() for e in ema], "opt": opt.state_dict(),
+                "sched": sched.state_dict(), "losses": losses, "log": log, "ema_loss": ema_loss, "step": step,
+                "stream_pos": stream.pos, "rng": g.get_state(), "done": done}
+
+    bar = tqdm(range(step, steps), desc=name, disable=not cfg.progress, mininterval=5.0, initial=step, total=steps)
+    for step_i in bar:
         loss = loss_fn()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         sched.step()
+        decay = min(cfg.ema_decay, (1 + step_i) / (10 + step_i))
+        with torch.no_grad():
+            for e, p in zip(ema, params):
+                e.lerp_(p.detach(), 1 - decay)
         value = loss.item()
         losses.append(value)
-        ema = value if ema is None else 0.98 * ema + 0.02 * value
-        bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
-        if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
-            log.append([step + 1, round(ema, 5)])
-            tqdm.write(f"[{name}] step {step + 1}/{steps} loss(ema) {ema:.4f} lr {sched.get_last_lr()[0]:.2e}")
+        ema_loss = value if ema_loss is None else 0.98 * ema_loss + 0.02 * value
+        step = step_i + 1
+        bar.set_postfix(loss=f"{ema_loss:.4f}", refresh=False)
+        if step % cfg.log_every == 0 or step == steps:
+            log.append([step, round(ema_loss, 5)])
+            tqdm.write(f"[{name}] step {step}/{steps} loss(ema) {ema_loss:.4f} lr {sched.get_last_lr()[0]:.2e}")
+        if step % cfg.checkpoint_every == 0 and step < steps:
+            store.save(snapshot(False))
+    with torch.no_grad():
+        for e, p in zip(ema, params):
+            p.copy_(e)
+    store.save(snapshot(True))
     return {"losses": losses, "log": log}
 
 
@@ -180,7 +262,7 @@ def pretrain_base(models: ToyModels, stream: ClipStream, cfg: PretrainConfig, g:
         ctx = models.text(_drop_captions(captions, cfg.text_drop, g))["context"]
         return F.mse_loss(models.unet(zt, t, ctx), eps)
 
-    return _train_loop("base", params, cfg.base_steps, cfg.lr, cfg, loss_fn)
+    return _train_loop("base", models, params, cfg.base_steps, cfg.lr, cfg, stream, g, loss_fn)
 
 
 def content_tokens(models: ToyModels, images: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
@@ -230,7 +312,7 @@ def train_content_adapter(models: ToyModels, stream: ClipStream, cfg: PretrainCo
         tok = content_tokens(models, video[torch.arange(b), frame], drop_img)
         return F.mse_loss(models.unet(zt, t, torch.cat([ctx, tok], dim=1)), eps)
 
-    return _train_loop("content", params, cfg.ip_steps, cfg.ip_lr, cfg, loss_fn)
+    return _train_loop("content", models, params, cfg.ip_steps, cfg.ip_lr, cfg, stream, g, loss_fn)
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -57,6 +58,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--ip-lr", type=float, default=d.ip_lr, help="phase B peak AdamW learning rate")
     ap.add_argument("--offset-noise", type=float, default=d.offset_noise,
                     help="per-video and per-frame channel offset added to the noise (see PretrainConfig)")
+    ap.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA of the weights that are exported")
+    ap.add_argument("--state-dir", default=None,
+                    help="resumable training state (default <out>/.pretrain_state); rerunning the same command "
+                         "continues from it; removed after the files are written")
+    ap.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between saved states")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (part of the determinism contract)")
     ap.add_argument("--overwrite", action="store_true", help="replace existing files")
     ap.add_argument("--quick", action="store_true", help=f"tiny run for tests ({QUICK}; overrides step flags)")
@@ -70,6 +76,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
     cfg = PretrainConfig(seed=args.seed, base_steps=args.base_steps, ip_steps=args.ip_steps,
                          batch_size=args.batch_size, lr=args.lr, ip_lr=args.ip_lr, offset_noise=args.offset_noise,
+                         ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every,
+                         state_dir=args.state_dir or str(Path(args.out) / ".pretrain_state"),
                          progress=not args.no_progress)
     return dataclasses.replace(cfg, **QUICK) if args.quick else cfg
 
@@ -80,7 +88,8 @@ def command_line(args: argparse.Namespace, cfg: PretrainConfig) -> str:
     out_s = str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out)
     return (f"PYTHONPATH=. python scripts/make_toy_checkpoint.py --out {out_s} --seed {cfg.seed} "
             f"--base-steps {cfg.base_steps} --ip-steps {cfg.ip_steps} --batch-size {cfg.batch_size} "
-            f"--lr {cfg.lr:g} --ip-lr {cfg.ip_lr:g} --offset-noise {cfg.offset_noise:g} --threads {args.threads}"
+            f"--lr {cfg.lr:g} --ip-lr {cfg.ip_lr:g} --offset-noise {cfg.offset_noise:g} --ema-decay {cfg.ema_decay:g} "
+            f"--threads {args.threads}"
             + (" --quick" if args.quick else "") + " --overwrite")
 
 
@@ -161,7 +170,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     manifest = {
         "command": command_line(args, cfg),
         "seed": cfg.seed, "threads": args.threads, "quick": args.quick,
-        "config": dataclasses.asdict(cfg), "unet": {"preset": "toy", "motion": MOTION, **UNET_OVERRIDES},
+        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("state_dir", "progress")}, "unet": {"preset": "toy", "motion": MOTION, **UNET_OVERRIDES},
         "resampler": RESAMPLER, "schedule": SCHEDULE,
         "losses": {"base": loss_summary(base), "content": loss_summary(content)},
         "files": {name: {"sha256": sha256(p), "bytes": p.stat().st_size} for name, p in paths.items()},
@@ -171,6 +180,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     }
     paths["MANIFEST.json"] = save_json(manifest, out / "MANIFEST.json", overwrite=args.overwrite)
     paths["MANIFEST.json"].chmod(0o644)
+    shutil.rmtree(cfg.state_dir, ignore_errors=True)  # the files are written: the resumable state is spent
     lb, lc = manifest["losses"]["base"], manifest["losses"]["content"]
     print(f"[make_toy_checkpoint] base loss {lb['first']:.4f} -> {lb['last']:.4f}, content loss "
           f"{lc['first']:.4f} -> {lc['last']:.4f}; {manifest['wall_time_s']['total']:.0f} s; wrote {out}")

@@ -80,6 +80,38 @@ def test_refuses_to_overwrite(runs):
         mod.main(["--quick", "--no-progress", "--out", str(a)])
 
 
+def test_interrupted_run_resumes_to_identical_files(runs, tmp_path, monkeypatch):
+    """A run stopped mid-phase-B and started again with the same command writes the bytes of an uninterrupted
+    run (weights, EMA, optimiser, lr schedule, RNG and data position all come back), then drops its state."""
+    from i2v import toy_pretrain
+
+    mod, (ref, _), _ = runs
+    out = tmp_path / "resumed"
+    args = ["--quick", "--no-progress", "--out", str(out), "--checkpoint-every", "1"]
+    calls, real_next = [], toy_pretrain.ClipStream.next
+
+    def dying_next(self):
+        calls.append(1)
+        if len(calls) == 5:                       # 3 base steps + 1 content step done, the 2nd content step dies
+            raise KeyboardInterrupt
+        return real_next(self)
+
+    monkeypatch.setattr(toy_pretrain.ClipStream, "next", dying_next)
+    with pytest.raises(KeyboardInterrupt):
+        mod.main(args)
+    assert sorted(p.name for p in (out / ".pretrain_state").iterdir()) == ["base.pt", "content.pt"]
+    assert not (out / "base_unet.safetensors").exists()
+    monkeypatch.setattr(toy_pretrain.ClipStream, "next", real_next)
+    res = mod.main(args)
+    for name in mod.FILES:
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+    assert res["manifest"]["losses"] == json.loads((ref / "MANIFEST.json").read_text())["losses"]
+    assert not (out / ".pretrain_state").exists()
+    with pytest.raises(ValueError, match="other settings"):   # a state from other settings is not resumed
+        toy_pretrain.PhaseState("base", toy_pretrain.PretrainConfig(state_dir=str(tmp_path / "s"))).save({})
+        toy_pretrain.PhaseState("base", toy_pretrain.PretrainConfig(state_dir=str(tmp_path / "s"), lr=1.0)).load()
+
+
 def _inputs(seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(2, 12, 8, 16, 16, generator=g)
