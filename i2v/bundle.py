@@ -16,6 +16,7 @@ from einops import rearrange
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from i2v.checkpoints.official_base import single_file_parts
 from i2v.config import missing_paths
 from i2v.diffusion.schedule import NoiseSchedule
 
@@ -29,14 +30,17 @@ CONTENT_REQUIRED = ["ip_adapter", "image_encoder"]
 def check_paths(backbone: DictConfig, adapter: DictConfig) -> None:
     """Raise one error naming every unset or non-existent weight path the run needs."""
     keys = list(REQUIRED[backbone.name])
-    if backbone.name != "toy" and backbone.get("text_from_single_file", True) and backbone.get("unet") and \
-            Path(str(backbone.unet)).is_file():
-        keys = [k for k in keys if not k.startswith("text_encoder")]  # a single file may carry them (checked later)
+    single = backbone.name != "toy" and backbone.get("unet") and Path(str(backbone.unet)).is_file()
+    inside = single_file_parts(str(backbone.unet)) if single else set()
+    if "text" in inside and backbone.get("text_from_single_file", True):
+        keys = [k for k in keys if not k.startswith("text_encoder")]  # the single file carries them
+    if "motion" in inside:
+        keys.remove("motion")          # a merged UNet3D base (official I2V-Adapter release) carries its own
     if adapter.content:
         keys += CONTENT_REQUIRED
     if backbone.name != "toy" and backbone.get("vae") is None and backbone.get("unet") and \
-            Path(str(backbone.unet)).is_dir():
-        keys.append("vae")  # a diffusers UNet folder carries no VAE; a single-file checkpoint does
+            (Path(str(backbone.unet)).is_dir() or (single and "vae" not in inside)):
+        keys.append("vae")  # a diffusers UNet folder or a merged base carries no VAE; an LDM single file does
     missing = missing_paths(backbone, keys, "backbone")
     if missing:
         lines = "\n  ".join(missing)

@@ -1,7 +1,8 @@
 """Frozen SD1.5 / SDXL parts from local files (the ``backbone=sd15|sdxl`` half of :func:`i2v.bundle.build_bundle`).
 
 UNet + motion module through :func:`i2v.checkpoints.loader.load_video_unet` (diffusers folder or single file; any
-AnimateDiff release), the VAE from its diffusers folder or the single file's ``first_stage_model.*`` keys, the CLIP
+AnimateDiff layout; the official merged base brings its motion modules and IP-Adapter layers), the VAE from its
+diffusers folder or the single file's ``first_stage_model.*`` keys, the CLIP
 text encoder(s) from the single file's ``cond_stage_model.*`` / ``conditioner.*`` keys when it has them (a
 DreamBooth-style checkpoint replaces the base text encoder too) or else from diffusers ``text_encoder*/`` folders,
 and -- when ``adapter.content`` is on -- the IP-Adapter (Content-Adapter) with its CLIP image encoder.
@@ -78,6 +79,11 @@ def build_real_parts(backbone: DictConfig, adapter: DictConfig, *, device="cpu",
         codec = VAECodec.from_single_file(str(backbone.unet), scaling_factor=float(backbone.vae_scale),
                                           upcast_decode=upcast)
     parts = {"unet": unet, "codec": codec, "text": build_text_encoder(backbone)}
+    if not adapter.content and any(k.endswith("to_k_ip.weight") for k in unet.state_dict()):
+        from i2v.models.content import detach_ip_adapter
+
+        detach_ip_adapter(unet)      # a merged base brings IP-Adapter layers; this run has the Content-Adapter off
+        print("[i2v] adapter.content=false: removed the IP-Adapter layers that came with backbone.unet")
     if adapter.content:
         from i2v.checkpoints.ip_adapter import load_ip_adapter
         from i2v.models.content import ClipImageEncoder

@@ -1,6 +1,12 @@
 """Adapter-only checkpoints: exactly the I2V-Adapter tensors (official names ``<block>.attn1.to_q_ff.weight``,
 ``…attn1.to_out_ff.{weight,bias}``) in one ``.safetensors`` file, plus the resolved run config (JSON) and the
 backbone name in the safetensors metadata. Written atomically (temp file + rename); never overwrites unless asked.
+
+The official release (KwaiVGI/I2V-Adapter ``i2v_module.pth``, reference §7) holds the same tensors under the same
+names in a torch pickle, possibly wrapped in ``["state_dict"]`` and with a DDP ``module.`` prefix, fp16 or fp32.
+:func:`read_adapter` reads it (``torch.load(weights_only=True)``), and plain safetensors with those keys, inferring
+the backbone from the layer names (:func:`infer_backbone`); :func:`save_official_adapter` writes it back for the
+official ``load_weights(i2v_module_path=...)``.
 """
 from __future__ import annotations
 
@@ -17,8 +23,19 @@ from torch import nn
 
 from i2v.models.adapters import ADAPTER_SUFFIXES, attach_i2v_adapter, i2v_adapter_layers, i2v_adapter_parameters
 
+from .common import PICKLE_SUFFIXES, KeyMapError, read_checkpoint
+
 FORMAT = "i2v-adapter"
 FORMAT_VERSION = "1"
+OFFICIAL = "official"
+# attn1 layer names (``<block>.attentions.j.transformer_blocks.k``) of each release backbone; 16 and 70 layers
+_SD15_BLOCKS = ([f"down_blocks.{i}.attentions.{j}" for i in range(3) for j in range(2)] + ["mid_block.attentions.0"]
+                + [f"up_blocks.{i}.attentions.{j}" for i in (1, 2, 3) for j in range(3)])
+_SDXL_BLOCKS = ([(f"down_blocks.{i}.attentions.{j}", d) for i, d in ((1, 2), (2, 10)) for j in range(2)]
+                + [("mid_block.attentions.0", 10)]
+                + [(f"up_blocks.{i}.attentions.{j}", d) for i, d in ((0, 10), (1, 2)) for j in range(3)])
+RELEASE_LAYERS = {"sd15": frozenset(f"{b}.transformer_blocks.0" for b in _SD15_BLOCKS),
+                  "sdxl": frozenset(f"{b}.transformer_blocks.{k}" for b, d in _SDXL_BLOCKS for k in range(d))}
 
 
 def _is_adapter_key(key: str) -> bool:
@@ -63,31 +80,89 @@ def save_adapter(path: Union[str, Path], unet_or_tensors: Union[nn.Module, Mappi
     return path
 
 
+def infer_backbone(tensors: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """``"sd15"`` / ``"sdxl"`` when the attn1 layer names are exactly that backbone's 16 / 70 transformer blocks
+    (widths are checked against the model on load), else ``None``."""
+    layers = {k.rsplit(".attn1.", 1)[0] for k in tensors}
+    return next((name for name, want in RELEASE_LAYERS.items() if layers == want), None)
+
+
+def _official_tensors(tensors: dict[str, torch.Tensor], source: object) -> dict[str, torch.Tensor]:
+    """Strip a DDP ``module.`` prefix, then require exactly the three adapter tensors per attn1 layer."""
+    if tensors and all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    unexpected = sorted(k for k in tensors if not _is_adapter_key(k))
+    layers = {k.rsplit(".attn1.", 1)[0] for k in tensors if k not in unexpected}
+    missing = sorted(f"{layer}.attn1.{s}" for layer in layers for s in ADAPTER_SUFFIXES
+                     if f"{layer}.attn1.{s}" not in tensors)
+    if unexpected or missing or not tensors:
+        raise KeyMapError(f"not an I2V-Adapter checkpoint in the official layout ({len(tensors)} tensors; "
+                          f"expected <block>.attn1.{{{', '.join(ADAPTER_SUFFIXES)}}} per layer)",
+                          fmt="i2v_adapter official", source=source, missing=missing, unexpected=unexpected)
+    return tensors
+
+
 def read_adapter(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Return ``(tensors, info)`` with ``info = {"backbone", "num_layers", "config" (dict), "format_version"}``."""
+    """Return ``(tensors, info)`` with ``info = {"backbone", "num_layers", "config" (dict), "format_version",
+    "format"}``. Our ``.safetensors`` (metadata ``format=i2v-adapter``) or the official layout: a
+    ``.pth/.pt/.ckpt/.bin`` pickle or a plain ``.safetensors`` (``format="official"``, ``backbone`` inferred,
+    ``None`` when the layer names are not a release backbone's). Tensors keep the file's dtype."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"I2V-Adapter checkpoint not found: {path} (written by training as *.safetensors)")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        raise FileNotFoundError(f"I2V-Adapter checkpoint not found: {path} (written by training as *.safetensors, "
+                                f"or the official release's i2v_module.pth)")
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    elif path.suffix in PICKLE_SUFFIXES:
+        meta, tensors = {}, read_checkpoint(path).tensors
+    else:
+        raise ValueError(f"{path}: an I2V-Adapter checkpoint is .safetensors or one of {PICKLE_SUFFIXES}")
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an I2V-Adapter checkpoint (metadata format={meta.get('format')!r})")
+        tensors = _official_tensors(tensors, path)
+        return tensors, {"backbone": infer_backbone(tensors), "num_layers": len(tensors) // 3,
+                         "format_version": None, "config": {}, "format": OFFICIAL}
     bad = [k for k in tensors if not _is_adapter_key(k)]
     if bad:
         raise KeyError(f"{path}: non-adapter tensors {bad[:5]}")
     info = {"backbone": meta.get("backbone"), "num_layers": int(meta.get("num_layers", len(tensors) // 3)),
-            "format_version": meta.get("format_version"), "config": json.loads(meta.get("config", "{}"))}
+            "format_version": meta.get("format_version"), "config": json.loads(meta.get("config", "{}")),
+            "format": FORMAT}
     return tensors, info
+
+
+def save_official_adapter(path: Union[str, Path], tensors: Mapping[str, torch.Tensor], overwrite: bool = False,
+                          dtype: Optional[torch.dtype] = None) -> Path:
+    """Write adapter tensors as the official ``i2v_module.pth``: a plain ``torch.save`` dict of the official names
+    (what ``load_weights(i2v_module_path=...)`` of KwaiVGI/I2V-Adapter loads non-strictly). Atomic; ``dtype``
+    casts (e.g. ``torch.float16``), default keeps each tensor's dtype."""
+    path = Path(path)
+    if path.suffix not in PICKLE_SUFFIXES:
+        raise ValueError(f"the official adapter file is a torch pickle ({'/'.join(PICKLE_SUFFIXES)}), got {path}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    out = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in adapter_state_dict(tensors).items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    os.close(fd)
+    try:
+        torch.save(out, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
 
 
 def load_adapter(unet: nn.Module, path: Union[str, Path], backbone: str) -> dict[str, Any]:
     """Load an adapter checkpoint into ``unet`` (attaching the adapter first if needed); returns the info dict.
 
-    Raises ValueError naming both backbones if the file was trained on another backbone, KeyError listing
+    Raises ValueError naming both backbones if the file was trained on another backbone (an official-layout file
+    whose layer names are no release backbone's is checked by keys and shapes only), KeyError listing
     missing/unexpected keys, ValueError on shape mismatch."""
     tensors, info = read_adapter(path)
-    if info["backbone"] != backbone:
+    if info["backbone"] is not None and info["backbone"] != backbone:
         raise ValueError(f"{path} holds an I2V-Adapter for backbone {info['backbone']!r}, "
                          f"but the model is backbone {backbone!r}")
     if not i2v_adapter_layers(unet):
@@ -103,3 +178,26 @@ def load_adapter(unet: nn.Module, path: Union[str, Path], backbone: str) -> dict
                 raise ValueError(f"{path}: {k} has shape {tuple(tensors[k].shape)}, model needs {tuple(p.shape)}")
             p.copy_(tensors[k].to(device=p.device, dtype=p.dtype))
     return info
+
+
+def export_adapter(ckpt: Union[str, Path], to: str, out: Union[str, Path], *, backbone: Optional[str] = None,
+                   dtype: Optional[str] = None, overwrite: bool = False) -> tuple[Path, dict[str, Any]]:
+    """Convert between layouts: ``to="official"`` writes ``i2v_module.pth`` for the official code, ``to="ours"``
+    writes our ``.safetensors`` (``backbone`` = the file's, or inferred from an official file, or given).
+    ``dtype``: ``None`` keeps the tensors' dtype, else ``"float16"`` / ``"float32"`` / ``"bfloat16"``."""
+    tensors, info = read_adapter(ckpt)
+    cast = getattr(torch, str(dtype), None) if dtype else None
+    if cast is not None and not isinstance(cast, torch.dtype):
+        raise ValueError(f"dtype must be float16, float32 or bfloat16, got {dtype!r}")
+    if to == OFFICIAL:
+        return save_official_adapter(out, tensors, overwrite=overwrite, dtype=cast), info
+    if to != "ours":
+        raise ValueError(f"to must be 'official' or 'ours', got {to!r}")
+    name = backbone or info["backbone"]
+    if name is None:
+        raise ValueError(f"{ckpt}: the layer names are not those of sd15 or sdxl; give backbone=<name>")
+    if backbone and info["backbone"] and backbone != info["backbone"]:
+        raise ValueError(f"{ckpt} holds an adapter for {info['backbone']!r}, not {backbone!r}")
+    if cast is not None:
+        tensors = {k: v.to(cast) for k, v in tensors.items()}
+    return save_adapter(out, tensors, backbone=name, config=info["config"], overwrite=overwrite), info

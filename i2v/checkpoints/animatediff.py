@@ -3,7 +3,9 @@
 Both are converted to diffusers ``UNetMotionModel`` key names without the ``pos_embed.pe`` buffers (our
 model regenerates them): original keys lose ``.temporal_transformer`` and rename ``norms.0/1`` ->
 ``norm1/2``, ``ff_norm`` -> ``norm3``, ``attention_blocks.0/1`` -> ``attn1/2`` (§4.4). Every stored ``pe``
-is checked: one length L for all modules, equal to the standard sinusoid, and the release's length.
+is checked: one length L for all modules, equal to the standard sinusoid. Layouts are judged by their tensors
+(levels, mid block, pe length): a known release gets its name, any other consistent layout (64-frame
+long-context modules, custom-trained adapters) loads as ``custom`` with one note (:func:`classify`).
 """
 from __future__ import annotations
 
@@ -34,12 +36,17 @@ class MotionWeights:
     """Motion-module tensors in diffusers names (no ``pe``), with what identifies the release."""
 
     tensors: dict[str, torch.Tensor]
-    version: str                       # v1 | v2 | v3 | sdxl_beta
+    version: str                       # v1 | v2 | v3 | sdxl_beta | custom (judged by the tensors)
     max_seq_length: int                # pe length L (frame-count cap)
     fmt: str                           # "animatediff" (original file) | "motion_adapter" (diffusers folder)
     source: str
     adapter_config: dict = field(default_factory=dict)   # diffusers MotionAdapter config.json (folders only)
     ignored: list[str] = field(default_factory=list)     # pe buffers and non-tensor entries, by name
+    family: str = ""                   # nearest release (its GroupNorm modes); == version for a release
+    note: Optional[str] = None         # set when the layout is not exactly an AnimateDiff release
+
+    def __post_init__(self):
+        self.family = self.family or self.version
 
 
 def orig_to_diffusers_key(key: str) -> str:
@@ -77,7 +84,9 @@ def check_pe(pes: Mapping[str, torch.Tensor], source: object) -> int:
 
 
 def detect_version(keys, levels: int, has_mid: bool, pe_len: Optional[int], source: object) -> str:
-    """§4.2: mid block -> v2; three levels (no ``up_blocks.3``) -> SDXL beta; pe length 24 -> v1, else v3.
+    """The release family of a layout (§4.2): mid block -> v2; three levels (no ``up_blocks.3``) -> SDXL beta;
+    pe length 24 -> v1, else v3. The family sets the GroupNorm defaults; :func:`classify` says whether the
+    layout *is* that release.
 
     The level count is the structural form of diffusers' ``up_blocks.2...norm.weight`` == [320] rule; it also
     holds for tiny test widths.
@@ -87,7 +96,7 @@ def detect_version(keys, levels: int, has_mid: bool, pe_len: Optional[int], sour
     if levels == 3:
         return "sdxl_beta"
     if levels != 4:
-        raise CheckpointError(f"{source}: motion modules on {levels} levels; AnimateDiff releases have 4 (SD1.5) "
+        raise CheckpointError(f"{source}: motion modules on {levels} levels; AnimateDiff layouts have 4 (SD1.5) "
                               f"or 3 (SDXL)")
     if pe_len is None:
         raise CheckpointError(f"{source}: no pos_encoder.pe buffers, so v1 and v3 cannot be told apart; pass "
@@ -95,14 +104,21 @@ def detect_version(keys, levels: int, has_mid: bool, pe_len: Optional[int], sour
     return "v1" if pe_len == 24 else "v3"
 
 
+def classify(levels: int, has_mid: bool, pe_len: int, source: object) -> tuple[str, str, Optional[str]]:
+    """``(version, family, note)`` of a layout judged by its tensors: a known release when (levels, mid block,
+    pe length) are exactly that release's (``version == family``, ``note`` None), else ``version="custom"``
+    with the nearest release as ``family`` (its GroupNorm modes are used) and a one-line ``note``."""
+    family = detect_version((), levels, has_mid, pe_len, source)
+    if pe_len == RELEASE_PE[family]:
+        return family, family, None
+    note = (f"{source}: motion layout pe length {pe_len}, {'with' if has_mid else 'no'} mid block, {levels} levels "
+            f"is not an AnimateDiff release; loaded as 'custom' (GroupNorm modes of {family}; release totals not "
+            f"checked; up to {pe_len} frames)")
+    return "custom", family, note
+
+
 def _levels(keys) -> int:
     return len({int(m.group(1)) for k in keys if (m := re.match(r"down_blocks\.(\d+)\.motion_modules\.", k))})
-
-
-def _check_release_pe(version: str, pe_len: int, source: object) -> None:
-    if pe_len != RELEASE_PE[version]:
-        raise CheckpointError(f"{source}: pe length {pe_len} but AnimateDiff {version} uses "
-                              f"{RELEASE_PE[version]}; the file mixes release layouts")
 
 
 def convert_original(sd: Mapping[str, torch.Tensor], source: object = None,
@@ -115,36 +131,38 @@ def convert_original(sd: Mapping[str, torch.Tensor], source: object = None,
         raise KeyMapError("not an AnimateDiff motion-module key", fmt="animatediff", source=source, unexpected=bad)
     pe_len = check_pe(pes, source) if pes else None
     has_mid = any(k.startswith("mid_block.motion_modules.") for k in sd)
-    pe_hint = pe_len if pe_len is not None else RELEASE_PE.get(version or "")
-    detected = detect_version(sd, _levels(sd), has_mid, pe_hint, source)
+    if pe_len is None:                 # no pe buffers: only a release name (v1/v3) can say the length
+        family = detect_version(sd, _levels(sd), has_mid, RELEASE_PE.get(version or ""), source)
+        detected, note, pe_len = family, None, RELEASE_PE[family]
+    else:
+        detected, family, note = classify(_levels(sd), has_mid, pe_len, source)
     if version is not None and version != detected:
         raise CheckpointError(f"{source}: motion_version={version!r} given, but the file's layout is {detected!r}")
-    if pe_len is not None:
-        _check_release_pe(detected, pe_len, source)
     tensors = {orig_to_diffusers_key(k): v for k, v in sd.items() if k not in pes}
-    return MotionWeights(tensors, detected, pe_len or RELEASE_PE[detected], "animatediff", str(source),
-                         ignored=sorted(pes))
-
-
-def adapter_version(config: Mapping, source: object = None) -> str:
-    """Release of a diffusers ``MotionAdapter`` config (same rules as :func:`detect_version`)."""
-    pe_len = int(config.get("motion_max_seq_length", 32))
-    version = detect_version((), len(config.get("block_out_channels", (320, 640, 1280, 1280))),
-                             bool(config.get("use_motion_mid_block", True)), pe_len, source)
-    _check_release_pe(version, pe_len, source)
-    return version
+    return MotionWeights(tensors, detected, pe_len, "animatediff", str(source), ignored=sorted(pes),
+                         family=family, note=note)
 
 
 def read_motion_adapter(path: str | Path, variant: Optional[str] = None) -> MotionWeights:
-    """diffusers ``MotionAdapter`` folder -> :class:`MotionWeights` (stored ``pos_embed.pe`` checked and dropped)."""
+    """diffusers ``MotionAdapter`` folder -> :class:`MotionWeights`. Layout from the tensors: levels and mid block
+    from the keys (checked against ``config.json``), pe length from stored ``pos_embed.pe`` (checked and
+    dropped) or else ``motion_max_seq_length``."""
     folder = read_diffusers_folder(path, classes=MOTION_CLASSES, subfolder="motion_adapter", variant=variant)
-    version = adapter_version(folder.config, folder.path)
     pes = {k: v for k, v in folder.tensors.items() if k.endswith(".pos_embed.pe")}
-    if pes and check_pe(pes, folder.path) != folder.config.get("motion_max_seq_length", 32):
-        raise CheckpointError(f"{folder.path}: stored pe length differs from motion_max_seq_length")
     tensors = {k: v for k, v in folder.tensors.items() if k not in pes}
-    return MotionWeights(tensors, version, int(folder.config.get("motion_max_seq_length", 32)), "motion_adapter",
-                         str(folder.path), adapter_config=dict(folder.config), ignored=sorted(pes))
+    cfg_len = int(folder.config.get("motion_max_seq_length", 32))
+    pe_len = check_pe(pes, folder.path) if pes else cfg_len
+    has_mid = any(k.startswith("mid_block.motion_modules.") for k in tensors)
+    levels = _levels(tensors)
+    cfg_mid = bool(folder.config.get("use_motion_mid_block", True))
+    cfg_levels = len(folder.config.get("block_out_channels", (320, 640, 1280, 1280)))
+    if (pe_len, has_mid, levels) != (cfg_len, cfg_mid, cfg_levels):
+        raise CheckpointError(f"{folder.path}: the tensors hold pe length {pe_len}, mid block {has_mid}, {levels} "
+                              f"levels but config.json says motion_max_seq_length={cfg_len}, use_motion_mid_block="
+                              f"{cfg_mid}, {cfg_levels} block_out_channels")
+    version, family, note = classify(levels, has_mid, pe_len, folder.path)
+    return MotionWeights(tensors, version, pe_len, "motion_adapter", str(folder.path),
+                         adapter_config=dict(folder.config), ignored=sorted(pes), family=family, note=note)
 
 
 def read_motion(path: str | Path, version: Optional[str] = None) -> MotionWeights:

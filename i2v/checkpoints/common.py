@@ -122,7 +122,8 @@ def detect_format(sd: Mapping[str, torch.Tensor]) -> Optional[str]:
     """Name the layout of a flat state dict per §0, or ``None``.
 
     Returns one of ``ip_adapter``, ``lora_kohya``, ``lora_peft``, ``motion_lora``, ``lora_diffusers_old``,
-    ``ldm`` (prefixed single file), ``ldm_unet`` (bare LDM UNet), ``diffusers_unet``, ``animatediff``,
+    ``ldm`` (prefixed single file), ``ldm_unet`` (bare LDM UNet), ``diffusers_unet``, ``unet3d`` (diffusers UNet
+    + motion modules [+ IP-Adapter layers] in one dict, official_base.py), ``animatediff``,
     ``motion_adapter``, ``hotshot``, ``i2v_adapter``, ``vae_ldm``, ``vae_diffusers``.
     """
     keys = list(sd)
@@ -140,7 +141,8 @@ def detect_format(sd: Mapping[str, torch.Tensor]) -> Optional[str]:
     if "input_blocks.0.0.weight" in sd:
         return "ldm_unet"
     if "conv_in.weight" in sd and "down_blocks.0.resnets.0.conv1.weight" in sd:
-        return "diffusers_unet"
+        # motion modules inside: a whole AnimateDiff UNet3DConditionModel (the official I2V-Adapter merged base)
+        return "unet3d" if _any(keys, lambda k: ".motion_modules." in k) else "diffusers_unet"
     if _any(keys, lambda k: "motion_modules." in k and (".temporal_transformer." in k or "pos_encoder.pe" in k)):
         return "animatediff"
     if _any(keys, lambda k: "motion_modules." in k and ".attn1." in k):

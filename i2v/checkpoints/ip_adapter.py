@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from i2v.models.attention import spatial_attention_layers
-from i2v.models.content import ImageProj, ImageProjModel, MLPProjModel, Resampler, attach_ip_adapter
+from i2v.models.content import (IPAdapterProcessor, ImageProj, ImageProjModel, MLPProjModel, Resampler,
+                                attach_ip_adapter)
 
 _HINT = ("an IP-Adapter file such as h94/IP-Adapter `models/ip-adapter-plus_sd15.bin` / `models/ip-adapter_sd15.bin` "
          "or `sdxl_models/ip-adapter_sdxl.bin` (also .safetensors)")
@@ -99,13 +100,31 @@ def ip_adapter_key_map(unet: nn.Module) -> dict[str, str]:
     return {f"{i}.{w}.weight": f"{name}.{w}.weight" for name, i in numbering.items() for w in ("to_k_ip", "to_v_ip")}
 
 
+def _attached_ip(unet: nn.Module) -> list[IPAdapterProcessor]:
+    return [a.processor for _, a in spatial_attention_layers(unet, "attn2") if isinstance(a.processor, IPAdapterProcessor)]
+
+
 def load_ip_adapter(unet: nn.Module, path: Union[str, Path], scale: float = 1.0) -> ImageProj:
     """Attach the IP-Adapter to every spatial attn2 of ``unet``, load ``to_k_ip``/``to_v_ip`` from ``path`` with the
-    counted key map, and return the (frozen) image projection model. Shapes and key counts must match exactly."""
+    counted key map, and return the (frozen) image projection model. Shapes and key counts must match exactly.
+
+    When ``unet`` already carries IP-Adapter layers (the official merged base holds them, see official_base.py)
+    those are kept, as the official code does, and only ``image_proj`` is taken from ``path``."""
     image_proj_sd, ip_sd = read_ip_adapter_file(path)
     image_proj = build_image_proj(image_proj_sd, source=f"{path}[image_proj]")
     num_tokens = image_proj.num_tokens if isinstance(image_proj, ImageProjModel) else (
         image_proj.latents.shape[1] if isinstance(image_proj, Resampler) else 257)
+    if procs := _attached_ip(unet):
+        width = next(a.to_k_ip.weight.shape[1] for _, a in spatial_attention_layers(unet, "attn2"))
+        out = next(image_proj_sd[k].shape[0] for k in ("norm.weight", "proj_out.weight", "proj.3.weight")
+                   if k in image_proj_sd)
+        if out != width:
+            raise ValueError(f"{path}: image_proj gives {out}-wide tokens but the UNet's ip layers take {width}")
+        for proc in procs:
+            proc.num_tokens, proc.scale = num_tokens, scale
+        print(f"[ip_adapter] loaded {type(image_proj).__name__} ({num_tokens} tokens) from {path}; kept the "
+              f"{2 * len(procs)} ip tensors already in the UNet (merged base), not the file's {len(ip_sd)}")
+        return image_proj
     attach_ip_adapter(unet, num_tokens, scale)
     key_map = ip_adapter_key_map(unet)
     missing = sorted(set(key_map) - set(ip_sd), key=lambda k: (int(k.split(".")[0]), k))

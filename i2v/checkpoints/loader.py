@@ -16,12 +16,15 @@ import torch
 from i2v.models.config import MotionConfig, UNetConfig
 from i2v.models.unet import VideoUNet
 
-from .animatediff import MotionWeights, read_motion
+from i2v.models.content import attach_ip_adapter
+
+from .animatediff import MotionWeights, convert_original, read_motion
 from .common import CheckpointError, load_exact, read_checkpoint, require_format
 from .diffusers import UNET_CLASSES, read_diffusers_folder
 from .ldm import LdmParts, infer_unet_config, layout_from_ldm, ldm_to_diffusers, split_ldm
+from .official_base import OFFICIAL_IP_TOKENS, RELEASE_IP, split_unet3d
 
-UNET_FILE_FORMATS = ("ldm", "ldm_unet", "diffusers_unet")
+UNET_FILE_FORMATS = ("ldm", "ldm_unet", "diffusers_unet", "unet3d")
 # reference/checkpoints.md *derived* totals: (tensors, parameters). Motion: tensors without the 2 pe per module
 # (original files hold 560 / 588 / 560 / 420 with pe), parameters without pe.
 RELEASE_UNETS = {"sd15": (UNetConfig.sd15, 686, 859_520_964), "sdxl": (UNetConfig.sdxl, 1680, 2_567_463_684)}
@@ -41,6 +44,8 @@ class UNetWeights:
     source: str
     parts: Optional[LdmParts] = None  # VAE / text encoder / ignored keys of a single file
     skipped: list[str] = field(default_factory=list)
+    motion: Optional[MotionWeights] = None    # motion modules inside the file (merged UNet3D base)
+    ip_layers: dict[str, torch.Tensor] = field(default_factory=dict)  # its IP-Adapter to_k_ip/to_v_ip tensors
 
 
 def _family(config: Mapping) -> str:
@@ -73,8 +78,13 @@ def read_unet(path: Union[str, Path], *, use_ema: bool = False, hints: Optional[
                            str(folder.path))
     raw = read_checkpoint(path)
     fmt = require_format(raw.tensors, UNET_FILE_FORMATS, path, "UNet checkpoint")
-    parts = None
-    if fmt == "ldm":
+    parts, motion, ip_layers = None, None, {}
+    if fmt == "unet3d":
+        split = split_unet3d(raw.tensors, path)
+        tensors, ip_layers = split.unet, split.ip_layers
+        motion = convert_original(split.motion, f"{path}[motion_modules]")
+        motion.ignored += raw.skipped
+    elif fmt == "ldm":
         parts = split_ldm(raw.tensors, use_ema=use_ema, source=path)
         tensors = ldm_to_diffusers(parts.unet, layout_from_ldm(parts.unet), path)
     elif fmt == "ldm_unet":
@@ -84,24 +94,28 @@ def read_unet(path: Union[str, Path], *, use_ema: bool = False, hints: Optional[
     if use_ema and fmt != "ldm":
         raise CheckpointError(f"{path}: use_ema needs an LDM single file with model_ema.* keys, got {fmt}")
     config = infer_unet_config(tensors, hints, path)
-    label = {"ldm": "ldm single file", "ldm_unet": "bare ldm unet", "diffusers_unet": "diffusers single file"}[fmt]
-    return UNetWeights(tensors, config, label, _family(config), str(path), parts, raw.skipped)
+    label = {"ldm": "ldm single file", "ldm_unet": "bare ldm unet", "diffusers_unet": "diffusers single file",
+             "unet3d": "merged UNet3D file"}[fmt]
+    return UNetWeights(tensors, config, label, _family(config), str(path), parts, raw.skipped, motion, ip_layers)
 
 
 def check_release_counts(cfg: UNetConfig, tensors: Mapping[str, torch.Tensor], source: object,
                          motion: Optional[MotionConfig] = None) -> None:
     """At release sizes (SD1.5 / SDXL UNet, AnimateDiff motion widths) assert the derived tensor and
-    parameter totals of §1.2, §2 and §4.2; tiny or custom models are not checked."""
+    parameter totals of §1.2, §2 and §4.2; tiny models and custom motion layouts are not checked."""
     def check(what: str, items: list, want: tuple[int, int]) -> None:
         got = (len(items), sum(t.numel() for t in items))
         if got != want:
             raise CheckpointError(f"{source}: {what} holds {got[0]} tensors / {got[1]:,} parameters, the release "
                                   f"has {want[0]} / {want[1]:,}")
-    spatial = [v for k, v in tensors.items() if ".motion_modules." not in k]
+    spatial = [v for k, v in tensors.items() if ".motion_modules." not in k and not k.endswith("_ip.weight")]
+    ip = [v for k, v in tensors.items() if k.endswith(("attn2.to_k_ip.weight", "attn2.to_v_ip.weight"))]
     for family, (preset, n, params) in RELEASE_UNETS.items():
         if cfg.replace(sample_size=preset().sample_size) == preset():
             check(f"{family} UNet", spatial, (n, params))
-    if motion is not None and motion.block_out_channels in RELEASE_MOTION:
+            if ip and family in RELEASE_IP:
+                check(f"{family} IP-Adapter layers", ip, RELEASE_IP[family])
+    if motion is not None and motion.version != "custom" and motion.block_out_channels in RELEASE_MOTION:
         want = RELEASE_MOTION[motion.block_out_channels].get(motion.use_mid_block)
         if want is not None:
             check(f"{motion.version} motion module", [v for k, v in tensors.items() if ".motion_modules." in k], want)
@@ -134,7 +148,7 @@ def motion_config(weights: MotionWeights, unet_cfg: UNetConfig, norm: NormSpec =
         raise CheckpointError(f"{weights.source}: motion modules ({weights.version}) have widths {widths} per "
                               f"level but the UNet has {list(unet_cfg.block_out_channels)} (SD1.5 motion module "
                               f"on an SDXL UNet or the reverse?)")
-    cfg = MotionConfig.for_version(weights.version, unet_cfg).replace(num_heads=8)  # every release: 8 heads
+    cfg = MotionConfig.for_version(weights.family, unet_cfg).replace(version=weights.version, num_heads=8)
     if weights.fmt == "motion_adapter":
         cfg = MotionConfig.from_diffusers_adapter(weights.adapter_config, weights.version,
                                                   spatial_norm=cfg.spatial_norm, motion_norm=cfg.motion_norm)
@@ -165,11 +179,22 @@ def load_video_unet(unet: Union[str, Path], motion: Union[str, Path, None] = Non
         cfg = UNetConfig.from_diffusers(uw.config)
     except ValueError as e:
         raise CheckpointError(f"{uw.source}: unsupported UNet config ({e})") from e
-    mw = read_motion(motion, motion_version) if motion is not None else None
+    mw = read_motion(motion, motion_version) if motion is not None else uw.motion
+    if motion is not None and uw.motion is not None:
+        print(f"[i2v.checkpoints] note: {mw.source} replaces the {uw.motion.version} motion modules inside "
+              f"{uw.source}")
+    elif motion is None and mw is not None and motion_version is not None and motion_version != mw.version:
+        raise CheckpointError(f"{uw.source}: motion_version={motion_version!r} given, but the motion modules "
+                              f"inside the file are {mw.version!r}")
     mcfg = motion_config(mw, cfg, norm, motion_hints) if mw is not None else None
+    if mw is not None and mw.note:
+        print(f"[i2v.checkpoints] note: {mw.note}")
     with torch.device(device):
         model = VideoUNet(cfg, mcfg).to(dtype)
     sd = dict(uw.tensors)
+    if uw.ip_layers:                  # merged base: its IP-Adapter layers (image tokens: Plus' 16 until the
+        attach_ip_adapter(model, OFFICIAL_IP_TOKENS)  # image projection is loaded, see load_ip_adapter)
+        sd.update(uw.ip_layers)
     if mw is not None:
         if clash := sorted(set(sd) & set(mw.tensors)):
             raise CheckpointError(f"{uw.source} and {mw.source} both hold {clash[:5]}")
@@ -184,6 +209,8 @@ def load_video_unet(unet: Union[str, Path], motion: Union[str, Path, None] = Non
             n_pe = sum(k.endswith(("pos_encoder.pe", "pos_embed.pe")) for k in mw.ignored)
             msg += (f", {len(mw.tensors)} motion tensors + {n_pe} pe buffers checked ({mw.version}, {mw.fmt}; "
                     f"norms spatial {mcfg.spatial_norm}, motion {mcfg.motion_norm}; pe length {mcfg.max_seq_length})")
+        if uw.ip_layers:
+            msg += f"; {len(uw.ip_layers)} IP-Adapter to_k_ip/to_v_ip tensors from the same file"
         if uw.parts is not None:
             msg += (f"; also in the file: {len(uw.parts.vae)} VAE, {len(uw.parts.text)} text-encoder tensors; "
                     f"ignored {', '.join(f'{len(v)} {k}' for k, v in uw.parts.ignored.items()) or 'nothing'}")

@@ -251,3 +251,37 @@ def sdxl_text_file(clip_l, bigg) -> dict:
     sd.update({"conditioner.embedders.1.model." + k: v for k, v in openclip_text_keys(bigg).items()})
     sd["conditioner.embedders.1.model.attn_mask"] = torch.full((77, 77), float("-inf")).triu(1)  # older files
     return sd
+
+
+# ------------------------------------------------------------------ official I2V-Adapter release (reference §7)
+# KwaiVGI/I2V-Adapter src/models: UNet3DConditionModel(unet_use_cross_frame_attention="mixed_cross",
+# unet_use_ipadapter=True, motion modules v1). Its spatial names are diffusers' (0.11), so a diffusers UNet2D state
+# dict gives them; the motion modules keep AnimateDiff's original names; IPAdapterAttention adds attn2.to_k_ip/to_v_ip.
+SD15_ATTN_BLOCKS = ([f"down_blocks.{i}.attentions.{j}" for i in (0, 1, 2) for j in (0, 1)] + ["mid_block.attentions.0"]
+                    + [f"up_blocks.{i}.attentions.{j}" for i in (1, 2, 3) for j in (0, 1, 2)])
+
+
+def official_merged_base(unet: UNet2DConditionModel, adapter: MotionAdapter, seed: int = 3) -> dict:
+    """``animatediff_v15_v1_ipplus.pth`` in miniature: UNet + original motion modules (+ pe) + ip layers."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {k: v.clone() for k, v in unet.state_dict().items()}
+    sd.update(adapter_to_original(adapter))
+    ctx = unet.config.cross_attention_dim
+    for name, mod in unet.named_modules():
+        if name.endswith("attn2"):
+            for w in ("to_k_ip", "to_v_ip"):
+                sd[f"{name}.{w}.weight"] = torch.randn(mod.to_k.out_features, ctx, generator=g) * 0.05
+    return sd
+
+
+def official_adapter(widths: dict[str, int], seed: int = 4, dtype=torch.float32) -> dict:
+    """``i2v_module.pth`` in miniature: ``<block>.transformer_blocks.0.attn1.{to_q_ff.weight, to_out_ff.weight,
+    to_out_ff.bias}`` for the 16 SD1.5 blocks; ``widths`` maps a block to its channel count."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for block in SD15_ATTN_BLOCKS:
+        c, p = widths[block], f"{block}.transformer_blocks.0.attn1"
+        out[f"{p}.to_q_ff.weight"] = torch.randn(c, c, generator=g).to(dtype)
+        out[f"{p}.to_out_ff.weight"] = torch.randn(c, c, generator=g).to(dtype)
+        out[f"{p}.to_out_ff.bias"] = torch.randn(c, generator=g).to(dtype)
+    return out

@@ -1,6 +1,7 @@
 """Bad input: one clear error each, naming the format and the offending keys or file."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -149,13 +150,22 @@ def test_motion_pe_not_sinusoid(sd15_folder, v2_original, tmp_path):
         load_video_unet(sd15_folder, tmp_path / "mm.safetensors")
 
 
-def test_motion_pe_length_of_another_release(sd15_folder, tmp_path):
-    sd = adapter_to_original(make_adapter("v1"))                  # pe 24 ...
-    sd.update({k.replace("down_blocks.3", "mid_block"): v for k, v in sd.items()
-               if k.startswith("down_blocks.3.motion_modules.0.")})  # ... plus a v2 mid block
+def test_motion_pe_lengths_disagree(sd15_folder, tmp_path):
+    """Any consistent layout loads (test_motion_layouts.py); tables of two lengths in one file do not."""
+    sd = adapter_to_original(make_adapter("v3"))                  # pe 32 ...
+    key = "down_blocks.0.motion_modules.1.temporal_transformer.transformer_blocks.0.attention_blocks.0.pos_encoder.pe"
+    sd[key] = sd[key][:, :24]                                     # ... but one table of 24
     save_single_file(sd, tmp_path / "mm.ckpt")
-    with pytest.raises(CheckpointError, match="pe length 24 but AnimateDiff v2 uses 32"):
+    with pytest.raises(CheckpointError, match=r"positional tables of different lengths \[24, 32\]"):
         load_video_unet(sd15_folder, tmp_path / "mm.ckpt")
+
+
+def test_motion_adapter_config_contradicts_tensors(sd15_folder, tmp_path):
+    make_adapter("v2").save_pretrained(tmp_path / "ma")
+    cfg = json.loads((tmp_path / "ma" / "config.json").read_text())
+    (tmp_path / "ma" / "config.json").write_text(json.dumps({**cfg, "use_motion_mid_block": False}))
+    with pytest.raises(CheckpointError, match="mid block True.*use_motion_mid_block=False"):
+        load_video_unet(sd15_folder, tmp_path / "ma")
 
 
 def test_sdxl_motion_on_sd15_unet(sd15_folder, tmp_path):
