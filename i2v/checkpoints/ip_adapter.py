@@ -101,7 +101,8 @@ def ip_adapter_key_map(unet: nn.Module) -> dict[str, str]:
 
 
 def _attached_ip(unet: nn.Module) -> list[IPAdapterProcessor]:
-    return [a.processor for _, a in spatial_attention_layers(unet, "attn2") if isinstance(a.processor, IPAdapterProcessor)]
+    return [a.processor for _, a in spatial_attention_layers(unet, "attn2")
+            if isinstance(a.processor, IPAdapterProcessor)]
 
 
 def load_ip_adapter(unet: nn.Module, path: Union[str, Path], scale: float = 1.0) -> ImageProj:
