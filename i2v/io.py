@@ -126,10 +126,25 @@ def save_json(obj: Any, path, overwrite: bool = False) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text), overwrite)
 
 
-def load_image(path, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Read an image file as (3, H, W) float in [-1, 1]; non-RGB modes are converted (with a note)."""
+RESIZE_MODES = ("crop", "fit")
+
+
+def load_image(path, size: tuple[int, int] | None = None, resize: str = "crop", multiple: int = 64) -> torch.Tensor:
+    """Read an image file as (3, H, W) float in [-1, 1]; non-RGB modes are converted (with a note).
+
+    ``size = (height, width)`` and ``resize``:
+
+    - ``"crop"`` (default): bicubic resize to cover ``size``, then centre crop to exactly ``size`` (a non-square
+      image loses its edges);
+    - ``"fit"``: the official I2V-Adapter pre-processing (``imread_resize``/``resize_image``): scale the short
+      side to ``min(size)``, round each side to the nearest multiple of ``multiple`` (64 there), no crop; the
+      whole image is kept and the output size follows its aspect ratio (a 3:2 image at 512 becomes 512x768).
+      Resampling is bicubic here (the official code uses OpenCV's bilinear ``cv2.resize``).
+    """
     from PIL import Image, UnidentifiedImageError
 
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"image not found: {p}")
@@ -141,10 +156,20 @@ def load_image(path, size: tuple[int, int] | None = None) -> torch.Tensor:
     if img.mode != "RGB":
         print(f"note: {p.name} has mode {img.mode}; converting to RGB")
         img = img.convert("RGB")
-    if size is not None and img.size != (size[1], size[0]):
+    if size is not None and resize == "fit":
+        h, w = fit_size(img.height, img.width, min(size), multiple)
+        img = img if img.size == (w, h) else img.resize((w, h), Image.BICUBIC)
+    elif size is not None and img.size != (size[1], size[0]):
         img = _resize_center_crop(img, size)
     x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float()
     return x / 127.5 - 1.0
+
+
+def fit_size(height: int, width: int, short_side: int, multiple: int = 64) -> tuple[int, int]:
+    """``(H, W)`` of the official ``resize_image``: scale so the short side is ``short_side``, then round each side
+    to the nearest multiple of ``multiple`` (NumPy rounding, halves to even; at least one ``multiple``)."""
+    k = float(short_side) / min(height, width)
+    return tuple(max(multiple, int(np.round(s * k / multiple)) * multiple) for s in (height, width))
 
 
 def _resize_center_crop(img, size: tuple[int, int]):

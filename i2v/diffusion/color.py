@@ -1,10 +1,13 @@
-"""LAB colour-histogram matching of generated frames to the input image (optional post-processing).
+"""LAB colour-histogram matching of generated frames to a reference image (optional post-processing).
 
-The official release matches, for every frame f ≥ 1, the histograms of the LAB ``a`` and ``b`` channels to those of
-the input image (frame 0) and keeps the frame's own lightness ``L`` (OpenCV ``cvtColor`` on uint8 images plus a
-``np.interp`` CDF mapping). Here the same per-channel CDF matching runs in pure torch on float CIELAB (sRGB, D65;
-the official code feeds RGB arrays to OpenCV's BGR converter, a channel-order slip we do not copy) without
-uint8 quantisation. ``channels="ab"`` is the official behaviour; ``"lab"`` also matches lightness.
+The official release (KwaiVGI/I2V-Adapter ``inference.py`` + ``src/utils/util.py:color_match_frames``) matches, for
+every frame f ≥ 1, the histograms of the LAB ``a`` and ``b`` channels to those of the **decoded frame 0** (the VAE
+reconstruction of the input image, ``video[0, :, 0]`` of the pipeline output, not the input pixels) and keeps the
+frame's own lightness ``L`` (OpenCV ``cvtColor`` on uint8 images plus a ``np.interp`` CDF mapping). Here the same
+per-channel CDF matching runs in pure torch on float CIELAB (sRGB, D65; the official code feeds RGB arrays to
+OpenCV's BGR converter, a channel-order slip we do not copy) without uint8 quantisation. ``channels="ab"`` is the
+official behaviour; ``"lab"`` also matches lightness. :func:`color_match` picks the reference:
+``"decoded_frame0"`` (official) or ``"input"`` (the input image itself).
 """
 from __future__ import annotations
 
@@ -96,3 +99,18 @@ def color_match_video(frames: torch.Tensor, reference: torch.Tensor | None = Non
     if ref_is_frame0:
         result[:, 0] = frames[:, 0]
     return result
+
+
+COLOR_REFERENCES = ("input", "decoded_frame0")
+
+
+def color_match(video: torch.Tensor, image: torch.Tensor, reference: str = "input",
+                channels: str = "ab") -> torch.Tensor:
+    """Colour-match one generated video. ``video`` ``(F, 3, H, W)`` and ``image`` ``(3, H, W)``, both in [-1, 1].
+
+    ``reference="input"`` matches every frame (frame 0 included) to the input image; ``"decoded_frame0"`` (the
+    official choice) matches frames 1.. to the decoded frame 0 and leaves frame 0 as decoded."""
+    if reference not in COLOR_REFERENCES:
+        raise ValueError(f"colour-match reference must be one of {COLOR_REFERENCES}, got {reference!r}")
+    ref = None if reference == "decoded_frame0" else image[None].to(video)
+    return color_match_video(video[None], ref, channels=channels)[0]

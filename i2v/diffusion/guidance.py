@@ -7,13 +7,26 @@ The unconditional branch is whatever context the caller gives as ``uncond``: the
 the Content-Adapter's image tokens of an all-zero image appended, exactly as the official pipeline builds it.
 SDXL's ``added_cond`` (pooled text embedding, time ids) follows the same rule: the caller passes the negative /
 empty-prompt version as ``added_uncond``; by default the conditional one is reused for both branches.
-Batches are ordered ``[uncond, cond]`` like diffusers pipelines.
+Batches are ordered ``[uncond, cond]`` like diffusers pipelines. :func:`negative_prompt` resolves named presets
+(``official``: the text of the official ``infer.sh``).
 """
 from __future__ import annotations
 
 from typing import Dict, Optional
 
 import torch
+
+
+# KwaiVGI/I2V-Adapter infer.sh --neg_prompt (its inference.py default is None, i.e. "")
+NEGATIVE_PRESETS = {"official": "worst quality, low quality, normal quality, lowres, bad anatomy, bad hands, "
+                                "watermark, moles"}
+
+
+def negative_prompt(value: Optional[str]) -> str:
+    """The negative-prompt text for a setting: a preset name from :data:`NEGATIVE_PRESETS` or the text itself
+    (``None`` -> "")."""
+    value = "" if value is None else str(value)
+    return NEGATIVE_PRESETS.get(value, value)
 
 
 def uses_uncond(cfg: float) -> bool:

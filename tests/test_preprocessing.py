@@ -1,0 +1,65 @@
+"""The official pre-processing options: ``resize=fit`` (short side to the target, sides at multiples of 64, no
+crop), the ``official`` negative-prompt preset and the colour-match reference (input vs decoded frame 0)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from i2v.diffusion.color import color_match, color_match_video, rgb_to_lab
+from i2v.diffusion.guidance import negative_prompt
+from i2v.io import fit_size, load_image
+
+
+def _write(path, h, w):
+    """Colour ramps plus a marker pixel block in each corner, so a crop would be visible."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    arr = np.stack([xx * 255 // (w - 1), yy * 255 // (h - 1), np.full((h, w), 90)], -1).astype(np.uint8)
+    for r, c in ((0, 0), (0, w - 8), (h - 8, 0), (h - 8, w - 8)):
+        arr[r:r + 8, c:c + 8] = 255
+    Image.fromarray(arr).save(path)
+    return arr
+
+
+def test_fit_keeps_the_whole_3_by_2_image_at_multiples_of_64(tmp_path):
+    _write(tmp_path / "wide.png", 300, 450)                           # 3:2, landscape
+    fit = load_image(tmp_path / "wide.png", size=(512, 512), resize="fit")
+    assert fit.shape == (3, 512, 768)                                 # short side 512, long side 768 = 12 x 64
+    crop = load_image(tmp_path / "wide.png", size=(512, 512))
+    assert crop.shape == (3, 512, 512)
+    # the corners survive with fit (white markers), while the centre crop cuts the left/right ones away
+    for img, kept in ((fit, True), (crop, False)):
+        assert (img[:, :6, :6].min().item() > 0.9) == kept            # top-left marker
+        assert (img[:, -6:, -6:].min().item() > 0.9) == kept          # bottom-right marker
+    # the official rounding: each side to the nearest multiple of 64 after scaling the short side
+    assert fit_size(300, 450, 512) == (512, 768)
+    assert fit_size(720, 1280, 512) == (512, 896)                      # 910.2 -> 896
+    assert fit_size(1000, 700, 256) == (384, 256)                      # 365.7 -> 384 (portrait)
+    assert fit_size(10, 10, 20) == (64, 64)
+    with pytest.raises(ValueError, match="resize must be one of"):
+        load_image(tmp_path / "wide.png", size=(64, 64), resize="pad")
+
+
+def test_official_negative_prompt_preset():
+    assert negative_prompt("official").startswith("worst quality, low quality") and "moles" in negative_prompt(
+        "official")
+    assert negative_prompt("blurry") == "blurry" and negative_prompt(None) == "" and negative_prompt("") == ""
+
+
+def test_color_match_reference_switch():
+    g = torch.Generator().manual_seed(0)
+    image = (torch.rand(3, 16, 16, generator=g) * 2 - 1) * 0.8
+    decoded0 = (image + torch.tensor([0.3, -0.1, 0.05])[:, None, None]).clamp(-1, 1)   # VAE tint on frame 0
+    video = torch.stack([decoded0, decoded0.flip(-1) - 0.1, decoded0.flip(-2)]).clamp(-1, 1)
+    official = color_match(video, image, reference="decoded_frame0")
+    assert torch.equal(official[0], video[0])                          # frame 0 stays as decoded
+    assert torch.allclose(official, color_match_video(video[None])[0])
+    to_input = color_match(video, image, reference="input")
+    assert torch.allclose(to_input, color_match_video(video[None], image[None])[0])
+    a = lambda x: rgb_to_lab((x + 1) / 2)[1].flatten().sort().values  # noqa: E731
+    # frames follow their reference's a-channel histogram, and the two references differ
+    assert (a(official[1]) - a(video[0])).abs().mean() < (a(official[1]) - a(image)).abs().mean()
+    assert (a(to_input[1]) - a(image)).abs().mean() < (a(to_input[1]) - a(video[0])).abs().mean()
+    with pytest.raises(ValueError, match="reference must be one of"):
+        color_match(video, image, reference="frame0")
