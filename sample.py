@@ -1,8 +1,10 @@
 """Sample videos from an image and a prompt. All logic lives in i2v/sampling.py; see configs/sample.yaml."""
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-import i2v.config  # noqa: F401  (registers the ${asset:...} resolver)
+from i2v.config import quote_numeric_choices  # (importing i2v.config registers the ${asset:...} resolver)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="sample")
@@ -13,4 +15,5 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = quote_numeric_choices(sys.argv[1:])   # stage=2 selects configs/stage/2.yaml
     main()

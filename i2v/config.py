@@ -1,4 +1,5 @@
-"""Config helpers shared by the entries and tests: the ``${asset:...}`` resolver and missing-path checks."""
+"""Config helpers shared by the entries and tests: the ``${asset:...}`` resolver, missing-path checks and the
+command-line quoting that lets ``stage=2`` select ``configs/stage/2.yaml``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,13 +31,19 @@ def missing_paths(section: DictConfig, keys: list[str], prefix: str) -> list[str
     return out
 
 
-def _pick_stage(stages: DictConfig, key) -> DictConfig:
-    """``${pick_stage:${stages},${stage}}``: the settings of the active training stage (``stage=1|2|...``)."""
-    k = str(key)
-    if k not in stages:
-        raise ValueError(f"stage={key!r} is not defined; choose one of {sorted(str(s) for s in stages)}")
-    return stages[k]
+# Config groups whose options have numeric names (configs/stage/1.yaml, 2.yaml): Hydra's override parser reads
+# `stage=2` as the integer 2 and rejects it as a group choice, so the entries quote such choices before Hydra parses
+# the command line (`stage=2` -> `stage='2'`, `stage=1,2` -> `stage='1','2'`).
+NUMERIC_GROUPS = ("stage",)
 
 
-if not OmegaConf.has_resolver("pick_stage"):
-    OmegaConf.register_new_resolver("pick_stage", _pick_stage)
+def quote_numeric_choices(overrides: list[str]) -> list[str]:
+    """Command-line overrides with numeric choices of ``NUMERIC_GROUPS`` quoted, so ``stage=2`` selects stage/2.yaml."""
+    out = []
+    for arg in overrides:
+        key, sep, value = arg.partition("=")
+        choices = value.split(",")
+        if sep and key.lstrip("~+") in NUMERIC_GROUPS and all(c.isdigit() for c in choices):
+            arg = key + "=" + ",".join(f"'{c}'" for c in choices)
+        out.append(arg)
+    return out

@@ -4,7 +4,7 @@ Modes (``configs/evaluate.yaml``):
 - ``score``: the videos in ``cfg.videos`` (mp4/gif/frame folders), paired with input images by name
   (``cfg.manifest``, else same-stem files in ``cfg.images`` or beside the videos).
 - ``generate``: take the evaluation pairs (``eval_set.manifest``, or the 50-pair MJHQ-30K selection), sample them
-  with ``i2v.sampling.generate_videos`` using the sampling keys of the same config, then score.
+  with ``i2v.sampling.generate_videos`` using the config's ``sampling`` node, then score.
 Writes ``per_video.csv``, ``summary.json`` (with the run's table/row keys) and ``resolved_config.yaml`` to
 ``cfg.out_dir``; ``scripts/make_tables.py`` collects them.
 """
@@ -38,9 +38,10 @@ def _choices() -> dict[str, Any]:
 def run_info(cfg: DictConfig) -> dict[str, Any]:
     """The keys that identify a row of Tables 1-3, plus the Hydra choices/overrides of this job."""
     sel = lambda key: OmegaConf.select(cfg, key, default=None)  # noqa: E731
-    info = {"table": sel("table"), "mode": sel("mode"), "t0": sel("t0"), "p": sel("p"), "seed": sel("seed"),
-            "adapter": sel("adapter.name"), "backbone": sel("backbone.name"), "ckpt": sel("ckpt"),
-            "steps": sel("steps"), "guidance": sel("cfg"), "frames": sel("frames"), "fsp_row": sel("fsp_row")}
+    info = {"table": sel("table"), "mode": sel("mode"), "t0": sel("sampling.t0"), "p": sel("sampling.p"),
+            "seed": sel("seed"), "adapter": sel("adapter.name"), "backbone": sel("backbone.name"), "ckpt": sel("ckpt"),
+            "steps": sel("sampling.steps"), "guidance": sel("sampling.guidance_scale"),
+            "frames": sel("sampling.num_frames"), "fsp_row": sel("fsp_row")}
     info.update(_choices())
     return info
 
@@ -74,8 +75,8 @@ def generate(cfg: DictConfig, items: list[dict], out_dir: Path) -> list[dict]:
         raise ImportError(f"mode=generate needs i2v.sampling.generate_videos (the sampler), which cannot be "
                           f"imported: {e}. Generate the videos with sample.py and use mode=score instead.") from e
     for key in ("t0", "p"):
-        if OmegaConf.select(cfg, key, default=None) is None:
-            raise ValueError(f"{key} is null (experiment=table2: fsp_row must be 0..9)")
+        if OmegaConf.select(cfg, f"sampling.{key}", default=None) is None:
+            raise ValueError(f"sampling.{key} is null (experiment=table2: fsp_row must be 0..9)")
     produced = generate_videos(cfg, items, out_dir)
     prompts = {it["name"]: it["prompt"] for it in items}
     out = []

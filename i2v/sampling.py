@@ -22,15 +22,19 @@ from i2v.bundle import Bundle, build_bundle
 from i2v.io import load_image, save_frames, save_gif, save_json, save_mp4
 
 
-def check_sampling_args(cfg: DictConfig) -> None:
-    if not (0.0 < float(cfg.t0) <= 1.0):
-        raise ValueError(f"t0 must lie in (0, 1], got {cfg.t0}")
-    if not (0.0 <= float(cfg.p) <= 1.0):
-        raise ValueError(f"p must lie in [0, 1], got {cfg.p}")
-    if int(cfg.steps) < 1:
-        raise ValueError(f"steps must be >= 1, got {cfg.steps}")
-    if int(cfg.frames) < 2:
-        raise ValueError(f"frames must be >= 2 (frame 1 is the input image), got {cfg.frames}")
+def check_sampling_args(sampling: DictConfig) -> None:
+    """One clear error for out-of-range settings of the sampling config (``cfg.sampling``)."""
+    for key in ("t0", "p"):
+        if sampling.get(key) is None:
+            raise ValueError(f"sampling.{key} is null (experiment=table2: fsp_row must be 0..9)")
+    if not (0.0 < float(sampling.t0) <= 1.0):
+        raise ValueError(f"sampling.t0 must lie in (0, 1], got {sampling.t0}")
+    if not (0.0 <= float(sampling.p) <= 1.0):
+        raise ValueError(f"sampling.p must lie in [0, 1], got {sampling.p}")
+    if int(sampling.steps) < 1:
+        raise ValueError(f"sampling.steps must be >= 1, got {sampling.steps}")
+    if int(sampling.num_frames) < 2:
+        raise ValueError(f"sampling.num_frames must be >= 2 (frame 1 is the input image), got {sampling.num_frames}")
 
 
 def resolve_device(cfg: DictConfig) -> tuple[torch.device, torch.dtype]:
@@ -90,9 +94,10 @@ def load_bundle_for_sampling(cfg: DictConfig, device, dtype) -> Bundle:
 
 
 @torch.no_grad()
-def generate_one(bundle: Bundle, cfg: DictConfig, image: torch.Tensor, prompt: str, seed: int,
+def generate_one(bundle: Bundle, sampling: DictConfig, image: torch.Tensor, prompt: str, seed: int,
                  controlnet=None, control=None, progress: bool = True) -> dict:
-    """One video. ``image`` (3, H, W) in [-1, 1]. Returns {"video": (F, 3, H, W), "latents", "nfe", ...}."""
+    """One video with the settings of ``sampling`` (``cfg.sampling``: steps, guidance_scale, t0, p, num_frames, fsp,
+    ...). ``image`` (3, H, W) in [-1, 1]. Returns {"video": (F, 3, H, W), "latents", "nfe", ...}."""
     from i2v.diffusion.sampler import sample_video
     from i2v.diffusion.schedule import make_scheduler
 
@@ -103,16 +108,17 @@ def generate_one(bundle: Bundle, cfg: DictConfig, image: torch.Tensor, prompt: s
     first = bundle.encode_video(img[:, None], generator=g)[:, :, 0]              # (1, C, h, w)
     hw = tuple(image.shape[-2:])
     cond = bundle.condition([prompt], img, hw=hw)
-    uncond = bundle.condition([str(cfg.get("negative_prompt", ""))], None, hw=hw)
-    scheduler = make_scheduler(str(cfg.scheduler), bundle.schedule)
+    uncond = bundle.condition([str(sampling.get("negative_prompt", ""))], None, hw=hw)
+    scheduler = make_scheduler(str(sampling.scheduler), bundle.schedule)
+    fsp = sampling.fsp
     res = sample_video(bundle.unet, first, cond["context"], uncond["context"], scheduler=scheduler,
-                       schedule=bundle.schedule, steps=int(cfg.steps), cfg=float(cfg.cfg), n_frames=int(cfg.frames),
-                       t0=float(cfg.t0), p=float(cfg.p), fsp=bool(cfg.fsp.enabled),
-                       blur_kernel=int(cfg.fsp.kernel_size), blur_sigma=float(cfg.fsp.sigma), generator=g,
-                       added_cond=cond["added_cond"], added_uncond=uncond["added_cond"], controlnet=controlnet,
-                       control=control, progress=progress)
+                       schedule=bundle.schedule, steps=int(sampling.steps), cfg=float(sampling.guidance_scale),
+                       n_frames=int(sampling.num_frames), t0=float(sampling.t0), p=float(sampling.p),
+                       fsp=bool(fsp.enabled), blur_kernel=int(fsp.kernel_size), blur_sigma=float(fsp.sigma),
+                       generator=g, added_cond=cond["added_cond"], added_uncond=uncond["added_cond"],
+                       controlnet=controlnet, control=control, progress=progress)
     video = bundle.decode_video(res["latents"])[0].float()
-    if cfg.get("post", {}).get("color_match"):
+    if sampling.get("post", {}).get("color_match"):
         from i2v.diffusion.color import color_match_video
 
         video = color_match_video(video[None], image[None].to(video))[0]
@@ -121,11 +127,12 @@ def generate_one(bundle: Bundle, cfg: DictConfig, image: torch.Tensor, prompt: s
 
 def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optional[Bundle] = None) -> list[dict]:
     """Sample every item ``{image, prompt, seed, name}`` and write its files into ``out_dir``."""
-    check_sampling_args(cfg)
+    s = cfg.sampling
+    check_sampling_args(s)
     device, dtype = resolve_device(cfg)
     bundle = bundle or load_bundle_for_sampling(cfg, device, dtype)
-    res = int(cfg.get("height") or bundle.resolution), int(cfg.get("width") or bundle.resolution)
-    bundle.check_video_shape(*res, int(cfg.frames))
+    res = int(s.get("height") or bundle.resolution), int(s.get("width") or bundle.resolution)
+    bundle.check_video_shape(*res, int(s.num_frames))
     controlnet = control = None
     if cfg.get("controlnet", {}).get("path"):
         from i2v.diffusion.controlnet import VideoControlNet, load_control_frames
@@ -138,7 +145,7 @@ def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optiona
         controlnet = VideoControlNet.from_folder(str(cfg.controlnet.path),
                                                  conditioning_scale=float(cfg.controlnet.scale),
                                                  num_text_tokens=text_tokens, dtype=dtype, device=device)
-        control = load_control_frames(str(cfg.controlnet.control), n_frames=int(cfg.frames), size=res)[None]
+        control = load_control_frames(str(cfg.controlnet.control), n_frames=int(s.num_frames), size=res)[None]
         control = control.to(device, dtype)
     out_dir = Path(out_dir)
     overwrite = bool(cfg.get("overwrite", False))
@@ -152,17 +159,17 @@ def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optiona
                 raise FileExistsError(f"{stem.with_suffix(suffix)} exists; pass overwrite=true to replace it")
         image = load_image(item["image"], size=res)
         t_start = time.perf_counter()
-        out = generate_one(bundle, cfg, image, item["prompt"], item["seed"], controlnet, control)
+        out = generate_one(bundle, s, image, item["prompt"], item["seed"], controlnet, control)
         seconds = time.perf_counter() - t_start
-        save_mp4(out["video"], stem.with_suffix(".mp4"), fps=int(cfg.fps), overwrite=overwrite)
+        save_mp4(out["video"], stem.with_suffix(".mp4"), fps=int(s.fps), overwrite=overwrite)
         if cfg.get("write_gif", True):
-            save_gif(out["video"], stem.with_suffix(".gif"), fps=int(cfg.fps), overwrite=overwrite)
+            save_gif(out["video"], stem.with_suffix(".gif"), fps=int(s.fps), overwrite=overwrite)
         if cfg.get("write_frames"):
             save_frames(out["video"], out_dir / f"{item['name']}_frames", overwrite=overwrite)
-        meta = {"prompt": item["prompt"], "image": item["image"], "seed": item["seed"], "steps": int(cfg.steps),
-                "t0": float(cfg.t0), "p": float(cfg.p), "cfg": float(cfg.cfg), "nfe": out["nfe"],
-                "frames": int(cfg.frames), "height": res[0], "width": res[1], "seconds": round(seconds, 3),
-                "scheduler": str(cfg.scheduler), "fsp": bool(cfg.fsp.enabled), "backbone": cfg.backbone.name,
+        meta = {"prompt": item["prompt"], "image": item["image"], "seed": item["seed"], "steps": int(s.steps),
+                "t0": float(s.t0), "p": float(s.p), "guidance_scale": float(s.guidance_scale), "nfe": out["nfe"],
+                "num_frames": int(s.num_frames), "height": res[0], "width": res[1], "seconds": round(seconds, 3),
+                "scheduler": str(s.scheduler), "fsp": bool(s.fsp.enabled), "backbone": cfg.backbone.name,
                 "adapter": cfg.adapter.name, "ckpt": cfg.get("ckpt"), "versions": versions, "config": resolved}
         save_json(meta, stem.with_suffix(".json"), overwrite=overwrite)
         results.append({"video": str(stem.with_suffix(".mp4")), "image": item["image"], "name": item["name"],
@@ -172,7 +179,7 @@ def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optiona
 
 def resolved_sampling_config(cfg: DictConfig) -> dict:
     """The resolved config minus the training-only groups an experiment file may carry (data, trainer, logger)."""
-    keep = [k for k in cfg if k not in ("data", "trainer", "logger", "stages", "stage_cfg", "hydra")]
+    keep = [k for k in cfg if k not in ("data", "trainer", "logger", "stage", "hydra")]
     return OmegaConf.to_container(OmegaConf.masked_copy(cfg, keep), resolve=True)
 
 

@@ -98,8 +98,8 @@ def evaluate_toy(cfg: DictConfig, out_dir: Path) -> dict:
                        seed=int(cfg.seed), overwrite=bool(cfg.overwrite),
                        write_videos=bool(cfg.get("toy_eval", {}).get("write_videos", False)))
     summary = {"table": cfg.get("table"), "adapter": cfg.adapter.name, "seed": int(cfg.seed),
-               "t0": float(cfg.sampling.t0), "p": float(cfg.sampling.p), "steps": int(cfg.sampling.steps), "cfg": float(cfg.sampling.guidance_scale),
-               "n_videos": n_videos,
+               "t0": float(cfg.sampling.t0), "p": float(cfg.sampling.p), "steps": int(cfg.sampling.steps),
+               "cfg": float(cfg.sampling.guidance_scale), "n_videos": n_videos,
                "frames": frames, **res}
     save_json(summary, out_dir / "metrics.json", overwrite=bool(cfg.overwrite))
     print(f"toy metrics (t0={cfg.sampling.t0}, p={cfg.sampling.p}, seed={cfg.seed}):", json.dumps(res["model"]))

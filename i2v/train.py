@@ -10,7 +10,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from i2v.bundle import build_bundle, check_paths
-from i2v.config import CONFIGS
 from i2v.training.callbacks import AdapterCheckpoint, SampleVideos
 from i2v.training.module import I2VAdapterModule
 
@@ -27,22 +26,19 @@ def build_trainer(cfg: DictConfig, out_dir: Path, extra_callbacks: list | None =
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir / "lightning", save_last=True,
                                                              every_n_train_steps=cfg.train.save_every_n_steps))
     if cfg.train.get("sample_every_n_steps"):
-        sample_cfg = OmegaConf.create(OmegaConf.to_container(cfg.sample, resolve=True))
-        callbacks.append(SampleVideos(int(cfg.train.sample_every_n_steps), sample_cfg))
+        sampling = OmegaConf.create(OmegaConf.to_container(cfg.sampling, resolve=True))
+        callbacks.append(SampleVideos(int(cfg.train.sample_every_n_steps), sampling))
     callbacks += extra_callbacks or []
     return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **overrides)
 
 
-def attach_stage_data(cfg: DictConfig) -> DictConfig:
-    """``data: null`` means the active stage's dataset (``stages.<n>.data``): load ``configs/data/<name>.yaml``."""
-    if cfg.get("data") is None:
-        name = cfg.stage_cfg.data
-        path = CONFIGS / "data" / f"{name}.yaml"
-        if not path.is_file():
-            raise FileNotFoundError(f"stage {cfg.stage} wants data={name}, but {path} does not exist")
-        OmegaConf.set_struct(cfg, False)
-        cfg.data = OmegaConf.load(path)
-    return cfg
+def check_stage(cfg: DictConfig) -> None:
+    """The backbone trains on this stage (paper §4.1: SDXL on stage 2 only); else one line that says why."""
+    stage = str(cfg.stage.name)
+    allowed = [str(s) for s in cfg.backbone.get("train_stages") or [stage]]
+    if stage not in allowed:
+        raise ValueError(f"backbone={cfg.backbone.name} trains on stage {' or '.join(allowed)} only (paper §4.1), "
+                         f"not stage={stage}: pass stage={allowed[0]}")
 
 
 def check_run_inputs(cfg: DictConfig) -> None:
@@ -52,10 +48,10 @@ def check_run_inputs(cfg: DictConfig) -> None:
         check_paths(cfg.backbone, cfg.adapter)
     except FileNotFoundError as e:
         problems.append(str(e))
-    unset = sorted(OmegaConf.missing_keys(cfg.data)) if cfg.get("data") is not None else []
+    unset = sorted(OmegaConf.missing_keys(cfg.data))   # full keys: data.dataset.root
     if unset:
-        problems.append(f"data={cfg.stage_cfg.data if cfg.get('stage_cfg') else ''} needs: " +
-                        ", ".join(f"data.{k}" for k in unset))
+        target = str(cfg.data.dataset.get("_target_", "")).rsplit(".", 1)[-1]
+        problems.append(f"stage={cfg.stage.name} data ({target}) needs: " + ", ".join(unset))
     if problems:
         raise FileNotFoundError("\n".join(problems))
 
@@ -65,7 +61,7 @@ def train(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    attach_stage_data(cfg)
+    check_stage(cfg)
     check_run_inputs(cfg)
     final = out_dir / "adapter.safetensors"
     if final.exists() and not cfg.overwrite:

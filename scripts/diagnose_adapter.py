@@ -75,14 +75,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     import i2v.config  # noqa: F401  (resolvers)
     from i2v.bundle import build_bundle
     from i2v.checkpoints.adapter_io import load_adapter
-    from i2v.train import attach_stage_data
     from i2v.training.diagnose import DEFAULT_TIMESTEPS, eps_loss_by_timestep, findings, format_table
 
     own, overrides = split_args(sys.argv[1:] if argv is None else argv)
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=overrides, return_hydra_config=False)
     OmegaConf.set_struct(cfg, False)
-    attach_stage_data(cfg)
     ckpt = own.get("ckpt", cfg.get("ckpt"))
     dev = own.get("device", "auto")
     device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else ("cpu" if dev == "auto" else dev))

@@ -1,83 +1,113 @@
-"""The real configs compose for every backbone × stage × adapter, and missing weight paths fail at once, by name."""
-import itertools
+"""The real configs compose for every backbone x stage x adapter with the README's data overrides, the stage group
+sizes the data, SDXL refuses stage 1, weight paths come from configs/local once, and missing inputs are named."""
+import shutil
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from i2v.config import CONFIGS
+from i2v.config import CONFIGS, quote_numeric_choices
+from i2v.train import check_run_inputs, check_stage
+
+DATA = {"1": ["data.dataset.csv_path=/d/webvid.csv", "data.dataset.video_folder=/d/videos"],
+        "2": ["data.dataset.root=/d/videos"], "toy": []}
+SIZING = {"1": (16, 4, 256, "WebVidDataset"), "2": (16, 4, 512, "FolderVideos"), "toy": (8, 1, 32, "SyntheticVideos")}
 
 
-def _compose(name, overrides):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides, return_hydra_config=True)
+def _compose(name, overrides, configs=CONFIGS):
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        return compose(config_name=name, overrides=quote_numeric_choices(overrides), return_hydra_config=True)
 
 
-@pytest.mark.parametrize("backbone,stage,adapter", list(itertools.product(
-    ["sd15", "sdxl", "toy"], ["1", "2"], ["full", "no_i2v", "no_content", "none"])))
-def test_train_config_composes(backbone, stage, adapter):
-    from i2v.train import attach_stage_data
-
-    cfg = _compose("train", [f"backbone={backbone}", f"stage={stage}", f"adapter={adapter}"])
-    assert cfg.backbone.name == backbone and cfg.adapter.name == adapter
-    assert cfg.stage_cfg.resolution == {"1": 256, "2": 512}[stage]
-    assert cfg.stage_cfg.n_frames == 16 and cfg.stage_cfg.stride == 4
-    assert cfg.optim.lr == 1e-4
-    # stage 2 switches the data to the self-collected folder datamodule
-    attach_stage_data(cfg)
-    assert cfg.data.size == cfg.stage_cfg.resolution
-    target = cfg.data.dataset._target_
-    assert target.endswith("FolderVideos" if stage == "2" else "WebVidDataset")
-    # everything but Hydra's runtime interpolations resolves
-    OmegaConf.to_container(cfg.backbone, resolve=True)
+@pytest.mark.parametrize("backbone,stage", [("sd15", "1"), ("sd15", "2"), ("sdxl", "2"), ("toy", "toy")])
+@pytest.mark.parametrize("adapter", ["full", "no_i2v", "no_content", "none"])
+def test_train_config_composes_with_the_readme_overrides(backbone, stage, adapter):
+    cfg = _compose("train", [f"backbone={backbone}", f"stage={stage}", f"adapter={adapter}", *DATA[stage],
+                             "data.batch_size=3"])
+    check_stage(cfg)
+    frames, stride, size, dataset = SIZING[stage]
+    assert (cfg.data.n_frames, cfg.data.stride, cfg.data.size, cfg.data.batch_size) == (frames, stride, size, 3)
+    assert cfg.data.dataset._target_ == f"i2v.data.{dataset}" and cfg.trainer.max_epochs == 1
+    for arg in DATA[stage]:
+        key, _, value = arg.partition("=")
+        assert OmegaConf.select(cfg, key) == value
+    assert not OmegaConf.missing_keys(cfg.data)
+    assert cfg.sampling.num_frames == frames and cfg.optim.lr == 1e-4
     assert cfg.adapter.i2v == (adapter in ("full", "no_content"))
-    assert cfg.adapter.content == (adapter in ("full", "no_i2v"))
+
+
+def test_stage_choices_are_numbers_on_the_command_line():
+    assert quote_numeric_choices(["stage=2", "stage=1,2", "backbone=sdxl", "seed=2"]) == \
+        ["stage='2'", "stage='1','2'", "backbone=sdxl", "seed=2"]
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        with pytest.raises(ValueError, match="must be a string"):   # why the quoting exists
+            compose(config_name="train", overrides=["stage=2"])
+
+
+def test_sdxl_refuses_stage_1_in_one_line():
+    for over in (["backbone=sdxl", "stage=1"], ["backbone=sdxl"]):
+        with pytest.raises(ValueError, match=r"^backbone=sdxl trains on stage 2 only \(paper §4.1\), not stage=1: "
+                                             r"pass stage=2$"):
+            check_stage(_compose("train", over))
+
+
+def test_an_unknown_stage_is_a_clear_error():
+    with pytest.raises(Exception, match="Could not find 'stage/3'"):
+        _compose("train", ["stage=3"])
+
+
+def test_missing_inputs_are_named_by_their_real_keys():
+    cfg = _compose("train", ["backbone=sdxl", "stage=2"])
+    with pytest.raises(FileNotFoundError) as e:
+        check_run_inputs(cfg)
+    msg = str(e.value)
+    assert "stage=2 data (FolderVideos) needs: data.dataset.root" in msg and "data.data." not in msg
+    for key in ["unet", "motion", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "ip_adapter",
+                "image_encoder"]:
+        assert f"backbone.{key} (unset)" in msg
+
+
+def test_one_sampling_config_for_every_entry():
+    for name in ("train", "sample", "evaluate"):
+        cfg = _compose(name, ["experiment=toy", "sampling.guidance_scale=2.5"])
+        s = OmegaConf.to_container(cfg.sampling, resolve=True)
+        assert (s["steps"], s["guidance_scale"], s["t0"], s["p"], s["num_frames"]) == (20, 2.5, 1.0, 0.5, 8)
+        assert s["fsp"] == {"enabled": True, "kernel_size": 9, "sigma": 18.0}
+        assert not {"t0", "p", "steps", "cfg", "frames", "sample"} & set(cfg)
+    s = _compose("sample", []).sampling
+    assert (s.steps, s.guidance_scale, s.num_frames, s.scheduler) == (25, 7.5, 16, "ddim")
+
+
+def test_weight_paths_come_from_configs_local_once(tmp_path):
+    configs = tmp_path / "configs"
+    shutil.copytree(CONFIGS, configs)
+    shutil.rmtree(configs / "local")
+    (configs / "local").mkdir()
+    shutil.copy(CONFIGS / "local" / "example.yaml", configs / "local" / "default.yaml")
+    example = OmegaConf.load(CONFIGS / "local" / "example.yaml").weights
+    for backbone in ("sd15", "sdxl"):
+        cfg = _compose("evaluate", ["experiment=table1", f"backbone={backbone}"], configs)
+        assert cfg.backbone.unet == example[backbone].unet and cfg.backbone.motion == example[backbone].motion
+        assert cfg.metrics.flow.weights == example.raft and cfg.metrics.clip_temp.weights == example.clip_temp
+    cfg = _compose("train", ["backbone=sdxl", "stage=2", "backbone.unet=/cli/unet"], configs)
+    assert cfg.backbone.unet == "/cli/unet" and cfg.backbone.image_encoder == example.sdxl.image_encoder
+    assert _compose("train", ["backbone=sdxl", "stage=2"]).backbone.unet is None     # no local file: unset
 
 
 def test_schedules_match_the_motion_releases():
     sd15 = _compose("train", ["backbone=sd15"]).backbone.schedule
-    sdxl = _compose("train", ["backbone=sdxl"]).backbone.schedule
+    sdxl = _compose("train", ["backbone=sdxl", "stage=2"]).backbone.schedule
     assert (sd15.beta_schedule, sd15.beta_end) == ("linear", 0.012)
     assert (sdxl.beta_schedule, sdxl.beta_end) == ("scaled_linear", 0.020)
 
 
-def test_sample_config_composes_with_cli_keys():
-    cfg = _compose("sample", ["backbone=toy", "t0=0.8", "p=0.5", "ckpt=x.safetensors"])
-    assert (cfg.t0, cfg.p, cfg.ckpt, cfg.steps, cfg.cfg, cfg.frames, cfg.seed) == (0.8, 0.5, "x.safetensors", 25, 7.5,
-                                                                                  16, 42)
-
-
-def test_toy_experiment_composes():
-    cfg = _compose("train", ["experiment=toy"])
-    assert cfg.backbone.name == "toy" and cfg.trainer.accelerator == "cpu"
-    assert cfg.data.dataset._target_ == "i2v.data.SyntheticVideos"
-    assert OmegaConf.to_container(cfg.backbone, resolve=True)["unet"].endswith("toy/base_unet.safetensors")
-
-
-def test_unknown_stage_is_a_clear_error():
-    cfg = _compose("train", ["stage=3"])
-    with pytest.raises(Exception, match="stage=3 is not defined"):
-        cfg.stage_cfg.resolution
-
-
-def test_missing_paths_are_named_at_once():
-    from i2v.bundle import check_paths
-    from i2v.train import attach_stage_data, check_run_inputs
-
-    cfg = attach_stage_data(_compose("train", ["backbone=sdxl", "stage=2"]))
-    with pytest.raises(FileNotFoundError) as e:
-        check_run_inputs(cfg)
-    msg = str(e.value)
-    assert "data.dataset.root" in msg
-    for key in ["unet", "motion", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "ip_adapter",
-                "image_encoder"]:
-        assert f"backbone.{key} (unset)" in msg
-    cfg = _compose("train", ["backbone=sd15", "backbone.unet=/nonexistent/unet.safetensors"])
-    with pytest.raises(FileNotFoundError, match="backbone.unet=/nonexistent/unet.safetensors \\(no such file"):
-        check_paths(cfg.backbone, cfg.adapter)
-
-
-def test_toy_experiment_composes_for_sampling():
-    cfg = _compose("sample", ["experiment=toy", "image=x.png", "prompt=a red circle"])
-    assert cfg.backbone.name == "toy" and cfg.frames == 8
-    assert OmegaConf.to_container(cfg, resolve=False)["ckpt"] == "${asset:toy/adapter.safetensors}"
+def test_launchers_and_table2_folders():
+    cfg = _compose("train", ["backbone=sdxl", "stage=2", "hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=2",
+                             "hydra.launcher.gpus_per_node=8"])
+    slurm = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert (slurm["nodes"], slurm["tasks_per_node"], slurm["gpus_per_node"]) == (2, 8, 8)
+    assert {"partition", "timeout_min", "mem_gb", "array_parallelism"} <= set(slurm)
+    assert _compose("evaluate", ["hydra/launcher=slurm"]).hydra.launcher.nodes == 1
+    assert _compose("evaluate", ["hydra/launcher=local"]).hydra.launcher._target_.endswith("LocalLauncher")
+    cfg = _compose("evaluate", ["experiment=table2", "fsp_row=2"])
+    assert OmegaConf.to_container(cfg.hydra.sweep, resolve=True)["subdir"] == "t0_0.8_p_1.0"

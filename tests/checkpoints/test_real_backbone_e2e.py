@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 from safetensors.torch import save_file
 
-from i2v.config import CONFIGS
+from i2v.config import CONFIGS, quote_numeric_choices
 from i2v.models.content import ImageProjModel
 from i2v.models.text import write_clip_tokenizer
 
@@ -97,8 +97,9 @@ def test_sample_py_on_a_tiny_real_backbone(tmp_path, capsys, kind):
     _adapter(tmp_path, backbone)
     capsys.readouterr()
     run = backbone + [f"ckpt={tmp_path / 'adapter.safetensors'}", f"image={tmp_path / 'cat.png'}",
-                      "prompt=a cat turning its head", f"out={tmp_path / 'out'}", "steps=3", "frames=5",
-                      "height=32", "width=48", "t0=0.8", "p=0.5", "device=cpu",
+                      "prompt=a cat turning its head", f"out={tmp_path / 'out'}", "sampling.steps=3",
+                      "sampling.num_frames=5", "sampling.height=32", "sampling.width=48", "sampling.t0=0.8",
+                      "sampling.p=0.5", "device=cpu",
                       f"lora=[{{path:{tmp_path / 'style.safetensors'},scale:0.8}}]"]
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose(config_name="sample", overrides=run)
@@ -111,7 +112,7 @@ def test_sample_py_on_a_tiny_real_backbone(tmp_path, capsys, kind):
     video = read_video(res[0]["video"])
     assert video.shape == (5, 3, 32, 48)
     meta = json.loads((tmp_path / "out" / "cat_42.json").read_text())
-    assert (meta["frames"], meta["steps"], meta["t0"], meta["nfe"], meta["height"], meta["width"]) == \
+    assert (meta["num_frames"], meta["steps"], meta["t0"], meta["nfe"], meta["height"], meta["width"]) == \
         (5, 3, 0.8, 2, 32, 48)
 
 
@@ -123,11 +124,11 @@ def test_train_py_on_a_tiny_real_backbone(tmp_path, kind, adapter):
     from i2v.train import train
 
     backbone = _files(tmp_path, kind) + [f"adapter={adapter}"]
-    run = backbone + ["stage=2", "data=synthetic", "trainer=cpu", "logger=none", "stages.2.resolution=32",
-                      "stages.2.n_frames=4", "stages.2.batch_size=2", "data.dataset.n_items=8", "data.val_fraction=0",
+    run = backbone + ["stage=2", "data=synthetic", "trainer=cpu", "logger=none", "data.size=32",
+                      "data.n_frames=4", "data.batch_size=2", "data.dataset.n_items=8", "data.val_fraction=0",
                       "trainer.max_steps=2", "trainer.enable_checkpointing=false", f"out_dir={tmp_path / 'run'}"]
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=run)
+        cfg = compose(config_name="train", overrides=quote_numeric_choices(run))
     result = train(cfg)
     assert result["steps"] == 2
     tensors, info = read_adapter(result["adapter"])

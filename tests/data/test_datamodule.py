@@ -12,16 +12,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import i2v.config  # noqa: F401  (registers the pick_stage resolver used by configs/train.yaml)
+import i2v.config  # noqa: F401  (registers the ${asset:...} resolver used by configs/train.yaml)
 from i2v.data import VideoDataModule, WebVidDataset
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
-STAGE = {"n_frames": 6, "stride": 2, "resolution": 16, "batch_size": 2}
+SIZING = {"n_frames": 6, "stride": 2, "size": 16, "batch_size": 2}   # what a stage group sets
 
 
 def _data_cfg(name, **extra):
-    cfg = OmegaConf.create({"seed": 0, "stage_cfg": STAGE, "data": OmegaConf.load(os.path.join(CONFIGS, "data", f"{name}.yaml"))})
-    for k, v in extra.items():
+    cfg = OmegaConf.create({"seed": 0, "data": OmegaConf.load(os.path.join(CONFIGS, "data", f"{name}.yaml"))})
+    for k, v in {**SIZING, **extra}.items():
         OmegaConf.update(cfg, f"data.{k}", v, force_add=True)
     return cfg.data
 
@@ -44,11 +44,11 @@ def test_synthetic_config_batches_and_split():
 def test_compose_train_config_with_each_data_option():
     with hydra.initialize_config_dir(os.path.abspath(CONFIGS), version_base="1.3"):
         for name in ("webvid", "webdataset", "selfcollected", "synthetic"):
-            cfg = hydra.compose("train", overrides=[f"data={name}", "stages.1.resolution=16"])
+            cfg = hydra.compose("train", overrides=[f"data={name}", "data.size=16"])   # stage 1's clip sizing
             assert cfg.data._target_ == "i2v.data.VideoDataModule" and cfg.data.size == 16
-            assert cfg.data.n_frames == cfg.stage_cfg.n_frames and cfg.data.stride == cfg.stage_cfg.stride
+            assert (cfg.data.n_frames, cfg.data.stride) == (16, 4)
         dm = hydra.utils.instantiate(cfg.data, _recursive_=False)
-        assert dm.sizing == {"n_frames": cfg.stage_cfg.n_frames, "stride": cfg.stage_cfg.stride, "size": 16}
+        assert dm.sizing == {"n_frames": 16, "stride": 4, "size": 16}
         cfg = hydra.compose("train", overrides=["data=webvid"])
         with pytest.raises(Exception, match="csv_path"):
             hydra.utils.instantiate(cfg.data, _recursive_=False)

@@ -84,7 +84,7 @@ def test_generate_mode_calls_the_sampler(tmp_path, monkeypatch):
     calls = {}
 
     def generate_videos(cfg, its, out_dir):                  # stand-in sampler: the video repeats the image
-        calls.update(t0=cfg.t0, p=cfg.p, items=its, out_dir=out_dir)
+        calls.update(t0=cfg.sampling.t0, p=cfg.sampling.p, items=its, out_dir=out_dir)
         Path(out_dir).mkdir(parents=True)
         res = []
         for it in its:

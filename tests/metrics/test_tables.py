@@ -17,7 +17,7 @@ import json, sys, hydra
 import i2v.config  # noqa: F401
 @hydra.main(version_base="1.3", config_path={configs!r}, config_name="evaluate")
 def main(cfg):
-    print("ROW " + json.dumps({{"t0": cfg.t0, "p": cfg.p, "adapter": cfg.adapter.name, "backbone": cfg.backbone.name,
+    print("ROW " + json.dumps({{"t0": cfg.sampling.t0, "p": cfg.sampling.p, "adapter": cfg.adapter.name, "backbone": cfg.backbone.name,
                                "table": cfg.table, "mode": cfg.mode, "ckpt": cfg.ckpt}}))
 main()
 '''
