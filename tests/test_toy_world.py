@@ -39,17 +39,17 @@ def test_sample_py_writes_mp4_and_keeps_frame1_exact(tmp_path):
     clip = SyntheticVideos(1, n_frames=1, size=32, seed=3)[0]
     save_frames(clip["video"], tmp_path / "in")
     cfg = _compose("sample", ["experiment=toy", f"image={tmp_path / 'in' / '000.png'}", f"prompt={clip['text']}",
-                              f"out={tmp_path / 'out'}", "steps=4", "frames=6"])
+                              f"out={tmp_path / 'out'}", "sampling.steps=4", "sampling.num_frames=6"])
     res = sample(cfg)
     video = read_video(res[0]["video"])
     assert video.shape == (6, 3, 32, 32)
     meta = json.loads((tmp_path / "out" / "000_42.json").read_text())
-    assert (meta["frames"], meta["steps"], meta["t0"], meta["nfe"]) == (6, 4, 1.0, 4)
+    assert (meta["num_frames"], meta["steps"], meta["t0"], meta["nfe"]) == (6, 4, 1.0, 4)
     with pytest.raises(FileExistsError):
         sample(cfg)
     bundle = load_bundle_for_sampling(cfg, torch.device("cpu"), torch.float32)
     image = clip["video"][0]
-    out = generate_one(bundle, cfg, image, clip["text"], seed=0, progress=False)
+    out = generate_one(bundle, cfg.sampling, image, clip["text"], seed=0, progress=False)
     first = bundle.encode_video(image[None, None])[:, :, 0]
     assert torch.equal(out["latents"][:, :, 0], first)
 
@@ -57,12 +57,13 @@ def test_sample_py_writes_mp4_and_keeps_frame1_exact(tmp_path):
 def test_sample_rejects_bad_settings(tmp_path):
     from i2v.sampling import sample
 
-    for over, msg in [("t0=0", "t0 must lie in"), ("t0=1.5", "t0 must lie in"), ("p=-0.1", "p must lie in")]:
+    for over, msg in [("sampling.t0=0", "sampling.t0 must lie in"), ("sampling.t0=1.5", "sampling.t0 must lie in"),
+                      ("sampling.p=-0.1", "sampling.p must lie in")]:
         cfg = _compose("sample", ["experiment=toy", "image=x.png", "prompt=a", over, f"out={tmp_path}"])
         with pytest.raises(ValueError, match=msg):
             sample(cfg)
-    for over, msg in [("height=33", "multiples of 4 for backbone toy.*got 33x32; e.g. 32x32"),
-                      ("frames=33", "frames=33 exceeds the motion module's positional-encoding length 32")]:
+    for over, msg in [("sampling.height=33", "multiples of 4 for backbone toy.*got 33x32; e.g. 32x32"),
+                      ("sampling.num_frames=33", "frames=33 exceeds the motion module's positional-encoding length")]:
         cfg = _compose("sample", ["experiment=toy", f"image={tmp_path / 'missing.png'}", "prompt=a", over,
                                   f"out={tmp_path}"])
         with pytest.raises(ValueError, match=msg):
@@ -82,7 +83,7 @@ def test_toy_experiment_fast_dev_run(tmp_path):
     from i2v.train import train
 
     cfg = _compose("train", ["experiment=toy", f"out_dir={tmp_path}", "+trainer.fast_dev_run=2",
-                             "after_train.n_videos=1", "sample.steps=3", "logger=csv"])
+                             "after_train.n_videos=1", "sampling.steps=3", "logger=csv"])
     res = train(cfg)
     assert (tmp_path / "adapter.safetensors").exists() and (tmp_path / "metrics.json").exists()
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -105,7 +106,7 @@ def test_sample_video_callback_logs_a_video(tmp_path):
         def log_video(self, key, videos, step=None, fps=None):
             self.videos.append((key, videos[0].shape, step))
 
-    cfg = _compose("train", ["experiment=toy", "sample.steps=2", "sample.frames=4"]).sample
+    cfg = _compose("train", ["experiment=toy", "sampling.steps=2", "sampling.num_frames=4"]).sampling
     mod = I2VAdapterModule(random_toy_bundle(), {"lr": 1e-3}, {"text_drop_prob": 0.0, "image_drop_prob": 0.0})
     dm = VideoDataModule(dataset=SyntheticVideos(n_items=4, n_frames=4, size=32), batch_size=2, val_fraction=0.0)
     lg = VideoLogger(tmp_path)
@@ -117,8 +118,8 @@ def test_sample_video_callback_logs_a_video(tmp_path):
 def test_train_rejects_a_clip_shape_the_backbone_cannot_take(tmp_path):
     from i2v.train import train
 
-    for i, (over, msg) in enumerate([("stages.toy.resolution=30", "multiples of 4 for backbone toy"),
-                                     ("stages.toy.n_frames=40", "frames=40 exceeds")]):
+    for i, (over, msg) in enumerate([("data.size=30", "multiples of 4 for backbone toy"),
+                                     ("data.n_frames=40", "frames=40 exceeds")]):
         cfg = _compose("train", ["experiment=toy", over, f"out_dir={tmp_path / str(i)}"])
         with pytest.raises(ValueError, match=msg):
             train(cfg)
