@@ -129,7 +129,8 @@ def save_json(obj: Any, path, overwrite: bool = False) -> Path:
 RESIZE_MODES = ("crop", "fit")
 
 
-def load_image(path, size: tuple[int, int] | None = None, resize: str = "crop", multiple: int = 64) -> torch.Tensor:
+def load_image(path, size: tuple[int, int] | None = None, resize: str = "crop",
+               multiple: int = 64) -> torch.Tensor:
     """Read an image file as (3, H, W) float in [-1, 1]; non-RGB modes are converted (with a note).
 
     ``size = (height, width)`` and ``resize``:

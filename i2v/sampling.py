@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import platform
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from i2v.bundle import Bundle, build_bundle
-from i2v.io import load_image, save_frames, save_gif, save_json, save_mp4
+from i2v.io import RESIZE_MODES, load_image, save_frames, save_gif, save_json, save_mp4
 
 
 def check_sampling_args(sampling: DictConfig) -> None:
@@ -93,11 +94,23 @@ def load_bundle_for_sampling(cfg: DictConfig, device, dtype) -> Bundle:
     return bundle.to(device=device, dtype=dtype)
 
 
+def color_match_settings(sampling: DictConfig) -> Optional[dict]:
+    """``sampling.post.color_match`` as keyword arguments of :func:`i2v.diffusion.color.color_match`, or ``None``
+    when off. Accepts ``{enabled, reference, channels}`` or a plain bool (reference ``input``, channels ``ab``)."""
+    spec = (sampling.get("post") or {}).get("color_match")
+    if not isinstance(spec, (dict, DictConfig)):
+        return {"reference": "input", "channels": "ab"} if spec else None
+    if not spec.get("enabled", False):
+        return None
+    return {"reference": str(spec.get("reference", "input")), "channels": str(spec.get("channels", "ab"))}
+
+
 @torch.no_grad()
 def generate_one(bundle: Bundle, sampling: DictConfig, image: torch.Tensor, prompt: str, seed: int,
                  controlnet=None, control=None, progress: bool = True) -> dict:
     """One video with the settings of ``sampling`` (``cfg.sampling``: steps, guidance_scale, t0, p, num_frames, fsp,
     ...). ``image`` (3, H, W) in [-1, 1]. Returns {"video": (F, 3, H, W), "latents", "nfe", ...}."""
+    from i2v.diffusion.guidance import negative_prompt
     from i2v.diffusion.sampler import sample_video
     from i2v.diffusion.schedule import make_scheduler
 
@@ -108,7 +121,7 @@ def generate_one(bundle: Bundle, sampling: DictConfig, image: torch.Tensor, prom
     first = bundle.encode_video(img[:, None], generator=g)[:, :, 0]              # (1, C, h, w)
     hw = tuple(image.shape[-2:])
     cond = bundle.condition([prompt], img, hw=hw)
-    uncond = bundle.condition([str(sampling.get("negative_prompt", ""))], None, hw=hw)
+    uncond = bundle.condition([negative_prompt(sampling.get("negative_prompt"))], None, hw=hw)
     scheduler = make_scheduler(str(sampling.scheduler), bundle.schedule)
     fsp = sampling.fsp
     res = sample_video(bundle.unet, first, cond["context"], uncond["context"], scheduler=scheduler,
@@ -118,10 +131,10 @@ def generate_one(bundle: Bundle, sampling: DictConfig, image: torch.Tensor, prom
                        generator=g, added_cond=cond["added_cond"], added_uncond=uncond["added_cond"],
                        controlnet=controlnet, control=control, progress=progress)
     video = bundle.decode_video(res["latents"])[0].float()
-    if sampling.get("post", {}).get("color_match"):
-        from i2v.diffusion.color import color_match_video
+    if (match := color_match_settings(sampling)) is not None:
+        from i2v.diffusion.color import color_match
 
-        video = color_match_video(video[None], image[None].to(video))[0]
+        video = color_match(video, image.to(video), **match)
     return {"video": video, "latents": res["latents"], "nfe": res["nfe"], "steps_run": res.get("steps")}
 
 
@@ -133,7 +146,13 @@ def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optiona
     bundle = bundle or load_bundle_for_sampling(cfg, device, dtype)
     res = int(s.get("height") or bundle.resolution), int(s.get("width") or bundle.resolution)
     bundle.check_video_shape(*res, int(s.num_frames))
+    resize = str(s.get("resize", "crop"))
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"sampling.resize must be one of {RESIZE_MODES}, got {resize!r}")
     controlnet = control = None
+    if cfg.get("controlnet", {}).get("path") and resize == "fit":
+        raise ValueError("sampling.resize=fit gives each image its own size; with a ControlNet use resize=crop and "
+                         "set sampling.height/width")
     if cfg.get("controlnet", {}).get("path"):
         from i2v.diffusion.controlnet import VideoControlNet, load_control_frames
 
@@ -157,7 +176,10 @@ def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optiona
         for suffix in (".mp4", ".json"):
             if stem.with_suffix(suffix).exists() and not overwrite:
                 raise FileExistsError(f"{stem.with_suffix(suffix)} exists; pass overwrite=true to replace it")
-        image = load_image(item["image"], size=res)
+        # fit (official): short side to min(height, width), sides at multiples of 64 (and of the model's multiple)
+        image = load_image(item["image"], size=res, resize=resize, multiple=math.lcm(64, bundle.pixel_multiple))
+        if tuple(image.shape[-2:]) != res:
+            bundle.check_video_shape(*image.shape[-2:], int(s.num_frames))
         t_start = time.perf_counter()
         out = generate_one(bundle, s, image, item["prompt"], item["seed"], controlnet, control)
         seconds = time.perf_counter() - t_start
@@ -168,7 +190,8 @@ def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optiona
             save_frames(out["video"], out_dir / f"{item['name']}_frames", overwrite=overwrite)
         meta = {"prompt": item["prompt"], "image": item["image"], "seed": item["seed"], "steps": int(s.steps),
                 "t0": float(s.t0), "p": float(s.p), "guidance_scale": float(s.guidance_scale), "nfe": out["nfe"],
-                "num_frames": int(s.num_frames), "height": res[0], "width": res[1], "seconds": round(seconds, 3),
+                "num_frames": int(s.num_frames), "height": image.shape[-2], "width": image.shape[-1],
+                "resize": resize, "seconds": round(seconds, 3),
                 "scheduler": str(s.scheduler), "fsp": bool(s.fsp.enabled), "backbone": cfg.backbone.name,
                 "adapter": cfg.adapter.name, "ckpt": cfg.get("ckpt"), "versions": versions, "config": resolved}
         save_json(meta, stem.with_suffix(".json"), overwrite=overwrite)

@@ -63,3 +63,18 @@ def test_color_match_reference_switch():
     assert (a(to_input[1]) - a(image)).abs().mean() < (a(to_input[1]) - a(video[0])).abs().mean()
     with pytest.raises(ValueError, match="reference must be one of"):
         color_match(video, image, reference="frame0")
+
+
+def test_color_match_settings_from_the_sampling_config():
+    from omegaconf import OmegaConf
+
+    from i2v.sampling import color_match_settings
+
+    def settings(post):
+        return color_match_settings(OmegaConf.create({"post": post}))
+
+    assert settings({"color_match": {"enabled": False, "reference": "decoded_frame0"}}) is None
+    assert settings({"color_match": {"enabled": True, "reference": "decoded_frame0", "channels": "ab"}}) == \
+        {"reference": "decoded_frame0", "channels": "ab"}
+    assert settings({"color_match": True}) == {"reference": "input", "channels": "ab"}    # older configs: a bool
+    assert settings({"color_match": False}) is None and settings({}) is None

@@ -83,3 +83,29 @@ def test_official_base_needs_vae_and_text_folders_not_motion(tmp_path):
     no_content = build_bundle(_compose(over + ["adapter=no_content"]).backbone,
                               _compose(over + ["adapter=no_content"]).adapter)
     assert not any(k.endswith("_ip.weight") for k in no_content.unet.state_dict())
+
+
+def test_sample_py_with_the_official_files_and_preprocessing(tmp_path, monkeypatch):
+    """``sample.py`` as the official infer.sh runs it: the two official files, a 3:2 image kept whole
+    (``resize=fit``, here a 1:2 one), the official negative prompt, colour matching to the decoded frame 0."""
+    from PIL import Image
+
+    from i2v.bundle import Bundle
+    from i2v.metrics.video_io import read_video
+    from i2v.sampling import sample
+
+    over, _, _ = _official_files(tmp_path)
+    Image.fromarray((torch.rand(48, 96, 3) * 255).byte().numpy()).save(tmp_path / "wide.png")
+    texts = []
+    condition = Bundle.condition
+    monkeypatch.setattr(Bundle, "condition", lambda self, t, *a, **k: texts.extend(t) or condition(self, t, *a,
+                                                                                                    **k))
+    run = over + [f"ckpt={tmp_path / 'i2v_module.pth'}", f"image={tmp_path / 'wide.png'}", "prompt=a cat",
+                  f"out={tmp_path / 'out'}", "device=cpu", "write_gif=false", "sampling.steps=2",
+                  "sampling.num_frames=3", "sampling.height=64", "sampling.width=64", "sampling.resize=fit",
+                  "sampling.negative_prompt=official", "sampling.post.color_match.enabled=true",
+                  "sampling.post.color_match.reference=decoded_frame0"]
+    res = sample(_compose(run))
+    assert read_video(res[0]["video"]).shape == (3, 3, 64, 128)     # short side 64, nothing cropped
+    assert texts == ["a cat", "worst quality, low quality, normal quality, lowres, bad anatomy, bad hands, "
+                                "watermark, moles"]
