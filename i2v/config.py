@@ -47,3 +47,24 @@ def quote_numeric_choices(overrides: list[str]) -> list[str]:
             arg = key + "=" + ",".join(f"'{c}'" for c in choices)
         out.append(arg)
     return out
+
+
+# Short sampling keys for sample.py / evaluate.py (`python sample.py ckpt=... t0=0.8 p=0.5`): each is rewritten to
+# its key in the one sampling config before Hydra parses the command line.
+SAMPLING_ALIASES = {"t0": "t0", "p": "p", "cfg": "guidance_scale", "guidance_scale": "guidance_scale",
+                    "steps": "steps", "frames": "num_frames", "num_frames": "num_frames", "scheduler": "scheduler",
+                    "negative_prompt": "negative_prompt"}
+
+
+def expand_sampling_aliases(overrides: list[str]) -> list[str]:
+    """``t0=0.8`` -> ``sampling.t0=0.8`` (also ``p``, ``steps``, ``cfg``/``guidance_scale``, ``frames``/``num_frames``,
+    ``scheduler``, ``negative_prompt``); sweeps (``p=0.1,0.5``) and ``+``/``~`` prefixes are kept."""
+    out = []
+    for arg in overrides:
+        key, sep, value = arg.partition("=")
+        prefix = key[: len(key) - len(key.lstrip("~+"))]
+        name = key[len(prefix):]
+        if sep and name in SAMPLING_ALIASES:
+            arg = f"{prefix.replace('+', '')}sampling.{SAMPLING_ALIASES[name]}={value}"
+        out.append(arg)
+    return out

@@ -111,3 +111,16 @@ def test_launchers_and_table2_folders():
     assert _compose("evaluate", ["hydra/launcher=local"]).hydra.launcher._target_.endswith("LocalLauncher")
     cfg = _compose("evaluate", ["experiment=table2", "fsp_row=2"])
     assert OmegaConf.to_container(cfg.hydra.sweep, resolve=True)["subdir"] == "t0_0.8_p_1.0"
+
+
+def test_short_sampling_keys_on_the_sample_and_evaluate_command_line():
+    """`python sample.py ckpt=... t0=0.8 p=0.5` (the design card's command) sets the sampling.* keys."""
+    from i2v.config import expand_sampling_aliases
+
+    args = expand_sampling_aliases(["t0=0.8", "p=0.1,0.5", "cfg=3", "frames=8", "steps=4", "+scheduler=euler",
+                                    "seed=2", "sampling.p=0.2", "fsp_row=1"])
+    assert args == ["sampling.t0=0.8", "sampling.p=0.1,0.5", "sampling.guidance_scale=3", "sampling.num_frames=8",
+                    "sampling.steps=4", "sampling.scheduler=euler", "seed=2", "sampling.p=0.2", "fsp_row=1"]
+    cfg = _compose("sample", expand_sampling_aliases(["experiment=toy", "t0=0.8", "p=0.5", "cfg=2.5", "frames=6"]))
+    s = cfg.sampling
+    assert (s.t0, s.p, s.guidance_scale, s.num_frames) == (0.8, 0.5, 2.5, 6)

@@ -10,7 +10,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from i2v.config import CONFIGS, quote_numeric_choices
+from i2v.config import CONFIGS, expand_sampling_aliases, quote_numeric_choices
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 ENTRIES = {"train.py": "train", "sample.py": "sample", "evaluate.py": "evaluate"}
@@ -46,7 +46,10 @@ def split_command(command: str, tmp: Path) -> tuple[str, bool, list[str]]:
             path.touch()
             arg = f"{key}={path}"
         overrides.append(arg)
-    return name, multirun, quote_numeric_choices(overrides)
+    overrides = quote_numeric_choices(overrides)
+    if name in ("sample", "evaluate"):   # as sample.py / evaluate.py do before Hydra parses the command line
+        overrides = expand_sampling_aliases(overrides)
+    return name, multirun, overrides
 
 
 def jobs(name: str, overrides: list[str], multirun: bool) -> list[list[str]]:
