@@ -1,9 +1,11 @@
 """Shared pieces of the map-style video datasets: skip-and-retry, subsets, compact string storage.
 
-A bad item (BadSample) is counted and replaced by the next index, deterministically (i+1, i+2, ... within the
-dataset or the subset being read). `max_consecutive_failures` bad items in a row raise one clear error, so a
-dataset where everything is bad fails fast; `VideoDataModule.setup` runs `check_usable()` in the main process
-before any worker starts.
+A bad item (BadSample) is replaced by the next index, deterministically (i+1, i+2, ... within the dataset or the
+subset being read). It is counted (and named in the epoch report) once, by the request for its own position, not
+again by every request that falls back onto it, so an epoch's counts are the number of bad files. A run of
+`max_consecutive_failures` bad items raises one clear error, so a dataset where everything is bad fails fast;
+`VideoDataModule.setup` runs `check_usable()` before any worker starts. Which item each process is loading right
+now is kept in shared memory (`loading_names()`), so a stuck worker can be reported by file name.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import abc
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from i2v.data.clip import ClipSpec, item_rng, read_clip
-from i2v.data.stats import BadSample, FailureTracker, SkipCounter
+from i2v.data.stats import MAX_WORKER_ROWS, BadSample, FailureTracker, SkipCounter, process_row
 
 
 class StringTable:
@@ -59,9 +62,18 @@ class RobustMapDataset(Dataset, abc.ABC):
         self.deterministic, self.seed = deterministic, seed
         self.max_consecutive_failures = max_consecutive_failures
         self.skips = SkipCounter()
+        self.loading = torch.full((MAX_WORKER_ROWS,), -1, dtype=torch.int64).share_memory_()
 
     @abc.abstractmethod
     def __len__(self) -> int: ...
+
+    def describe(self, index: int) -> str:
+        """A human name for item `index` (its file); subclasses with files override it."""
+        return f"{type(self).__name__} item {index}"
+
+    def loading_names(self) -> list[str]:
+        """The items the main process and the dataloader workers are loading at this moment."""
+        return [self.describe(int(i)) for i in self.loading.tolist() if i >= 0]
 
     @abc.abstractmethod
     def load(self, index: int) -> dict:
@@ -78,16 +90,21 @@ class RobustMapDataset(Dataset, abc.ABC):
         if n == 0:
             raise IndexError(f"{type(self).__name__} is empty")
         tracker = FailureTracker(type(self).__name__, min(self.max_consecutive_failures, n))
+        row = process_row()
         for k in range(n):
             idx = int(positions[(j + k) % n])
+            self.loading[row] = idx
             try:
                 item = self.load(idx)
             except BadSample as e:
-                tracker.fail(e, counter)
+                tracker.fail(e, counter if k == 0 else None, self.describe(idx))
                 continue
             except OSError as e:  # I/O error on one file (permissions, network FS): skip it as well
-                tracker.fail(BadSample("other", f"{type(e).__name__}: {e}"), counter)
+                tracker.fail(BadSample("other", f"{type(e).__name__}: {e}"), counter if k == 0 else None,
+                             self.describe(idx))
                 continue
+            finally:
+                self.loading[row] = -1
             item["meta"]["index"] = idx
             return item
         tracker.raise_all_bad(f"all {n} items are unusable")
@@ -111,6 +128,12 @@ class SubsetView(Dataset):
         self.parent = parent
         self.positions = np.asarray(list(positions), dtype=np.int64)
         self.skips = parent.skips
+
+    def describe(self, index: int) -> str:
+        return self.parent.describe(index)
+
+    def loading_names(self) -> list[str]:
+        return self.parent.loading_names()
 
     def __len__(self) -> int:
         return len(self.positions)

@@ -7,7 +7,13 @@ Validation: a separate `val_dataset` spec, else a deterministic hold-out (`val_f
 permutation for map-style datasets, the last shards for shard datasets). Validation instances are built with
 `deterministic=True, hflip=False`, so the same clip comes back every epoch.
 Batches: {"video": (B, F, 3, H, W) float32 in [-1, 1], "text": [B str], "meta": [B dict]}.
-Skipped samples are reported once per epoch by `DataSkipReport`, which `setup()` adds to the trainer.
+Skipped samples are reported once per epoch by `DataSkipReport`, which `setup()` adds to the trainer. A hold-out
+whose items are all unusable is dropped with a warning (training goes on without validation); an all-bad
+training set still fails in `setup()`.
+Workers: started with `multiprocessing_context` (default `spawn`: `setup()` decodes in the main process, and a
+forked child of a process that has used FFmpeg can deadlock inside it); `worker_timeout` seconds without a batch
+raise `DataLoaderStuck` naming the file being loaded. The train loader is a `ResumableLoader` (exact mid-epoch
+resume for map-style datasets; shard streams restart their epoch).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from omegaconf.errors import MissingMandatoryValue
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from i2v.data.base import RobustMapDataset
+from i2v.data.loader import ResumableLoader
 from i2v.data.stats import DataSkipReport, format_counts
 from i2v.data.webdataset import WebDatasetVideos
 
@@ -112,6 +119,8 @@ class VideoDataModule(LightningDataModule):
         drop_last: bool = True,
         check_data: bool = True,
         shuffle_seed: Optional[int] = 0,
+        multiprocessing_context: Optional[str] = "spawn",
+        worker_timeout: float = 0,
     ):
         super().__init__()
         self.dataset_spec = _plain_spec(dataset, "dataset")
@@ -123,6 +132,7 @@ class VideoDataModule(LightningDataModule):
         self.val_fraction, self.max_val_items, self.split_seed = val_fraction, max_val_items, split_seed
         self.drop_last, self.check_data = drop_last, check_data
         self.shuffle_seed = shuffle_seed
+        self.multiprocessing_context, self.worker_timeout = multiprocessing_context, float(worker_timeout or 0)
         self.train_dataset: Optional[Dataset] = None
         self.val_dataset: Optional[Dataset] = None
 
@@ -169,14 +179,22 @@ class VideoDataModule(LightningDataModule):
             else:
                 self._split(train_full)
             if self.check_data:  # fail fast, in the main process, before any worker starts
-                for ds in (self.train_dataset, self.val_dataset):
-                    if ds is not None and hasattr(ds, "check_usable"):
-                        ds.check_usable()
+                self._check_usable()
             log.info("VideoDataModule: train %s, val %s", self._describe(self.train_dataset),
                      self._describe(self.val_dataset))
         trainer = getattr(self, "trainer", None)
         if trainer is not None and not any(isinstance(c, DataSkipReport) for c in trainer.callbacks):
             trainer.callbacks.append(DataSkipReport())
+
+    def _check_usable(self) -> None:
+        if hasattr(self.train_dataset, "check_usable"):
+            self.train_dataset.check_usable()
+        if self.val_dataset is not None and hasattr(self.val_dataset, "check_usable"):
+            try:
+                self.val_dataset.check_usable()
+            except RuntimeError as e:  # a bad hold-out is skipped like bad training files, never fatal
+                log.warning("validation data has no usable item, training without validation: %s", e)
+                self.val_dataset = None
 
     @staticmethod
     def _describe(ds: Optional[Dataset]) -> str:
@@ -193,7 +211,8 @@ class VideoDataModule(LightningDataModule):
         sampler = None
         if train and not iterable and self.shuffle_seed is not None:
             sampler = EpochShuffleSampler(len(ds), self.shuffle_seed)
-        return DataLoader(
+        cls = ResumableLoader if train and not iterable else DataLoader
+        return cls(
             ds,
             batch_size=batch_size,
             shuffle=train and not iterable and sampler is None,
@@ -203,6 +222,8 @@ class VideoDataModule(LightningDataModule):
             persistent_workers=self.persistent_workers and workers > 0,
             pin_memory=self.pin_memory,
             collate_fn=collate_videos,
+            multiprocessing_context=self.multiprocessing_context if workers > 0 else None,
+            timeout=self.worker_timeout if workers > 0 else 0,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -228,6 +249,8 @@ class VideoDataModule(LightningDataModule):
         counts = counter.since_last_report()
         total = sum(counts.values())
         where = f" epoch {epoch}" if epoch is not None else ""
+        names = counter.recent_names() if total and hasattr(counter, "recent_names") else []
         (log.warning if total else log.info)(
-            "data %s%s: skipped %d sample(s) (%s)", split, where, total, format_counts(counts))
+            "data %s%s: skipped %d sample(s) (%s)%s", split, where, total, format_counts(counts),
+            f"; recent: {', '.join(names)}" if names else "")
         return counts

@@ -118,7 +118,7 @@ class FolderVideos(RobustMapDataset):
                 keep.append(i)
             except BadSample as e:
                 dropped[e.reason] = dropped.get(e.reason, 0) + 1
-                self.skips.add(e.reason)
+                self.skips.add(e.reason, name=self.paths[i])
         log.info("FolderVideos prefilter (min_short_side=%d): kept %d of %d, dropped %s",
                  self.min_short_side, len(keep), len(self.paths), format_counts(dropped))
         if not keep:
@@ -130,6 +130,9 @@ class FolderVideos(RobustMapDataset):
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def describe(self, index: int) -> str:
+        return self.paths[index]
 
     def _check_resolution(self, path: str) -> None:
         info = probe_video(path, path)

@@ -32,6 +32,7 @@ REASONS = (
 )
 _REASON_INDEX = {r: i for i, r in enumerate(REASONS)}
 MAX_WORKER_ROWS = 64
+N_NAMES, NAME_BYTES = 4, 160  # skipped file names kept per process for the epoch report
 
 
 class BadSample(Exception):
@@ -45,7 +46,8 @@ class BadSample(Exception):
         self.detail = detail
 
 
-def _process_row() -> int:
+def process_row() -> int:
+    """This process's row: 0 in the main process, 1 + worker id in a dataloader worker."""
     info = torch.utils.data.get_worker_info()
     if info is None:
         return 0
@@ -62,9 +64,29 @@ class SkipCounter:
     def __init__(self):
         self.counts = torch.zeros(MAX_WORKER_ROWS, len(REASONS), dtype=torch.int64).share_memory_()
         self._reported = torch.zeros(len(REASONS), dtype=torch.int64)
+        # the last few skipped names per process, as fixed-width UTF-8 (shared like the counts)
+        self.names = torch.zeros(MAX_WORKER_ROWS, N_NAMES, NAME_BYTES, dtype=torch.uint8).share_memory_()
+        self._names_seen = torch.zeros(MAX_WORKER_ROWS, dtype=torch.int64).share_memory_()
 
-    def add(self, reason: str, n: int = 1) -> None:
-        self.counts[_process_row(), _REASON_INDEX[reason]] += n
+    def add(self, reason: str, n: int = 1, name: str | None = None) -> None:
+        row = process_row()
+        self.counts[row, _REASON_INDEX[reason]] += n
+        if name:
+            raw = name.encode("utf-8")[-NAME_BYTES:]   # keep the end of a long path: the file name
+            slot = int(self._names_seen[row]) % N_NAMES
+            self.names[row, slot].zero_()
+            self.names[row, slot, : len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+            self._names_seen[row] += 1
+
+    def recent_names(self, limit: int = 5) -> list[str]:
+        """Up to `limit` distinct names of recently skipped items (all processes)."""
+        out: list[str] = []
+        for row in range(MAX_WORKER_ROWS):
+            for slot in range(min(int(self._names_seen[row]), N_NAMES)):
+                name = bytes(self.names[row, slot].tolist()).rstrip(b"\0").decode("utf-8", "replace")
+                if name not in out:
+                    out.append(name)
+        return out[:limit]
 
     def totals(self) -> dict[str, int]:
         """All counts so far, {reason: n} for every reason (zeros included)."""
@@ -80,6 +102,7 @@ class SkipCounter:
     def reset(self) -> None:
         self.counts.zero_()
         self._reported.zero_()
+        self._names_seen.zero_()
 
 
 def format_counts(counts: dict[str, int]) -> str:
@@ -103,9 +126,9 @@ class FailureTracker:
         self.armed = True  # iterable streams disarm it after their first good sample
         self.run: list[BadSample] = []
 
-    def fail(self, err: BadSample, counter: SkipCounter | None) -> None:
+    def fail(self, err: BadSample, counter: SkipCounter | None, name: str | None = None) -> None:
         if counter is not None:
-            counter.add(err.reason)
+            counter.add(err.reason, name=name)
         if not self.armed:
             return
         self.run.append(err)

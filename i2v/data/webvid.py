@@ -76,6 +76,9 @@ class WebVidDataset(RobustMapDataset):
     def __len__(self) -> int:
         return len(self.videoids)
 
+    def describe(self, index: int) -> str:
+        return self.video_path(index)
+
     def video_path(self, index: int) -> str:
         """Flat `<folder>/<videoid>.mp4` if it exists, else `<folder>/<page_dir>/<videoid>.mp4`."""
         vid = self.videoids[index]
