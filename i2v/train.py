@@ -81,7 +81,8 @@ def train(cfg: DictConfig) -> dict:
         module = I2VAdapterModule(bundle, optim=cfg.optim, train=cfg.train,
                                   config=OmegaConf.to_container(cfg, resolve=True))
         trainer = build_trainer(cfg, out_dir)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.train.resume)
+        # weights_only=True explicitly: a resume file cannot run code, even with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.train.resume, weights_only=True)
         result["adapter"] = str(final)
         result["steps"] = int(trainer.global_step)
         if trainer.callback_metrics.get("train/loss") is not None:

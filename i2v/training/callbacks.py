@@ -21,6 +21,7 @@ class AdapterCheckpoint(L.Callback):
         self.every = int(every_n_steps or 0)
         self.config = OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else (config or {})
         self.overwrite = overwrite
+        self._last_saved: int | None = None
 
     def _save(self, module, path: Path, overwrite: bool) -> None:
         from i2v.checkpoints.adapter_io import save_adapter
@@ -33,8 +34,11 @@ class AdapterCheckpoint(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if self.every and step > 0 and step % self.every == 0:
-            self._save(pl_module, self.out_dir / "checkpoints" / f"adapter-step{step}.safetensors", overwrite=True)
+        # a skipped (NaN) step repeats global_step: save each step once; an existing file of another run is kept
+        if self.every and step > 0 and step % self.every == 0 and step != self._last_saved:
+            self._last_saved = step
+            self._save(pl_module, self.out_dir / "checkpoints" / f"adapter-step{step}.safetensors",
+                       overwrite=self.overwrite)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._save(pl_module, self.out_dir / "adapter.safetensors", overwrite=self.overwrite)
