@@ -1,7 +1,8 @@
 """Atomic, non-clobbering writers for videos (mp4, gif), frames and JSON.
 
 Everything is written to a temporary name beside the target and renamed into place, so an interrupted run never
-leaves a half-written file under the final name; an existing target is an error unless ``overwrite=True``.
+leaves a half-written file under the final name; an existing target is an error unless ``overwrite=True``. The
+final file gets the mode a plain ``open()`` would give it (0666 minus the umask), not the temp file's 0600.
 """
 from __future__ import annotations
 
@@ -21,6 +22,13 @@ def _check_target(path: Path, overwrite: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
 
 
+def umask_mode() -> int:
+    """0o666 minus the process umask: the mode ``open(path, "w")`` creates files with."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], overwrite: bool = False) -> Path:
     """Call ``write(tmp_path)`` and rename the result to ``path``. The temp file keeps the suffix (writers use it)."""
     path = Path(path)
@@ -30,6 +38,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], overwri
     tmp = Path(tmp)
     try:
         write(tmp)
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -121,8 +130,9 @@ def save_contact_sheet(rows: list[tuple[str, torch.Tensor]], path, scale: int = 
     return atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"), overwrite)
 
 
-def save_json(obj: Any, path, overwrite: bool = False) -> Path:
-    text = json.dumps(obj, indent=2, sort_keys=False, default=str)
+def save_json(obj: Any, path, overwrite: bool = False, allow_nan: bool = True) -> Path:
+    """``allow_nan=False``: NaN/Infinity (not JSON) raise ValueError before anything is written."""
+    text = json.dumps(obj, indent=2, sort_keys=False, default=str, allow_nan=allow_nan)
     return atomic_write(path, lambda tmp: tmp.write_text(text), overwrite)
 
 
@@ -156,7 +166,7 @@ def load_image(path, size: tuple[int, int] | None = None, resize: str = "crop",
         raise ValueError(f"cannot read image {p}: {e}") from e
     if img.mode != "RGB":
         print(f"note: {p.name} has mode {img.mode}; converting to RGB")
-        img = img.convert("RGB")
+        img = to_rgb8(img)
     if size is not None and resize == "fit":
         h, w = fit_size(img.height, img.width, min(size), multiple)
         img = img if img.size == (w, h) else img.resize((w, h), Image.BICUBIC)
@@ -164,6 +174,21 @@ def load_image(path, size: tuple[int, int] | None = None, resize: str = "crop",
         img = _resize_center_crop(img, size)
     x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float()
     return x / 127.5 - 1.0
+
+
+def to_rgb8(img):
+    """An RGB 8-bit PIL image. 16/32-bit integer and float greyscale (``I;16*``, ``I``, ``F``) are scaled to 8
+    bits first (``convert("RGB")`` would clip them: a 16-bit PNG would come out nearly all white)."""
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0   # float images are [0, 1] or [0, 255]
+        else:
+            scale = 255.0 / 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 1.0
+        img = Image.fromarray(np.clip(np.round(arr * scale), 0, 255).astype(np.uint8), mode="L")
+    return img.convert("RGB")
 
 
 def fit_size(height: int, width: int, short_side: int, multiple: int = 64) -> tuple[int, int]:

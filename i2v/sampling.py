@@ -7,10 +7,10 @@ config and package versions -- atomically, never overwriting unless ``overwrite=
 """
 from __future__ import annotations
 
-import csv
-import json
 import math
+import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -19,8 +19,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from i2v.batch_items import read_items  # noqa: F401  (re-exported: sample.py's items)
 from i2v.bundle import Bundle, build_bundle
 from i2v.io import RESIZE_MODES, load_image, save_frames, save_gif, save_json, save_mp4
+
+
+class BatchFailed(RuntimeError):
+    """Some rows of a ``prompts=`` batch failed; the others were written. The message lists each failed row."""
 
 
 def check_sampling_args(sampling: DictConfig) -> None:
@@ -28,6 +33,11 @@ def check_sampling_args(sampling: DictConfig) -> None:
     for key in ("t0", "p"):
         if sampling.get(key) is None:
             raise ValueError(f"sampling.{key} is null (experiment=table2: fsp_row must be 0..9)")
+    for key in ("t0", "p", "guidance_scale"):
+        if not math.isfinite(float(sampling[key])):
+            raise ValueError(f"sampling.{key} must be a finite number, got {sampling[key]}")
+    if int(sampling.get("fps", 8)) < 1:
+        raise ValueError(f"sampling.fps must be >= 1, got {sampling.get('fps')}")
     if not (0.0 < float(sampling.t0) <= 1.0):
         raise ValueError(f"sampling.t0 must lie in (0, 1], got {sampling.t0}")
     if not (0.0 <= float(sampling.p) <= 1.0):
@@ -47,35 +57,6 @@ def resolve_device(cfg: DictConfig) -> tuple[torch.device, torch.dtype]:
     else:
         dtype = getattr(torch, str(dt))
     return dev, dtype
-
-
-def read_items(cfg: DictConfig) -> list[dict]:
-    """Items ``{image, prompt, seed, name}`` from ``image``+``prompt`` or a ``prompts`` CSV/JSONL file."""
-    if cfg.get("prompts"):
-        path = Path(str(cfg.prompts))
-        if not path.is_file():
-            raise FileNotFoundError(f"prompts file not found: {path}")
-        if path.suffix == ".jsonl":
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        elif path.suffix == ".csv":
-            with open(path, newline="") as f:
-                rows = list(csv.DictReader(f))
-        else:
-            raise ValueError(f"prompts must be a .csv or .jsonl file, got {path}")
-        items = []
-        for i, r in enumerate(rows):
-            if not r.get("image") or r.get("prompt") is None:
-                raise ValueError(f"{path}: row {i + 1} needs 'image' and 'prompt' columns, got {sorted(r)}")
-            img = Path(r["image"])
-            img = img if img.is_absolute() else path.parent / img
-            seed = int(r["seed"]) if r.get("seed") not in (None, "") else int(cfg.seed)
-            items.append({"image": str(img), "prompt": r["prompt"], "seed": seed,
-                          "name": r.get("name") or f"{img.stem}_{seed}"})
-        return items
-    if not cfg.get("image") or cfg.get("prompt") is None:
-        raise ValueError("give image=<file> and prompt=\"...\" (or prompts=<file.csv|jsonl>)")
-    name = cfg.get("name") or f"{Path(str(cfg.image)).stem}_{int(cfg.seed)}"
-    return [{"image": str(cfg.image), "prompt": str(cfg.prompt), "seed": int(cfg.seed), "name": name}]
 
 
 def load_bundle_for_sampling(cfg: DictConfig, device, dtype) -> Bundle:
@@ -130,6 +111,9 @@ def generate_one(bundle: Bundle, sampling: DictConfig, image: torch.Tensor, prom
                        fsp=bool(fsp.enabled), blur_kernel=int(fsp.kernel_size), blur_sigma=float(fsp.sigma),
                        generator=g, added_cond=cond["added_cond"], added_uncond=uncond["added_cond"],
                        controlnet=controlnet, control=control, progress=progress)
+    if not torch.isfinite(res["latents"]).all():
+        raise FloatingPointError("the sampled latents hold NaN/Inf (non-finite adapter or model weights, or an "
+                                 "fp16 overflow: try dtype=float32); nothing was written")
     video = bundle.decode_video(res["latents"])[0].float()
     if (match := color_match_settings(sampling)) is not None:
         from i2v.diffusion.color import color_match
@@ -142,6 +126,8 @@ def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optiona
     """Sample every item ``{image, prompt, seed, name}`` and write its files into ``out_dir``."""
     s = cfg.sampling
     check_sampling_args(s)
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir)
     device, dtype = resolve_device(cfg)
     bundle = bundle or load_bundle_for_sampling(cfg, device, dtype)
     res = int(s.get("height") or bundle.resolution), int(s.get("width") or bundle.resolution)
@@ -166,38 +152,79 @@ def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optiona
                                                  num_text_tokens=text_tokens, dtype=dtype, device=device)
         control = load_control_frames(str(cfg.controlnet.control), n_frames=int(s.num_frames), size=res)[None]
         control = control.to(device, dtype)
-    out_dir = Path(out_dir)
-    overwrite = bool(cfg.get("overwrite", False))
     versions = package_versions()
     resolved = resolved_sampling_config(cfg)
-    results = []
+    results, failed = [], []
     for item in tqdm(items, desc="videos", disable=len(items) < 2):
-        stem = out_dir / item["name"]
-        for suffix in (".mp4", ".json"):
-            if stem.with_suffix(suffix).exists() and not overwrite:
-                raise FileExistsError(f"{stem.with_suffix(suffix)} exists; pass overwrite=true to replace it")
-        # fit (official): short side to min(height, width), sides at multiples of 64 (and of the model's multiple)
-        image = load_image(item["image"], size=res, resize=resize, multiple=math.lcm(64, bundle.pixel_multiple))
-        if tuple(image.shape[-2:]) != res:
-            bundle.check_video_shape(*image.shape[-2:], int(s.num_frames))
-        t_start = time.perf_counter()
-        out = generate_one(bundle, s, image, item["prompt"], item["seed"], controlnet, control)
-        seconds = time.perf_counter() - t_start
-        save_mp4(out["video"], stem.with_suffix(".mp4"), fps=int(s.fps), overwrite=overwrite)
-        if cfg.get("write_gif", True):
-            save_gif(out["video"], stem.with_suffix(".gif"), fps=int(s.fps), overwrite=overwrite)
-        if cfg.get("write_frames"):
-            save_frames(out["video"], out_dir / f"{item['name']}_frames", overwrite=overwrite)
-        meta = {"prompt": item["prompt"], "image": item["image"], "seed": item["seed"], "steps": int(s.steps),
-                "t0": float(s.t0), "p": float(s.p), "guidance_scale": float(s.guidance_scale), "nfe": out["nfe"],
-                "num_frames": int(s.num_frames), "height": image.shape[-2], "width": image.shape[-1],
-                "resize": resize, "seconds": round(seconds, 3),
-                "scheduler": str(s.scheduler), "fsp": bool(s.fsp.enabled), "backbone": cfg.backbone.name,
-                "adapter": cfg.adapter.name, "ckpt": cfg.get("ckpt"), "versions": versions, "config": resolved}
-        save_json(meta, stem.with_suffix(".json"), overwrite=overwrite)
-        results.append({"video": str(stem.with_suffix(".mp4")), "image": item["image"], "name": item["name"],
-                        "prompt": item["prompt"], "nfe": out["nfe"], "seconds": seconds, "tensor": out["video"]})
+        if "error" in item:
+            failed.append(item["error"])
+            continue
+        try:
+            results.append(_sample_item(cfg, bundle, item, out_dir, res, resize, controlnet, control,
+                                        {"versions": versions, "config": resolved}))
+        except Exception as e:  # noqa: BLE001 - one bad row never stops a batch; all are reported below
+            if not cfg.get("prompts"):
+                raise
+            failed.append(f"row {item['row']} ({item['name']}): {type(e).__name__}: {e}")
+            print(f"row {item['row']} failed: {type(e).__name__}: {e}")
+    if failed:
+        raise BatchFailed(f"{len(failed)} of {len(items)} rows failed ({len(results)} written to {out_dir}):\n  "
+                          + "\n  ".join(failed))
     return results
+
+
+def output_paths(cfg: DictConfig, out_dir: Path, name: str) -> list[Path]:
+    """Every path one sample writes; all are checked before any is written."""
+    stem = out_dir / name
+    paths = [Path(f"{stem}.mp4"), Path(f"{stem}.json")]
+    if cfg.get("write_gif", True):
+        paths.append(Path(f"{stem}.gif"))
+    if cfg.get("write_frames"):
+        paths.append(out_dir / f"{name}_frames")
+    return paths
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Create ``out=`` and prove it is writable before any model is loaded or sampled."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write_test.", dir=out_dir)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise PermissionError(f"out={out_dir} is not a writable folder ({e.strerror or e})") from None
+
+
+def _sample_item(cfg, bundle, item, out_dir, res, resize, controlnet, control, extra) -> dict:
+    s = cfg.sampling
+    overwrite = bool(cfg.get("overwrite", False))
+    stem = out_dir / item["name"]
+    if stem.resolve().parent != out_dir.resolve():
+        raise ValueError(f"output name {item['name']!r} leaves out={out_dir}")
+    for path in output_paths(cfg, out_dir, item["name"]):
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=true to replace it")
+    # fit (official): short side to min(height, width), sides at multiples of 64 (and of the model's multiple)
+    image = load_image(item["image"], size=res, resize=resize, multiple=math.lcm(64, bundle.pixel_multiple))
+    if tuple(image.shape[-2:]) != res:
+        bundle.check_video_shape(*image.shape[-2:], int(s.num_frames))
+    t_start = time.perf_counter()
+    out = generate_one(bundle, s, image, item["prompt"], item["seed"], controlnet, control)
+    seconds = time.perf_counter() - t_start
+    meta = {"prompt": item["prompt"], "image": item["image"], "seed": item["seed"], "steps": int(s.steps),
+            "t0": float(s.t0), "p": float(s.p), "guidance_scale": float(s.guidance_scale), "nfe": out["nfe"],
+            "num_frames": int(s.num_frames), "height": image.shape[-2], "width": image.shape[-1],
+            "resize": resize, "seconds": round(seconds, 3),
+            "scheduler": str(s.scheduler), "fsp": bool(s.fsp.enabled), "backbone": cfg.backbone.name,
+            "adapter": cfg.adapter.name, "ckpt": cfg.get("ckpt"), **extra}
+    save_mp4(out["video"], Path(f"{stem}.mp4"), fps=int(s.fps), overwrite=overwrite)
+    if cfg.get("write_gif", True):
+        save_gif(out["video"], Path(f"{stem}.gif"), fps=int(s.fps), overwrite=overwrite)
+    if cfg.get("write_frames"):
+        save_frames(out["video"], out_dir / f"{item['name']}_frames", overwrite=overwrite)
+    save_json(meta, Path(f"{stem}.json"), overwrite=overwrite, allow_nan=False)
+    return {"video": str(Path(f"{stem}.mp4")), "image": item["image"], "name": item["name"],
+            "prompt": item["prompt"], "nfe": out["nfe"], "seconds": seconds, "tensor": out["video"]}
 
 
 def resolved_sampling_config(cfg: DictConfig) -> dict:

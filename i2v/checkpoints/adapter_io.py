@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from i2v.io import umask_mode
 from i2v.models.adapters import ADAPTER_SUFFIXES, attach_i2v_adapter, i2v_adapter_layers, i2v_adapter_parameters
 
 from .common import PICKLE_SUFFIXES, KeyMapError, read_checkpoint
@@ -73,6 +73,7 @@ def save_adapter(path: Union[str, Path], unet_or_tensors: Union[nn.Module, Mappi
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -111,12 +112,9 @@ def read_adapter(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], dict[
     if not path.is_file():
         raise FileNotFoundError(f"I2V-Adapter checkpoint not found: {path} (written by training as *.safetensors, "
                                 f"or the official release's i2v_module.pth)")
-    if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    elif path.suffix in PICKLE_SUFFIXES:
-        meta, tensors = {}, read_checkpoint(path).tensors
+    if path.suffix == ".safetensors" or path.suffix in PICKLE_SUFFIXES:
+        raw = read_checkpoint(path)   # sniffs the content; errors name the file
+        meta, tensors = dict(raw.metadata or {}), raw.tensors
     else:
         raise ValueError(f"{path}: an I2V-Adapter checkpoint is .safetensors or one of {PICKLE_SUFFIXES}")
     if meta.get("format") != FORMAT:
@@ -148,6 +146,7 @@ def save_official_adapter(path: Union[str, Path], tensors: Mapping[str, torch.Te
     os.close(fd)
     try:
         torch.save(out, tmp)
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -162,6 +161,10 @@ def load_adapter(unet: nn.Module, path: Union[str, Path], backbone: str) -> dict
     whose layer names are no release backbone's is checked by keys and shapes only), KeyError listing
     missing/unexpected keys, ValueError on shape mismatch."""
     tensors, info = read_adapter(path)
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{path}: {len(bad)} adapter tensor(s) hold NaN/Inf (a damaged file or a diverged run), "
+                         f"e.g. {bad[:3]}; refusing to load it")
     if info["backbone"] is not None and info["backbone"] != backbone:
         raise ValueError(f"{path} holds an I2V-Adapter for backbone {info['backbone']!r}, "
                          f"but the model is backbone {backbone!r}")

@@ -79,12 +79,31 @@ def unwrap_state_dict(obj: object, source: object = None) -> tuple[dict[str, tor
     return tensors, skipped
 
 
+def sniff_format(path: Path) -> Optional[str]:
+    """``"pickle"`` (torch zip or legacy pickle), ``"safetensors"`` (8-byte header length + JSON) or None, from the
+    first bytes, so a file with the wrong suffix gets a message about what it is (not "header too large")."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return "pickle"
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    return None
+
+
 def read_checkpoint(path: str | Path, prefixes: Optional[tuple[str, ...]] = None) -> RawCheckpoint:
     """Read a ``.safetensors`` or ``.ckpt/.pt/.pth/.bin`` file onto the CPU, safely. ``prefixes``: keep only
-    the tensors whose names start with one of them (a safetensors file then reads only those)."""
+    the tensors whose names start with one of them (a safetensors file then reads only those). The content is
+    sniffed first: a torch file named ``.safetensors`` (or the reverse) is an error that says so."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    kind = sniff_format(path)
+    if path.suffix == ".safetensors" and kind == "pickle":
+        raise CheckpointError(f"{path}: this is a torch pickle (.pth/.ckpt), not a safetensors file; give it "
+                              f"its real suffix (e.g. rename to .pth) and it is read with torch.load(weights_only=True)")
+    if path.suffix in PICKLE_SUFFIXES and kind == "safetensors":
+        raise CheckpointError(f"{path}: this is a safetensors file; rename it to .safetensors")
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
