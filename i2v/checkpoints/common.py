@@ -84,10 +84,11 @@ def sniff_format(path: Path) -> Optional[str]:
     first bytes, so a file with the wrong suffix gets a message about what it is (not "header too large")."""
     with open(path, "rb") as f:
         head = f.read(9)
+    size = path.stat().st_size
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
         return "pickle"
-    if len(head) == 9 and head[8:9] == b"{":
-        return "safetensors"
     return None
 
 

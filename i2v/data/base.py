@@ -11,6 +11,7 @@ now is kept in shared memory (`loading_names()`), so a stuck worker can be repor
 from __future__ import annotations
 
 import abc
+import os
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -39,6 +40,16 @@ class StringTable:
     def __getitem__(self, i: int) -> str:
         a, b = self.offsets[i], self.offsets[i + 1]
         return self.data[a:b].tobytes().decode("utf-8")
+
+
+def check_inside(path: str, root: str, allow: bool) -> None:
+    """BadSample("outside_root") unless `path`, with symlinks and `..` resolved, lies under `root` (or `allow`)."""
+    if allow:
+        return
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    if os.path.commonpath([real, base]) != base:
+        raise BadSample("outside_root", f"{path} resolves to {real}, outside the data root {base} "
+                                        f"(set data.dataset.allow_outside_root=true to read it)")
 
 
 class RobustMapDataset(Dataset, abc.ABC):

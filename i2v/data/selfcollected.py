@@ -6,6 +6,8 @@ Sources, in order of precedence:
 - otherwise every file under `root` with a video extension (sorted walk, deterministic), caption from the
   sidecar `<same stem>.txt`.
 A missing/empty caption is skipped and counted (`missing_caption`) unless `default_caption` is set.
+Paths must stay under the data root (`root`, else the manifest's folder) after resolving `..` and symlinks;
+others are skipped and counted (`outside_root`) unless `allow_outside_root=True`.
 `min_short_side` (e.g. 720 for the paper's stage 2) rejects smaller videos with a header-only PyAV probe:
 lazily at load time (counted `low_resolution`), or for all files up front with `prefilter=True`.
 """
@@ -18,7 +20,7 @@ import logging
 import os
 from typing import Optional, Sequence
 
-from i2v.data.base import RobustMapDataset, StringTable
+from i2v.data.base import RobustMapDataset, StringTable, check_inside
 from i2v.data.stats import BadSample, format_counts
 from i2v.data.video import probe_video
 
@@ -89,12 +91,14 @@ class FolderVideos(RobustMapDataset):
         default_caption: Optional[str] = None,
         extensions: Sequence[str] = VIDEO_EXTENSIONS,
         prefilter: bool = False,
+        allow_outside_root: bool = False,
         **clip_kwargs,
     ):
         super().__init__(n_frames, stride, size, hflip, deterministic, seed, **clip_kwargs)
         if root is None and manifest is None:
             raise ValueError("FolderVideos needs root= (folder of videos + .txt captions) or manifest= (jsonl/csv)")
         self.min_short_side, self.default_caption = int(min_short_side), default_caption
+        self.allow_outside_root = bool(allow_outside_root)
         if manifest is not None:
             paths, caps = read_manifest(manifest)
             base = root if root is not None else os.path.dirname(os.path.abspath(manifest))
@@ -103,6 +107,8 @@ class FolderVideos(RobustMapDataset):
             if not os.path.isdir(root):
                 raise FileNotFoundError(f"FolderVideos root is not a directory: {root}")
             paths, caps = scan_folder(root, extensions), []
+            base = root
+        self.base = os.path.abspath(base)
         if not paths:
             raise ValueError(f"FolderVideos: no videos found in {manifest or root} (extensions {list(extensions)})")
         self.paths = StringTable(paths)
@@ -158,6 +164,7 @@ class FolderVideos(RobustMapDataset):
 
     def load(self, index: int) -> dict:
         path = self.paths[index]
+        check_inside(path, self.base, self.allow_outside_root)
         text = self.caption(index)
         if self.min_short_side > 0:
             self._check_resolution(path)

@@ -28,6 +28,7 @@ REASONS = (
     "bad_metadata",  # unparsable json sidecar
     "no_video",  # shard sample without an .mp4 member
     "unreadable_shard",  # tar that cannot be opened or is truncated (counted once per shard)
+    "outside_root",  # the path leaves the data root (.., absolute, symlink) and allow_outside_root is off
     "other",  # any other exception while loading one sample
 )
 _REASON_INDEX = {r: i for i, r in enumerate(REASONS)}

@@ -3,7 +3,8 @@
 Columns are read by name (`videoid`, `name`, optional `page_dir`; others ignored; order differs between
 releases). The video is `<video_folder>/<videoid>.mp4` (AnimateDiff's flat layout) or, when that is absent,
 `<video_folder>/<page_dir>/<videoid>.mp4` (m-bain `download.py` layout). Caption = `name`.
-Sampling follows AnimateDiff (16 frames, stride 4, 256², whole-clip flip) with the stride fallback of clip.py.
+Paths that leave `video_folder` (a videoid such as `../x`, symlinks) are skipped as `outside_root` unless
+`allow_outside_root=True`. Sampling follows AnimateDiff (16 frames, stride 4, 256², whole-clip flip) with the stride fallback of clip.py.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import sys
 from typing import Optional
 
-from i2v.data.base import RobustMapDataset, StringTable
+from i2v.data.base import RobustMapDataset, StringTable, check_inside
 from i2v.data.stats import BadSample
 
 REQUIRED_COLUMNS = ("videoid", "name")
@@ -63,12 +64,14 @@ class WebVidDataset(RobustMapDataset):
         deterministic: bool = False,
         seed: int = 0,
         limit: Optional[int] = None,
+        allow_outside_root: bool = False,
         **clip_kwargs,
     ):
         super().__init__(n_frames, stride, size, hflip, deterministic, seed, **clip_kwargs)
         if not os.path.isdir(video_folder):
             raise FileNotFoundError(f"WebVid video_folder is not a directory: {video_folder}")
         self.csv_path, self.video_folder = csv_path, video_folder
+        self.allow_outside_root = bool(allow_outside_root)
         self.videoids, self.captions, self.page_dirs = read_webvid_csv(csv_path, limit)
         if len(self.videoids) == 0:
             raise ValueError(f"{csv_path}: no rows with a videoid")
@@ -95,6 +98,7 @@ class WebVidDataset(RobustMapDataset):
         if not text:
             raise BadSample("missing_caption", f"videoid {self.videoids[index]}")
         path = self.video_path(index)
+        check_inside(path, self.video_folder, self.allow_outside_root)
         video, meta = self.read(path, index, path)
         meta.update(path=path, videoid=self.videoids[index])
         return {"video": video, "text": text, "meta": meta}

@@ -142,3 +142,31 @@ def test_skips_counted_once_per_bad_file(tmp_path):
     assert ds.skips.totals()["corrupt"] == 2
     assert any(n.endswith("cut.mp4") for n in ds.skips.recent_names())
     assert torch.equal(ds.loading, torch.full_like(ds.loading, -1))  # nothing left marked as loading
+
+
+def test_paths_outside_the_data_root_are_skipped_unless_allowed(tmp_path):
+    from i2v.data import FolderVideos, WebVidDataset
+
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    write_video(secret / "s.mp4")
+    root = tmp_path / "videos"
+    root.mkdir()
+    write_video(root / "ok.mp4")
+    os.symlink(secret / "s.mp4", root / "link.mp4")
+    for name in ("ok", "link"):
+        (root / f"{name}.txt").write_text("clip")
+    ds = FolderVideos(root=str(root), n_frames=4, stride=1, size=16)          # sorted: link.mp4, ok.mp4
+    assert ds[0]["meta"]["path"].endswith("ok.mp4") and ds.skips.totals()["outside_root"] == 1
+    assert FolderVideos(root=str(root), n_frames=4, stride=1, size=16,
+                        allow_outside_root=True)[0]["meta"]["path"].endswith("link.mp4")
+    man = root / "m.jsonl"
+    man.write_text('{"path": "../secret/s.mp4", "caption": "c"}\n' f'{{"path": "{secret / "s.mp4"}", "caption": "c"}}\n'
+                   '{"path": "ok.mp4", "caption": "c"}\n')
+    ds = FolderVideos(manifest=str(man), n_frames=4, stride=1, size=16)
+    assert [ds[i]["meta"]["path"].endswith("ok.mp4") for i in range(3)] == [True] * 3
+    assert ds.skips.totals()["outside_root"] == 2
+    csv_path = tmp_path / "w.csv"
+    csv_path.write_text("videoid,name\n../secret/s,c\nok,c\n")
+    wv = WebVidDataset(str(csv_path), str(root), n_frames=4, stride=1, size=16)
+    assert wv[0]["meta"]["videoid"] == "ok" and wv.skips.totals()["outside_root"] == 1
