@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -10,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from i2v.bundle import build_bundle, check_paths
-from i2v.training.callbacks import AdapterCheckpoint, SampleVideos
+from i2v.training.callbacks import AdapterCheckpoint, SampleVideos, StepProgress
 from i2v.training.module import I2VAdapterModule
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,8 @@ def build_trainer(cfg: DictConfig, out_dir: Path, extra_callbacks: list | None =
     if cfg.train.get("sample_every_n_steps"):
         sampling = OmegaConf.create(OmegaConf.to_container(cfg.sampling, resolve=True))
         callbacks.append(SampleVideos(int(cfg.train.sample_every_n_steps), sampling))
+    if cfg.trainer.get("enable_progress_bar", True):   # the whole run's steps, not one epoch's batches
+        callbacks.append(StepProgress(every=cfg.train.progress_every_n_steps))
     callbacks += extra_callbacks or []
     return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **overrides)
 
@@ -56,8 +60,52 @@ def check_run_inputs(cfg: DictConfig) -> None:
         raise FileNotFoundError("\n".join(problems))
 
 
+def quiet_known_noise() -> None:
+    """One line per event. Lightning gives its loggers their own console handler when it is imported before Hydra
+    sets up logging, so under Hydra every Lightning line came twice: drop those handlers and let the root (Hydra's
+    console + train.log) print them. The warnings silenced here are known and harmless for this code."""
+    if logging.getLogger().handlers:
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            lg = logging.getLogger(name)
+            for h in [h for h in lg.handlers if type(h) is logging.StreamHandler]:
+                lg.removeHandler(h)
+            lg.propagate = True
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_advert)   # added once (same object)
+    # Lightning 2.6's own _pytree.py uses torch's deprecated LeafSpec; nothing to change on our side
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # intended: the frozen base (UNet, encoders, codec) stays in eval mode; only the adapter tensors train
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+
+
+def _no_advert(record: logging.LogRecord) -> bool:
+    """Drops the advert for a hosted logger that every Lightning Trainer prints."""
+    return not str(record.getMessage()).startswith("💡 Tip")
+
+
+def closing_summary(result: dict, seconds: float) -> str:
+    """3-6 lines: where the adapter, the videos and the metrics went, the key metrics and the wall time."""
+    lines = [f"adapter:  {result['adapter'] or '(none: nothing to train)'}"]
+    if result.get("metrics_file"):
+        samples = Path(result["metrics_file"]).parent / "samples"
+        lines.append(f"videos:   {samples}/")
+        lines.append(f"metrics:  {result['metrics_file']}")
+        m = result.get("metrics") or {}
+        keys = [k for k in ("identity", "bg_err", "obj_err", "step_px", "direction_agree", "flicker") if k in m]
+        lines.append("          " + ", ".join(f"{k} {m[k]}" for k in keys))
+    steps = f", {result['steps']} steps, final loss {result['final_loss']:.4f}" if "final_loss" in result else ""
+    lines.append(f"run:      {result['out_dir']} ({_hms(seconds)} wall{steps})")
+    return "\n".join(lines)
+
+
+def _hms(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}"
+
+
 def train(cfg: DictConfig) -> dict:
     """Train the adapter described by ``cfg``; returns {"adapter": path or None, "out_dir": path, ...}."""
+    start = time.perf_counter()
+    quiet_known_noise()
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -91,4 +139,5 @@ def train(cfg: DictConfig) -> dict:
         from i2v.toy_eval import sample_and_score
 
         result.update(sample_and_score(cfg, bundle, out_dir))
+    print(closing_summary(result, time.perf_counter() - start))
     return result

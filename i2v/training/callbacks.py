@@ -1,12 +1,18 @@
-"""Training callbacks: adapter-only safetensors snapshots, sample videos to the logger, data-skip reports."""
+"""Training callbacks: adapter-only safetensors snapshots, sample videos to the logger, run-length progress."""
 from __future__ import annotations
 
+import datetime
 import logging
+import math
+import sys
+import time
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +73,75 @@ class SampleVideos(L.Callback):
         for lg in trainer.loggers:
             if hasattr(lg, "log_video"):
                 lg.log_video("samples/video", [video.numpy()], step=step, fps=[8])
+
+
+class StepProgress(ProgressBar):
+    """The training progress of the whole run, in optimizer steps (``trainer.estimated_stepping_batches``: the
+    smaller of ``max_steps`` and epochs × batches), so its total and ETA say when the run ends. On a terminal: one
+    tqdm bar; otherwise (a log file, a SLURM job) one plain line every ``every`` steps and at the end."""
+
+    def __init__(self, every: int = 50, interactive: bool | None = None):
+        super().__init__()
+        self.every = max(1, int(every))
+        self.interactive = sys.stdout.isatty() if interactive is None else interactive
+        self._enabled = True
+        self._bar = None
+        self._start = self._start_step = 0
+        self._printed: int | None = None   # the step of the last plain line (a NaN-skipped step repeats a step)
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def total_steps(self, trainer) -> int | None:
+        total = trainer.estimated_stepping_batches
+        return int(total) if math.isfinite(total) else None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not self._enabled or trainer.global_rank != 0:
+            return
+        self._start, self._start_step = time.perf_counter(), trainer.global_step
+        if self.interactive:
+            self._bar = tqdm(total=self.total_steps(trainer), initial=trainer.global_step, desc="train", unit="step",
+                             dynamic_ncols=True)
+
+    def status(self, trainer) -> str:
+        """``step 120/400 (30%) | loss 0.123 | 0:00:40 elapsed, ETA 0:01:33`` (ETA from this run's step rate)."""
+        step, total = trainer.global_step, self.total_steps(trainer)
+        elapsed = time.perf_counter() - self._start
+        parts = [f"step {step}/{total} ({100 * step / total:.0f}%)" if total else f"step {step}"]
+        loss = trainer.progress_bar_metrics.get("train/loss")
+        if loss is not None:
+            parts.append(f"loss {float(loss):.4f}")
+        done = step - self._start_step
+        eta = f", ETA {_hms(elapsed / done * (total - step))}" if total and done > 0 else ""
+        parts.append(f"{_hms(elapsed)} elapsed{eta}")
+        return " | ".join(parts)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self._enabled or trainer.global_rank != 0:
+            return
+        if self._bar is not None:
+            self._bar.update(trainer.global_step - self._bar.n)
+            loss = trainer.progress_bar_metrics.get("train/loss")
+            if loss is not None:
+                self._bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+        elif trainer.global_step % self.every == 0 and trainer.global_step != self._printed:
+            self._printed = trainer.global_step
+            print(self.status(trainer), flush=True)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        elif self._enabled and trainer.global_rank == 0 and trainer.global_step != self._printed:
+            print(self.status(trainer), flush=True)
+
+    def print(self, *args, **kwargs) -> None:
+        (self._bar.write if self._bar is not None else print)(" ".join(map(str, args)))
+
+
+def _hms(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=int(max(0.0, seconds))))

@@ -65,8 +65,10 @@ class I2VAdapterModule(L.LightningModule):
         n_train = sum(p.numel() for p in self.bundle.trainable.values())
         n_frozen = sum(p.numel() for p in self.bundle.parameters() if not p.requires_grad)
         msg = f"trainable {n_train:,} parameters ({len(self.bundle.trainable)} tensors), frozen {n_frozen:,}"
-        log.info(msg)
-        print(msg)
+        if log.hasHandlers():   # under Hydra: console and the run's log file, once
+            log.info(msg)
+        else:                   # a notebook or script without logging set up: still shown
+            print(msg)
 
     def configure_optimizers(self):
         params = list(self.bundle.trainable.values())
