@@ -4,14 +4,14 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from i2v.config import expand_sampling_aliases, quote_numeric_choices  # (importing i2v.config registers the ${asset:...} resolver)
+from i2v.config import expand_sampling_aliases, quote_numeric_choices, run_entry  # (importing i2v.config registers the ${asset:...} resolver)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="sample")
 def main(cfg: DictConfig):
     from i2v.sampling import sample
 
-    return sample(cfg)
+    return run_entry(sample, cfg)   # bad input: one line, no traceback
 
 
 if __name__ == "__main__":

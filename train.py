@@ -4,14 +4,14 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from i2v.config import quote_numeric_choices  # (importing i2v.config registers the ${asset:...} resolver)
+from i2v.config import quote_numeric_choices, run_entry  # (importing i2v.config registers the ${asset:...} resolver)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig):
     from i2v.train import train
 
-    return train(cfg)
+    return run_entry(train, cfg)   # bad input: one line, no traceback
 
 
 if __name__ == "__main__":

@@ -5,14 +5,21 @@ or ``{row, error}`` for a row that cannot be sampled: a bad row is reported by n
 Output names stay under ``out=``: a ``name`` is reduced to one safe file stem (no folders, no ``..``, no absolute
 paths); default names are ``<image stem>_<seed>`` and get ``_row<N>`` when an earlier row already has that name,
 while two rows giving the same explicit ``name`` are an error for the second one (never a silent replacement).
+A default name whose files in ``out=`` were made from another prompt gets ``_<prompt hash>`` (:func:`preflight`), so
+the same image and seed with a second prompt never collides; the same prompt again is refused unless overwrite=true.
 CSV files may carry a UTF-8 byte-order mark (Excel writes one).
+
+:func:`preflight` runs before any model loads: every input image exists and decodes (a note when it will be resized
+or cropped), and every output is free.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 from pathlib import Path
+from typing import Callable
 
 from omegaconf import DictConfig
 
@@ -70,7 +77,8 @@ def read_items(cfg: DictConfig) -> list[dict]:
         if not cfg.get("image") or cfg.get("prompt") is None:
             raise ValueError("give image=<file> and prompt=\"...\" (or prompts=<file.csv|jsonl>)")
         name = safe_name(cfg.get("name") or f"{Path(str(cfg.image)).stem}_{int(cfg.seed)}")
-        return [{"row": 0, "image": str(cfg.image), "prompt": str(cfg.prompt), "seed": int(cfg.seed), "name": name}]
+        return [{"row": 0, "image": str(cfg.image), "prompt": str(cfg.prompt), "seed": int(cfg.seed), "name": name,
+                 "auto_name": not cfg.get("name")}]
     path = Path(str(cfg.prompts))
     if not path.is_file():
         raise FileNotFoundError(f"prompts file not found: {path}")
@@ -86,10 +94,71 @@ def read_items(cfg: DictConfig) -> list[dict]:
         if name is not None and name in used:
             items.append({"row": n, "error": f"{path} row {n}: name {name!r} is already used by row {used[name]}"})
             continue
-        if name is None:
+        auto = name is None
+        if auto:
             name = default if default not in used else f"{default}_row{n}"
         used[name] = n
-        items.append({**it, "name": name})
+        items.append({**it, "name": name, "auto_name": auto})
     if not items:
         raise ValueError(f"{path}: no rows")
     return items
+
+
+def prompt_tag(prompt: str) -> str:
+    """8 hex digits of the prompt's SHA-1: tells apart outputs of one image and seed with different prompts."""
+    return hashlib.sha1(prompt.encode("utf-8")).hexdigest()[:8]
+
+
+def _made_from_other_prompt(json_path: Path, prompt: str) -> bool:
+    try:
+        return json.loads(json_path.read_text()).get("prompt") != prompt
+    except (OSError, ValueError, AttributeError):
+        return False      # unreadable: treat as taken (refused below unless overwrite)
+
+
+def preflight(items: list[dict], out_dir: Path, outputs: Callable[[str], list[Path]], overwrite: bool,
+              size: tuple[int, int] | None, resize: str, strict: bool) -> list[dict]:
+    """Check every item before any model loads. ``strict`` (no ``prompts=`` batch): raise at the first problem
+    (FileNotFoundError, ValueError or FileExistsError); else a failing item becomes ``{row, error}`` and the batch
+    reports it by row number. ``outputs(name)`` lists the paths one item writes;
+    ``size`` = (height, width) the images are brought to (``None``: unknown here). Prints a note per image that
+    will be resized or cropped."""
+    from PIL import Image, UnidentifiedImageError
+
+    checked, claimed = [], set()
+
+    def fail(it: dict, exc: type, msg: str) -> None:
+        if strict:
+            raise exc(msg)
+        checked.append({"row": it.get("row"), "error": f"row {it.get('row')}: {msg}"})
+
+    for it in items:
+        if "error" in it:
+            checked.append(it)
+            continue
+        image = Path(it["image"])
+        if not image.is_file():
+            fail(it, FileNotFoundError, f"image not found: {image}")
+            continue
+        try:
+            with Image.open(image) as img:
+                img.verify()
+            with Image.open(image) as img:
+                w, h = img.size
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            fail(it, ValueError, f"cannot read image {image}: {e}")
+            continue
+        name = it["name"]
+        if it.get("auto_name") and _made_from_other_prompt(out_dir / f"{name}.json", it["prompt"]):
+            name = f"{name}_{prompt_tag(it['prompt'])}"
+        taken = [p for p in outputs(name) if p.exists() or p in claimed]
+        if taken and not overwrite:
+            fail(it, FileExistsError, f"{taken[0]} exists; pass overwrite=true to replace it")
+            continue
+        claimed.update(outputs(name))
+        if size is not None and resize == "crop" and (h, w) != tuple(size):
+            how = "resized" if h * size[1] == w * size[0] else "resized and centre-cropped"
+            print(f"note: {image.name} is {w}x{h}; {how} to {size[1]}x{size[0]} (sampling.resize=crop; "
+                  "sampling.resize=fit keeps the whole image)")
+        checked.append({**it, "name": name})
+    return checked

@@ -1,8 +1,11 @@
-"""Config helpers shared by the entries and tests: the ``${asset:...}`` resolver, missing-path checks and the
-command-line quoting that lets ``stage=2`` select ``configs/stage/2.yaml``."""
+"""Config helpers shared by the entries and tests: the ``${asset:...}`` resolver, missing-path checks, the
+command-line quoting that lets ``stage=2`` select ``configs/stage/2.yaml`` and the entries' one-line errors."""
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
+from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -17,6 +20,22 @@ def asset_path(rel: str) -> str:
 
 if not OmegaConf.has_resolver("asset"):
     OmegaConf.register_new_resolver("asset", asset_path)
+
+
+def portable_paths(obj: Any, cwd: Path | None = None) -> Any:
+    """``obj`` (a resolved config: dicts, lists, strings) with absolute paths made portable for files that leave
+    this machine (adapter metadata): under ``i2v/assets`` -> ``${asset:<rel>}``, under ``cwd`` -> relative."""
+    if isinstance(obj, dict):
+        return {k: portable_paths(v, cwd) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [portable_paths(v, cwd) for v in obj]
+    if not isinstance(obj, str) or not os.path.isabs(obj):
+        return obj
+    path, cwd = Path(obj), (cwd or Path.cwd()).resolve()
+    for root, fmt in ((ASSETS, "${{asset:{}}}"), (cwd, "{}")):
+        if path == root or root in path.parents:
+            return fmt.format(path.relative_to(root).as_posix() or ".")
+    return obj
 
 
 def missing_paths(section: DictConfig, keys: list[str], prefix: str) -> list[str]:
@@ -68,3 +87,22 @@ def expand_sampling_aliases(overrides: list[str]) -> list[str]:
             arg = f"{prefix.replace('+', '')}sampling.{SAMPLING_ALIASES[name]}={value}"
         out.append(arg)
     return out
+
+
+# What bad input raises (a missing file, an existing output, an unwritable folder, a setting out of range, failed
+# batch rows): the entries print these as one line; anything else keeps Python's traceback.
+USER_ERRORS = (ValueError, OSError)
+
+
+def run_entry(fn: Callable[[Any], Any], cfg: Any) -> Any:
+    """``fn(cfg)`` for ``train.py``/``sample.py``/``evaluate.py``: bad input ends the run with ``error: <message>``
+    on stderr and exit status 2, without a traceback (``HYDRA_FULL_ERROR=1`` shows it)."""
+    from i2v.sampling import BatchFailed   # (i2v.sampling imports torch: not needed until an entry runs)
+
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return fn(cfg)
+    try:
+        return fn(cfg)
+    except (*USER_ERRORS, BatchFailed) as e:
+        print(f"error: {e}\n(HYDRA_FULL_ERROR=1 shows where it was raised)", file=sys.stderr, flush=True)
+        sys.exit(2)

@@ -17,9 +17,8 @@ from typing import Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
-from i2v.batch_items import read_items  # noqa: F401  (re-exported: sample.py's items)
+from i2v.batch_items import preflight, read_items  # read_items re-exported: sample.py's items
 from i2v.bundle import Bundle, build_bundle
 from i2v.io import RESIZE_MODES, load_image, save_frames, save_gif, save_json, save_mp4
 
@@ -123,27 +122,37 @@ def generate_one(bundle: Bundle, sampling: DictConfig, image: torch.Tensor, prom
 
 
 def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optional[Bundle] = None) -> list[dict]:
-    """Sample every item ``{image, prompt, seed, name}`` and write its files into ``out_dir``."""
+    """Sample every item ``{image, prompt, seed, name}`` and write its files into ``out_dir``. Settings, ``out=``,
+    the input images and the output names are all checked before the model loads."""
     s = cfg.sampling
     check_sampling_args(s)
+    resize = str(s.get("resize", "crop"))
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"sampling.resize must be one of {RESIZE_MODES}, got {resize!r}")
+    use_controlnet = bool(cfg.get("controlnet", {}).get("path"))
+    if use_controlnet and resize == "fit":
+        raise ValueError("sampling.resize=fit gives each image its own size; with a ControlNet use resize=crop and "
+                         "set sampling.height/width")
+    if use_controlnet and not cfg.controlnet.get("control"):
+        raise ValueError("controlnet.path is set: also give controlnet.control=<folder of images or a video>")
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
+    side = (bundle.resolution if bundle is not None else None) or cfg.backbone.get("resolution")
+    size = (int(s.get("height") or side), int(s.get("width") or side)) if side else None
+    items = preflight(items, out_dir, lambda name: output_paths(cfg, out_dir, name),
+                      overwrite=bool(cfg.get("overwrite", False)), size=size, resize=resize,
+                      strict=not cfg.get("prompts"))
+    if all("error" in it for it in items):   # a batch with no good row: say so before loading anything
+        raise BatchFailed(f"all {len(items)} rows failed, nothing was sampled:\n  "
+                          + "\n  ".join(it["error"] for it in items))
     device, dtype = resolve_device(cfg)
     bundle = bundle or load_bundle_for_sampling(cfg, device, dtype)
     res = int(s.get("height") or bundle.resolution), int(s.get("width") or bundle.resolution)
     bundle.check_video_shape(*res, int(s.num_frames))
-    resize = str(s.get("resize", "crop"))
-    if resize not in RESIZE_MODES:
-        raise ValueError(f"sampling.resize must be one of {RESIZE_MODES}, got {resize!r}")
     controlnet = control = None
-    if cfg.get("controlnet", {}).get("path") and resize == "fit":
-        raise ValueError("sampling.resize=fit gives each image its own size; with a ControlNet use resize=crop and "
-                         "set sampling.height/width")
-    if cfg.get("controlnet", {}).get("path"):
+    if use_controlnet:
         from i2v.diffusion.controlnet import VideoControlNet, load_control_frames
 
-        if not cfg.controlnet.get("control"):
-            raise ValueError("controlnet.path is set: also give controlnet.control=<folder of images or a video>")
         text_tokens = None
         if bundle.content_enabled:  # the ControlNet sees the text tokens only, not the Content-Adapter's
             text_tokens = bundle.condition([""])["context"].shape[1] - bundle.image_tokens(None, 1).shape[1]
@@ -155,13 +164,18 @@ def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optiona
     versions = package_versions()
     resolved = resolved_sampling_config(cfg)
     results, failed = [], []
-    for item in tqdm(items, desc="videos", disable=len(items) < 2):
+    todo, done, start = sum("error" not in it for it in items), 0, time.perf_counter()
+    for item in items:
         if "error" in item:
             failed.append(item["error"])
             continue
+        done += 1
         try:
-            results.append(_sample_item(cfg, bundle, item, out_dir, res, resize, controlnet, control,
-                                        {"versions": versions, "config": resolved}))
+            r = _sample_item(cfg, bundle, item, out_dir, res, resize, controlnet, control,
+                             {"versions": versions, "config": resolved})
+            results.append(r)
+            print(f"wrote {r['video']} ({r['nfe']} UNet calls, {r['seconds']:.1f} s) "
+                  f"[{progress_note(done, todo, time.perf_counter() - start)}]", flush=True)
         except Exception as e:  # noqa: BLE001 - one bad row never stops a batch; all are reported below
             if not cfg.get("prompts"):
                 raise
@@ -171,6 +185,12 @@ def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optiona
         raise BatchFailed(f"{len(failed)} of {len(items)} rows failed ({len(results)} written to {out_dir}):\n  "
                           + "\n  ".join(failed))
     return results
+
+
+def progress_note(done: int, total: int, elapsed: float) -> str:
+    """``video 3/8, ETA 0:00:42`` (ETA from the mean time per finished video)."""
+    left = elapsed / done * (total - done) if done else 0.0
+    return f"video {done}/{total}, ETA {int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}"
 
 
 def output_paths(cfg: DictConfig, out_dir: Path, name: str) -> list[Path]:
@@ -244,8 +264,10 @@ def package_versions() -> dict:
 
 
 def sample(cfg: DictConfig) -> list[dict]:
-    items = read_items(cfg)
-    results = generate_videos(cfg, items, Path(str(cfg.out)))
-    for r in results:
-        print(f"wrote {r['video']} ({r['nfe']} UNet calls, {r['seconds']:.1f} s)")
+    """``python sample.py``: every video, its .json and (by default) this run's log land in one folder, ``out=``."""
+    start = time.perf_counter()
+    out_dir = Path(str(cfg.out))
+    results = generate_videos(cfg, read_items(cfg), out_dir)
+    took = time.perf_counter() - start
+    print(f"{len(results)} video(s) with their .json settings in {out_dir}/ ({took:.1f} s wall, model load included)")
     return results

@@ -14,6 +14,8 @@ from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from i2v.config import portable_paths
+
 log = logging.getLogger(__name__)
 
 
@@ -25,7 +27,8 @@ class AdapterCheckpoint(L.Callback):
                  overwrite: bool = False):
         self.out_dir = Path(out_dir)
         self.every = int(every_n_steps or 0)
-        self.config = OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else (config or {})
+        config = OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else (config or {})
+        self.config = portable_paths(config)   # no absolute path of this machine in a file that may be shipped
         self.overwrite = overwrite
         self._last_saved: int | None = None
 

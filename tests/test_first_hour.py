@@ -1,0 +1,130 @@
+"""Issue 15, a newcomer's first hour: the README snippet's prompt fits its scene, bad input is found before any
+model loads (one line, no traceback), two prompts on one image never collide, shipped files carry no machine paths."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image
+from safetensors import safe_open
+
+from i2v.config import ASSETS, CONFIGS, portable_paths
+
+ROOT = CONFIGS.parent
+README = ROOT / "README.md"
+
+
+def _cfg(tmp_path, *over):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config_name="sample", overrides=["experiment=toy", "sampling.steps=2", "sampling.num_frames=3",
+                                                        f"out={tmp_path / 'out'}", *over])
+
+
+@pytest.fixture()
+def png(tmp_path):
+    p = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(p)
+    return p
+
+
+def test_readme_sample_snippet_prompt_is_the_scenes_caption(tmp_path):
+    """The 'sample right away' snippet: its Python part makes the input image; its prompt is that scene's caption."""
+    text = README.read_text()
+    snippet = re.search(r"python - <<'EOF'\n(.*?)\nEOF\n(python sample\.py [^\n]*)", text, flags=re.S)
+    assert snippet, "README has no 'python - <<EOF ... python sample.py' snippet"
+    code, command = snippet.groups()
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    image = re.search(r"image=(\S+)", command).group(1)
+    assert (tmp_path / image).is_file(), f"the snippet does not write {image}"
+    seed = re.search(r"SyntheticVideos\(.*seed=(\d+)", code).group(1)
+    from i2v.data.synthetic import SyntheticVideos
+
+    caption = SyntheticVideos(1, n_frames=1, size=32, seed=int(seed))[0]["text"]
+    prompt = re.search(r'prompt="([^"]*)"', command).group(1)
+    assert prompt == caption, f"seed {seed} shows {caption!r}, the README prompts {prompt!r}"
+
+
+def test_missing_image_is_reported_before_any_model_loads(tmp_path, monkeypatch):
+    import i2v.sampling as sampling
+
+    def no_models(*a, **k):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr(sampling, "build_bundle", no_models)
+    with pytest.raises(FileNotFoundError, match="image not found: .*nope.png"):
+        sampling.sample(_cfg(tmp_path, f"image={tmp_path / 'nope.png'}", "prompt=a"))
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="cannot read image"):
+        sampling.sample(_cfg(tmp_path, f"image={tmp_path / 'bad.png'}", "prompt=a"))
+
+
+def test_sample_py_prints_one_line_without_traceback(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "sample.py"), "experiment=toy", f"image={tmp_path}/nope.png",
+                        "prompt=a", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, capture_output=True, text=True,
+                       env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.startswith("error: image not found") and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "[ip_adapter] loaded" not in r.stdout      # nothing was loaded
+
+
+def test_two_prompts_on_one_image_and_seed_write_two_videos(tmp_path, png, capsys):
+    from i2v.sampling import sample
+
+    first = sample(_cfg(tmp_path, f"image={png}", "prompt=a red circle"))
+    second = sample(_cfg(tmp_path, f"image={png}", "prompt=a blue square"))
+    assert first[0]["video"] != second[0]["video"]
+    videos = sorted(p.name for p in (tmp_path / "out").glob("*.mp4"))
+    assert len(videos) == 2 and videos[0] == "in_42.mp4", videos
+    prompts = {json.loads(p.read_text())["prompt"] for p in (tmp_path / "out").glob("*.json")}
+    assert prompts == {"a red circle", "a blue square"}
+    with pytest.raises(FileExistsError):                 # the same prompt again is the same video: refused
+        sample(_cfg(tmp_path, f"image={png}", "prompt=a blue square"))
+
+
+def test_an_image_of_another_size_gets_a_note(tmp_path, capsys):
+    from i2v.sampling import sample
+
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (100, 60), (0, 0, 255)).save(wide)
+    sample(_cfg(tmp_path, f"image={wide}", "prompt=a"))
+    assert "note: wide.png is 100x60; resized and centre-cropped to 32x32" in capsys.readouterr().out
+
+
+def _strings(value):
+    """Every string inside a metadata value (JSON-encoded values such as ``config`` are decoded)."""
+    if isinstance(value, str):
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            decoded = value
+        if not isinstance(decoded, (dict, list)):
+            yield value
+            return
+        value = decoded
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+    for v in items:
+        yield from _strings(v)
+
+
+def test_shipped_safetensors_carry_no_absolute_paths():
+    """Shipped files carry relative or ``${asset:...}`` paths only, never the paths of the machine that made them."""
+    found = {}
+    for f in sorted(ASSETS.rglob("*.safetensors")):
+        with safe_open(str(f), "pt") as h:
+            meta = h.metadata() or {}
+        bad = sorted({s for s in _strings(meta) if os.path.isabs(s)})
+        if bad:
+            found[str(f.relative_to(ASSETS))] = bad
+    assert not found, f"absolute paths in shipped metadata: {found}"
+
+
+def test_adapter_metadata_paths_are_made_portable(tmp_path):
+    cfg = {"ckpt": str(ASSETS / "toy" / "adapter.safetensors"), "out_dir": str(tmp_path / "outputs" / "run"),
+           "data": {"root": "/data/videos", "n": 3}}
+    assert portable_paths(cfg, cwd=tmp_path) == {"ckpt": "${asset:toy/adapter.safetensors}",
+                                                 "out_dir": "outputs/run", "data": {"root": "/data/videos", "n": 3}}
