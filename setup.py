@@ -7,4 +7,5 @@ setup(
     packages=find_packages(include=["i2v", "i2v.*"]),
     package_data={"i2v": ["assets/*", "assets/**/*"]},
     python_requires=">=3.11",
+    extras_require={"notebook": ["jupyterlab"]},   # to open notebooks/quickstart.ipynb; running it needs only nbclient
 )
