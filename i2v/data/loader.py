@@ -113,6 +113,6 @@ class ResumableLoader(DataLoader):
     def _stuck_message(self) -> str:
         ds = _dataset_with_loading(self.dataset)
         names = ds.loading_names() if ds is not None else []
-        what = ", ".join(names) if names else "unknown items"
+        what = ", ".join(names) if names else "no item yet (the workers had not started loading: slow start-up?)"
         return (f"no batch within data.worker_timeout={self.timeout:g} s: a dataloader worker is stuck while "
                 f"loading {what}. Remove or re-download that file, or raise data.worker_timeout")

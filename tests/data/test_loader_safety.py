@@ -80,7 +80,8 @@ def test_truncated_video_with_workers_finishes_and_stuck_worker_is_named(tmp_pat
     # a worker that never returns: a clear error naming the file, not a hang
     (root / "stuck.mp4").write_bytes((root / "good0.mp4").read_bytes())
     (root / "stuck.txt").write_text("a clip")
-    r = _run_script(tmp_path, root, timeout=15)
+    # 60 s: spawned workers import torch first, which takes well over 15 s on a loaded 2-core CI machine
+    r = _run_script(tmp_path, root, timeout=60)
     assert r.returncode == 3, r.stdout + r.stderr[-2000:]
     assert "DataLoaderStuck" in r.stdout and "stuck.mp4" in r.stdout and "worker_timeout" in r.stdout, r.stdout
 
