@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
 from i2v.checkpoints.ip_adapter import ip_adapter_key_map  # noqa: E402
 from i2v.io import atomic_write, save_json  # noqa: E402
 from i2v.models.toy import toy_state_dict  # noqa: E402
-from i2v.toy_pretrain import (MOTION, RESAMPLER, SCHEDULE, UNET_OVERRIDES, ClipStream, PretrainConfig,  # noqa: E402
+from i2v.toy_pretrain import (CODEC_SCALE, MOTION, RESAMPLER, SCHEDULE, UNET_OVERRIDES, ClipStream, PretrainConfig,  # noqa: E402
                               ToyModels, build_base, pretrain_base, train_content_adapter)
 
 FILES = ("base_unet.safetensors", "text_encoder.safetensors", "image_encoder.safetensors", "ip_adapter.safetensors")
@@ -171,7 +171,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "command": command_line(args, cfg),
         "seed": cfg.seed, "threads": args.threads, "quick": args.quick,
         "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("state_dir", "progress")}, "unet": {"preset": "toy", "motion": MOTION, **UNET_OVERRIDES},
-        "resampler": RESAMPLER, "schedule": SCHEDULE,
+        "resampler": RESAMPLER, "schedule": SCHEDULE, "codec": {"kind": "patch", "scale": CODEC_SCALE},
         "losses": {"base": loss_summary(base), "content": loss_summary(content)},
         "files": {name: {"sha256": sha256(p), "bytes": p.stat().st_size} for name, p in paths.items()},
         "wall_time_s": {"base": round(t_base, 1), "content": round(t_train - t_base, 1),
