@@ -9,6 +9,10 @@ from safetensors import safe_open
 
 from i2v.config import CONFIGS, asset_path
 
+# measured with the shipped files on these 4 clips: identity 0.165, lost_frac 0.0625, bg_err 0.126 (old base: identity
+# 0.018, bg_err 0.177, object lost in most frames)
+IDENTITY_FLOOR, LOST_CEILING, BG_CEILING = 0.10, 0.25, 0.16
+
 
 def _compose(name, overrides):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
@@ -62,10 +66,14 @@ def test_sample_rejects_bad_settings(tmp_path):
         cfg = _compose("sample", ["experiment=toy", "image=x.png", "prompt=a", over, f"out={tmp_path}"])
         with pytest.raises(ValueError, match=msg):
             sample(cfg)
+    from i2v.data.synthetic import SyntheticVideos
+    from i2v.io import save_frames
+
+    save_frames(SyntheticVideos(1, n_frames=1, size=32, seed=3)[0]["video"], tmp_path / "in")
     for over, msg in [("sampling.height=33", "multiples of 4 for backbone toy.*got 33x32; e.g. 32x32"),
                       ("sampling.num_frames=33", "frames=33 exceeds the motion module's positional-encoding length")]:
-        cfg = _compose("sample", ["experiment=toy", f"image={tmp_path / 'missing.png'}", "prompt=a", over,
-                                  f"out={tmp_path}"])
+        cfg = _compose("sample", ["experiment=toy", f"image={tmp_path / 'in' / '000.png'}", "prompt=a", over,
+                                  f"out={tmp_path / 'out'}"])
         with pytest.raises(ValueError, match=msg):
             sample(cfg)
     cfg = _compose("sample", ["experiment=toy", f"image={tmp_path / 'missing.png'}", "prompt=a", f"out={tmp_path}"])
@@ -123,3 +131,20 @@ def test_train_rejects_a_clip_shape_the_backbone_cannot_take(tmp_path):
         cfg = _compose("train", ["experiment=toy", over, f"out_dir={tmp_path / str(i)}"])
         with pytest.raises(ValueError, match=msg):
             train(cfg)
+
+
+@pytest.mark.slow
+def test_shipped_toy_files_keep_the_first_frame_better_than_the_old_base():
+    """The shipped toy files (full model, toy sampling settings) on 4 held-out clips: identity and lost-object rate
+    against floors set from the measured values with margin. The previous shipped base scored identity 0.018 and
+    lost the object in most frames; a base that regresses to sampling noise fails here. (The adapter itself is not
+    yet measurably better than adapter=none on the toy: README, toy-world section.)"""
+    from i2v.sampling import load_bundle_for_sampling
+    from i2v.toy_eval import score_bundle
+
+    cfg = _compose("sample", ["experiment=toy"])
+    bundle = load_bundle_for_sampling(cfg, torch.device("cpu"), torch.float32)
+    res = score_bundle(bundle, cfg.sampling, n_videos=4, n_frames=int(cfg.sampling.num_frames), size=32, seed=0)
+    assert res["model"]["identity"] >= IDENTITY_FLOOR, res["model"]
+    assert res["model"]["lost_frac"] <= LOST_CEILING, res["model"]
+    assert res["model"]["bg_err"] <= BG_CEILING, res["model"]
