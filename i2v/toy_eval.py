@@ -7,7 +7,6 @@ same scores for the ground-truth clips as a reference row.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -27,6 +26,14 @@ def _plain(metrics: dict) -> dict:
         v = float(v)
         out[k] = None if math.isnan(v) else round(v, 5)
     return out
+
+
+HEADLINE = ("identity", "bg_err", "obj_err", "step_px", "direction_agree", "flicker", "lost_frac")
+
+
+def headline(metrics: dict) -> str:
+    """The metrics a reader looks at first, one short line (metrics.json holds all of them and their counts)."""
+    return ", ".join(f"{k} {metrics[k]:.3f}" for k in HEADLINE if metrics.get(k) is not None)
 
 
 @torch.no_grad()
@@ -76,7 +83,7 @@ def sample_and_score(cfg: DictConfig, bundle: Bundle, out_dir: Path) -> dict:
                "p": float(cfg.sampling.p), "steps": int(cfg.sampling.steps), "cfg": float(cfg.sampling.guidance_scale),
                "n_videos": int(cfg.after_train.n_videos), "frames": int(cfg.data.n_frames), **res}
     save_json(summary, out_dir / "metrics.json", overwrite=bool(cfg.overwrite))
-    print("toy metrics:", json.dumps(res["model"]))
+    print("toy metrics:", headline(res["model"]))
     return {"metrics": res["model"], "metrics_file": str(out_dir / "metrics.json")}
 
 
@@ -102,5 +109,6 @@ def evaluate_toy(cfg: DictConfig, out_dir: Path) -> dict:
                "cfg": float(cfg.sampling.guidance_scale), "n_videos": n_videos,
                "frames": frames, **res}
     save_json(summary, out_dir / "metrics.json", overwrite=bool(cfg.overwrite))
-    print(f"toy metrics (t0={cfg.sampling.t0}, p={cfg.sampling.p}, seed={cfg.seed}):", json.dumps(res["model"]))
+    print(f"toy metrics (t0={cfg.sampling.t0}, p={cfg.sampling.p}, seed={cfg.seed}): {headline(res['model'])}; "
+          f"all in {out_dir / 'metrics.json'}")
     return summary
