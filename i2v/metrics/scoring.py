@@ -20,7 +20,27 @@ COLUMNS = {
     "warping_error_x255sq": ("WarpingError ×255²", False), "warping_error_x1e4": ("WarpingError ×1e4", False),
     "warping_visible": ("non-occluded fraction", True),
     "dover_aesthetic_raw": ("DOVER aesthetic raw", True),
+    "toy_identity": ("toy identity", True), "toy_bg_err": ("toy bg err", False), "toy_obj_err": ("toy obj err", False),
+    "toy_step_px": ("toy motion px/frame", True), "toy_flicker": ("toy flicker", False),
+    "toy_lost_frac": ("toy lost frac", False),
 }
+TOY_KEYS = ("identity", "bg_err", "obj_err", "step_px", "flicker", "lost_frac")
+
+
+class ToyScore(torch.nn.Module):
+    """The toy world's ground-truth-free metrics (i2v.metrics.toy, colours estimated from the input image) behind the
+    ``score(video, image) -> {name: (1,)}`` interface of the other metrics; no weights needed."""
+
+    def score(self, video: torch.Tensor, image: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
+        from i2v.metrics.toy import ToyMetrics
+
+        m = ToyMetrics()
+        m.update(video.float().cpu(), None if image is None else image.float().cpu())
+        out = m.compute()
+        return {f"toy_{k}": out[k].reshape(1).float() for k in TOY_KEYS}
+
+    def settings(self) -> dict:
+        return {"colours": "estimated from the input image (frame 1)"}
 
 
 def _get(section, key, default=None):
@@ -36,15 +56,20 @@ def build_metrics(mcfg: DictConfig, device: str | torch.device = "cpu") -> tuple
 
     mcfg = mcfg if isinstance(mcfg, DictConfig) else OmegaConf.create(mcfg)
     on_missing = _get(mcfg, "missing", "error")
-    metrics, unavailable = {}, {}
+    metrics, unavailable, missing = {}, {}, []
 
     def guarded(name, build):
         try:
             metrics[name] = build()
         except FileNotFoundError as e:
-            if on_missing != "skip":
-                raise
-            unavailable[name] = str(e)
+            if on_missing == "skip":
+                unavailable[name] = str(e)
+            else:
+                missing.append(f"{name}: {e}")
+
+    t = _get(mcfg, "toy")
+    if t is not None and _get(t, "enabled", False):
+        metrics["toy"] = ToyScore()
 
     c = _get(mcfg, "clip_temp")
     if c is not None and _get(c, "enabled", True):
@@ -82,6 +107,9 @@ def build_metrics(mcfg: DictConfig, device: str | torch.device = "cpu") -> tuple
             print(reason)
             unavailable["dover_vqa"] = reason
         metrics["dover_vqa"] = DoverVQA(scorer, reason)
+    if missing:  # every missing weights file at once, not one per attempt
+        raise FileNotFoundError("metrics need local weights files (set them, or metrics.missing=skip, or switch the "
+                                "metric off with metrics.<name>.enabled=false):\n  " + "\n  ".join(missing))
     for m in metrics.values():
         m.to(device)
     return metrics, unavailable

@@ -122,3 +122,29 @@ def test_failures_are_clear(tmp_path, monkeypatch):
                    "metrics.clip_temp.weights=/nonexistent.bin", "metrics.flow.enabled=false", f"videos={tmp_path}")
     with pytest.raises(ValueError, match="nothing to score"):  # CLIP skipped (not raised), DOVER n/a, no videos
         evaluate(skip)
+
+
+def test_toy_videos_score_without_weights_and_missing_weights_are_listed_at_once(tmp_path):
+    """`evaluate.py metrics=toy videos=...`: toy metrics, no weights file; without it, every missing weights file is
+    named in one error (CLIP and RAFT together), not one per attempt."""
+    from i2v.data.synthetic import SyntheticVideos
+    from i2v.io import save_frames, save_gif
+
+    vids = tmp_path / "videos"
+    clip = SyntheticVideos(1, n_frames=6, size=32, seed=2)[0]
+    save_gif(clip["video"], vids / "c.gif")
+    save_frames(clip["video"][:1], tmp_path / "img")
+    (tmp_path / "img" / "000.png").rename(vids / "c.png")
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"out_dir={tmp_path / 'out'}", "device=cpu", "metrics=toy",
+                                             f"videos={vids}"])
+    summary = evaluate(cfg)
+    m = summary["metrics"]
+    assert m["toy_identity"]["n"] == 1 and m["toy_identity"]["mean"] > 0.8     # a ground-truth clip keeps frame 1
+    assert m["toy_step_px"]["mean"] == pytest.approx(clip["meta"]["speed"], abs=0.2)
+    assert set(summary["settings"]) == {"toy"}
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        plain = compose("evaluate", overrides=[f"out_dir={tmp_path / 'out2'}", "device=cpu", f"videos={vids}"])
+    with pytest.raises(FileNotFoundError) as err:
+        evaluate(plain)
+    assert "clip_temp:" in str(err.value) and "flow_score:" in str(err.value) and "warping_error:" in str(err.value)
