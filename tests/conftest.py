@@ -16,3 +16,14 @@ torch.set_num_threads(1)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture()
+def png(tmp_path):
+    """A random 32x32 RGB PNG (an input image for sample.py tests)."""
+    import numpy as np
+    from PIL import Image
+
+    p = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(p)
+    return p

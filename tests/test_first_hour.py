@@ -5,31 +5,16 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from PIL import Image
 from safetensors import safe_open
 
 from i2v.config import ASSETS, CONFIGS, portable_paths
+from toy_sample import toy_sample_cfg
 
 ROOT = CONFIGS.parent
 README = ROOT / "README.md"
-
-
-def _cfg(tmp_path, *over):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose(config_name="sample", overrides=["experiment=toy", "sampling.steps=2", "sampling.num_frames=3",
-                                                        f"out={tmp_path / 'out'}", *over])
-
-
-@pytest.fixture()
-def png(tmp_path):
-    p = tmp_path / "in.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(p)
-    return p
 
 
 def test_readme_sample_snippet_prompt_is_the_scenes_caption(tmp_path):
@@ -57,10 +42,10 @@ def test_missing_image_is_reported_before_any_model_loads(tmp_path, monkeypatch)
 
     monkeypatch.setattr(sampling, "build_bundle", no_models)
     with pytest.raises(FileNotFoundError, match="image not found: .*nope.png"):
-        sampling.sample(_cfg(tmp_path, f"image={tmp_path / 'nope.png'}", "prompt=a"))
+        sampling.sample(toy_sample_cfg(tmp_path, f"image={tmp_path / 'nope.png'}", "prompt=a"))
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="cannot read image"):
-        sampling.sample(_cfg(tmp_path, f"image={tmp_path / 'bad.png'}", "prompt=a"))
+        sampling.sample(toy_sample_cfg(tmp_path, f"image={tmp_path / 'bad.png'}", "prompt=a"))
 
 
 def test_sample_py_prints_one_line_without_traceback(tmp_path):
@@ -75,15 +60,15 @@ def test_sample_py_prints_one_line_without_traceback(tmp_path):
 def test_two_prompts_on_one_image_and_seed_write_two_videos(tmp_path, png, capsys):
     from i2v.sampling import sample
 
-    first = sample(_cfg(tmp_path, f"image={png}", "prompt=a red circle"))
-    second = sample(_cfg(tmp_path, f"image={png}", "prompt=a blue square"))
+    first = sample(toy_sample_cfg(tmp_path, f"image={png}", "prompt=a red circle"))
+    second = sample(toy_sample_cfg(tmp_path, f"image={png}", "prompt=a blue square"))
     assert first[0]["video"] != second[0]["video"]
     videos = sorted(p.name for p in (tmp_path / "out").glob("*.mp4"))
     assert len(videos) == 2 and videos[0] == "in_42.mp4", videos
     prompts = {json.loads(p.read_text())["prompt"] for p in (tmp_path / "out").glob("*.json")}
     assert prompts == {"a red circle", "a blue square"}
     with pytest.raises(FileExistsError):                 # the same prompt again is the same video: refused
-        sample(_cfg(tmp_path, f"image={png}", "prompt=a blue square"))
+        sample(toy_sample_cfg(tmp_path, f"image={png}", "prompt=a blue square"))
 
 
 def test_an_image_of_another_size_gets_a_note(tmp_path, capsys):
@@ -91,7 +76,7 @@ def test_an_image_of_another_size_gets_a_note(tmp_path, capsys):
 
     wide = tmp_path / "wide.png"
     Image.new("RGB", (100, 60), (0, 0, 255)).save(wide)
-    sample(_cfg(tmp_path, f"image={wide}", "prompt=a"))
+    sample(toy_sample_cfg(tmp_path, f"image={wide}", "prompt=a"))
     assert "note: wide.png is 100x60; resized and centre-cropped to 32x32" in capsys.readouterr().out
 
 

@@ -5,25 +5,12 @@ import stat
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from i2v.config import CONFIGS, asset_path
+from i2v.config import asset_path
 from i2v.io import load_image
-
-
-def _cfg(tmp_path, *over):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose(config_name="sample", overrides=["experiment=toy", "sampling.steps=2", "sampling.num_frames=3",
-                                                        f"out={tmp_path / 'out'}", *over])
-
-
-@pytest.fixture()
-def png(tmp_path):
-    p = tmp_path / "in.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(p)
-    return p
+from toy_sample import toy_sample_cfg
 
 
 def _written(tmp_path):
@@ -36,7 +23,7 @@ def test_bad_numbers_are_refused_before_anything_is_written(tmp_path, png, over)
     from i2v.sampling import sample
 
     with pytest.raises(ValueError, match="finite|fps"):
-        sample(_cfg(tmp_path, f"image={png}", "prompt=a", over))
+        sample(toy_sample_cfg(tmp_path, f"image={png}", "prompt=a", over))
     assert _written(tmp_path) == []
 
 
@@ -49,9 +36,9 @@ def test_nan_adapter_is_refused_and_nan_latents_are_never_decoded(tmp_path, png)
     bad = tmp_path / "nan.safetensors"
     save_file(tensors, bad, metadata={"format": "i2v-adapter", "backbone": "toy", "num_layers": "1", "config": "{}"})
     with pytest.raises(ValueError, match=f"{bad}.*NaN/Inf"):
-        sample(_cfg(tmp_path, f"image={png}", "prompt=a", f"ckpt={bad}"))
+        sample(toy_sample_cfg(tmp_path, f"image={png}", "prompt=a", f"ckpt={bad}"))
     assert _written(tmp_path) == []
-    cfg = _cfg(tmp_path)
+    cfg = toy_sample_cfg(tmp_path)
     bundle = load_bundle_for_sampling(cfg, torch.device("cpu"), torch.float32)
     with torch.no_grad():       # finite but absurd weights (flipped exponent bits): the latents overflow
         next(iter(bundle.trainable.values())).fill_(3e38)
@@ -79,7 +66,7 @@ def test_batch_rows_stay_under_out_report_by_row_and_go_on(tmp_path, png):
     csv_path = tmp_path / "batch.csv"
     csv_path.write_text("\n".join(rows) + "\n", encoding="utf-8-sig")             # with a BOM, as Excel writes
     with pytest.raises(BatchFailed) as err:
-        sample(_cfg(tmp_path, f"prompts={csv_path}", "write_gif=false"))
+        sample(toy_sample_cfg(tmp_path, f"prompts={csv_path}", "write_gif=false"))
     msg = str(err.value)
     assert msg.startswith("3 of 8 rows failed") and "row 5" in msg and "row 6" in msg and "row 8" in msg, msg
     assert "nope.png" in msg and "notanumber" in msg and "already used by row 7" in msg
@@ -96,11 +83,11 @@ def test_every_output_checked_before_any_is_written_and_files_follow_the_umask(t
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "x.gif").write_bytes(b"an older gif")
     with pytest.raises(FileExistsError, match="x.gif"):
-        sample(_cfg(tmp_path, f"image={png}", "prompt=a", "name=x"))
+        sample(toy_sample_cfg(tmp_path, f"image={png}", "prompt=a", "name=x"))
     assert _written(tmp_path) == ["x.gif"]                                        # no orphan mp4/json
     old = os.umask(0o022)
     try:
-        sample(_cfg(tmp_path, f"image={png}", "prompt=a", "name=y"))
+        sample(toy_sample_cfg(tmp_path, f"image={png}", "prompt=a", "name=y"))
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(tmp_path / "out" / "y.mp4").st_mode) == 0o644
@@ -111,7 +98,7 @@ def test_unwritable_out_is_found_before_sampling(tmp_path, png):
 
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(PermissionError, match="not a writable folder"):
-        sample(_cfg(tmp_path, f"image={png}", "prompt=a", f"out={tmp_path / 'file' / 'sub'}"))
+        sample(toy_sample_cfg(tmp_path, f"image={png}", "prompt=a", f"out={tmp_path / 'file' / 'sub'}"))
 
 
 def test_torch_file_named_safetensors_says_what_it_is(tmp_path, png):
@@ -120,4 +107,4 @@ def test_torch_file_named_safetensors_says_what_it_is(tmp_path, png):
     fake = tmp_path / "adapter.safetensors"
     torch.save(load_file(asset_path("toy/adapter.safetensors")), fake)
     with pytest.raises(Exception, match="adapter.safetensors: this is a torch pickle"):
-        sample(_cfg(tmp_path, f"image={png}", "prompt=a", f"ckpt={fake}"))
+        sample(toy_sample_cfg(tmp_path, f"image={png}", "prompt=a", f"ckpt={fake}"))

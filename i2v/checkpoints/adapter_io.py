@@ -68,17 +68,7 @@ def save_adapter(path: Union[str, Path], unet_or_tensors: Union[nn.Module, Mappi
     tensors = adapter_state_dict(unet_or_tensors)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "backbone": str(backbone),
             "num_layers": str(len(tensors) // 3), "config": json.dumps(dict(config or {}), sort_keys=True, default=str)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.chmod(tmp, umask_mode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return _write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def infer_backbone(tensors: Mapping[str, torch.Tensor]) -> Optional[str]:
@@ -141,11 +131,16 @@ def save_official_adapter(path: Union[str, Path], tensors: Mapping[str, torch.Te
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     out = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in adapter_state_dict(tensors).items()}
+    return _write_atomically(path, lambda tmp: torch.save(out, tmp))
+
+
+def _write_atomically(path: Path, write) -> Path:
+    """``write(tmp)`` to a temp name beside ``path`` (umask permissions), then rename into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     os.close(fd)
     try:
-        torch.save(out, tmp)
+        write(tmp)
         os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     finally:

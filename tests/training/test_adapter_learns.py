@@ -5,7 +5,6 @@ branch gets no gradient or its update does not reach the output.
 Not shown here (measured, README toy-world section): that the gain comes from *reading frame 1*. A control whose
 branch attends to its own frame (or to frame 2) passes this test too: on the toy base the branch's gain is extra
 capacity fitted to this regime, and a branch that reads frame 1 is not yet measurably better."""
-import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
