@@ -152,10 +152,15 @@ def _noised(models: ToyModels, video: torch.Tensor, offset: float, g: torch.Gene
     return models.schedule.add_noise(z, eps, t), t, eps
 
 
-def _model_states(models: ToyModels) -> dict[str, dict[str, torch.Tensor]]:
+def _parts(models: ToyModels) -> dict[str, nn.Module]:
+    """The trained modules by name (image encoder and resampler only after phase B starts)."""
     parts = {"unet": models.unet, "text": models.text, "image_encoder": models.image_encoder,
              "resampler": models.resampler}
-    return {k: {n: v.detach().clone() for n, v in m.state_dict().items()} for k, m in parts.items() if m is not None}
+    return {k: m for k, m in parts.items() if m is not None}
+
+
+def _model_states(models: ToyModels) -> dict[str, dict[str, torch.Tensor]]:
+    return {k: {n: v.detach().clone() for n, v in m.state_dict().items()} for k, m in _parts(models).items()}
 
 
 def _resume_key(cfg: PretrainConfig) -> dict:
@@ -184,10 +189,9 @@ class PhaseState:
     def save(self, state: dict) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        torch.save({**state, "key": self.key}, tmp)
-        tmp.replace(self.path)
+        from i2v.io import atomic_write
+
+        atomic_write(self.path, lambda tmp: torch.save({**state, "key": self.key}, tmp), overwrite=True)
 
 
 def _train_loop(name: str, models: ToyModels, params: list[nn.Parameter], steps: int, lr: float,
@@ -203,8 +207,7 @@ def _train_loop(name: str, models: ToyModels, params: list[nn.Parameter], steps:
     store = PhaseState(name, cfg)
     saved = store.load()
     if saved is not None:
-        parts = {"unet": models.unet, "text": models.text, "image_encoder": models.image_encoder,
-                 "resampler": models.resampler}
+        parts = _parts(models)
         for k, sd in saved["models"].items():
             parts[k].load_state_dict(sd, strict=True)
         if saved["done"]:

@@ -11,8 +11,6 @@ official ``load_weights(i2v_module_path=...)``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -20,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from i2v.io import umask_mode
+from i2v.io import atomic_write
 from i2v.models.adapters import ADAPTER_SUFFIXES, attach_i2v_adapter, i2v_adapter_layers, i2v_adapter_parameters
 
 from .common import PICKLE_SUFFIXES, KeyMapError, read_checkpoint
@@ -68,7 +66,7 @@ def save_adapter(path: Union[str, Path], unet_or_tensors: Union[nn.Module, Mappi
     tensors = adapter_state_dict(unet_or_tensors)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "backbone": str(backbone),
             "num_layers": str(len(tensors) // 3), "config": json.dumps(dict(config or {}), sort_keys=True, default=str)}
-    return _write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta), overwrite=True)
 
 
 def infer_backbone(tensors: Mapping[str, torch.Tensor]) -> Optional[str]:
@@ -131,22 +129,8 @@ def save_official_adapter(path: Union[str, Path], tensors: Mapping[str, torch.Te
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     out = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in adapter_state_dict(tensors).items()}
-    return _write_atomically(path, lambda tmp: torch.save(out, tmp))
+    return atomic_write(path, lambda tmp: torch.save(out, tmp), overwrite=True)
 
-
-def _write_atomically(path: Path, write) -> Path:
-    """``write(tmp)`` to a temp name beside ``path`` (umask permissions), then rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, umask_mode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
 
 def load_adapter(unet: nn.Module, path: Union[str, Path], backbone: str) -> dict[str, Any]:
