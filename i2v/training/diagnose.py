@@ -8,6 +8,10 @@ input), the ε-MSE on frames 2..F (0-based 1..F-1) of four predictors on the *sa
 * ``copy_frame1`` -- ε̂ = (z_t − √ᾱ_t·z_1) / √(1−ᾱ_t): "every frame equals frame 1", no network;
 * ``signal_zero`` -- ε̂ = z_t / √(1−ᾱ_t): "there is no signal", no network.
 
+Each predictor also gets ``<name>_frame_mean``: the part of its ε-MSE carried by each frame's spatial mean (a
+colour shift of the whole frame; see :func:`_frames_mse`). On the toy world this part is a constant floor of the base
+at every t (the per-frame colour drift seen in its samples) and no attention-side adapter moves it.
+
 A base that does not beat ``signal_zero`` is badly trained at that t (it does worse than ignoring its input's
 signal); an adapter that reads frame 1 should move ``adapter_on`` towards (or below) ``copy_frame1`` wherever the
 frames of a clip resemble frame 1. Used by ``scripts/diagnose_adapter.py`` and the toy-world tests.
@@ -25,9 +29,14 @@ PREDICTORS = ("adapter_on", "adapter_off", "copy_frame1", "signal_zero")
 DEFAULT_TIMESTEPS = (200, 500, 800, 950)
 
 
-def _frames_mse(eps_hat: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """Per-video ε-MSE over frames 1..F-1 of ``(B, C, F, h, w)`` tensors -> ``(B,)``."""
-    return (eps_hat[:, :, 1:].float() - eps[:, :, 1:].float()).pow(2).flatten(1).mean(1)
+def _frames_mse(eps_hat: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-video ε-MSE over frames 1..F-1 of ``(B, C, F, h, w)`` tensors -> ``(total (B,), frame_mean (B,))``.
+
+    ``frame_mean`` is the part of ``total`` carried by each frame's spatial mean per channel (the error's mean over
+    h, w, squared, averaged over channels and frames): a per-frame colour/brightness shift. ``total - frame_mean``
+    is the error of everything else (shapes, positions, texture)."""
+    err = eps_hat[:, :, 1:].float() - eps[:, :, 1:].float()
+    return err.pow(2).flatten(1).mean(1), err.mean(dim=(-2, -1)).pow(2).flatten(1).mean(1)
 
 
 @torch.no_grad()
@@ -56,7 +65,8 @@ def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
     was_on = [a.processor.enabled for _, a in layers]
     param = next(bundle.unet.parameters())
     dev, dtype = param.device, param.dtype
-    sums = {int(t): {k: 0.0 for k in PREDICTORS} for t in timesteps}
+    keys = PREDICTORS + tuple(f"{k}_frame_mean" for k in PREDICTORS)
+    sums = {int(t): {k: 0.0 for k in keys} for t in timesteps}
     try:
         for start in range(0, videos.shape[0], batch_size):
             video = videos[start:start + batch_size].to(dev, dtype)
@@ -72,17 +82,21 @@ def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
                 abar = float(bundle.schedule.alphas_cumprod[int(t)])
                 a, s = math.sqrt(abar), math.sqrt(1.0 - abar)
                 row = sums[int(t)]
-                row["copy_frame1"] += float(_frames_mse((z_t - a * z[:, :, :1]) / s, eps).sum())
-                row["signal_zero"] += float(_frames_mse(z_t / s, eps).sum())
+                def add(name: str, eps_hat: torch.Tensor) -> None:
+                    total, frame_mean = _frames_mse(eps_hat, eps)
+                    row[name] += float(total.sum())
+                    row[f"{name}_frame_mean"] += float(frame_mean.sum())
+
+                add("copy_frame1", (z_t - a * z[:, :, :1]) / s)
+                add("signal_zero", z_t / s)
                 for name, on in (("adapter_on", True), ("adapter_off", False)):
                     if not layers:
                         if on:
-                            row[name] = float("nan")
+                            row[name] = row[f"{name}_frame_mean"] = float("nan")
                             continue
                     else:
                         set_i2v_adapter_enabled(bundle.unet, on)
-                    eps_hat = bundle.unet(z_t, tt, cond["context"], added_cond=cond.get("added_cond"))
-                    row[name] += float(_frames_mse(eps_hat, eps).sum())
+                    add(name, bundle.unet(z_t, tt, cond["context"], added_cond=cond.get("added_cond")))
     finally:
         for (_, attn), on in zip(layers, was_on):
             attn.processor.enabled = on
@@ -92,12 +106,15 @@ def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
 
 def format_table(table: dict[int, dict[str, float]]) -> str:
     """Markdown table with the on/off ratio and the two network-free baselines."""
-    lines = ["| t | adapter on | adapter off | on / off | \"copy frame 1\" | \"signal is zero\" |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| t | adapter on | adapter off | on / off | \"copy frame 1\" | \"signal is zero\" "
+             "| off: per-frame mean part |",
+             "|---|---|---|---|---|---|---|"]
     for t, row in table.items():
         ratio = row["adapter_on"] / row["adapter_off"] if row["adapter_off"] > 0 else float("nan")
+        share = row["adapter_off_frame_mean"] / row["adapter_off"] if row["adapter_off"] > 0 else float("nan")
         lines.append(f"| {t} | {row['adapter_on']:.4g} | {row['adapter_off']:.4g} | {ratio:.3f} | "
-                     f"{row['copy_frame1']:.4g} | {row['signal_zero']:.4g} |")
+                     f"{row['copy_frame1']:.4g} | {row['signal_zero']:.4g} | "
+                     f"{row['adapter_off_frame_mean']:.3g} ({100 * share:.0f}%) |")
     return "\n".join(lines)
 
 
@@ -107,6 +124,12 @@ def findings(table: dict[int, dict[str, float]]) -> list[str]:
     weak_base = [t for t, r in table.items() if r["adapter_off"] >= r["signal_zero"]]
     if weak_base:
         out.append(f"base worse than 'signal is zero' at t={weak_base}: the frozen base is badly trained there")
+    drift = {t: r["adapter_off_frame_mean"] / r["adapter_off"] for t, r in table.items()
+             if r.get("adapter_off_frame_mean", 0.0) > 0.25 * r["adapter_off"] > 0}
+    if drift:
+        shares = ", ".join(f"t={t}: {100 * v:.0f}%" for t, v in drift.items())
+        out.append(f"a large part of the base's error is each frame's mean ({shares}): frames will drift in colour; "
+                   f"an attention adapter does not remove it, a better-trained base does")
     if all(math.isnan(r["adapter_on"]) for r in table.values()):
         out.append("no I2V-Adapter attached: only the base was measured")
         return out

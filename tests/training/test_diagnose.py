@@ -26,16 +26,23 @@ def test_network_free_predictors_are_the_closed_forms(clips):
         z = bundle.encode_video(videos)
         abar = float(bundle.schedule.alphas_cumprod[t])
         a, s = math.sqrt(abar), math.sqrt(1 - abar)
-        copy, zero = [], []
+        copy, zero, copy_mean = [], [], []
         for start in (0, 2):
             zz = z[start:start + 2]
             eps = torch.randn(zz.shape, generator=torch.Generator().manual_seed(3 * 1_000_003 + t * 1009 + start))
             zt = a * zz + s * eps
             zt[:, :, 0] = zz[:, :, 0]
-            copy.append(((zt - a * zz[:, :, :1]) / s - eps)[:, :, 1:].pow(2).flatten(1).mean(1))
+            err = ((zt - a * zz[:, :, :1]) / s - eps)[:, :, 1:]
+            copy.append(err.pow(2).flatten(1).mean(1))
+            copy_mean.append(err.mean(dim=(-2, -1)).pow(2).flatten(1).mean(1))
             zero.append((zt / s - eps)[:, :, 1:].pow(2).flatten(1).mean(1))
         assert table[t]["copy_frame1"] == pytest.approx(float(torch.cat(copy).mean()), rel=1e-5)
         assert table[t]["signal_zero"] == pytest.approx(float(torch.cat(zero).mean()), rel=1e-5)
+        # the per-frame-mean part: each frame's spatial mean of the error, squared; a part of the total
+        assert table[t]["copy_frame1_frame_mean"] == pytest.approx(float(torch.cat(copy_mean).mean()), rel=1e-5)
+        for name in PREDICTORS:
+            if not math.isnan(table[t][name]):
+                assert 0 <= table[t][f"{name}_frame_mean"] <= table[t][name]
     # static scenes would make "copy frame 1" exact; moving ones do not, and the gap grows as t falls
     assert table[300]["copy_frame1"] > table[900]["copy_frame1"] > 0
 
@@ -55,7 +62,7 @@ def test_adapter_on_off_and_state_restored(clips):
     table = eps_loss_by_timestep(bundle, videos, texts, timesteps=[700])
     assert table[700]["adapter_on"] != pytest.approx(table[700]["adapter_off"], rel=1e-3)
     assert [a.processor.enabled for _, a in layers] == [False] + [True] * (len(layers) - 1)
-    assert set(table[700]) == set(PREDICTORS)
+    assert set(table[700]) == set(PREDICTORS) | {f"{k}_frame_mean" for k in PREDICTORS}
     assert "| 700 |" in format_table(table)
 
 
@@ -74,3 +81,11 @@ def test_bad_arguments(clips):
         eps_loss_by_timestep(bundle, videos, texts, timesteps=[1000])
     with pytest.raises(ValueError, match="one caption each"):
         eps_loss_by_timestep(bundle, videos, texts[:2])
+
+
+def test_frame_mean_finding_names_the_drift():
+    row = {"adapter_on": 1.0, "adapter_off": 1.0, "copy_frame1": 0.5, "signal_zero": 2.0,
+           "adapter_on_frame_mean": 0.4, "adapter_off_frame_mean": 0.4}
+    assert any("each frame's mean" in line for line in findings({950: row}))
+    row = {**row, "adapter_off_frame_mean": 0.1}
+    assert not any("each frame's mean" in line for line in findings({950: row}))
