@@ -103,7 +103,7 @@ def evaluate(cfg: DictConfig) -> dict:
     out_dir = Path(str(cfg.out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.mode == "toy":
-        from i2v.toy_eval import evaluate_toy
+        from i2v.toy.evaluate import evaluate_toy
 
         return evaluate_toy(cfg, out_dir)
     device = resolve_device(OmegaConf.select(cfg, "device", default="auto"))

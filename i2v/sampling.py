@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from i2v.batch_items import preflight, read_items  # read_items re-exported: sample.py's items
-from i2v.bundle import Bundle, build_bundle
+from i2v.pipeline.bundle import Bundle, build_bundle
 from i2v.io import RESIZE_MODES, load_image, save_frames, save_gif, save_json, save_mp4
 
 

@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from i2v.bundle import build_bundle, check_paths
+from i2v.pipeline.bundle import build_bundle, check_paths
 from i2v.training.callbacks import AdapterCheckpoint, SampleVideos, StepProgress
 from i2v.training.module import I2VAdapterModule
 
@@ -136,7 +136,7 @@ def train(cfg: DictConfig) -> dict:
         if trainer.callback_metrics.get("train/loss") is not None:
             result["final_loss"] = float(trainer.callback_metrics["train/loss"])
     if cfg.after_train.sample or cfg.after_train.evaluate:
-        from i2v.toy_eval import sample_and_score
+        from i2v.toy.evaluate import sample_and_score
 
         result.update(sample_and_score(cfg, bundle, out_dir))
     print(closing_summary(result, time.perf_counter() - start))

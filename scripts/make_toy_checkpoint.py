@@ -2,7 +2,7 @@
 
 Phase A pretrains the toy text-to-video model (UNet + motion module + text encoder; the SD + AnimateDiff stand-in),
 phase B a toy Content-Adapter (image encoder + Resampler + ``to_k_ip``/``to_v_ip``; the IP-Adapter Plus stand-in);
-see :mod:`i2v.toy_pretrain`. Writes, atomically and only with ``--overwrite`` over existing files:
+see :mod:`i2v.toy.pretrain`. Writes, atomically and only with ``--overwrite`` over existing files:
 
 * ``base_unet.safetensors``     -- ``VideoUNet`` state dict; metadata ``build_overrides`` (JSON kwargs of
   ``build_video_unet("toy", motion="v2", ...)``; motion version, codec and schedule are in the MANIFEST);
@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
 from i2v.checkpoints.ip_adapter import ip_adapter_key_map  # noqa: E402
 from i2v.io import atomic_write, save_json  # noqa: E402
 from i2v.models.toy import toy_state_dict  # noqa: E402
-from i2v.toy_pretrain import (CODEC_SCALE, MOTION, RESAMPLER, SCHEDULE, UNET_OVERRIDES, ClipStream, PretrainConfig,  # noqa: E402
+from i2v.toy.pretrain import (CODEC_SCALE, MOTION, RESAMPLER, SCHEDULE, UNET_OVERRIDES, ClipStream, PretrainConfig,  # noqa: E402
                               ToyModels, build_base, pretrain_base, train_content_adapter)
 
 FILES = ("base_unet.safetensors", "text_encoder.safetensors", "image_encoder.safetensors", "ip_adapter.safetensors")

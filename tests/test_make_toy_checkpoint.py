@@ -83,7 +83,7 @@ def test_refuses_to_overwrite(runs):
 def test_interrupted_run_resumes_to_identical_files(runs, tmp_path, monkeypatch):
     """A run stopped mid-phase-B and started again with the same command writes the bytes of an uninterrupted
     run (weights, EMA, optimiser, lr schedule, RNG and data position all come back), then drops its state."""
-    from i2v import toy_pretrain
+    from i2v.toy import pretrain as toy_pretrain
 
     mod, (ref, _), _ = runs
     out = tmp_path / "resumed"
@@ -120,7 +120,7 @@ def _inputs(seed=0):
 
 
 def _reference_eps(models, x, t, img, prompts):
-    from i2v.toy_pretrain import content_tokens
+    from i2v.toy.pretrain import content_tokens
 
     ctx = models.text(prompts)["context"]
     tok = content_tokens(models, img, torch.tensor([False, True]))
@@ -154,7 +154,7 @@ def test_loaders_reproduce_the_trained_models(runs):
 
 
 def test_bundle_build_toy_loads_the_files(runs):
-    from i2v.bundle import _build_toy
+    from i2v.pipeline.bundle import _build_toy
 
     _, (out, _), (res, _) = runs
     backbone = OmegaConf.create({

@@ -20,7 +20,7 @@ def _compose(name, overrides):
 
 
 def test_shipped_toy_checkpoints_load_with_exact_key_sets():
-    from i2v.bundle import build_bundle
+    from i2v.pipeline.bundle import build_bundle
     from i2v.checkpoints.adapter_io import read_adapter
 
     cfg = _compose("sample", ["experiment=toy"])
@@ -79,7 +79,7 @@ def test_sample_rejects_bad_settings(tmp_path):
     cfg = _compose("sample", ["experiment=toy", f"image={tmp_path / 'missing.png'}", "prompt=a", f"out={tmp_path}"])
     with pytest.raises(FileNotFoundError, match="image not found"):
         sample(cfg)
-    from i2v.bundle import random_toy_bundle
+    from i2v.pipeline.bundle import random_toy_bundle
     from i2v.checkpoints.adapter_io import load_adapter
 
     with pytest.raises(ValueError, match="backbone 'toy'.*backbone 'sd15'"):  # an adapter for another backbone
@@ -103,7 +103,7 @@ def test_sample_video_callback_logs_a_video(tmp_path):
     """train.sample_every_n_steps > 0: a short video from the current adapter goes to every logger with log_video."""
     import lightning as L
 
-    from i2v.bundle import random_toy_bundle
+    from i2v.pipeline.bundle import random_toy_bundle
     from i2v.data import SyntheticVideos, VideoDataModule
     from i2v.training.callbacks import SampleVideos
     from i2v.training.module import I2VAdapterModule
@@ -140,7 +140,7 @@ def test_shipped_toy_files_keep_the_first_frame_better_than_the_old_base():
     lost the object in most frames; a base that regresses to sampling noise fails here. (The adapter itself is not
     yet measurably better than adapter=none on the toy: README, toy-world section.)"""
     from i2v.sampling import load_bundle_for_sampling
-    from i2v.toy_eval import score_bundle
+    from i2v.toy.evaluate import score_bundle
 
     cfg = _compose("sample", ["experiment=toy"])
     bundle = load_bundle_for_sampling(cfg, torch.device("cpu"), torch.float32)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from i2v.bundle import Bundle
+from i2v.pipeline.bundle import Bundle
 
 log = logging.getLogger(__name__)
 

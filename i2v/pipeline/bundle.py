@@ -155,7 +155,7 @@ def build_bundle(backbone: DictConfig, adapter: DictConfig, *, device="cpu", dty
     if backbone.name == "toy":
         parts = _build_toy(backbone, adapter)
     else:
-        from i2v.real_models import build_real_parts
+        from i2v.pipeline.sd import build_real_parts
 
         parts = build_real_parts(backbone, adapter, device=device, dtype=dtype)
     unet = parts["unet"]

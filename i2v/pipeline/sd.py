@@ -1,4 +1,4 @@
-"""Frozen SD1.5 / SDXL parts from local files (the ``backbone=sd15|sdxl`` half of :func:`i2v.bundle.build_bundle`).
+"""Frozen SD1.5 / SDXL parts from local files (the ``backbone=sd15|sdxl`` half of :func:`i2v.pipeline.bundle.build_bundle`).
 
 UNet + motion module through :func:`i2v.checkpoints.loader.load_video_unet` (diffusers folder or single file; any
 AnimateDiff layout; the official merged base brings its motion modules and IP-Adapter layers), the VAE from its

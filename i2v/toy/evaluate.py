@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from i2v.bundle import Bundle
+from i2v.pipeline.bundle import Bundle
 from i2v.io import save_gif, save_json, save_mp4, save_strip
 
 EVAL_SEED = 10_000  # held-out scenes: training uses SyntheticVideos(seed=0)

@@ -1,0 +1,1 @@
+"""The assembled model: the frozen bundle and its builders (see README.md)."""
