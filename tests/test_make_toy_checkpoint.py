@@ -1,5 +1,5 @@
 """scripts/make_toy_checkpoint.py: --quick runs write the same layout as the shipped i2v/assets/toy files, load
-through the real loaders (load_ip_adapter, load_toy_state_dict, bundle._build_toy) with identical outputs, and are
+through the real loaders (load_ip_adapter, load_toy_state_dict, i2v.toy.build.ToyBuilder) with identical outputs, and are
 bit-for-bit deterministic."""
 import importlib.util
 import json
@@ -154,14 +154,14 @@ def test_loaders_reproduce_the_trained_models(runs):
 
 
 def test_bundle_build_toy_loads_the_files(runs):
-    from i2v.pipeline.bundle import _build_toy
+    from i2v.toy.build import ToyBuilder
 
     _, (out, _), (res, _) = runs
     backbone = OmegaConf.create({
         "name": "toy", "motion_version": "v2", "unet": str(out / "base_unet.safetensors"),
         "text_encoder": str(out / "text_encoder.safetensors"), "image_encoder": str(out / "image_encoder.safetensors"),
         "ip_adapter": str(out / "ip_adapter.safetensors"), "codec": "patch", "vae_scale": 1.0})
-    parts = _build_toy(backbone, OmegaConf.create({"content": True, "content_scale": 1.0}))
+    parts = ToyBuilder(backbone).build_parts(OmegaConf.create({"content": True, "content_scale": 1.0}))
     x, t, img = _inputs(1)
     prompts = ["a green square moving up on a white background", "a blue triangle"]
     from i2v.models.content import image_tokens, uncond_image_tokens

@@ -79,7 +79,7 @@ def test_sample_rejects_bad_settings(tmp_path):
     cfg = _compose("sample", ["experiment=toy", f"image={tmp_path / 'missing.png'}", "prompt=a", f"out={tmp_path}"])
     with pytest.raises(FileNotFoundError, match="image not found"):
         sample(cfg)
-    from i2v.pipeline.bundle import random_toy_bundle
+    from i2v.toy.build import random_toy_bundle
     from i2v.checkpoints.adapter_io import load_adapter
 
     with pytest.raises(ValueError, match="backbone 'toy'.*backbone 'sd15'"):  # an adapter for another backbone
@@ -103,7 +103,7 @@ def test_sample_video_callback_logs_a_video(tmp_path):
     """train.sample_every_n_steps > 0: a short video from the current adapter goes to every logger with log_video."""
     import lightning as L
 
-    from i2v.pipeline.bundle import random_toy_bundle
+    from i2v.toy.build import random_toy_bundle
     from i2v.data import SyntheticVideos, VideoDataModule
     from i2v.training.callbacks import SampleVideos
     from i2v.training.module import I2VAdapterModule

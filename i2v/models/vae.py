@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
-from einops import rearrange
 from torch import nn
 
 SCALING_FACTORS = {"sd15": 0.18215, "sdxl": 0.13025}
@@ -72,23 +71,6 @@ class VAECodec(nn.Module):
             self.vae.decoder.float()
         z = z.to(self.vae.decoder.conv_in.weight.dtype)
         return self.vae.decode(z).sample.to(latents.dtype)
-
-
-def encode_video(codec, pixels: torch.Tensor, generator: Optional[torch.Generator] = None,
-                 chunk: int = 16) -> torch.Tensor:
-    """Video pixels ``(B, F, 3, H, W)`` -> latents ``(B, c, F, h, w)``, encoding ``chunk`` frames at a time."""
-    b = pixels.shape[0]
-    flat = rearrange(pixels, "b f c h w -> (b f) c h w")
-    z = torch.cat([codec.encode(part, generator) for part in flat.split(chunk)], dim=0)
-    return rearrange(z, "(b f) c h w -> b c f h w", b=b)
-
-
-def decode_video(codec, latents: torch.Tensor, chunk: int = 8) -> torch.Tensor:
-    """Latents ``(B, c, F, h, w)`` -> pixels ``(B, F, 3, H, W)``, decoding ``chunk`` frames at a time."""
-    b = latents.shape[0]
-    flat = rearrange(latents, "b c f h w -> (b f) c h w")
-    x = torch.cat([codec.decode(part) for part in flat.split(chunk)], dim=0)
-    return rearrange(x, "(b f) c h w -> b f c h w", b=b)
 
 
 # ------------------------------------------------------------------------------------------ LDM -> diffusers keys

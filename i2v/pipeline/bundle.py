@@ -4,48 +4,81 @@ A :class:`Bundle` holds everything one training step or one sampled video needs 
 motion, with the I2V-Adapter and Content-Adapter attached), the latent codec (VAE), the text encoder, the image
 encoder + IP-Adapter projection, and the noise schedule -- behind four calls: ``encode_video``, ``decode_video``,
 ``condition`` and ``trainable``. The same code serves ``sd15``, ``sdxl`` and the CPU ``toy`` backbone.
+
+Each backbone config names its builder with ``_target_`` (a :class:`BackboneBuilder` subclass:
+:class:`i2v.pipeline.sd.SD15Builder`, :class:`i2v.pipeline.sd.SDXLBuilder`, :class:`i2v.toy.build.ToyBuilder`);
+:func:`build_bundle` asks it for the paths it needs and for the frozen parts, then attaches the I2V-Adapter.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Optional
 
 import torch
 from einops import rearrange
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from i2v.checkpoints.official_base import single_file_parts
 from i2v.config import missing_paths
 from i2v.diffusion.schedule import NoiseSchedule
+from i2v.models.adapters import attach_i2v_adapter
+from i2v.models.content import image_tokens, uncond_image_tokens
+from i2v.models.text import sdxl_time_ids
 
-# Paths each backbone needs (the Content-Adapter ones only when adapter.content is on).
-REQUIRED = {"sd15": ["unet", "motion", "text_encoder", "tokenizer"],
-            "sdxl": ["unet", "motion", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"],
-            "toy": ["unet", "text_encoder"]}
-CONTENT_REQUIRED = ["ip_adapter", "image_encoder"]
+
+class BackboneBuilder:
+    """The frozen parts of one backbone family, named by ``_target_`` in ``configs/backbone/<name>.yaml``.
+
+    Subclasses give :meth:`required_paths` (the weight paths a run needs) and :meth:`build_parts` (a dict with
+    ``unet``, ``codec``, ``text`` and, with the Content-Adapter on, ``image_encoder`` / ``image_proj``)."""
+
+    micro_conditioning = False   # SDXL: the UNet takes added_cond {text_embeds, time_ids}
+
+    def __init__(self, backbone: DictConfig):
+        self.cfg = backbone
+
+    def required_paths(self, adapter: DictConfig) -> list[str]:
+        raise NotImplementedError
+
+    def build_parts(self, adapter: DictConfig, *, device="cpu", dtype=torch.float32) -> dict:
+        raise NotImplementedError
+
+    def check_paths(self, adapter: DictConfig) -> None:
+        """Raise one error naming every unset or non-existent weight path the run needs."""
+        missing = missing_paths(self.cfg, self.required_paths(adapter), "backbone")
+        if missing:
+            lines = "\n  ".join(missing)
+            raise FileNotFoundError(f"backbone={self.cfg.name} needs these weight paths (see README, 'Real weights'):"
+                                    f"\n  {lines}")
+
+
+def backbone_builder(backbone: DictConfig) -> BackboneBuilder:
+    """The builder named by ``backbone._target_``."""
+    target = backbone.get("_target_")
+    if not target:
+        raise ValueError(f"backbone={backbone.get('name')} has no _target_ (the builder class, e.g. "
+                         "i2v.pipeline.sd.SD15Builder; see configs/backbone/*.yaml)")
+    return get_class(str(target))(backbone)
 
 
 def check_paths(backbone: DictConfig, adapter: DictConfig) -> None:
     """Raise one error naming every unset or non-existent weight path the run needs."""
-    keys = list(REQUIRED[backbone.name])
-    single = backbone.name != "toy" and backbone.get("unet") and Path(str(backbone.unet)).is_file()
-    inside = single_file_parts(str(backbone.unet)) if single else set()
-    if "text" in inside and backbone.get("text_from_single_file", True):
-        keys = [k for k in keys if not k.startswith("text_encoder")]  # the single file carries them
-    if "motion" in inside:
-        keys.remove("motion")          # a merged UNet3D base (official I2V-Adapter release) carries its own
-    if adapter.content:
-        keys += CONTENT_REQUIRED
-    if backbone.name != "toy" and backbone.get("vae") is None and backbone.get("unet") and \
-            (Path(str(backbone.unet)).is_dir() or (single and "vae" not in inside)):
-        keys.append("vae")  # a diffusers UNet folder or a merged base carries no VAE; an LDM single file does
-    missing = missing_paths(backbone, keys, "backbone")
-    if missing:
-        lines = "\n  ".join(missing)
-        raise FileNotFoundError(f"backbone={backbone.name} needs these weight paths (see README, 'Real weights'):\n"
-                                f"  {lines}")
+    backbone_builder(backbone).check_paths(adapter)
+
+
+def encode_video(codec: nn.Module, video: torch.Tensor, generator: Optional[torch.Generator] = None,
+                 chunk: int = 16) -> torch.Tensor:
+    """Pixels ``(B, F, 3, H, W)`` in [-1, 1] -> scaled latents ``(B, c, F, h, w)``, ``chunk`` frames at a time."""
+    flat = rearrange(video, "b f c h w -> (b f) c h w")
+    z = torch.cat([codec.encode(part, generator=generator) for part in flat.split(chunk)], dim=0)
+    return rearrange(z, "(b f) c h w -> b c f h w", b=video.shape[0])
+
+
+def decode_video(codec: nn.Module, latents: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+    """Scaled latents ``(B, c, F, h, w)`` -> pixels ``(B, F, 3, H, W)`` (not clamped), ``chunk`` frames at a time."""
+    flat = rearrange(latents, "b c f h w -> (b f) c h w")
+    x = torch.cat([codec.decode(part) for part in flat.split(chunk)], dim=0)
+    return rearrange(x, "(b f) c h w -> b f c h w", b=latents.shape[0])
 
 
 class Bundle(nn.Module):
@@ -54,7 +87,7 @@ class Bundle(nn.Module):
     def __init__(self, name: str, unet: nn.Module, codec: nn.Module, text: nn.Module, schedule: NoiseSchedule,
                  image_encoder: Optional[nn.Module] = None, image_proj: Optional[nn.Module] = None,
                  trainable: Optional[dict[str, nn.Parameter]] = None,
-                 resolution: int = 512, config: Optional[dict] = None):
+                 resolution: int = 512, config: Optional[dict] = None, micro_conditioning: bool = False):
         super().__init__()
         self.name = name
         self.unet, self.codec, self.text = unet, codec, text
@@ -63,6 +96,7 @@ class Bundle(nn.Module):
         self.trainable = dict(trainable or {})
         self.resolution = resolution
         self.config = config or {}
+        self.micro_conditioning = micro_conditioning
 
     @property
     def content_enabled(self) -> bool:
@@ -94,31 +128,27 @@ class Bundle(nn.Module):
     # ------------------------------------------------------------------ latents
     def encode_video(self, video: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Pixels (B, F, 3, H, W) in [-1, 1] -> scaled latents (B, C, F, h, w)."""
-        b = video.shape[0]
-        z = self.codec.encode(rearrange(video, "b f c h w -> (b f) c h w"), generator=generator)
-        return rearrange(z, "(b f) c h w -> b c f h w", b=b)
+        return encode_video(self.codec, video, generator)
 
     def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents (B, C, F, h, w) -> pixels (B, F, 3, H, W), clamped to [-1, 1]."""
-        b = latents.shape[0]
-        x = self.codec.decode(rearrange(latents, "b c f h w -> (b f) c h w"))
-        return rearrange(x, "(b f) c h w -> b f c h w", b=b).clamp(-1, 1)
+        return decode_video(self.codec, latents).clamp(-1, 1)
 
     # ------------------------------------------------------------------ conditions
     def image_tokens(self, images: Optional[torch.Tensor], batch: int) -> torch.Tensor:
         """Content-Adapter tokens (B, N, d) for first frames (B, 3, H, W) in [-1, 1]; ``images=None`` gives the
         unconditional tokens (reference §5.4: base = proj(zeros), Plus = the encoder on an all-zero image)."""
-        from i2v.models.content import image_tokens, uncond_image_tokens
-
         if images is None:
             return uncond_image_tokens(self.image_proj, self.image_encoder, batch)
         return image_tokens(self.image_proj, self.image_encoder(images))
 
     def added_cond(self, pooled: Optional[torch.Tensor], batch: int, hw: Optional[tuple[int, int]] = None):
-        if self.name != "sdxl":
+        """SDXL's ``{"text_embeds": (B, 1280), "time_ids": (B, 6)}`` (uncropped, original = target size), else
+        ``None``."""
+        if not self.micro_conditioning:
             return None
         h, w = hw or (self.resolution, self.resolution)
-        time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=pooled.dtype, device=pooled.device).expand(batch, -1)
+        time_ids = sdxl_time_ids((h, w), (0, 0), (h, w), batch=batch, device=pooled.device).to(pooled.dtype)
         return {"text_embeds": pooled, "time_ids": time_ids}
 
     def condition(self, texts: list[str], first_frames: Optional[torch.Tensor] = None,
@@ -145,96 +175,32 @@ class Bundle(nn.Module):
         return {"context": ctx, "added_cond": self.added_cond(out.get("pooled"), b, hw)}
 
 
-def build_bundle(backbone: DictConfig, adapter: DictConfig, *, device="cpu", dtype=torch.float32,
-                 for_training: bool = False) -> Bundle:
-    """Build the frozen model + adapters. ``for_training`` makes the I2V-Adapter tensors trainable."""
-    from i2v.models.adapters import attach_i2v_adapter
-
-    check_paths(backbone, adapter)
-    schedule = NoiseSchedule(**OmegaConf.to_container(backbone.schedule, resolve=True))
-    if backbone.name == "toy":
-        parts = _build_toy(backbone, adapter)
-    else:
-        from i2v.pipeline.sd import build_real_parts
-
-        parts = build_real_parts(backbone, adapter, device=device, dtype=dtype)
+def freeze_and_attach(name: str, parts: dict, schedule: NoiseSchedule, *, i2v: bool, for_training: bool,
+                      resolution: int, config: Optional[dict] = None, micro_conditioning: bool = False) -> Bundle:
+    """Freeze every part, attach the I2V-Adapter when ``i2v`` (trainable only ``for_training``) -> Bundle."""
     unet = parts["unet"]
     for m in parts.values():
         if isinstance(m, nn.Module):
-            m.requires_grad_(False)
-    trainable = {}
-    if adapter.i2v:
-        trainable = attach_i2v_adapter(unet)
-        if not for_training:
-            for p in trainable.values():
-                p.requires_grad_(False)
-    bundle = Bundle(backbone.name, unet, parts["codec"], parts["text"], schedule,
-                    image_encoder=parts.get("image_encoder"), image_proj=parts.get("image_proj"),
-                    trainable=trainable,
-                    resolution=int(backbone.resolution),
-                    config={"backbone": OmegaConf.to_container(backbone, resolve=True),
-                            "adapter": OmegaConf.to_container(adapter, resolve=True)})
-    return bundle.to(device=device, dtype=dtype).eval()
-
-
-def _build_toy(backbone: DictConfig, adapter: DictConfig) -> dict:
-    """The toy world: shipped tiny checkpoints (scripts/make_toy_checkpoint.py) in i2v/assets/toy."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from i2v.models import build_video_unet
-    from i2v.models.toy import IdentityCodec, PatchCodec, ToyImageEncoder, ToyTextEncoder, load_toy_state_dict
-
-    with safe_open(str(backbone.unet), "pt") as f:
-        meta = f.metadata() or {}
-    overrides = json.loads(meta.get("build_overrides", "{}"))
-    unet = build_video_unet("toy", motion=backbone.motion_version, **overrides)
-    unet.load_state_dict(load_file(str(backbone.unet)), strict=True)
-    text = ToyTextEncoder()
-    load_toy_state_dict(text, str(backbone.text_encoder))
-    codecs = {"identity": IdentityCodec, "patch": PatchCodec}
-    kind = backbone.get("codec", "patch")
-    if kind not in codecs:
-        raise ValueError(f"backbone.codec must be one of {sorted(codecs)}, got {kind!r}")
-    parts = {"unet": unet, "codec": codecs[kind](float(backbone.vae_scale)), "text": text}
-    if adapter.content:
-        from i2v.checkpoints.ip_adapter import load_ip_adapter
-
-        enc = ToyImageEncoder()
-        load_toy_state_dict(enc, str(backbone.image_encoder))
-        proj = load_ip_adapter(unet, str(backbone.ip_adapter), scale=float(adapter.content_scale))
-        parts.update(image_encoder=enc, image_proj=proj)
-    return parts
-
-
-def random_toy_bundle(content: bool = True, i2v: bool = True, motion: str = "v2", seed: int = 0,
-                      for_training: bool = True) -> Bundle:
-    """A toy bundle with random weights and no files (tests, benchmarks): same classes as ``backbone=toy``."""
-    from i2v.models import build_video_unet
-    from i2v.models.adapters import attach_i2v_adapter
-    from i2v.models.content import Resampler, attach_ip_adapter
-    from i2v.models.toy import PatchCodec, ToyImageEncoder, ToyImageConfig, ToyTextConfig, ToyTextEncoder
-
-    torch.manual_seed(seed)
-    unet = build_video_unet("toy", motion=motion, in_channels=12, out_channels=12)
-    with torch.no_grad():  # AnimateDiff zero-inits the temporal proj_out; give the random model real motion paths
-        for name, p in unet.named_parameters():
-            if "motion_modules" in name and "proj_out" in name:
-                p.normal_(0, 0.02)
-    text = ToyTextEncoder(ToyTextConfig(seed=seed))
-    image_encoder = image_proj = None
-    if content:
-        image_encoder = ToyImageEncoder(ToyImageConfig(seed=seed))
-        image_proj = Resampler(dim=64, depth=1, dim_head=16, heads=4, num_queries=4, embedding_dim=64,
-                               output_dim=64, ff_mult=2)
-        attach_ip_adapter(unet, num_tokens=4, scale=1.0)
-    for m in (unet, text, image_encoder, image_proj):
-        if m is not None:
             m.requires_grad_(False)
     trainable = attach_i2v_adapter(unet) if i2v else {}
     if not for_training:
         for p in trainable.values():
             p.requires_grad_(False)
-    schedule = NoiseSchedule(1000, 0.00085, 0.012, "linear")
-    return Bundle("toy", unet, PatchCodec(), text, schedule, image_encoder=image_encoder, image_proj=image_proj,
-                  trainable=trainable, resolution=32)
+    return Bundle(name, unet, parts["codec"], parts["text"], schedule, image_encoder=parts.get("image_encoder"),
+                  image_proj=parts.get("image_proj"), trainable=trainable, resolution=resolution, config=config,
+                  micro_conditioning=micro_conditioning)
+
+
+def build_bundle(backbone: DictConfig, adapter: DictConfig, *, device="cpu", dtype=torch.float32,
+                 for_training: bool = False) -> Bundle:
+    """Build the frozen model + adapters. ``for_training`` makes the I2V-Adapter tensors trainable."""
+    builder = backbone_builder(backbone)
+    builder.check_paths(adapter)
+    schedule = NoiseSchedule(**OmegaConf.to_container(backbone.schedule, resolve=True))
+    parts = builder.build_parts(adapter, device=device, dtype=dtype)
+    bundle = freeze_and_attach(backbone.name, parts, schedule, i2v=bool(adapter.i2v), for_training=for_training,
+                               resolution=int(backbone.resolution),
+                               config={"backbone": OmegaConf.to_container(backbone, resolve=True),
+                                       "adapter": OmegaConf.to_container(adapter, resolve=True)},
+                               micro_conditioning=builder.micro_conditioning)
+    return bundle.to(device=device, dtype=dtype).eval()

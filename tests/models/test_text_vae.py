@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import save_file
 
 from i2v.models.text import SD15TextEncoder, SDXLTextEncoder, load_text_encoder, sdxl_time_ids, write_clip_tokenizer
-from i2v.models.vae import (VAECodec, build_vae_from_ldm, convert_ldm_vae_state_dict, decode_video, encode_video)
+from i2v.models.vae import VAECodec, build_vae_from_ldm, convert_ldm_vae_state_dict
+from i2v.pipeline.bundle import decode_video, encode_video
 
 PROMPTS = ["a photo of a Cat, jumping!!  over 3 dogs", ""]
 # transformers registers SDXL's pad token "!" as a special token, which splits "!!"; keep "!" out of SDXL prompts
