@@ -121,8 +121,12 @@ class Bundle(nn.Module):
             raise ValueError(f"height and width must be positive multiples of {m} for backbone {self.name} "
                              f"(VAE downsampling x 2^(UNet levels - 1)), got {height}x{width}; e.g. "
                              f"{max(m, round(height / m) * m)}x{max(m, round(width / m) * m)}")
-        if self.max_frames is not None and frames > self.max_frames:
-            raise ValueError(f"frames={frames} exceeds the motion module's positional-encoding length "
+        self.check_num_frames(frames)
+
+    def check_num_frames(self, num_frames: int) -> None:
+        """The one check of the frame count against the motion module's positional-encoding length."""
+        if self.max_frames is not None and num_frames > self.max_frames:
+            raise ValueError(f"frames={num_frames} exceeds the motion module's positional-encoding length "
                              f"{self.max_frames}")
 
     # ------------------------------------------------------------------ latents

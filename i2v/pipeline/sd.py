@@ -105,6 +105,7 @@ class SDXLBuilder(SD15Builder):
 
 def build_real_parts(backbone: DictConfig, adapter: DictConfig, *, device="cpu", dtype=torch.float32) -> dict:
     from i2v.checkpoints.loader import load_video_unet
+    from i2v.checkpoints.vae import vae_codec_from_single_file
     from i2v.models.vae import VAECodec
 
     hints = backbone.get("unet_hints")
@@ -118,8 +119,8 @@ def build_real_parts(backbone: DictConfig, adapter: DictConfig, *, device="cpu",
         if single_file_of(backbone) is None:
             raise FileNotFoundError("backbone.vae is unset and backbone.unet is a diffusers folder (no VAE inside); "
                                     "set backbone.vae=<.../vae>")
-        codec = VAECodec.from_single_file(str(backbone.unet), scaling_factor=float(backbone.vae_scale),
-                                          upcast_decode=upcast)
+        codec = vae_codec_from_single_file(str(backbone.unet), scaling_factor=float(backbone.vae_scale),
+                                           upcast_decode=upcast)
     parts = {"unet": unet, "codec": codec, "text": build_text_encoder(backbone)}
     if not adapter.content and any(k.endswith("to_k_ip.weight") for k in unet.state_dict()):
         from i2v.models.content import detach_ip_adapter
