@@ -97,7 +97,7 @@ def ip_adapter_tensors(models: ToyModels) -> dict[str, torch.Tensor]:
     """Official flat IP-Adapter layout: ``image_proj.<resampler key>`` + ``ip_adapter.{i}.to_{k,v}_ip.weight``
     (the inverse of :func:`ip_adapter_key_map`, so ``load_ip_adapter`` reads it back exactly)."""
     sd = models.unet.state_dict()
-    flat = {f"image_proj.{k}": v for k, v in toy_state_dict(models.resampler).items()}
+    flat = {f"image_proj.{k}": v for k, v in toy_state_dict(models.image_proj).items()}
     for file_key, ours in ip_adapter_key_map(models.unet).items():
         flat[f"ip_adapter.{file_key}"] = sd[ours].detach().clone().contiguous()
     return flat

@@ -120,11 +120,8 @@ def _inputs(seed=0):
 
 
 def _reference_eps(models, x, t, img, prompts):
-    from i2v.toy.pretrain import content_tokens
-
-    ctx = models.text(prompts)["context"]
-    tok = content_tokens(models, img, torch.tensor([False, True]))
-    return models.unet(x, t, torch.cat([ctx, tok], dim=1))
+    ctx = models.condition(prompts, img, drop_image=torch.tensor([False, True]))["context"]   # the trained Bundle
+    return models.unet(x, t, ctx)
 
 
 def test_loaders_reproduce_the_trained_models(runs):
