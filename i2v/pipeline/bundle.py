@@ -109,7 +109,7 @@ class Bundle(nn.Module):
         return int(getattr(self.codec, "downsample", 1)) * 2 ** (levels - 1)
 
     @property
-    def max_frames(self) -> Optional[int]:
+    def pe_length(self) -> Optional[int]:
         """The motion module's positional-encoding length (``None`` without a motion module)."""
         motion = getattr(self.unet, "motion_config", None)
         return None if motion is None else int(motion.max_seq_length)
@@ -125,9 +125,9 @@ class Bundle(nn.Module):
 
     def check_num_frames(self, num_frames: int) -> None:
         """The one check of the frame count against the motion module's positional-encoding length."""
-        if self.max_frames is not None and num_frames > self.max_frames:
+        if self.pe_length is not None and num_frames > self.pe_length:
             raise ValueError(f"frames={num_frames} exceeds the motion module's positional-encoding length "
-                             f"{self.max_frames}")
+                             f"{self.pe_length}")
 
     # ------------------------------------------------------------------ latents
     def encode_video(self, video: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
