@@ -4,7 +4,7 @@ Modes (``configs/evaluate.yaml``):
 - ``score``: the videos in ``cfg.videos`` (mp4/gif/frame folders), paired with input images by name
   (``cfg.manifest``, else same-stem files in ``cfg.images`` or beside the videos).
 - ``generate``: take the evaluation pairs (``eval_set.manifest``, or the 50-pair MJHQ-30K selection), sample them
-  with ``i2v.sampling.generate_videos`` using the config's ``sampling`` node, then score.
+  with ``i2v.sampling.generate_videos`` (one :class:`i2v.pipeline.sampling.I2VPipeline`) using the config's ``sampling`` node, then score.
 Writes ``per_video.csv``, ``summary.json`` (with the run's table/row keys) and ``resolved_config.yaml`` to
 ``cfg.out_dir``; ``scripts/make_tables.py`` collects them.
 """
@@ -16,13 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-
-def resolve_device(device: str | None) -> str:
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device} requested but CUDA is not available")
-    return str(device)
+from i2v.pipeline.sampling import resolve_device
 
 
 def _choices() -> dict[str, Any]:
@@ -74,9 +68,6 @@ def generate(cfg: DictConfig, items: list[dict], out_dir: Path) -> list[dict]:
     except ImportError as e:
         raise ImportError(f"mode=generate needs i2v.sampling.generate_videos (the sampler), which cannot be "
                           f"imported: {e}. Generate the videos with sample.py and use mode=score instead.") from e
-    for key in ("t0", "p"):
-        if OmegaConf.select(cfg, f"sampling.{key}", default=None) is None:
-            raise ValueError(f"sampling.{key} is null (experiment=table2: fsp_row must be 0..9)")
     produced = generate_videos(cfg, items, out_dir)
     prompts = {it["name"]: it["prompt"] for it in items}
     out = []
@@ -103,10 +94,10 @@ def evaluate(cfg: DictConfig) -> dict:
     out_dir = Path(str(cfg.out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.mode == "toy":
-        from i2v.toy_eval import evaluate_toy
+        from i2v.toy.evaluate import evaluate_toy
 
         return evaluate_toy(cfg, out_dir)
-    device = resolve_device(OmegaConf.select(cfg, "device", default="auto"))
+    device = str(resolve_device(OmegaConf.select(cfg, "device", default="auto"))[0])
     torch.manual_seed(int(OmegaConf.select(cfg, "seed", default=0) or 0))
     metrics, unavailable = build_metrics(cfg.metrics, device)   # before generating: missing weights fail early
     if not metrics:

@@ -1,7 +1,6 @@
 """``sample(cfg)`` behind ``python sample.py`` and ``generate_videos`` used by evaluation (paper §3.3, §4.5).
 
-For each (image, prompt): frame 1 = the encoded input image, kept exactly clean; frames 2..F start from the Frame
-Similarity Prior (or pure noise with ``fsp.enabled=false``) and are denoised with classifier-free guidance. Writes
+Each (image, prompt) is sampled by one :class:`i2v.pipeline.sampling.I2VPipeline` built once per run. Writes
 ``<name>.mp4``, ``<name>.gif`` (optional frames) and ``<name>.json`` with the settings, NFE, timing, the resolved
 config and package versions -- atomically, never overwriting unless ``overwrite=true``.
 """
@@ -19,43 +18,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from i2v.batch_items import preflight, read_items  # read_items re-exported: sample.py's items
-from i2v.bundle import Bundle, build_bundle
-from i2v.io import RESIZE_MODES, load_image, save_frames, save_gif, save_json, save_mp4
+from i2v.io import load_image, save_frames, save_gif, save_json, save_mp4
+from i2v.pipeline.bundle import Bundle, build_bundle
+from i2v.pipeline.sampling import I2VPipeline, SamplingSettings, resolve_device
 
 
 class BatchFailed(RuntimeError):
     """Some rows of a ``prompts=`` batch failed; the others were written. The message lists each failed row."""
-
-
-def check_sampling_args(sampling: DictConfig) -> None:
-    """One clear error for out-of-range settings of the sampling config (``cfg.sampling``)."""
-    for key in ("t0", "p"):
-        if sampling.get(key) is None:
-            raise ValueError(f"sampling.{key} is null (experiment=table2: fsp_row must be 0..9)")
-    for key in ("t0", "p", "guidance_scale"):
-        if not math.isfinite(float(sampling[key])):
-            raise ValueError(f"sampling.{key} must be a finite number, got {sampling[key]}")
-    if int(sampling.get("fps", 8)) < 1:
-        raise ValueError(f"sampling.fps must be >= 1, got {sampling.get('fps')}")
-    if not (0.0 < float(sampling.t0) <= 1.0):
-        raise ValueError(f"sampling.t0 must lie in (0, 1], got {sampling.t0}")
-    if not (0.0 <= float(sampling.p) <= 1.0):
-        raise ValueError(f"sampling.p must lie in [0, 1], got {sampling.p}")
-    if int(sampling.steps) < 1:
-        raise ValueError(f"sampling.steps must be >= 1, got {sampling.steps}")
-    if int(sampling.num_frames) < 2:
-        raise ValueError(f"sampling.num_frames must be >= 2 (frame 1 is the input image), got {sampling.num_frames}")
-
-
-def resolve_device(cfg: DictConfig) -> tuple[torch.device, torch.dtype]:
-    dev = cfg.get("device", "auto")
-    dev = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else ("cpu" if dev == "auto" else dev))
-    dt = cfg.get("dtype", "auto")
-    if dt == "auto":
-        dtype = torch.float16 if dev.type == "cuda" else torch.float32
-    else:
-        dtype = getattr(torch, str(dt))
-    return dev, dtype
 
 
 def load_bundle_for_sampling(cfg: DictConfig, device, dtype) -> Bundle:
@@ -74,61 +43,11 @@ def load_bundle_for_sampling(cfg: DictConfig, device, dtype) -> Bundle:
     return bundle.to(device=device, dtype=dtype)
 
 
-def color_match_settings(sampling: DictConfig) -> Optional[dict]:
-    """``sampling.post.color_match`` as keyword arguments of :func:`i2v.diffusion.color.color_match`, or ``None``
-    when off. Accepts ``{enabled, reference, channels}`` or a plain bool (reference ``input``, channels ``ab``)."""
-    spec = (sampling.get("post") or {}).get("color_match")
-    if not isinstance(spec, (dict, DictConfig)):
-        return {"reference": "input", "channels": "ab"} if spec else None
-    if not spec.get("enabled", False):
-        return None
-    return {"reference": str(spec.get("reference", "input")), "channels": str(spec.get("channels", "ab"))}
-
-
-@torch.no_grad()
-def generate_one(bundle: Bundle, sampling: DictConfig, image: torch.Tensor, prompt: str, seed: int,
-                 controlnet=None, control=None, progress: bool = True) -> dict:
-    """One video with the settings of ``sampling`` (``cfg.sampling``: steps, guidance_scale, t0, p, num_frames, fsp,
-    ...). ``image`` (3, H, W) in [-1, 1]. Returns {"video": (F, 3, H, W), "latents", "nfe", ...}."""
-    from i2v.diffusion.guidance import negative_prompt
-    from i2v.diffusion.sampler import sample_video
-    from i2v.diffusion.schedule import make_scheduler
-
-    dev = next(bundle.unet.parameters()).device
-    dtype = next(bundle.unet.parameters()).dtype
-    g = torch.Generator(device="cpu").manual_seed(int(seed))
-    img = image[None].to(dev, dtype)
-    first = bundle.encode_video(img[:, None], generator=g)[:, :, 0]              # (1, C, h, w)
-    hw = tuple(image.shape[-2:])
-    cond = bundle.condition([prompt], img, hw=hw)
-    uncond = bundle.condition([negative_prompt(sampling.get("negative_prompt"))], None, hw=hw)
-    scheduler = make_scheduler(str(sampling.scheduler), bundle.schedule)
-    fsp = sampling.fsp
-    res = sample_video(bundle.unet, first, cond["context"], uncond["context"], scheduler=scheduler,
-                       schedule=bundle.schedule, steps=int(sampling.steps), cfg=float(sampling.guidance_scale),
-                       n_frames=int(sampling.num_frames), t0=float(sampling.t0), p=float(sampling.p),
-                       fsp=bool(fsp.enabled), blur_kernel=int(fsp.kernel_size), blur_sigma=float(fsp.sigma),
-                       generator=g, added_cond=cond["added_cond"], added_uncond=uncond["added_cond"],
-                       controlnet=controlnet, control=control, progress=progress)
-    if not torch.isfinite(res["latents"]).all():
-        raise FloatingPointError("the sampled latents hold NaN/Inf (non-finite adapter or model weights, or an "
-                                 "fp16 overflow: try dtype=float32); nothing was written")
-    video = bundle.decode_video(res["latents"])[0].float()
-    if (match := color_match_settings(sampling)) is not None:
-        from i2v.diffusion.color import color_match
-
-        video = color_match(video, image.to(video), **match)
-    return {"video": video, "latents": res["latents"], "nfe": res["nfe"], "steps_run": res.get("steps")}
-
-
 def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optional[Bundle] = None) -> list[dict]:
     """Sample every item ``{image, prompt, seed, name}`` and write its files into ``out_dir``. Settings, ``out=``,
     the input images and the output names are all checked before the model loads."""
-    s = cfg.sampling
-    check_sampling_args(s)
-    resize = str(s.get("resize", "crop"))
-    if resize not in RESIZE_MODES:
-        raise ValueError(f"sampling.resize must be one of {RESIZE_MODES}, got {resize!r}")
+    settings = SamplingSettings.from_config(cfg.sampling)
+    resize = settings.resize
     use_controlnet = bool(cfg.get("controlnet", {}).get("path"))
     if use_controlnet and resize == "fit":
         raise ValueError("sampling.resize=fit gives each image its own size; with a ControlNet use resize=crop and "
@@ -138,17 +57,17 @@ def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optiona
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     side = (bundle.resolution if bundle is not None else None) or cfg.backbone.get("resolution")
-    size = (int(s.get("height") or side), int(s.get("width") or side)) if side else None
+    size = (settings.height or int(side), settings.width or int(side)) if side else None
     items = preflight(items, out_dir, lambda name: output_paths(cfg, out_dir, name),
                       overwrite=bool(cfg.get("overwrite", False)), size=size, resize=resize,
                       strict=not cfg.get("prompts"))
     if all("error" in it for it in items):   # a batch with no good row: say so before loading anything
         raise BatchFailed(f"all {len(items)} rows failed, nothing was sampled:\n  "
                           + "\n  ".join(it["error"] for it in items))
-    device, dtype = resolve_device(cfg)
+    device, dtype = resolve_device(cfg.get("device", "auto"), cfg.get("dtype", "auto"))
     bundle = bundle or load_bundle_for_sampling(cfg, device, dtype)
-    res = int(s.get("height") or bundle.resolution), int(s.get("width") or bundle.resolution)
-    bundle.check_video_shape(*res, int(s.num_frames))
+    res = settings.height or bundle.resolution, settings.width or bundle.resolution
+    bundle.check_video_shape(*res, settings.num_frames)
     controlnet = control = None
     if use_controlnet:
         from i2v.diffusion.controlnet import VideoControlNet, load_control_frames
@@ -159,10 +78,13 @@ def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optiona
         controlnet = VideoControlNet.from_folder(str(cfg.controlnet.path),
                                                  conditioning_scale=float(cfg.controlnet.scale),
                                                  num_text_tokens=text_tokens, dtype=dtype, device=device)
-        control = load_control_frames(str(cfg.controlnet.control), n_frames=int(s.num_frames), size=res)[None]
+        control = load_control_frames(str(cfg.controlnet.control), n_frames=settings.num_frames, size=res)[None]
         control = control.to(device, dtype)
-    versions = package_versions()
-    resolved = resolved_sampling_config(cfg)
+    pipe = I2VPipeline(bundle, settings, controlnet=controlnet, control=control)
+    extra = {"scheduler": settings.scheduler, "backbone": cfg.backbone.name, "adapter": cfg.adapter.name,
+             "ckpt": cfg.get("ckpt"), "versions": package_versions(), "config": resolved_sampling_config(cfg)}
+    writes = {"overwrite": bool(cfg.get("overwrite", False)), "gif": bool(cfg.get("write_gif", True)),
+              "frames": bool(cfg.get("write_frames")), "paths": lambda name: output_paths(cfg, out_dir, name)}
     results, failed = [], []
     todo, done, start = sum("error" not in it for it in items), 0, time.perf_counter()
     for item in items:
@@ -171,8 +93,7 @@ def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optiona
             continue
         done += 1
         try:
-            r = _sample_item(cfg, bundle, item, out_dir, res, resize, controlnet, control,
-                             {"versions": versions, "config": resolved})
+            r = _sample_item(pipe, item, out_dir, res, writes, extra)
             results.append(r)
             print(f"wrote {r['video']} ({r['nfe']} UNet calls, {r['seconds']:.1f} s) "
                   f"[{progress_note(done, todo, time.perf_counter() - start)}]", flush=True)
@@ -215,36 +136,37 @@ def check_out_dir(out_dir: Path) -> None:
         raise PermissionError(f"out={out_dir} is not a writable folder ({e.strerror or e})") from None
 
 
-def _sample_item(cfg, bundle, item, out_dir, res, resize, controlnet, control, extra) -> dict:
-    s = cfg.sampling
-    overwrite = bool(cfg.get("overwrite", False))
+def _sample_item(pipe: I2VPipeline, item: dict, out_dir: Path, res: tuple[int, int], writes: dict,
+                 extra: dict) -> dict:
+    s, bundle = pipe.settings, pipe.bundle
+    overwrite = writes["overwrite"]
     stem = out_dir / item["name"]
     if stem.resolve().parent != out_dir.resolve():
         raise ValueError(f"output name {item['name']!r} leaves out={out_dir}")
-    for path in output_paths(cfg, out_dir, item["name"]):
+    for path in writes["paths"](item["name"]):
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=true to replace it")
     # fit (official): short side to min(height, width), sides at multiples of 64 (and of the model's multiple)
-    image = load_image(item["image"], size=res, resize=resize, multiple=math.lcm(64, bundle.pixel_multiple))
+    image = load_image(item["image"], size=res, resize=s.resize, multiple=math.lcm(64, bundle.pixel_multiple))
     if tuple(image.shape[-2:]) != res:
-        bundle.check_video_shape(*image.shape[-2:], int(s.num_frames))
+        bundle.check_video_shape(*image.shape[-2:], s.num_frames)
     t_start = time.perf_counter()
-    out = generate_one(bundle, s, image, item["prompt"], item["seed"], controlnet, control)
+    out = pipe(image, item["prompt"], seed=item["seed"], progress=True)
     seconds = time.perf_counter() - t_start
-    meta = {"prompt": item["prompt"], "image": item["image"], "seed": item["seed"], "steps": int(s.steps),
-            "t0": float(s.t0), "p": float(s.p), "guidance_scale": float(s.guidance_scale), "nfe": out["nfe"],
-            "num_frames": int(s.num_frames), "height": image.shape[-2], "width": image.shape[-1],
-            "resize": resize, "seconds": round(seconds, 3),
-            "scheduler": str(s.scheduler), "fsp": bool(s.fsp.enabled), "backbone": cfg.backbone.name,
-            "adapter": cfg.adapter.name, "ckpt": cfg.get("ckpt"), **extra}
-    save_mp4(out["video"], Path(f"{stem}.mp4"), fps=int(s.fps), overwrite=overwrite)
-    if cfg.get("write_gif", True):
-        save_gif(out["video"], Path(f"{stem}.gif"), fps=int(s.fps), overwrite=overwrite)
-    if cfg.get("write_frames"):
-        save_frames(out["video"], out_dir / f"{item['name']}_frames", overwrite=overwrite)
+    meta = {"prompt": item["prompt"], "image": item["image"], "seed": item["seed"], "steps": s.steps,
+            "t0": s.t0, "p": s.p, "guidance_scale": s.guidance_scale, "nfe": out.nfe,
+            "num_frames": s.num_frames, "height": image.shape[-2], "width": image.shape[-1],
+            "resize": s.resize, "seconds": round(seconds, 3), "scheduler": extra["scheduler"],
+            "fsp": s.fsp.enabled, "backbone": extra["backbone"], "adapter": extra["adapter"], "ckpt": extra["ckpt"],
+            "versions": extra["versions"], "config": extra["config"]}
+    save_mp4(out.video, Path(f"{stem}.mp4"), fps=s.fps, overwrite=overwrite)
+    if writes["gif"]:
+        save_gif(out.video, Path(f"{stem}.gif"), fps=s.fps, overwrite=overwrite)
+    if writes["frames"]:
+        save_frames(out.video, out_dir / f"{item['name']}_frames", overwrite=overwrite)
     save_json(meta, Path(f"{stem}.json"), overwrite=overwrite, allow_nan=False)
     return {"video": str(Path(f"{stem}.mp4")), "image": item["image"], "name": item["name"],
-            "prompt": item["prompt"], "nfe": out["nfe"], "seconds": seconds, "tensor": out["video"]}
+            "prompt": item["prompt"], "nfe": out.nfe, "seconds": seconds, "tensor": out.video}
 
 
 def resolved_sampling_config(cfg: DictConfig) -> dict:

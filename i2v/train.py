@@ -11,7 +11,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from i2v.bundle import build_bundle, check_paths
+from i2v.pipeline.bundle import build_bundle, check_paths
+from i2v.pipeline.sampling import SamplingSettings
 from i2v.training.callbacks import AdapterCheckpoint, SampleVideos, StepProgress
 from i2v.training.module import I2VAdapterModule
 
@@ -28,8 +29,7 @@ def build_trainer(cfg: DictConfig, out_dir: Path, extra_callbacks: list | None =
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir / "lightning", save_last=True,
                                                              every_n_train_steps=cfg.train.save_every_n_steps))
     if cfg.train.get("sample_every_n_steps"):
-        sampling = OmegaConf.create(OmegaConf.to_container(cfg.sampling, resolve=True))
-        callbacks.append(SampleVideos(int(cfg.train.sample_every_n_steps), sampling))
+        callbacks.append(SampleVideos(int(cfg.train.sample_every_n_steps), SamplingSettings.from_config(cfg.sampling)))
     if cfg.trainer.get("enable_progress_bar", True):   # the whole run's steps, not one epoch's batches
         callbacks.append(StepProgress(every=cfg.train.progress_every_n_steps))
     callbacks += extra_callbacks or []
@@ -136,7 +136,7 @@ def train(cfg: DictConfig) -> dict:
         if trainer.callback_metrics.get("train/loss") is not None:
             result["final_loss"] = float(trainer.callback_metrics["train/loss"])
     if cfg.after_train.sample or cfg.after_train.evaluate:
-        from i2v.toy_eval import sample_and_score
+        from i2v.toy.evaluate import sample_and_score
 
         result.update(sample_and_score(cfg, bundle, out_dir))
     print(closing_summary(result, time.perf_counter() - start))

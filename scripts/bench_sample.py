@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from i2v.diffusion.sampler import sample_video
+from i2v.diffusion.fsp import initial_latents
+from i2v.diffusion.sampler import Denoiser, sample_video
 from i2v.diffusion.schedule import NoiseSchedule, make_scheduler
 from i2v.models.adapters import attach_i2v_adapter
 from i2v.models.content import attach_ip_adapter
@@ -109,11 +110,12 @@ def main() -> None:
 
     results = {}
     for t0 in args.t0:
-        def run():
-            return sample_video(unet, first, cond, uncond, scheduler=make_scheduler(args.scheduler, schedule),
-                                schedule=schedule, steps=args.steps, cfg=args.cfg, n_frames=args.frames, t0=t0,
-                                p=args.p, generator=torch.Generator(device).manual_seed(42), added_cond=added,
-                                progress=False)
+        def run():  # the pipeline's parts (I2VPipeline without the encoders): prior, guided denoiser, loop
+            scheduler = make_scheduler(args.scheduler, schedule)
+            g = torch.Generator(device).manual_seed(42)
+            x, timesteps, _ = initial_latents(first, args.frames, scheduler, args.steps, t0=t0, p=args.p, generator=g)
+            return sample_video(Denoiser(unet, args.cfg), x, {"context": cond, "added_cond": added},
+                                {"context": uncond, "added_cond": None}, timesteps, scheduler=scheduler, generator=g)
         sec, out = _timed(run, device, args.repeats, warmup)
         results[t0] = sec
         print(f"t0={t0:.2f}: {sec:.3f} s/video  unet_calls={out['nfe']}  steps={out['steps']}  "

@@ -96,7 +96,7 @@ def bench_case(name: str, device: str, repeats: int, warmup: int) -> None:
 
 
 def bench_module_steps(steps: int) -> None:
-    from i2v.bundle import random_toy_bundle
+    from i2v.toy.build import random_toy_bundle
     from i2v.data import SyntheticVideos
     from i2v.training.module import I2VAdapterModule
 

@@ -48,7 +48,7 @@ def held_out_clips(cfg, n: int) -> tuple[torch.Tensor, list[str]]:
     from hydra.utils import get_class, instantiate
 
     from i2v.data.synthetic import SyntheticVideos
-    from i2v.toy_eval import EVAL_SEED
+    from i2v.toy.evaluate import EVAL_SEED
 
     spec = cfg.data.dataset
     if get_class(spec._target_) is SyntheticVideos:
@@ -73,7 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     from omegaconf import OmegaConf
 
     import i2v.config  # noqa: F401  (resolvers)
-    from i2v.bundle import build_bundle
+    from i2v.pipeline.bundle import build_bundle
     from i2v.checkpoints.adapter_io import load_adapter
     from i2v.training.diagnose import DEFAULT_TIMESTEPS, eps_loss_by_timestep, findings, format_table
 

@@ -2,7 +2,7 @@
 
 Phase A pretrains the toy text-to-video model (UNet + motion module + text encoder; the SD + AnimateDiff stand-in),
 phase B a toy Content-Adapter (image encoder + Resampler + ``to_k_ip``/``to_v_ip``; the IP-Adapter Plus stand-in);
-see :mod:`i2v.toy_pretrain`. Writes, atomically and only with ``--overwrite`` over existing files:
+see :mod:`i2v.toy.pretrain`. Writes, atomically and only with ``--overwrite`` over existing files:
 
 * ``base_unet.safetensors``     -- ``VideoUNet`` state dict; metadata ``build_overrides`` (JSON kwargs of
   ``build_video_unet("toy", motion="v2", ...)``; motion version, codec and schedule are in the MANIFEST);
@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
 from i2v.checkpoints.ip_adapter import ip_adapter_key_map  # noqa: E402
 from i2v.io import atomic_write, save_json  # noqa: E402
 from i2v.models.toy import toy_state_dict  # noqa: E402
-from i2v.toy_pretrain import (CODEC_SCALE, MOTION, RESAMPLER, SCHEDULE, UNET_OVERRIDES, ClipStream, PretrainConfig,  # noqa: E402
+from i2v.toy.pretrain import (CODEC_SCALE, MOTION, RESAMPLER, SCHEDULE, UNET_OVERRIDES, ClipStream, PretrainConfig,  # noqa: E402
                               ToyModels, build_base, pretrain_base, train_content_adapter)
 
 FILES = ("base_unet.safetensors", "text_encoder.safetensors", "image_encoder.safetensors", "ip_adapter.safetensors")
@@ -97,7 +97,7 @@ def ip_adapter_tensors(models: ToyModels) -> dict[str, torch.Tensor]:
     """Official flat IP-Adapter layout: ``image_proj.<resampler key>`` + ``ip_adapter.{i}.to_{k,v}_ip.weight``
     (the inverse of :func:`ip_adapter_key_map`, so ``load_ip_adapter`` reads it back exactly)."""
     sd = models.unet.state_dict()
-    flat = {f"image_proj.{k}": v for k, v in toy_state_dict(models.resampler).items()}
+    flat = {f"image_proj.{k}": v for k, v in toy_state_dict(models.image_proj).items()}
     for file_key, ours in ip_adapter_key_map(models.unet).items():
         flat[f"ip_adapter.{file_key}"] = sd[ours].detach().clone().contiguous()
     return flat

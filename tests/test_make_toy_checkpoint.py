@@ -1,5 +1,5 @@
 """scripts/make_toy_checkpoint.py: --quick runs write the same layout as the shipped i2v/assets/toy files, load
-through the real loaders (load_ip_adapter, load_toy_state_dict, bundle._build_toy) with identical outputs, and are
+through the real loaders (load_ip_adapter, load_toy_state_dict, i2v.toy.build.ToyBuilder) with identical outputs, and are
 bit-for-bit deterministic."""
 import importlib.util
 import json
@@ -83,7 +83,7 @@ def test_refuses_to_overwrite(runs):
 def test_interrupted_run_resumes_to_identical_files(runs, tmp_path, monkeypatch):
     """A run stopped mid-phase-B and started again with the same command writes the bytes of an uninterrupted
     run (weights, EMA, optimiser, lr schedule, RNG and data position all come back), then drops its state."""
-    from i2v import toy_pretrain
+    from i2v.toy import pretrain as toy_pretrain
 
     mod, (ref, _), _ = runs
     out = tmp_path / "resumed"
@@ -120,11 +120,8 @@ def _inputs(seed=0):
 
 
 def _reference_eps(models, x, t, img, prompts):
-    from i2v.toy_pretrain import content_tokens
-
-    ctx = models.text(prompts)["context"]
-    tok = content_tokens(models, img, torch.tensor([False, True]))
-    return models.unet(x, t, torch.cat([ctx, tok], dim=1))
+    ctx = models.condition(prompts, img, drop_image=torch.tensor([False, True]))["context"]   # the trained Bundle
+    return models.unet(x, t, ctx)
 
 
 def test_loaders_reproduce_the_trained_models(runs):
@@ -154,14 +151,14 @@ def test_loaders_reproduce_the_trained_models(runs):
 
 
 def test_bundle_build_toy_loads_the_files(runs):
-    from i2v.bundle import _build_toy
+    from i2v.toy.build import ToyBuilder
 
     _, (out, _), (res, _) = runs
     backbone = OmegaConf.create({
         "name": "toy", "motion_version": "v2", "unet": str(out / "base_unet.safetensors"),
         "text_encoder": str(out / "text_encoder.safetensors"), "image_encoder": str(out / "image_encoder.safetensors"),
         "ip_adapter": str(out / "ip_adapter.safetensors"), "codec": "patch", "vae_scale": 1.0})
-    parts = _build_toy(backbone, OmegaConf.create({"content": True, "content_scale": 1.0}))
+    parts = ToyBuilder(backbone).build_parts(OmegaConf.create({"content": True, "content_scale": 1.0}))
     x, t, img = _inputs(1)
     prompts = ["a green square moving up on a white background", "a blue triangle"]
     from i2v.models.content import image_tokens, uncond_image_tokens

@@ -68,7 +68,7 @@ def test_color_match_reference_switch():
 def test_color_match_settings_from_the_sampling_config():
     from omegaconf import OmegaConf
 
-    from i2v.sampling import color_match_settings
+    from i2v.pipeline.sampling import color_match_settings
 
     def settings(post):
         return color_match_settings(OmegaConf.create({"post": post}))

@@ -28,7 +28,8 @@ def test_bad_numbers_are_refused_before_anything_is_written(tmp_path, png, over)
 
 
 def test_nan_adapter_is_refused_and_nan_latents_are_never_decoded(tmp_path, png):
-    from i2v.sampling import generate_one, load_bundle_for_sampling, sample
+    from i2v.pipeline.sampling import I2VPipeline, SamplingSettings
+    from i2v.sampling import load_bundle_for_sampling, sample
 
     tensors = load_file(asset_path("toy/adapter.safetensors"))
     key = sorted(tensors)[0]
@@ -43,7 +44,7 @@ def test_nan_adapter_is_refused_and_nan_latents_are_never_decoded(tmp_path, png)
     with torch.no_grad():       # finite but absurd weights (flipped exponent bits): the latents overflow
         next(iter(bundle.trainable.values())).fill_(3e38)
     with pytest.raises(FloatingPointError, match="NaN/Inf"):
-        generate_one(bundle, cfg.sampling, load_image(png), "a", seed=0, progress=False)
+        I2VPipeline(bundle, SamplingSettings.from_config(cfg.sampling))(load_image(png), "a", seed=0)
 
 
 def test_sixteen_bit_png_keeps_its_values(tmp_path):

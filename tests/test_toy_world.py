@@ -20,7 +20,7 @@ def _compose(name, overrides):
 
 
 def test_shipped_toy_checkpoints_load_with_exact_key_sets():
-    from i2v.bundle import build_bundle
+    from i2v.pipeline.bundle import build_bundle
     from i2v.checkpoints.adapter_io import read_adapter
 
     cfg = _compose("sample", ["experiment=toy"])
@@ -38,7 +38,8 @@ def test_sample_py_writes_mp4_and_keeps_frame1_exact(tmp_path):
     from i2v.data.synthetic import SyntheticVideos
     from i2v.io import save_frames
     from i2v.metrics.video_io import read_video
-    from i2v.sampling import load_bundle_for_sampling, generate_one, sample
+    from i2v.pipeline.sampling import I2VPipeline, SamplingSettings
+    from i2v.sampling import load_bundle_for_sampling, sample
 
     clip = SyntheticVideos(1, n_frames=1, size=32, seed=3)[0]
     save_frames(clip["video"], tmp_path / "in")
@@ -53,9 +54,9 @@ def test_sample_py_writes_mp4_and_keeps_frame1_exact(tmp_path):
         sample(cfg)
     bundle = load_bundle_for_sampling(cfg, torch.device("cpu"), torch.float32)
     image = clip["video"][0]
-    out = generate_one(bundle, cfg.sampling, image, clip["text"], seed=0, progress=False)
+    out = I2VPipeline(bundle, SamplingSettings.from_config(cfg.sampling))(image, clip["text"], seed=0)
     first = bundle.encode_video(image[None, None])[:, :, 0]
-    assert torch.equal(out["latents"][:, :, 0], first)
+    assert torch.equal(out.latents[:, :, 0], first)
 
 
 def test_sample_rejects_bad_settings(tmp_path):
@@ -79,7 +80,7 @@ def test_sample_rejects_bad_settings(tmp_path):
     cfg = _compose("sample", ["experiment=toy", f"image={tmp_path / 'missing.png'}", "prompt=a", f"out={tmp_path}"])
     with pytest.raises(FileNotFoundError, match="image not found"):
         sample(cfg)
-    from i2v.bundle import random_toy_bundle
+    from i2v.toy.build import random_toy_bundle
     from i2v.checkpoints.adapter_io import load_adapter
 
     with pytest.raises(ValueError, match="backbone 'toy'.*backbone 'sd15'"):  # an adapter for another backbone
@@ -103,8 +104,9 @@ def test_sample_video_callback_logs_a_video(tmp_path):
     """train.sample_every_n_steps > 0: a short video from the current adapter goes to every logger with log_video."""
     import lightning as L
 
-    from i2v.bundle import random_toy_bundle
+    from i2v.toy.build import random_toy_bundle
     from i2v.data import SyntheticVideos, VideoDataModule
+    from i2v.pipeline.sampling import SamplingSettings
     from i2v.training.callbacks import SampleVideos
     from i2v.training.module import I2VAdapterModule
 
@@ -119,7 +121,7 @@ def test_sample_video_callback_logs_a_video(tmp_path):
     dm = VideoDataModule(dataset=SyntheticVideos(n_items=4, n_frames=4, size=32), batch_size=2, val_fraction=0.0)
     lg = VideoLogger(tmp_path)
     L.Trainer(accelerator="cpu", max_steps=2, logger=lg, enable_progress_bar=False, enable_checkpointing=False,
-              enable_model_summary=False, callbacks=[SampleVideos(1, cfg)]).fit(mod, datamodule=dm)
+              enable_model_summary=False, callbacks=[SampleVideos(1, SamplingSettings.from_config(cfg))]).fit(mod, datamodule=dm)
     assert [(k, s) for k, s, _ in lg.videos] == [("samples/video", (4, 3, 32, 32))] * 2
 
 
@@ -140,11 +142,13 @@ def test_shipped_toy_files_keep_the_first_frame_better_than_the_old_base():
     lost the object in most frames; a base that regresses to sampling noise fails here. (The adapter itself is not
     yet measurably better than adapter=none on the toy: README, toy-world section.)"""
     from i2v.sampling import load_bundle_for_sampling
-    from i2v.toy_eval import score_bundle
+    from i2v.pipeline.sampling import I2VPipeline, SamplingSettings
+    from i2v.toy.evaluate import score_pipeline
 
     cfg = _compose("sample", ["experiment=toy"])
     bundle = load_bundle_for_sampling(cfg, torch.device("cpu"), torch.float32)
-    res = score_bundle(bundle, cfg.sampling, n_videos=4, n_frames=int(cfg.sampling.num_frames), size=32, seed=0)
+    pipe = I2VPipeline(bundle, SamplingSettings.from_config(cfg.sampling))
+    res = score_pipeline(pipe, n_videos=4, n_frames=int(cfg.sampling.num_frames), size=32, seed=0)
     assert res["model"]["identity"] >= IDENTITY_FLOOR, res["model"]
     assert res["model"]["lost_frac"] <= LOST_CEILING, res["model"]
     assert res["model"]["bg_err"] <= BG_CEILING, res["model"]

@@ -125,13 +125,19 @@ def frame_similarity_prior(first_latent: torch.Tensor, n_frames: int, t0: float,
     _check_first(first_latent, n_frames)
     num_steps = len(scheduler.timesteps) // getattr(scheduler, "order", 1)
     start = fsp_start_index(num_steps, t0)
+    return _prior_from(first_latent, n_frames, p, scheduler, start, generator, kernel_size, sigma), start
+
+
+def _prior_from(first_latent: torch.Tensor, n_frames: int, p: float, scheduler, start: int,
+                generator: Optional[torch.Generator], kernel_size: int, sigma: float) -> torch.Tensor:
+    """The prior's ``x_init (B, C, F, H, W)`` noised to the level of ``timesteps[start]``."""
     b = first_latent.shape[0]
     rest = first_latent.unsqueeze(2).expand(-1, -1, n_frames - 1, -1, -1)
     rest = degrade(rest, p, generator, kernel_size, sigma)
     noise = rand_like_gen("randn", rest.shape, generator, rest.device, rest.dtype)
     t_start = scheduler.timesteps[start * getattr(scheduler, "order", 1)]
     noisy = scheduler.add_noise(rest, noise, t_start.reshape(1).repeat(b)).to(first_latent.dtype)
-    return torch.cat([first_latent.unsqueeze(2), noisy], dim=2), start
+    return torch.cat([first_latent.unsqueeze(2), noisy], dim=2)
 
 
 def pure_noise_init(first_latent: torch.Tensor, n_frames: int, scheduler,
@@ -152,3 +158,28 @@ def _check_first(first_latent: torch.Tensor, n_frames: int) -> None:
         raise ValueError(f"first_latent must be (B, C, H, W), got shape {tuple(first_latent.shape)}")
     if n_frames < 2:
         raise ValueError(f"n_frames must be >= 2 (frame 0 is the input image), got {n_frames}")
+
+
+def initial_latents(first_latent: torch.Tensor, num_frames: int, scheduler, steps: int, *, t0: float = 1.0,
+                    p: float = 0.0, fsp: bool = True, generator: Optional[torch.Generator] = None,
+                    kernel_size: int = 9, sigma: float = 18.0) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """Set ``scheduler`` to ``steps`` steps and draw the start of a video whose frame 0 is ``first_latent``.
+
+    Args:
+        first_latent: ``(B, C, H, W)`` clean latent of the input image.
+        num_frames: F (>= 2), frame 0 included.
+        t0, p, fsp: the Frame Similarity Prior (``fsp=False``: pure noise, all ``steps`` steps run).
+    Returns:
+        ``(x_init (B, C, F, H, W), timesteps to run, start_index)``; frame 0 of ``x_init`` is ``first_latent``.
+    """
+    scheduler.set_timesteps(steps, device=first_latent.device)
+    order = getattr(scheduler, "order", 1)
+    start = fsp_start_index(steps, t0) if fsp else 0
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start * order)
+    if fsp:
+        _check_first(first_latent, num_frames)
+        x = _prior_from(first_latent, num_frames, p, scheduler, start, generator, kernel_size, sigma)
+    else:
+        x, _ = pure_noise_init(first_latent, num_frames, scheduler, generator)
+    return x, scheduler.timesteps[start * order:], start

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["VideoUNet", "build_video_unet", "load_video_unet"]
+__all__ = ["VideoUNet", "build_video_unet"]   # loading released weights: i2v.checkpoints.loader.load_video_unet
 
 
 def __getattr__(name: str) -> Any:  # lazy, so that importing one submodule does not import them all
@@ -11,8 +11,4 @@ def __getattr__(name: str) -> Any:  # lazy, so that importing one submodule does
         from . import unet
 
         return getattr(unet, name)
-    if name == "load_video_unet":
-        from i2v.checkpoints.loader import load_video_unet
-
-        return load_video_unet
     raise AttributeError(name)

@@ -1,5 +1,5 @@
 """CLIP text encoders (frozen) implementing the ``TextEncoder`` protocol, from local diffusers-style folders (or,
-through :mod:`i2v.real_models`, from a single-file checkpoint's own text-encoder weights).
+through :mod:`i2v.pipeline.sd`, from a single-file checkpoint's own text-encoder weights).
 
 SD1.5 (reference §1.7): CLIP ViT-L/14 text, context = ``last_hidden_state`` ``(B, 77, 768)``.
 SDXL (reference §2): context = CLIP-L ``hidden_states[-2]`` ⊕ OpenCLIP bigG ``hidden_states[-2]`` =

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from i2v.config import portable_paths
+from i2v.pipeline.sampling import I2VPipeline, SamplingSettings
 
 log = logging.getLogger(__name__)
 
@@ -56,23 +57,23 @@ class AdapterCheckpoint(L.Callback):
 class SampleVideos(L.Callback):
     """Every ``every_n_steps``, sample one short video from the first validation clip and log it."""
 
-    def __init__(self, every_n_steps: int, sample_cfg: DictConfig):
+    def __init__(self, every_n_steps: int, settings: SamplingSettings):
         self.every = int(every_n_steps)
-        self.sample_cfg = sample_cfg
+        self.settings = settings
+        self._pipe: I2VPipeline | None = None
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if not self.every or step == 0 or step % self.every or trainer.global_rank != 0:
             return
-        from i2v.sampling import generate_one
-
+        if self._pipe is None or self._pipe.bundle is not pl_module.bundle:
+            self._pipe = I2VPipeline(pl_module.bundle, self.settings)
         was_training = pl_module.training
         pl_module.eval()
-        out = generate_one(pl_module.bundle, self.sample_cfg, batch["video"][0, 0], batch["text"][0], seed=0,
-                           progress=False)
+        out = self._pipe(batch["video"][0, 0], batch["text"][0], seed=0)
         pl_module.train(was_training)
-        video = ((out["video"].clamp(-1, 1) + 1) * 127.5).to(torch.uint8).cpu()
+        video = ((out.video.clamp(-1, 1) + 1) * 127.5).to(torch.uint8).cpu()
         for lg in trainer.loggers:
             if hasattr(lg, "log_video"):
                 lg.log_video("samples/video", [video.numpy()], step=step, fps=[8])

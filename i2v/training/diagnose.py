@@ -46,7 +46,7 @@ def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
     """``{t: {predictor: mean ε-MSE over the clips}}`` for the predictors in :data:`PREDICTORS`.
 
     Args:
-        bundle: a :class:`~i2v.bundle.Bundle` (any backbone); its I2V-Adapter, if attached, is switched on and off
+        bundle: a :class:`~i2v.pipeline.bundle.Bundle` (any backbone); its I2V-Adapter, if attached, is switched on and off
             here and left as it was found.
         videos: ``(N, F, 3, H, W)`` pixels in [-1, 1]; ``texts``: their N captions.
         timesteps: DDPM indices in ``[0, num_train_timesteps)``.

@@ -18,9 +18,8 @@ from typing import Any, Optional
 import lightning as L
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 
-from i2v.bundle import Bundle
+from i2v.pipeline.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +150,3 @@ class I2VAdapterModule(L.LightningModule):
                 if f"bundle.unet.{k}" in state_dict:
                     p.copy_(state_dict[f"bundle.unet.{k}"])
         return None
-
-
-def frames_to_batch(video: torch.Tensor) -> torch.Tensor:
-    """(B, F, 3, H, W) -> (B·F, 3, H, W), the layout per-frame encoders take."""
-    return rearrange(video, "b f c h w -> (b f) c h w")

@@ -1,7 +1,7 @@
 """A user of the official repository points ``backbone.unet`` at ``animatediff_v15_v1_ipplus.pth`` and ``ckpt`` at
 ``i2v_module.pth`` (plus the SD1.5 VAE / text encoder / tokenizer folders and the IP-Adapter files they already
 have, as in the official ``infer.sh``): no ``backbone.motion`` is needed, the merged base's IP-Adapter layers are
-used, and the adapter loads -- all through the real configs and :func:`i2v.bundle.build_bundle`."""
+used, and the adapter loads -- all through the real configs and :func:`i2v.pipeline.bundle.build_bundle`."""
 from __future__ import annotations
 
 import pytest
@@ -12,7 +12,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from hydra import compose, initialize_config_dir
 from safetensors.torch import save_file
 
-from i2v.bundle import build_bundle, check_paths
+from i2v.pipeline.bundle import build_bundle, check_paths
 from i2v.checkpoints.adapter_io import load_adapter
 from i2v.config import CONFIGS
 from i2v.models.adapters import i2v_adapter_parameters
@@ -90,7 +90,7 @@ def test_sample_py_with_the_official_files_and_preprocessing(tmp_path, monkeypat
     (``resize=fit``, here a 1:2 one), the official negative prompt, colour matching to the decoded frame 0."""
     from PIL import Image
 
-    from i2v.bundle import Bundle
+    from i2v.pipeline.bundle import Bundle
     from i2v.metrics.video_io import read_video
     from i2v.sampling import sample
 

@@ -76,7 +76,7 @@ def _files(root, kind: str) -> list[str]:
 
 def _adapter(root, overrides):
     """An I2V-Adapter checkpoint for this backbone with non-zero W'_O (a trained one, not the zero init)."""
-    from i2v.bundle import build_bundle
+    from i2v.pipeline.bundle import build_bundle
     from i2v.checkpoints.adapter_io import save_adapter
 
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):

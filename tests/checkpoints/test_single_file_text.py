@@ -132,8 +132,8 @@ def _backbone(name, **kw):
 
 
 def test_build_text_encoder_sd15_single_file(tmp_path, tok_dir, sd15_unet):
-    from i2v.bundle import check_paths
-    from i2v.real_models import build_text_encoder
+    from i2v.pipeline.bundle import check_paths
+    from i2v.pipeline.sd import build_text_encoder
 
     clip_l, other = make_clip_l(seed=5), make_clip_l(seed=6)
     path = tmp_path / "dreambooth.safetensors"
@@ -153,7 +153,7 @@ def test_build_text_encoder_sd15_single_file(tmp_path, tok_dir, sd15_unet):
 
 
 def test_build_text_encoder_sdxl_single_file(tmp_path, tok_dir, sdxl_unet):
-    from i2v.real_models import build_text_encoder
+    from i2v.pipeline.sd import build_text_encoder
 
     clip_l, bigg = make_clip_l(seed=7), make_openclip_bigg(seed=8)
     path = tmp_path / "sdxl_dreambooth.safetensors"
@@ -176,7 +176,7 @@ def test_build_text_encoder_sdxl_single_file(tmp_path, tok_dir, sdxl_unet):
 
 
 def test_single_file_without_text_needs_folders(tmp_path, tok_dir, sd15_unet):
-    from i2v.real_models import build_text_encoder
+    from i2v.pipeline.sd import build_text_encoder
 
     path = tmp_path / "unet_only.safetensors"
     save_single_file(_without_text(to_ldm_single_file(sd15_unet, sdxl=False)), path)
@@ -189,7 +189,7 @@ def test_build_real_parts_sd15_single_file(tmp_path, tok_dir, sd15_unet):
     """The whole ``backbone=sd15`` path on a tiny DreamBooth-style file (UNet + text inside, VAE from a folder)."""
     from diffusers import AutoencoderKL
 
-    from i2v.real_models import build_real_parts
+    from i2v.pipeline.sd import build_real_parts
 
     clip_l = make_clip_l(seed=9)
     path = tmp_path / "db.safetensors"

@@ -74,3 +74,27 @@ def sinusoid(b, c, h, w, seed=0):
 @pytest.fixture
 def make_latent():
     return sinusoid
+
+
+def _sample(unet, first, cond, uncond, *, scheduler, schedule=None, steps=25, cfg=7.5, n_frames=16, t0=1.0, p=0.0,
+            fsp=True, generator=None, added_cond=None, added_uncond=None, controlnet=None, control=None,
+            callback=None, progress=False):
+    """The sampler's parts put together as :class:`i2v.pipeline.sampling.I2VPipeline` does (scheduler check, guided
+    denoiser, prior, loop), with the keyword names the sampler tests were written with; adds ``start_index``."""
+    from i2v.diffusion.fsp import initial_latents
+    from i2v.diffusion.sampler import Denoiser, check_scheduler, sample_video
+
+    if schedule is not None:
+        check_scheduler(scheduler, schedule)
+    denoise = Denoiser(unet, cfg, controlnet, control)
+    x, timesteps, start = initial_latents(first, n_frames, scheduler, steps, t0=t0, p=p, fsp=fsp, generator=generator)
+    out = sample_video(denoise, x, {"context": cond, "added_cond": added_cond},
+                       {"context": uncond, "added_cond": added_uncond}, timesteps, scheduler=scheduler,
+                       generator=generator, callback=callback, progress=progress)
+    return {**out, "start_index": start}
+
+
+@pytest.fixture
+def sampler():
+    """``sampler(unet, first (B,C,H,W), cond (B,L,d), uncond, scheduler=..., steps=, cfg=, n_frames=, ...)``."""
+    return _sample

@@ -6,7 +6,6 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from PIL import Image
 
 from i2v.diffusion.controlnet import VideoControlNet, load_control_frames
-from i2v.diffusion.sampler import sample_video
 from i2v.diffusion.schedule import NoiseSchedule, make_scheduler
 from i2v.models.config import UNetConfig
 from i2v.models.unet import VideoUNet, build_video_unet
@@ -84,7 +83,7 @@ def test_text_token_truncation_and_resize(tiny_pair):
 
 
 @torch.no_grad()
-def test_from_folder_and_sampling_with_toy_unet(tiny_pair, tmp_path):
+def test_from_folder_and_sampling_with_toy_unet(tiny_pair, tmp_path, sampler):
     _, cn, _ = tiny_pair
     cn.save_pretrained(tmp_path / "cn", safe_serialization=True)
     loaded = VideoControlNet.from_folder(tmp_path / "cn", conditioning_scale=0.5)
@@ -100,8 +99,8 @@ def test_from_folder_and_sampling_with_toy_unet(tiny_pair, tmp_path):
     control = torch.rand(1, F_, 3, 2 * H, 2 * W) * 2 - 1
     kw = dict(scheduler=make_scheduler("ddim", NoiseSchedule()), steps=2, cfg=5.0, n_frames=F_, t0=1.0, p=0.5,
               progress=False)
-    out = sample_video(unet, first, ctx, unc, generator=g(), controlnet=loaded, control=control, **kw)
-    plain = sample_video(unet, first, ctx, unc, generator=g(), **kw)
+    out = sampler(unet, first, ctx, unc, generator=g(), controlnet=loaded, control=control, **kw)
+    plain = sampler(unet, first, ctx, unc, generator=g(), **kw)
     assert torch.equal(out["latents"][:, :, 0], first) and out["nfe"] == 2
     assert (out["latents"] - plain["latents"]).abs().max() > 1e-4
 

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from i2v.diffusion.fsp import frame_similarity_prior
-from i2v.diffusion.sampler import sample_video
 from i2v.diffusion.schedule import NoiseSchedule, make_scheduler
 
 SCHEDULERS = ["ddim", "euler", "dpmpp", "ddpm"]
@@ -18,7 +17,7 @@ def _inputs(seed=0):
     return first, cond, uncond
 
 
-def _run(unet, name="ddim", seed=42, **kw):
+def _run(sample_video, unet, name="ddim", seed=42, **kw):
     first, cond, uncond = _inputs()
     sched = make_scheduler(name, NoiseSchedule())
     args = dict(scheduler=sched, schedule=NoiseSchedule(), steps=10, cfg=7.5, n_frames=F_, t0=1.0, p=0.5,
@@ -28,9 +27,9 @@ def _run(unet, name="ddim", seed=42, **kw):
 
 
 @pytest.mark.parametrize("name", SCHEDULERS)
-def test_frame0_exact_and_clean_input(name, fake_unet):
+def test_frame0_exact_and_clean_input(name, fake_unet, sampler):
     seen = []
-    out, first = _run(fake_unet, name, callback=lambda i, t, x: seen.append(x[:, :, 0].clone()))
+    out, first = _run(sampler, fake_unet, name, callback=lambda i, t, x: seen.append(x[:, :, 0].clone()))
     lat = out["latents"]
     assert lat.shape == (B, C, F_, H, W)
     assert torch.equal(lat[:, :, 0], first)  # bitwise
@@ -42,8 +41,8 @@ def test_frame0_exact_and_clean_input(name, fake_unet):
 
 @pytest.mark.parametrize("name", SCHEDULERS)
 @pytest.mark.parametrize("t0,expected", [(1.0, 10), (0.8, 8), (0.6, 6)])
-def test_nfe(name, t0, expected, fake_unet):
-    out, _ = _run(fake_unet, name, t0=t0)
+def test_nfe(name, t0, expected, fake_unet, sampler):
+    out, _ = _run(sampler, fake_unet, name, t0=t0)
     assert len(fake_unet.calls) == expected == out["nfe"] == out["unet_calls"] == out["steps"]
     full = make_scheduler(name, NoiseSchedule())
     full.set_timesteps(10)
@@ -52,16 +51,16 @@ def test_nfe(name, t0, expected, fake_unet):
         assert call["t"].dtype == torch.long and call["t"].tolist() == [int(t)] * (2 * B)
 
 
-def test_fsp_disabled_runs_all_steps(fake_unet):
-    out, _ = _run(fake_unet, "euler", fsp=False, t0=0.6)
+def test_fsp_disabled_runs_all_steps(fake_unet, sampler):
+    out, _ = _run(sampler, fake_unet, "euler", fsp=False, t0=0.6)
     assert out["nfe"] == 10 and out["start_index"] == 0
 
 
 @pytest.mark.parametrize("name", SCHEDULERS)
-def test_seeds(name, fake_unet):
-    a, _ = _run(fake_unet, name, seed=1)
-    b, _ = _run(fake_unet, name, seed=1)
-    c, _ = _run(fake_unet, name, seed=2)
+def test_seeds(name, fake_unet, sampler):
+    a, _ = _run(sampler, fake_unet, name, seed=1)
+    b, _ = _run(sampler, fake_unet, name, seed=1)
+    c, _ = _run(sampler, fake_unet, name, seed=2)
     assert torch.equal(a["latents"], b["latents"])
     assert (a["latents"][:, :, 1:] - c["latents"][:, :, 1:]).abs().max() > 1e-3
 
@@ -116,80 +115,80 @@ def _close(a, b):
 
 
 @pytest.mark.parametrize("t0,n", [(1.0, 10), (0.6, 6)])
-def test_ddim_matches_reference_with_cfg(t0, n, fake_unet):
+def test_ddim_matches_reference_with_cfg(t0, n, fake_unet, sampler):
     first, cond, uncond = _inputs()
     x = _prior("ddim", t0, 0.5, 7)
     ref = _reference_ddim(fake_unet, x, first, cond, uncond, 7.5, 10, n)
-    out, _ = _run(fake_unet, "ddim", seed=7, t0=t0)
+    out, _ = _run(sampler, fake_unet, "ddim", seed=7, t0=t0)
     _close(out["latents"], ref)
 
 
-def test_cfg1_is_conditional_only(fake_unet):
+def test_cfg1_is_conditional_only(fake_unet, sampler):
     first, cond, _ = _inputs()
     x = _prior("ddim", 0.8, 0.5, 3)
     ref = _reference_ddim(fake_unet, x, first, cond, None, 1.0, 10, 8)
     fake_unet.calls.clear()
-    out1, _ = _run(fake_unet, "ddim", seed=3, t0=0.8, cfg=1.0)
+    out1, _ = _run(sampler, fake_unet, "ddim", seed=3, t0=0.8, cfg=1.0)
     _close(out1["latents"], ref)
     assert out1["nfe"] == 8 and all(c["x"].shape[0] == B for c in fake_unet.calls)  # half the forward batch
     assert all(torch.equal(c["context"], cond) for c in fake_unet.calls)
     n1 = sum(c["x"].shape[0] for c in fake_unet.calls)
     fake_unet.calls.clear()
     first, cond, uncond = _inputs()
-    out_none = sample_video(fake_unet, first, cond, None, scheduler=make_scheduler("ddim", NoiseSchedule()),
+    out_none = sampler(fake_unet, first, cond, None, scheduler=make_scheduler("ddim", NoiseSchedule()),
                             steps=10, cfg=1.0, n_frames=F_, t0=0.8, p=0.5,
                             generator=torch.Generator().manual_seed(3), progress=False)
     assert torch.equal(out_none["latents"], out1["latents"])
     fake_unet.calls.clear()
-    out_g, _ = _run(fake_unet, "ddim", seed=3, t0=0.8, cfg=7.5)
+    out_g, _ = _run(sampler, fake_unet, "ddim", seed=3, t0=0.8, cfg=7.5)
     assert sum(c["x"].shape[0] for c in fake_unet.calls) == 2 * n1
     assert (out_g["latents"] - out1["latents"]).abs().max() > 1e-3
     with pytest.raises(ValueError, match="unconditional"):
-        sample_video(fake_unet, first, cond, None, scheduler=make_scheduler("ddim", NoiseSchedule()), cfg=2.0,
+        sampler(fake_unet, first, cond, None, scheduler=make_scheduler("ddim", NoiseSchedule()), cfg=2.0,
                      steps=2, n_frames=F_, progress=False)
 
 
-def test_euler_matches_reference(fake_unet):
+def test_euler_matches_reference(fake_unet, sampler):
     first, cond, _ = _inputs()
     x = _prior("euler", 0.8, 0.5, 9)
     ref = _reference_euler(fake_unet, x, first, cond, 10, 8)
-    out, _ = _run(fake_unet, "euler", seed=9, t0=0.8, cfg=1.0)
+    out, _ = _run(sampler, fake_unet, "euler", seed=9, t0=0.8, cfg=1.0)
     _close(out["latents"], ref)
 
 
-def test_guidance_batches_uncond_first_and_added_cond(fake_unet):
+def test_guidance_batches_uncond_first_and_added_cond(fake_unet, sampler):
     first, cond, uncond = _inputs()
     add_c = {"text_embeds": torch.ones(B, 6), "time_ids": torch.zeros(B, 6)}
     add_u = {"text_embeds": -torch.ones(B, 6), "time_ids": torch.zeros(B, 6)}
-    _run(fake_unet, "ddim", steps=3, added_cond=add_c, added_uncond=add_u)
+    _run(sampler, fake_unet, "ddim", steps=3, added_cond=add_c, added_uncond=add_u)
     call = fake_unet.calls[0]
     assert torch.equal(call["context"], torch.cat([uncond, cond]))
     assert call["added_cond"]["text_embeds"][:B].eq(-1).all() and call["added_cond"]["text_embeds"][B:].eq(1).all()
 
 
-def test_controlnet_plumbing(fake_unet, fake_controlnet):
+def test_controlnet_plumbing(fake_unet, sampler, fake_controlnet):
     control = torch.rand(B, F_, 3, H, W) * 2 - 1
-    out, _ = _run(fake_unet, "ddim", steps=4, controlnet=fake_controlnet, control=control)
+    out, _ = _run(sampler, fake_unet, "ddim", steps=4, controlnet=fake_controlnet, control=control)
     assert len(fake_controlnet.calls) == len(fake_unet.calls) == 4
     cn = fake_controlnet.calls[0]
     assert torch.equal(cn["control"], torch.cat([control, control]))  # both CFG halves get the same control
     assert torch.equal(cn["x"], fake_unet.calls[0]["x"]) and torch.equal(cn["t"], fake_unet.calls[0]["t"])
     assert fake_unet.calls[0]["mid"] is not None and len(fake_unet.calls[0]["down"]) == 1
-    plain, _ = _run(fake_unet, "ddim", steps=4)
+    plain, _ = _run(sampler, fake_unet, "ddim", steps=4)
     assert (plain["latents"] - out["latents"]).abs().max() > 1e-4  # the residuals change the result
     with pytest.raises(ValueError, match="together"):
-        _run(fake_unet, "ddim", steps=2, controlnet=fake_controlnet)
+        _run(sampler, fake_unet, "ddim", steps=2, controlnet=fake_controlnet)
     with pytest.raises(ValueError, match="control must be"):
-        _run(fake_unet, "ddim", steps=2, controlnet=fake_controlnet, control=control[:, :3])
+        _run(sampler, fake_unet, "ddim", steps=2, controlnet=fake_controlnet, control=control[:, :3])
 
 
-def test_schedule_mismatch_raises(fake_unet):
+def test_schedule_mismatch_raises(fake_unet, sampler):
     with pytest.raises(ValueError, match="schedule"):
-        _run(fake_unet, "ddim", steps=2, schedule=NoiseSchedule(beta_schedule="scaled_linear"))
+        _run(sampler, fake_unet, "ddim", steps=2, schedule=NoiseSchedule(beta_schedule="scaled_linear"))
 
 
 @pytest.mark.parametrize("name", ["euler", "dpmpp"])  # σ-scaled input; multistep history on the F-1 slice
-def test_real_toy_unet(name):
+def test_real_toy_unet(name, sampler):
     from i2v.models.unet import build_video_unet
 
     torch.manual_seed(0)
@@ -198,7 +197,7 @@ def test_real_toy_unet(name):
     cond, uncond = torch.randn(1, 6, 64), torch.zeros(1, 6, 64)
     calls = []
     hook = unet.register_forward_pre_hook(lambda m, a: calls.append(a[0][:, :, 0].clone()))
-    out = sample_video(unet, first, cond, uncond, scheduler=make_scheduler(name, NoiseSchedule()), steps=3,
+    out = sampler(unet, first, cond, uncond, scheduler=make_scheduler(name, NoiseSchedule()), steps=3,
                        cfg=7.5, n_frames=3, t0=0.7, p=0.5, generator=torch.Generator().manual_seed(0),
                        progress=False)
     hook.remove()

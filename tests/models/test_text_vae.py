@@ -8,7 +8,9 @@ import torch
 from safetensors.torch import save_file
 
 from i2v.models.text import SD15TextEncoder, SDXLTextEncoder, load_text_encoder, sdxl_time_ids, write_clip_tokenizer
-from i2v.models.vae import (VAECodec, build_vae_from_ldm, convert_ldm_vae_state_dict, decode_video, encode_video)
+from i2v.checkpoints.vae import build_vae_from_ldm, convert_ldm_vae_state_dict, vae_codec_from_single_file
+from i2v.models.vae import VAECodec
+from i2v.pipeline.bundle import decode_video, encode_video
 
 PROMPTS = ["a photo of a Cat, jumping!!  over 3 dogs", ""]
 # transformers registers SDXL's pad token "!" as a special token, which splits "!!"; keep "!" out of SDXL prompts
@@ -212,14 +214,14 @@ def test_ldm_single_file_matches_diffusers_converter(tmp_path):
     path = tmp_path / "model.safetensors"   # a whole single file: only its first_stage_model.* tensors are read
     save_file({**ldm, "model.diffusion_model.conv_in.weight": torch.zeros(4, 4, 3, 3),
                "cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.zeros(8)}, str(path))
-    codec = VAECodec.from_single_file(path, scaling_factor=0.18215, norm_num_groups=4, sample_posterior=False)
+    codec = vae_codec_from_single_file(path, scaling_factor=0.18215, norm_num_groups=4, sample_posterior=False)
     x = torch.rand(1, 3, 16, 16) * 2 - 1
     with torch.no_grad():
         _close(codec.encode(x), vae.encode(x).latent_dist.mode() * 0.18215)
     with pytest.raises(KeyError, match="unrecognised VAE key"):
         convert_ldm_vae_state_dict({**ldm, "first_stage_model.encoder.extra.weight": torch.zeros(1)})
     with pytest.raises(FileNotFoundError, match="first_stage_model"):
-        VAECodec.from_single_file(tmp_path / "missing.safetensors", 0.18215)
+        vae_codec_from_single_file(tmp_path / "missing.safetensors", 0.18215)
 
 
 def test_sd_vae_full_size_counts_on_meta():

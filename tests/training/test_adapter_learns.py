@@ -24,7 +24,7 @@ def _static(data: SyntheticVideos, idx: list[int]) -> tuple[torch.Tensor, list[s
 
 
 def test_adapter_branch_trains_on_static_clips():
-    from i2v.bundle import build_bundle
+    from i2v.pipeline.bundle import build_bundle
 
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose(config_name="sample", overrides=["experiment=toy", "adapter=no_content"])

@@ -3,7 +3,7 @@ import lightning as L
 import pytest
 import torch
 
-from i2v.bundle import random_toy_bundle
+from i2v.toy.build import random_toy_bundle
 from i2v.data import SyntheticVideos, VideoDataModule
 from i2v.training.module import I2VAdapterModule
 

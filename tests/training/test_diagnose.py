@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from i2v.bundle import random_toy_bundle
+from i2v.toy.build import random_toy_bundle
 from i2v.data.synthetic import SyntheticVideos
 from i2v.training.diagnose import PREDICTORS, eps_loss_by_timestep, findings, format_table
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from i2v.bundle import random_toy_bundle
+from i2v.toy.build import random_toy_bundle
 from i2v.training.module import I2VAdapterModule, first_frame_clean_noising, masked_frame_loss
 
 OPTIM = {"lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.999], "grad_clip": 1.0}

@@ -11,7 +11,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from i2v.bundle import random_toy_bundle
+from i2v.toy.build import random_toy_bundle
 from i2v.config import CONFIGS
 from i2v.data import SyntheticVideos, VideoDataModule
 from i2v.rundir import claim_run_dir

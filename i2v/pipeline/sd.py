@@ -1,4 +1,5 @@
-"""Frozen SD1.5 / SDXL parts from local files (the ``backbone=sd15|sdxl`` half of :func:`i2v.bundle.build_bundle`).
+"""Frozen SD1.5 / SDXL parts from local files: :class:`SD15Builder` / :class:`SDXLBuilder`, the ``_target_`` of
+``configs/backbone/sd15.yaml`` / ``sdxl.yaml`` (see :func:`i2v.pipeline.bundle.build_bundle`).
 
 UNet + motion module through :func:`i2v.checkpoints.loader.load_video_unet` (diffusers folder or single file; any
 AnimateDiff layout; the official merged base brings its motion modules and IP-Adapter layers), the VAE from its
@@ -14,6 +15,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+
+from i2v.checkpoints.official_base import single_file_parts
+from i2v.pipeline.bundle import BackboneBuilder
 
 TEXT_ROLES = {"sd15": ("text_encoder",), "sdxl": ("text_encoder", "text_encoder_2")}
 
@@ -61,8 +65,47 @@ def build_text_encoder(backbone: DictConfig, *, verbose: bool = True) -> nn.Modu
     return SDXLTextEncoder(tokenizers[0], models["text_encoder"], tokenizers[1], models["text_encoder_2"])
 
 
+REQUIRED = {"sd15": ["unet", "motion", "text_encoder", "tokenizer"],
+            "sdxl": ["unet", "motion", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"]}
+CONTENT_REQUIRED = ["ip_adapter", "image_encoder"]
+
+
+def required_paths(backbone: DictConfig, adapter: DictConfig) -> list[str]:
+    """The path keys of ``backbone`` a run needs (what a single file or a merged base carries is left out)."""
+    keys = list(REQUIRED[backbone.name])
+    single = single_file_of(backbone) is not None
+    inside = single_file_parts(str(backbone.unet)) if single else set()
+    if "text" in inside and backbone.get("text_from_single_file", True):
+        keys = [k for k in keys if not k.startswith("text_encoder")]  # the single file carries them
+    if "motion" in inside:
+        keys.remove("motion")          # a merged UNet3D base (official I2V-Adapter release) carries its own
+    if adapter.content:
+        keys += CONTENT_REQUIRED
+    if backbone.get("vae") is None and backbone.get("unet") and \
+            (Path(str(backbone.unet)).is_dir() or (single and "vae" not in inside)):
+        keys.append("vae")  # a diffusers UNet folder or a merged base carries no VAE; an LDM single file does
+    return keys
+
+
+class SD15Builder(BackboneBuilder):
+    """``backbone=sd15``: Stable Diffusion 1.5 + AnimateDiff from local files."""
+
+    def required_paths(self, adapter: DictConfig) -> list[str]:
+        return required_paths(self.cfg, adapter)
+
+    def build_parts(self, adapter: DictConfig, *, device="cpu", dtype=torch.float32) -> dict:
+        return build_real_parts(self.cfg, adapter, device=device, dtype=dtype)
+
+
+class SDXLBuilder(SD15Builder):
+    """``backbone=sdxl``: SDXL + AnimateDiff (two text encoders, micro-conditioning ``time_ids``)."""
+
+    micro_conditioning = True
+
+
 def build_real_parts(backbone: DictConfig, adapter: DictConfig, *, device="cpu", dtype=torch.float32) -> dict:
     from i2v.checkpoints.loader import load_video_unet
+    from i2v.checkpoints.vae import vae_codec_from_single_file
     from i2v.models.vae import VAECodec
 
     hints = backbone.get("unet_hints")
@@ -76,8 +119,8 @@ def build_real_parts(backbone: DictConfig, adapter: DictConfig, *, device="cpu",
         if single_file_of(backbone) is None:
             raise FileNotFoundError("backbone.vae is unset and backbone.unet is a diffusers folder (no VAE inside); "
                                     "set backbone.vae=<.../vae>")
-        codec = VAECodec.from_single_file(str(backbone.unet), scaling_factor=float(backbone.vae_scale),
-                                          upcast_decode=upcast)
+        codec = vae_codec_from_single_file(str(backbone.unet), scaling_factor=float(backbone.vae_scale),
+                                           upcast_decode=upcast)
     parts = {"unet": unet, "codec": codec, "text": build_text_encoder(backbone)}
     if not adapter.content and any(k.endswith("to_k_ip.weight") for k in unet.state_dict()):
         from i2v.models.content import detach_ip_adapter

@@ -11,11 +11,14 @@ import math
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
-from i2v.bundle import Bundle
+from i2v.data.synthetic import SyntheticVideos
 from i2v.io import save_gif, save_json, save_mp4, save_strip
+from i2v.metrics.toy import ToyMetrics
+from i2v.pipeline.bundle import Bundle
+from i2v.pipeline.sampling import I2VPipeline, SamplingSettings
 
 EVAL_SEED = 10_000  # held-out scenes: training uses SyntheticVideos(seed=0)
 
@@ -37,26 +40,22 @@ def headline(metrics: dict) -> str:
 
 
 @torch.no_grad()
-def score_bundle(bundle: Bundle, sample_cfg: DictConfig, n_videos: int, n_frames: int, size: int,
-                 out_dir: Path | None = None, seed: int = 0, overwrite: bool = False,
-                 write_videos: bool = True) -> dict:
-    """Sample ``n_videos`` held-out clips; returns {"model": metrics, "ground_truth": metrics, "videos": [...]}.
+def score_pipeline(pipe: I2VPipeline, n_videos: int, n_frames: int, size: int, out_dir: Path | None = None,
+                   seed: int = 0, overwrite: bool = False, write_videos: bool = True) -> dict:
+    """Sample ``n_videos`` held-out clips (``n_frames`` ground-truth frames each) with ``pipe``; returns
+    {"model": metrics, "ground_truth": metrics, "videos": [...]}.
 
     With ``out_dir``: ``clipNNN.png`` (the sampled frames side by side, lossless; the contact sheets of
     ``scripts/make_toy_tables.py`` are built from them) and ``clipNNN_gt.png`` (the ground-truth clip) for every
     clip, plus ``clipNNN.mp4|gif`` when ``write_videos``."""
-    from i2v.data.synthetic import SyntheticVideos
-    from i2v.metrics.toy import ToyMetrics
-    from i2v.sampling import generate_one
-
     data = SyntheticVideos(n_items=n_videos, n_frames=n_frames, size=size, seed=EVAL_SEED)
     model_m, gt_m = ToyMetrics(), ToyMetrics()
     written = []
     for i in tqdm(range(n_videos), desc="toy eval", leave=False):
         item = data[i]
         image, prompt = item["video"][0], item["text"]
-        out = generate_one(bundle, sample_cfg, image, prompt, seed=seed * 1000 + i, progress=False)
-        video = out["video"].cpu()
+        out = pipe(image, prompt, seed=seed * 1000 + i)
+        video = out.video.cpu()
         model_m.update(video[None], image[None], [item["meta"]])
         gt_m.update(item["video"][None], image[None], [item["meta"]])
         if out_dir is not None:
@@ -64,9 +63,9 @@ def score_bundle(bundle: Bundle, sample_cfg: DictConfig, n_videos: int, n_frames
             save_strip(video, stem.with_suffix(".png"), overwrite=overwrite)
             save_strip(item["video"], stem.with_name(stem.name + "_gt.png"), overwrite=overwrite)
         if out_dir is not None and write_videos:
-            save_mp4(video, stem.with_suffix(".mp4"), fps=int(sample_cfg.get("fps", 8)), overwrite=overwrite)
-            save_gif(video, stem.with_suffix(".gif"), fps=int(sample_cfg.get("fps", 8)), overwrite=overwrite)
-            written.append({"video": str(stem.with_suffix(".mp4")), "prompt": prompt, "nfe": out["nfe"]})
+            save_mp4(video, stem.with_suffix(".mp4"), fps=pipe.settings.fps, overwrite=overwrite)
+            save_gif(video, stem.with_suffix(".gif"), fps=pipe.settings.fps, overwrite=overwrite)
+            written.append({"video": str(stem.with_suffix(".mp4")), "prompt": prompt, "nfe": out.nfe})
     return {"model": _plain(model_m.compute()), "ground_truth": _plain(gt_m.compute()), "videos": written}
 
 
@@ -75,10 +74,9 @@ def sample_and_score(cfg: DictConfig, bundle: Bundle, out_dir: Path) -> dict:
     if bundle.name != "toy":
         raise ValueError("after_train.sample/evaluate score against synthetic ground truth (toy world only); "
                          "for sd15/sdxl use sample.py and evaluate.py")
-    sample_cfg = OmegaConf.create(OmegaConf.to_container(cfg.sampling, resolve=True))
-    res = score_bundle(bundle, sample_cfg, int(cfg.after_train.n_videos), int(cfg.data.n_frames),
-                       int(cfg.data.size), out_dir / "samples", seed=int(cfg.seed),
-                       overwrite=bool(cfg.overwrite))
+    pipe = I2VPipeline(bundle, SamplingSettings.from_config(cfg.sampling))
+    res = score_pipeline(pipe, int(cfg.after_train.n_videos), int(cfg.data.n_frames), int(cfg.data.size),
+                         out_dir / "samples", seed=int(cfg.seed), overwrite=bool(cfg.overwrite))
     summary = {"adapter": cfg.adapter.name, "seed": int(cfg.seed), "t0": float(cfg.sampling.t0),
                "p": float(cfg.sampling.p), "steps": int(cfg.sampling.steps), "cfg": float(cfg.sampling.guidance_scale),
                "n_videos": int(cfg.after_train.n_videos), "frames": int(cfg.data.n_frames), **res}
@@ -90,20 +88,18 @@ def sample_and_score(cfg: DictConfig, bundle: Bundle, out_dir: Path) -> dict:
 def evaluate_toy(cfg: DictConfig, out_dir: Path) -> dict:
     """``evaluate.py mode=toy``: sample held-out synthetic clips with ``ckpt`` at this run's (t0, p, seed) and score
     them against the ground truth; writes ``metrics.json`` (read by scripts/make_toy_tables.py)."""
-    from i2v.sampling import check_sampling_args, load_bundle_for_sampling
+    from i2v.sampling import load_bundle_for_sampling   # the entry's loader (ckpt=, lora=)
 
     if cfg.backbone.name != "toy":
         raise ValueError("mode=toy scores synthetic clips with the toy backbone (experiment=toy_table2)")
-    if cfg.sampling.get("t0") is None or cfg.sampling.get("p") is None:
-        raise ValueError("sampling.t0 and sampling.p must be set (experiment=toy_table2 picks them by fsp_row)")
-    check_sampling_args(cfg.sampling)
+    settings = SamplingSettings.from_config(cfg.sampling)
     torch.manual_seed(int(cfg.seed))
-    bundle = load_bundle_for_sampling(cfg, torch.device("cpu"), torch.float32)
+    pipe = I2VPipeline(load_bundle_for_sampling(cfg, torch.device("cpu"), torch.float32), settings)
     n_videos = int(cfg.get("toy_eval", {}).get("n_videos", 8))
-    frames = int(cfg.sampling.num_frames)
-    res = score_bundle(bundle, cfg.sampling, n_videos, frames, int(cfg.backbone.resolution), out_dir / "samples",
-                       seed=int(cfg.seed), overwrite=bool(cfg.overwrite),
-                       write_videos=bool(cfg.get("toy_eval", {}).get("write_videos", False)))
+    frames = settings.num_frames
+    res = score_pipeline(pipe, n_videos, frames, int(cfg.backbone.resolution), out_dir / "samples",
+                         seed=int(cfg.seed), overwrite=bool(cfg.overwrite),
+                         write_videos=bool(cfg.get("toy_eval", {}).get("write_videos", False)))
     summary = {"table": cfg.get("table"), "adapter": cfg.adapter.name, "seed": int(cfg.seed),
                "t0": float(cfg.sampling.t0), "p": float(cfg.sampling.p), "steps": int(cfg.sampling.steps),
                "cfg": float(cfg.sampling.guidance_scale), "n_videos": n_videos,

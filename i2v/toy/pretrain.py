@@ -10,7 +10,9 @@ The toy stand-ins for what the real system downloads:
   = a random frame of the clip"; the image is replaced by the unconditional tokens with ``image_drop`` and the
   caption by ``""`` with ``text_drop``; same ε loss on all frames.
 
-Latents are :class:`PatchCodec` (2x2 space-to-depth, 12 channels at 16² for 32² pixels). Everything random
+The models are one toy :class:`~i2v.pipeline.bundle.Bundle` (its encode/decode and ``condition``), sampled by the
+one sampler (:func:`i2v.diffusion.sampler.sample_video`). Latents are :class:`PatchCodec` (2x2 space-to-depth, 12
+channels at 16² for 32² pixels). Everything random
 (init, data order, t, ε, drops, frame choice) derives from ``seed``: equal arguments and thread count give
 bit-identical weights.
 """
@@ -23,15 +25,17 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 from tqdm.auto import tqdm
 
 from i2v.data.synthetic import SyntheticVideos
-from i2v.diffusion.schedule import NoiseSchedule
-from i2v.models import build_video_unet
-from i2v.models.content import Resampler, attach_ip_adapter, image_tokens, uncond_image_tokens
+from i2v.diffusion.sampler import Denoiser, sample_video
+from i2v.diffusion.schedule import NoiseSchedule, make_scheduler
+from i2v.io import atomic_write
+from i2v.models.content import Resampler, attach_ip_adapter
 from i2v.models.toy import PatchCodec, ToyImageEncoder, ToyTextEncoder
+from i2v.models.unet import build_video_unet
+from i2v.pipeline.bundle import Bundle
 
 # build_video_unet("toy", motion=MOTION, **UNET_OVERRIDES) = the shipped base UNet (stored in the file's metadata)
 MOTION = "v2"
@@ -82,24 +86,16 @@ class PretrainConfig:
     state_dir: Optional[str] = None
 
 
-@dataclass
-class ToyModels:
-    """The trained toy parts. ``image_encoder``/``resampler`` exist after phase B; the UNet then carries the
-    ``to_k_ip``/``to_v_ip`` layers (its base weights are unchanged by phase B)."""
-
-    unet: nn.Module
-    text: ToyTextEncoder
-    codec: PatchCodec
-    schedule: NoiseSchedule
-    image_encoder: ToyImageEncoder | None = None
-    resampler: Resampler | None = None
+# The trained toy parts are a toy Bundle: ``image_encoder`` / ``image_proj`` (the Resampler) exist after phase B;
+# the UNet then carries the ``to_k_ip``/``to_v_ip`` layers (its base weights are unchanged by phase B).
+ToyModels = Bundle
 
 
-def build_base(seed: int) -> ToyModels:
+def build_base(seed: int) -> Bundle:
     """Fresh phase-A models: UNet initialised from ``torch.manual_seed(seed)``, encoders by their own seeded init."""
     torch.manual_seed(seed)
     unet = build_video_unet("toy", motion=MOTION, **UNET_OVERRIDES)
-    return ToyModels(unet=unet, text=ToyTextEncoder(), codec=PatchCodec(CODEC_SCALE), schedule=NoiseSchedule(**SCHEDULE))
+    return Bundle("toy", unet, PatchCodec(CODEC_SCALE), ToyTextEncoder(), NoiseSchedule(**SCHEDULE), resolution=32)
 
 
 class ClipStream:
@@ -121,12 +117,6 @@ class ClipStream:
         return torch.stack([it["video"] for it in items]), [it["text"] for it in items]
 
 
-def encode_video(codec: PatchCodec, video: torch.Tensor) -> torch.Tensor:
-    """Pixels ``(B, F, 3, H, W)`` -> latents ``(B, 12, F, H/2, W/2)``."""
-    z = codec.encode(rearrange(video, "b f c h w -> (b f) c h w"))
-    return rearrange(z, "(b f) c h w -> b c f h w", b=video.shape[0])
-
-
 def lr_lambda(step: int, total: int, warmup: int, min_ratio: float) -> float:
     """Linear warm-up over ``warmup`` steps, then cosine from 1 to ``min_ratio`` at ``total``."""
     if step < warmup:
@@ -143,7 +133,7 @@ def _drop_captions(captions: list[str], p: float, g: torch.Generator) -> list[st
 def _noised(models: ToyModels, video: torch.Tensor, offset: float, g: torch.Generator):
     """(z_t, t, ε) for a batch: t ~ U{0..N-1} per video (shared by its frames), ε ~ N(0, I) plus ``offset`` x
     (one N(0, 1) per video and channel + one per frame and channel), see :class:`PretrainConfig`."""
-    z = encode_video(models.codec, video)
+    z = models.encode_video(video)
     b, c, f = z.shape[:3]
     t = torch.randint(0, models.schedule.num_train_timesteps, (b,), generator=g)
     eps = torch.randn(z.shape, generator=g)
@@ -155,7 +145,7 @@ def _noised(models: ToyModels, video: torch.Tensor, offset: float, g: torch.Gene
 def _parts(models: ToyModels) -> dict[str, nn.Module]:
     """The trained modules by name (image encoder and resampler only after phase B starts)."""
     parts = {"unet": models.unet, "text": models.text, "image_encoder": models.image_encoder,
-             "resampler": models.resampler}
+             "resampler": models.image_proj}
     return {k: m for k, m in parts.items() if m is not None}
 
 
@@ -189,8 +179,6 @@ class PhaseState:
     def save(self, state: dict) -> None:
         if self.path is None:
             return
-        from i2v.io import atomic_write
-
         atomic_write(self.path, lambda tmp: torch.save({**state, "key": self.key}, tmp), overwrite=True)
 
 
@@ -269,20 +257,10 @@ def pretrain_base(models: ToyModels, stream: ClipStream, cfg: PretrainConfig, g:
     def loss_fn() -> torch.Tensor:
         video, captions = stream.next()
         zt, t, eps = _noised(models, video, cfg.offset_noise, g)
-        ctx = models.text(_drop_captions(captions, cfg.text_drop, g))["context"]
+        ctx = models.condition(_drop_captions(captions, cfg.text_drop, g))["context"]
         return F.mse_loss(models.unet(zt, t, ctx), eps)
 
     return _train_loop("base", models, params, cfg.base_steps, cfg.lr, cfg, stream, g, loss_fn)
-
-
-def content_tokens(models: ToyModels, images: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
-    """Content-Adapter tokens ``(B, Q, d)`` for images ``(B, 3, H, W)``; rows with ``drop`` ``(B,)`` True get the
-    unconditional tokens (encoder on an all-zero image)."""
-    tok = image_tokens(models.resampler, models.image_encoder(images))
-    if bool(drop.any()):
-        unc = uncond_image_tokens(models.resampler, models.image_encoder, images.shape[0])
-        tok = torch.where(drop.view(-1, 1, 1), unc, tok)
-    return tok
 
 
 def add_content_adapter(models: ToyModels, seed: int) -> list[nn.Parameter]:
@@ -292,10 +270,10 @@ def add_content_adapter(models: ToyModels, seed: int) -> list[nn.Parameter]:
     models.text.requires_grad_(False)
     torch.manual_seed(seed + 1)
     models.image_encoder = ToyImageEncoder()
-    models.resampler = Resampler(**RESAMPLER)
+    models.image_proj = Resampler(**RESAMPLER)
     attach_ip_adapter(models.unet, num_tokens=RESAMPLER["num_queries"])
     ip = [p for n, p in models.unet.named_parameters() if n.endswith(("to_k_ip.weight", "to_v_ip.weight"))]
-    params = list(models.image_encoder.parameters()) + list(models.resampler.parameters()) + ip
+    params = list(models.image_encoder.parameters()) + list(models.image_proj.parameters()) + ip
     for p in params:
         p.requires_grad_(True)
     return params
@@ -307,7 +285,7 @@ def train_content_adapter(models: ToyModels, stream: ClipStream, cfg: PretrainCo
     models.unet.eval()
     models.text.eval()
     models.image_encoder.train()
-    models.resampler.train()
+    models.image_proj.train()
     print(f"[toy_pretrain] phase B trainable {sum(p.numel() for p in params):,} / frozen "
           f"{sum(p.numel() for p in models.unet.parameters() if not p.requires_grad):,} UNet parameters")
 
@@ -317,39 +295,27 @@ def train_content_adapter(models: ToyModels, stream: ClipStream, cfg: PretrainCo
         frame = torch.randint(0, video.shape[1], (b,), generator=g)
         drop_img = torch.rand(b, generator=g) < cfg.image_drop
         zt, t, eps = _noised(models, video, cfg.offset_noise, g)
-        with torch.no_grad():
-            ctx = models.text(_drop_captions(captions, cfg.text_drop, g))["context"]
-        tok = content_tokens(models, video[torch.arange(b), frame], drop_img)
-        return F.mse_loss(models.unet(zt, t, torch.cat([ctx, tok], dim=1)), eps)
+        # text encoder frozen (no graph); image tokens of the dropped rows = the unconditional tokens
+        ctx = models.condition(_drop_captions(captions, cfg.text_drop, g), video[torch.arange(b), frame],
+                               drop_image=drop_img)["context"]
+        return F.mse_loss(models.unet(zt, t, ctx), eps)
 
     return _train_loop("content", models, params, cfg.ip_steps, cfg.ip_lr, cfg, stream, g, loss_fn)
 
 
 @torch.no_grad()
-def sample_t2v(models: ToyModels, captions: list[str], steps: int = 25, cfg_scale: float = 7.5, seed: int = 42,
+def sample_t2v(models: Bundle, captions: list[str], steps: int = 25, cfg_scale: float = 7.5, seed: int = 42,
                n_frames: int = 8, images: torch.Tensor | None = None) -> torch.Tensor:
     """Plain text(-and-image)-to-video DDIM over *all* frames from pure noise (sanity check of the base model; no
-    clamped first frame). ``images`` ``(B, 3, 32, 32)`` are the image prompts (needs phase B; None = unconditional
-    image tokens). Returns latents ``(B, 12, F, 16, 16)``; decode with :func:`decode_video`."""
-    from i2v.diffusion.schedule import make_scheduler
-
+    clamped first frame: the one sampler with ``fixed_frames=0``). ``images`` ``(B, 3, 32, 32)`` are the image
+    prompts (needs phase B; None = unconditional image tokens). Returns latents ``(B, 12, F, 16, 16)``; decode
+    with ``models.decode_video``."""
     b, side = len(captions), 16
     sched = make_scheduler("ddim", models.schedule)
     sched.set_timesteps(steps)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(b, PatchCodec.latent_channels, n_frames, side, side, generator=g)
-    ctx = torch.cat([models.text([""] * b)["context"], models.text(list(captions))["context"]])
-    if models.resampler is not None:
-        drop = torch.tensor([True] * b + [images is None] * b)
-        imgs = torch.zeros(2 * b, 3, 32, 32) if images is None else torch.cat([images, images])
-        ctx = torch.cat([ctx, content_tokens(models, imgs, drop)], dim=1)
-    for t in sched.timesteps:
-        eps_u, eps_c = models.unet(torch.cat([x, x]), t.expand(2 * b), ctx).chunk(2)
-        x = sched.step(eps_u + cfg_scale * (eps_c - eps_u), t, x).prev_sample
-    return x
-
-
-def decode_video(codec: PatchCodec, latents: torch.Tensor) -> torch.Tensor:
-    """Latents ``(B, 12, F, h, w)`` -> pixels ``(B, F, 3, 2h, 2w)`` clamped to [-1, 1]."""
-    x = codec.decode(rearrange(latents, "b c f h w -> (b f) c h w"))
-    return rearrange(x, "(b f) c h w -> b f c h w", b=latents.shape[0]).clamp(-1, 1)
+    cond, uncond = models.condition(list(captions), images), models.condition([""] * b)
+    out = sample_video(Denoiser(models.unet, cfg_scale), x, cond, uncond, sched.timesteps, scheduler=sched,
+                       generator=g, fixed_frames=0)
+    return out["latents"]

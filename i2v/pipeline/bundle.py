@@ -1,0 +1,210 @@
+"""The frozen text-to-video model with its adapters, built from the ``backbone`` and ``adapter`` config groups.
+
+A :class:`Bundle` holds everything one training step or one sampled video needs -- the video UNet (spatial +
+motion, with the I2V-Adapter and Content-Adapter attached), the latent codec (VAE), the text encoder, the image
+encoder + IP-Adapter projection, and the noise schedule -- behind four calls: ``encode_video``, ``decode_video``,
+``condition`` and ``trainable``. The same code serves ``sd15``, ``sdxl`` and the CPU ``toy`` backbone.
+
+Each backbone config names its builder with ``_target_`` (a :class:`BackboneBuilder` subclass:
+:class:`i2v.pipeline.sd.SD15Builder`, :class:`i2v.pipeline.sd.SDXLBuilder`, :class:`i2v.toy.build.ToyBuilder`);
+:func:`build_bundle` asks it for the paths it needs and for the frozen parts, then attaches the I2V-Adapter.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from einops import rearrange
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from i2v.config import missing_paths
+from i2v.diffusion.schedule import NoiseSchedule
+from i2v.models.adapters import attach_i2v_adapter
+from i2v.models.content import image_tokens, uncond_image_tokens
+from i2v.models.text import sdxl_time_ids
+
+
+class BackboneBuilder:
+    """The frozen parts of one backbone family, named by ``_target_`` in ``configs/backbone/<name>.yaml``.
+
+    Subclasses give :meth:`required_paths` (the weight paths a run needs) and :meth:`build_parts` (a dict with
+    ``unet``, ``codec``, ``text`` and, with the Content-Adapter on, ``image_encoder`` / ``image_proj``)."""
+
+    micro_conditioning = False   # SDXL: the UNet takes added_cond {text_embeds, time_ids}
+
+    def __init__(self, backbone: DictConfig):
+        self.cfg = backbone
+
+    def required_paths(self, adapter: DictConfig) -> list[str]:
+        raise NotImplementedError
+
+    def build_parts(self, adapter: DictConfig, *, device="cpu", dtype=torch.float32) -> dict:
+        raise NotImplementedError
+
+    def check_paths(self, adapter: DictConfig) -> None:
+        """Raise one error naming every unset or non-existent weight path the run needs."""
+        missing = missing_paths(self.cfg, self.required_paths(adapter), "backbone")
+        if missing:
+            lines = "\n  ".join(missing)
+            raise FileNotFoundError(f"backbone={self.cfg.name} needs these weight paths (see README, 'Real weights'):"
+                                    f"\n  {lines}")
+
+
+def backbone_builder(backbone: DictConfig) -> BackboneBuilder:
+    """The builder named by ``backbone._target_``."""
+    target = backbone.get("_target_")
+    if not target:
+        raise ValueError(f"backbone={backbone.get('name')} has no _target_ (the builder class, e.g. "
+                         "i2v.pipeline.sd.SD15Builder; see configs/backbone/*.yaml)")
+    return get_class(str(target))(backbone)
+
+
+def check_paths(backbone: DictConfig, adapter: DictConfig) -> None:
+    """Raise one error naming every unset or non-existent weight path the run needs."""
+    backbone_builder(backbone).check_paths(adapter)
+
+
+def encode_video(codec: nn.Module, video: torch.Tensor, generator: Optional[torch.Generator] = None,
+                 chunk: int = 16) -> torch.Tensor:
+    """Pixels ``(B, F, 3, H, W)`` in [-1, 1] -> scaled latents ``(B, c, F, h, w)``, ``chunk`` frames at a time."""
+    flat = rearrange(video, "b f c h w -> (b f) c h w")
+    z = torch.cat([codec.encode(part, generator=generator) for part in flat.split(chunk)], dim=0)
+    return rearrange(z, "(b f) c h w -> b c f h w", b=video.shape[0])
+
+
+def decode_video(codec: nn.Module, latents: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+    """Scaled latents ``(B, c, F, h, w)`` -> pixels ``(B, F, 3, H, W)`` (not clamped), ``chunk`` frames at a time."""
+    flat = rearrange(latents, "b c f h w -> (b f) c h w")
+    x = torch.cat([codec.decode(part) for part in flat.split(chunk)], dim=0)
+    return rearrange(x, "(b f) c h w -> b f c h w", b=latents.shape[0])
+
+
+class Bundle(nn.Module):
+    """See module docstring. ``trainable`` maps UNet state-dict names to the I2V-Adapter parameters."""
+
+    def __init__(self, name: str, unet: nn.Module, codec: nn.Module, text: nn.Module, schedule: NoiseSchedule,
+                 image_encoder: Optional[nn.Module] = None, image_proj: Optional[nn.Module] = None,
+                 trainable: Optional[dict[str, nn.Parameter]] = None,
+                 resolution: int = 512, config: Optional[dict] = None, micro_conditioning: bool = False):
+        super().__init__()
+        self.name = name
+        self.unet, self.codec, self.text = unet, codec, text
+        self.image_encoder, self.image_proj = image_encoder, image_proj
+        self.schedule = schedule
+        self.trainable = dict(trainable or {})
+        self.resolution = resolution
+        self.config = config or {}
+        self.micro_conditioning = micro_conditioning
+
+    @property
+    def content_enabled(self) -> bool:
+        return self.image_proj is not None
+
+    @property
+    def pixel_multiple(self) -> int:
+        """Video height and width must be multiples of this: codec downsampling x 2^(UNet levels - 1)."""
+        levels = len(self.unet.config.block_out_channels)
+        return int(getattr(self.codec, "downsample", 1)) * 2 ** (levels - 1)
+
+    @property
+    def pe_length(self) -> Optional[int]:
+        """The motion module's positional-encoding length (``None`` without a motion module)."""
+        motion = getattr(self.unet, "motion_config", None)
+        return None if motion is None else int(motion.max_seq_length)
+
+    def check_video_shape(self, height: int, width: int, frames: int) -> None:
+        """Raise a ``ValueError`` naming the limit when a video of this shape cannot be generated or trained."""
+        m = self.pixel_multiple
+        if height % m or width % m or height <= 0 or width <= 0:
+            raise ValueError(f"height and width must be positive multiples of {m} for backbone {self.name} "
+                             f"(VAE downsampling x 2^(UNet levels - 1)), got {height}x{width}; e.g. "
+                             f"{max(m, round(height / m) * m)}x{max(m, round(width / m) * m)}")
+        self.check_num_frames(frames)
+
+    def check_num_frames(self, num_frames: int) -> None:
+        """The one check of the frame count against the motion module's positional-encoding length."""
+        if self.pe_length is not None and num_frames > self.pe_length:
+            raise ValueError(f"frames={num_frames} exceeds the motion module's positional-encoding length "
+                             f"{self.pe_length}")
+
+    # ------------------------------------------------------------------ latents
+    def encode_video(self, video: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Pixels (B, F, 3, H, W) in [-1, 1] -> scaled latents (B, C, F, h, w)."""
+        return encode_video(self.codec, video, generator)
+
+    def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (B, C, F, h, w) -> pixels (B, F, 3, H, W), clamped to [-1, 1]."""
+        return decode_video(self.codec, latents).clamp(-1, 1)
+
+    # ------------------------------------------------------------------ conditions
+    def image_tokens(self, images: Optional[torch.Tensor], batch: int) -> torch.Tensor:
+        """Content-Adapter tokens (B, N, d) for first frames (B, 3, H, W) in [-1, 1]; ``images=None`` gives the
+        unconditional tokens (reference §5.4: base = proj(zeros), Plus = the encoder on an all-zero image)."""
+        if images is None:
+            return uncond_image_tokens(self.image_proj, self.image_encoder, batch)
+        return image_tokens(self.image_proj, self.image_encoder(images))
+
+    def added_cond(self, pooled: Optional[torch.Tensor], batch: int, hw: Optional[tuple[int, int]] = None):
+        """SDXL's ``{"text_embeds": (B, 1280), "time_ids": (B, 6)}`` (uncropped, original = target size), else
+        ``None``."""
+        if not self.micro_conditioning:
+            return None
+        h, w = hw or (self.resolution, self.resolution)
+        time_ids = sdxl_time_ids((h, w), (0, 0), (h, w), batch=batch, device=pooled.device).to(pooled.dtype)
+        return {"text_embeds": pooled, "time_ids": time_ids}
+
+    def condition(self, texts: list[str], first_frames: Optional[torch.Tensor] = None,
+                  drop_image: Optional[torch.Tensor] = None, hw: Optional[tuple[int, int]] = None) -> dict:
+        """UNet conditions for a batch: ``{"context": (B, L[+N], d), "added_cond": dict | None}``.
+
+        Args:
+            texts: B prompts ("" = unconditional text).
+            first_frames: (B, 3, H, W) in [-1, 1], the Content-Adapter input (ignored when it is off).
+            drop_image: (B,) bool; True rows get the unconditional image tokens.
+        """
+        out = self.text(list(texts))
+        ctx = out["context"]
+        b = ctx.shape[0]
+        if self.content_enabled:
+            if first_frames is None:
+                tok = self.image_tokens(None, b)
+            else:
+                tok = self.image_tokens(first_frames, b)
+                if drop_image is not None and bool(drop_image.any()):
+                    unc = self.image_tokens(None, b)
+                    tok = torch.where(drop_image.view(-1, 1, 1), unc, tok)
+            ctx = torch.cat([ctx, tok.to(ctx.dtype)], dim=1)
+        return {"context": ctx, "added_cond": self.added_cond(out.get("pooled"), b, hw)}
+
+
+def freeze_and_attach(name: str, parts: dict, schedule: NoiseSchedule, *, i2v: bool, for_training: bool,
+                      resolution: int, config: Optional[dict] = None, micro_conditioning: bool = False) -> Bundle:
+    """Freeze every part, attach the I2V-Adapter when ``i2v`` (trainable only ``for_training``) -> Bundle."""
+    unet = parts["unet"]
+    for m in parts.values():
+        if isinstance(m, nn.Module):
+            m.requires_grad_(False)
+    trainable = attach_i2v_adapter(unet) if i2v else {}
+    if not for_training:
+        for p in trainable.values():
+            p.requires_grad_(False)
+    return Bundle(name, unet, parts["codec"], parts["text"], schedule, image_encoder=parts.get("image_encoder"),
+                  image_proj=parts.get("image_proj"), trainable=trainable, resolution=resolution, config=config,
+                  micro_conditioning=micro_conditioning)
+
+
+def build_bundle(backbone: DictConfig, adapter: DictConfig, *, device="cpu", dtype=torch.float32,
+                 for_training: bool = False) -> Bundle:
+    """Build the frozen model + adapters. ``for_training`` makes the I2V-Adapter tensors trainable."""
+    builder = backbone_builder(backbone)
+    builder.check_paths(adapter)
+    schedule = NoiseSchedule(**OmegaConf.to_container(backbone.schedule, resolve=True))
+    parts = builder.build_parts(adapter, device=device, dtype=dtype)
+    bundle = freeze_and_attach(backbone.name, parts, schedule, i2v=bool(adapter.i2v), for_training=for_training,
+                               resolution=int(backbone.resolution),
+                               config={"backbone": OmegaConf.to_container(backbone, resolve=True),
+                                       "adapter": OmegaConf.to_container(adapter, resolve=True)},
+                               micro_conditioning=builder.micro_conditioning)
+    return bundle.to(device=device, dtype=dtype).eval()

@@ -1,0 +1,67 @@
+"""The toy backbone: :class:`ToyBuilder` (the ``_target_`` of ``configs/backbone/toy.yaml``) loads the shipped tiny
+checkpoints in ``i2v/assets/toy`` (made by ``scripts/make_toy_checkpoint.py``); :func:`random_toy_bundle` gives the
+same classes with random weights and no files (tests, benchmarks)."""
+from __future__ import annotations
+
+import json
+
+import torch
+from omegaconf import DictConfig
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from i2v.checkpoints.ip_adapter import load_ip_adapter
+from i2v.diffusion.schedule import NoiseSchedule
+from i2v.models.content import Resampler, attach_ip_adapter
+from i2v.models.toy import (IdentityCodec, PatchCodec, ToyImageConfig, ToyImageEncoder, ToyTextConfig,
+                            ToyTextEncoder, load_toy_state_dict)
+from i2v.models.unet import build_video_unet
+from i2v.pipeline.bundle import BackboneBuilder, Bundle, freeze_and_attach
+
+CODECS = {"identity": IdentityCodec, "patch": PatchCodec}
+
+
+class ToyBuilder(BackboneBuilder):
+    """``backbone=toy``: the CPU toy world from its shipped files."""
+
+    def required_paths(self, adapter: DictConfig) -> list[str]:
+        return ["unet", "text_encoder"] + (["ip_adapter", "image_encoder"] if adapter.content else [])
+
+    def build_parts(self, adapter: DictConfig, *, device="cpu", dtype=torch.float32) -> dict:
+        backbone = self.cfg
+        with safe_open(str(backbone.unet), "pt") as f:
+            meta = f.metadata() or {}
+        overrides = json.loads(meta.get("build_overrides", "{}"))
+        unet = build_video_unet("toy", motion=backbone.motion_version, **overrides)
+        unet.load_state_dict(load_file(str(backbone.unet)), strict=True)
+        text = ToyTextEncoder()
+        load_toy_state_dict(text, str(backbone.text_encoder))
+        kind = backbone.get("codec", "patch")
+        if kind not in CODECS:
+            raise ValueError(f"backbone.codec must be one of {sorted(CODECS)}, got {kind!r}")
+        parts = {"unet": unet, "codec": CODECS[kind](float(backbone.vae_scale)), "text": text}
+        if adapter.content:
+            enc = ToyImageEncoder()
+            load_toy_state_dict(enc, str(backbone.image_encoder))
+            proj = load_ip_adapter(unet, str(backbone.ip_adapter), scale=float(adapter.content_scale))
+            parts.update(image_encoder=enc, image_proj=proj)
+        return parts
+
+
+def random_toy_bundle(content: bool = True, i2v: bool = True, motion: str = "v2", seed: int = 0,
+                      for_training: bool = True) -> Bundle:
+    """A toy bundle with random weights and no files (tests, benchmarks): same classes as ``backbone=toy``."""
+    torch.manual_seed(seed)
+    unet = build_video_unet("toy", motion=motion, in_channels=12, out_channels=12)
+    with torch.no_grad():  # AnimateDiff zero-inits the temporal proj_out; give the random model real motion paths
+        for name, p in unet.named_parameters():
+            if "motion_modules" in name and "proj_out" in name:
+                p.normal_(0, 0.02)
+    parts = {"unet": unet, "codec": PatchCodec(), "text": ToyTextEncoder(ToyTextConfig(seed=seed))}
+    if content:
+        parts["image_encoder"] = ToyImageEncoder(ToyImageConfig(seed=seed))
+        parts["image_proj"] = Resampler(dim=64, depth=1, dim_head=16, heads=4, num_queries=4, embedding_dim=64,
+                                        output_dim=64, ff_mult=2)
+        attach_ip_adapter(unet, num_tokens=4, scale=1.0)
+    schedule = NoiseSchedule(1000, 0.00085, 0.012, "linear")
+    return freeze_and_attach("toy", parts, schedule, i2v=i2v, for_training=for_training, resolution=32)
