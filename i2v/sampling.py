@@ -87,9 +87,10 @@ def color_match_settings(sampling: DictConfig) -> Optional[dict]:
 
 @torch.no_grad()
 def generate_one(bundle: Bundle, sampling: DictConfig, image: torch.Tensor, prompt: str, seed: int,
-                 controlnet=None, control=None, progress: bool = True) -> dict:
+                 controlnet=None, control=None, progress: bool = True, callback=None) -> dict:
     """One video with the settings of ``sampling`` (``cfg.sampling``: steps, guidance_scale, t0, p, num_frames, fsp,
-    ...). ``image`` (3, H, W) in [-1, 1]. Returns {"video": (F, 3, H, W), "latents", "nfe", ...}."""
+    ...). ``image`` (3, H, W) in [-1, 1]. ``callback(i, t, latents)`` runs after every sampler step (the web demo's
+    progress bar). Returns {"video": (F, 3, H, W), "latents", "nfe", ...}."""
     from i2v.diffusion.guidance import negative_prompt
     from i2v.diffusion.sampler import sample_video
     from i2v.diffusion.schedule import make_scheduler
@@ -109,7 +110,7 @@ def generate_one(bundle: Bundle, sampling: DictConfig, image: torch.Tensor, prom
                        n_frames=int(sampling.num_frames), t0=float(sampling.t0), p=float(sampling.p),
                        fsp=bool(fsp.enabled), blur_kernel=int(fsp.kernel_size), blur_sigma=float(fsp.sigma),
                        generator=g, added_cond=cond["added_cond"], added_uncond=uncond["added_cond"],
-                       controlnet=controlnet, control=control, progress=progress)
+                       controlnet=controlnet, control=control, callback=callback, progress=progress)
     if not torch.isfinite(res["latents"]).all():
         raise FloatingPointError("the sampled latents hold NaN/Inf (non-finite adapter or model weights, or an "
                                  "fp16 overflow: try dtype=float32); nothing was written")
