@@ -1,13 +1,6 @@
 """One toy DemoEngine for the app tests of a worker (loading it takes seconds; it is read-only between requests)."""
 import pytest
-from hydra import compose, initialize_config_dir
-
-from i2v.config import CONFIGS
-
-
-def app_cfg(tmp_path, *over):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose(config_name="app", overrides=[f"out={tmp_path}", "sampling.steps=4", *over])
+from toy_app import app_cfg
 
 
 @pytest.fixture(scope="session")
