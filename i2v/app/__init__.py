@@ -14,8 +14,8 @@ _NOT_FOR_SAMPLE = ("server.", "out=", "max_image_pixels=", "toy_scene_seed=", "h
 
 def sample_overrides(overrides: list[str], experiment: str | None) -> list[str]:
     """The app's command-line overrides that select its model, as ``sample.py`` arguments (the experiment first)."""
-    keep = [o for o in overrides if not o.lstrip("+~").startswith(_NOT_FOR_SAMPLE)]
-    has_experiment = any(o.lstrip("+~").startswith("experiment=") for o in keep)
+    keep = [o for o in overrides if not o.lstrip("+~").startswith(_NOT_FOR_SAMPLE) and o != "~experiment"]
+    has_experiment = any(o.lstrip("+~").startswith("experiment=") for o in keep)   # (sample.py has none by default)
     return keep if has_experiment or not experiment else [f"experiment={experiment}", *keep]
 
 

@@ -102,6 +102,16 @@ def enlarge(frames: torch.Tensor, side: int = PREVIEW_SIDE) -> torch.Tensor:
     return frames.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)
 
 
+def strip_for_display(frames: torch.Tensor, height: int = 128):
+    """Frames ``(F, 3, H, W)`` in [0, 1] side by side as an ``(H', F·W', 3)`` uint8 array, enlarged (nearest) so
+    that small videos stay visible in the page; the lossless native strip is the ``_strip.png`` download."""
+    import numpy as np
+
+    from i2v.io import to_uint8
+
+    return np.concatenate(list(to_uint8(enlarge(frames * 2 - 1, height))), axis=1)
+
+
 class DemoApp:
     """The handlers behind the page, bound to one engine and one output folder.
 
@@ -195,10 +205,11 @@ class DemoApp:
                 def cb(i, n, done=done):
                     if progress_cb is not None:
                         progress_cb(done + i, sum(totals))
-                res = self._generate(image, prompt, s, the_seed, cb, label=name)
+                res = self._generate(image, prompt, s, the_seed, cb, label="" if name == s.adapter else name)
                 out[name] = res
                 done += total
-            sheet_rows = [(f"{name}: {s.adapter}\nt0={s.t0:g} p={s.p:g}\nsteps={s.steps} cfg={s.guidance_scale:g}",
+            sheet_rows = [(f"{name if name == s.adapter else name + ': ' + s.adapter}\nt0={s.t0:g} p={s.p:g}\n"
+                           f"steps={s.steps} cfg={s.guidance_scale:g}",
                            out[name]["frames"] * 2 - 1) for name, s in rows]
             h = int(sheet_rows[0][1].shape[-2])
             sheet = save_contact_sheet(sheet_rows, self.out_dir / f"{self._stem('compare', the_seed, '')}.png",

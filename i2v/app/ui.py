@@ -13,7 +13,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # (before gradio is
 import gradio as gr  # noqa: E402
 
 from i2v.app.engine import ABLATIONS  # noqa: E402
-from i2v.app.handlers import DemoApp, DemoInputError, parse_seed, parse_settings  # noqa: E402
+from i2v.config import portable_paths  # noqa: E402
+from i2v.app.handlers import DemoApp, DemoInputError, parse_seed, parse_settings, strip_for_display  # noqa: E402
 
 ABLATION_HELP = {"full": "I2V-Adapter + Content-Adapter (the paper's model)",
                  "no_i2v": "Content-Adapter only: no cross-frame attention to frame 1",
@@ -26,6 +27,11 @@ P_HELP = "Share of latent elements taken from the blurred (not the exact) input 
 # system fonts: the default theme would fetch web fonts, which an offline machine cannot reach
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                           font_mono=["ui-monospace", "monospace"])
+# small (toy) images are shown enlarged with sharp pixels instead of as 32-pixel thumbnails
+CSS = """
+#input-image img, #strip img, #sheet img { image-rendering: pixelated; }
+#input-image img { width: 100%; height: 100%; object-fit: contain; }
+"""
 MODEL_QUEUE = dict(concurrency_limit=1, concurrency_id="model")
 
 
@@ -44,7 +50,8 @@ def build_demo(app: DemoApp) -> gr.Blocks:
     eng = app.engine
     d = eng.defaults()
     toy = eng.backbone == "toy"
-    title = f"I2V-Adapter: animate an image — backbone `{eng.backbone}`, adapter `{eng.cfg.get('ckpt') or 'none'}`"
+    ckpt = portable_paths(str(eng.cfg.get("ckpt"))) if eng.cfg.get("ckpt") else "none"
+    title = f"I2V-Adapter: animate an image — backbone `{eng.backbone}`, adapter `{ckpt}`"
     choices = [(f"{n}: {ABLATION_HELP[n]}", n) for n in eng.ablations]
 
     with gr.Blocks(title="I2V-Adapter demo", analytics_enabled=False) as demo:
@@ -79,7 +86,7 @@ def build_demo(app: DemoApp) -> gr.Blocks:
                         video = gr.Video(label="video", elem_id="video", autoplay=True, loop=True, height=320)
                         settings_json = gr.JSON(label="settings (and the sample.py command that makes the same frames)",
                                                 elem_id="settings")
-                    strip = gr.Image(label="frames", elem_id="strip", interactive=False)
+                    strip = gr.Image(label="frames", elem_id="strip", interactive=False, format="png")
                     files = gr.File(label="download: mp4, settings json, lossless frame strip", file_count="multiple",
                                     elem_id="files")
                 with gr.Tab("Side by side"):
@@ -101,7 +108,7 @@ def build_demo(app: DemoApp) -> gr.Blocks:
                     with gr.Row():
                         video_a = gr.Video(label="A", autoplay=True, loop=True, height=256, elem_id="video-a")
                         video_b = gr.Video(label="B", autoplay=True, loop=True, height=256, elem_id="video-b")
-                    sheet = gr.Image(label="frames, one row per setting", interactive=False, elem_id="sheet")
+                    sheet = gr.Image(label="frames, one row per setting", interactive=False, elem_id="sheet", format="png")
                     cmp_json = gr.JSON(label="settings")
                     cmp_files = gr.File(label="download", file_count="multiple")
 
@@ -118,7 +125,7 @@ def build_demo(app: DemoApp) -> gr.Blocks:
                 return _message(res["error"]), None, None, None, None
             note = f"done: {res['settings']['denoising_steps']} denoising steps in {res['settings']['seconds']} s, " \
                    f"seed {res['settings']['seed']}"
-            return note, res["preview"], res["settings"], res["strip"], res["files"]
+            return note, res["preview"], res["settings"], strip_for_display(res["frames"]), res["files"]
 
         go.click(on_generate, [*common, t0, p, adapter], [status, video, settings_json, strip, files],
                  **MODEL_QUEUE)
@@ -172,4 +179,4 @@ def launch(demo: gr.Blocks, host: str, port, allowed_paths: list[str], max_file_
     demo.queue(default_concurrency_limit=1, max_size=32)
     demo.launch(server_name=host, server_port=None if port in (None, "null") else int(port), show_error=True,
                 allowed_paths=allowed_paths, max_file_size=max_file_size, inbrowser=open_browser, ssr_mode=False,
-                theme=THEME, footer_links=[], quiet=False)
+                theme=THEME, css=CSS, footer_links=[], quiet=False)

@@ -22,5 +22,5 @@ def test_loopback_by_default(tmp_path):
 def test_sample_overrides():
     assert sample_overrides(["server.port=9", "sampling.steps=4", "ckpt=a.safetensors", "out=/x"], "toy") == \
         ["experiment=toy", "ckpt=a.safetensors"]
-    assert sample_overrides(["experiment=null", "backbone=sd15", "hydra.run.dir=/r", "adapter=none"], None) == \
-        ["experiment=null", "backbone=sd15"]
+    assert sample_overrides(["~experiment", "backbone=sd15", "hydra.run.dir=/r", "adapter=none"], None) == \
+        ["backbone=sd15"]
