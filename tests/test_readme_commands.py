@@ -1,4 +1,4 @@
-"""Every ``python train.py|sample.py|evaluate.py ...`` command in README.md composes with Hydra exactly as written
+"""Every ``python train.py|sample.py|evaluate.py|app.py ...`` command in README.md composes with Hydra exactly as written
 (placeholder paths swapped for temp files), and the toy-world ones run for real with tiny step counts."""
 import re
 import shlex
@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 from i2v.config import CONFIGS, expand_sampling_aliases, quote_numeric_choices
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-ENTRIES = {"train.py": "train", "sample.py": "sample", "evaluate.py": "evaluate"}
-COMMAND = re.compile(r"python (train|sample|evaluate)\.py\b")
+ENTRIES = {"train.py": "train", "sample.py": "sample", "evaluate.py": "evaluate", "app.py": "app"}
+COMMAND = re.compile(r"python (train|sample|evaluate|app)\.py\b")
 
 
 def readme_commands(text: str) -> list[str]:
@@ -47,7 +47,7 @@ def split_command(command: str, tmp: Path) -> tuple[str, bool, list[str]]:
             arg = f"{key}={path}"
         overrides.append(arg)
     overrides = quote_numeric_choices(overrides)
-    if name in ("sample", "evaluate"):   # as sample.py / evaluate.py do before Hydra parses the command line
+    if name in ("sample", "evaluate", "app"):   # as sample.py / evaluate.py / app.py do before Hydra parses the command line
         overrides = expand_sampling_aliases(overrides)
     return name, multirun, overrides
 

@@ -1,0 +1,22 @@
+"""Web demo: animate an image in the browser. All logic lives in i2v/app/; see configs/app.yaml."""
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from i2v.config import expand_sampling_aliases, quote_numeric_choices, run_entry  # (importing i2v.config registers the ${asset:...} resolver)
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="app")
+def main(cfg: DictConfig):
+    from i2v.app import serve
+
+    hc = HydraConfig.get()
+    return run_entry(lambda c: serve(c, list(hc.overrides.task), hc.runtime.choices.get("experiment")), cfg)
+
+
+if __name__ == "__main__":
+    # t0=0.8 p=0.5 steps=... cfg=... frames=... set the page's starting values (the sampling.* keys)
+    sys.argv[1:] = expand_sampling_aliases(quote_numeric_choices(sys.argv[1:]))
+    main()
