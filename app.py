@@ -18,5 +18,8 @@ def main(cfg: DictConfig):
 
 if __name__ == "__main__":
     # t0=0.8 p=0.5 steps=... cfg=... frames=... set the page's starting values (the sampling.* keys)
-    sys.argv[1:] = expand_sampling_aliases(quote_numeric_choices(sys.argv[1:]))
+    # backbone=sd15|sdxl drops the default toy experiment (i2v.app.app_argv)
+    from i2v.app import app_argv
+
+    sys.argv[1:] = app_argv(expand_sampling_aliases(quote_numeric_choices(sys.argv[1:])))
     main()

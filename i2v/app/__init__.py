@@ -12,6 +12,16 @@ _NOT_FOR_SAMPLE = ("server.", "out=", "max_image_pixels=", "toy_scene_seed=", "h
                    "seed=", "image=", "prompt=", "task=")
 
 
+def app_argv(argv: list[str]) -> list[str]:
+    """``python app.py backbone=sd15 ...``: a real backbone on the command line replaces the default toy experiment
+    (its sampling values and its toy adapter ``ckpt``), as if ``'~experiment'`` had been typed; an explicit
+    ``experiment=`` / ``~experiment`` is kept as given."""
+    if any(a.lstrip("+~").startswith("experiment") for a in argv):
+        return list(argv)
+    real = any(a.startswith("backbone=") and a.split("=", 1)[1] != "toy" for a in argv)
+    return ["~experiment", *argv] if real else list(argv)
+
+
 def sample_overrides(overrides: list[str], experiment: str | None) -> list[str]:
     """The app's command-line overrides that select its model, as ``sample.py`` arguments (the experiment first)."""
     keep = [o for o in overrides if not o.lstrip("+~").startswith(_NOT_FOR_SAMPLE) and o != "~experiment"]

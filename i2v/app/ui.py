@@ -13,7 +13,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # (before gradio is
 import gradio as gr  # noqa: E402
 
 from i2v.app.engine import ABLATIONS  # noqa: E402
-from i2v.config import portable_paths  # noqa: E402
 from i2v.app.handlers import DemoApp, DemoInputError, parse_seed, parse_settings, strip_for_display  # noqa: E402
 
 ABLATION_HELP = {"full": "I2V-Adapter + Content-Adapter (the paper's model)",
@@ -35,6 +34,13 @@ CSS = """
 MODEL_QUEUE = dict(concurrency_limit=1, concurrency_id="model")
 
 
+def shown_path(path: str) -> str:
+    """A weights path as the page shows it: relative to the working directory when under it (the shipped toy
+    adapter reads ``i2v/assets/toy/adapter.safetensors``), else as given."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def _message(text: str) -> str:
     return f"**⚠ {text}**"
 
@@ -50,7 +56,7 @@ def build_demo(app: DemoApp) -> gr.Blocks:
     eng = app.engine
     d = eng.defaults()
     toy = eng.backbone == "toy"
-    ckpt = portable_paths(str(eng.cfg.get("ckpt"))) if eng.cfg.get("ckpt") else "none"
+    ckpt = shown_path(str(eng.cfg.get("ckpt"))) if eng.cfg.get("ckpt") else "none"
     title = f"I2V-Adapter: animate an image — backbone `{eng.backbone}`, adapter `{ckpt}`"
     choices = [(f"{n}: {ABLATION_HELP[n]}", n) for n in eng.ablations]
 

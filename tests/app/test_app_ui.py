@@ -24,3 +24,14 @@ def test_sample_overrides():
         ["experiment=toy", "ckpt=a.safetensors"]
     assert sample_overrides(["~experiment", "backbone=sd15", "hydra.run.dir=/r", "adapter=none"], None) == \
         ["backbone=sd15"]
+
+
+def test_real_backbone_drops_the_toy_experiment(tmp_path):
+    from i2v.app import app_argv
+
+    assert app_argv(["backbone=sd15", "ckpt=a.safetensors"]) == ["~experiment", "backbone=sd15", "ckpt=a.safetensors"]
+    assert app_argv(["backbone=toy", "server.port=9"]) == ["backbone=toy", "server.port=9"]
+    assert app_argv(["experiment=toy_table3", "backbone=sd15"]) == ["experiment=toy_table3", "backbone=sd15"]
+    cfg = app_cfg(tmp_path, *app_argv(["backbone=sd15", "ckpt=a.safetensors"]))
+    assert cfg.backbone.name == "sd15" and cfg.ckpt == "a.safetensors"
+    assert cfg.sampling.num_frames != 8            # the sampling defaults, not the toy experiment's values
