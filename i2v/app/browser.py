@@ -147,3 +147,20 @@ def generate_in_page(drv, url: str, image: Path, prompt: str, steps: int = 4, ti
     return {"video_src": video.get_attribute("src"), "progress": drv.execute_script("return window.__progress"),
             "status": drv.find_element(By.CSS_SELECTOR, "#status").text,
             "settings": drv.find_element(By.CSS_SELECTOR, "#settings").text}
+
+
+def table3_in_page(drv, timeout: float = 120.0) -> dict:
+    """After :func:`generate_in_page` (image and prompt in place): open the side-by-side tab, click "every ablation
+    (Table 3)", wait for the contact sheet. Returns {"sheet_src", "status"}."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(drv, timeout)
+    tab = next(b for b in drv.find_elements(By.CSS_SELECTOR, "button[role=tab]") if "Side by side" in b.text)
+    tab.click()
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#table3").is_displayed())
+    drv.find_element(By.CSS_SELECTOR, "#table3").click()
+    sheet = wait.until(lambda d: next((i for i in d.find_elements(By.CSS_SELECTOR, "#sheet img")
+                                       if i.get_attribute("src")), None))
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#cmp-status").text.strip())
+    return {"sheet_src": sheet.get_attribute("src"), "status": drv.find_element(By.CSS_SELECTOR, "#cmp-status").text}

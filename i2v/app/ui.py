@@ -41,6 +41,14 @@ def shown_path(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
+def _checked(request) -> dict:
+    """``request()``'s result, or the page's error dict when the form's values are refused (``DemoInputError``)."""
+    try:
+        return request()
+    except DemoInputError as e:
+        return {"ok": False, "error": str(e)}
+
+
 def _message(text: str) -> str:
     return f"**⚠ {text}**"
 
@@ -122,11 +130,9 @@ def build_demo(app: DemoApp) -> gr.Blocks:
 
         def on_generate(img, text, neg, n_steps, cfg_scale, n_frames, seed_v, rnd, t0_v, p_v, ad,
                         progress=gr.Progress()):
-            try:
-                s = parse_settings(t0_v, p_v, n_steps, cfg_scale, n_frames, neg, ad)
-                res = app.generate(img, text, s, parse_seed(seed_v, rnd), _progress(progress))
-            except DemoInputError as e:
-                res = {"ok": False, "error": str(e)}
+            res = _checked(lambda: app.generate(img, text, parse_settings(t0_v, p_v, n_steps, cfg_scale, n_frames,
+                                                                         neg, ad),
+                                                parse_seed(seed_v, rnd), _progress(progress)))
             if not res["ok"]:
                 return _message(res["error"]), None, None, None, None
             note = f"done: {res['settings']['denoising_steps']} denoising steps in {res['settings']['seconds']} s, " \
@@ -138,21 +144,15 @@ def build_demo(app: DemoApp) -> gr.Blocks:
 
         def on_compare(img, text, neg, n_steps, cfg_scale, n_frames, seed_v, rnd, ta, pa, aa, tb, pb, ab,
                        progress=gr.Progress()):
-            try:
-                sa = parse_settings(ta, pa, n_steps, cfg_scale, n_frames, neg, aa)
-                sb = parse_settings(tb, pb, n_steps, cfg_scale, n_frames, neg, ab)
-                res = app.compare(img, text, sa, sb, parse_seed(seed_v, rnd), _progress(progress))
-            except DemoInputError as e:
-                res = {"ok": False, "error": str(e)}
+            res = _checked(lambda: app.compare(img, text, parse_settings(ta, pa, n_steps, cfg_scale, n_frames, neg, aa),
+                                               parse_settings(tb, pb, n_steps, cfg_scale, n_frames, neg, ab),
+                                               parse_seed(seed_v, rnd), _progress(progress)))
             return _compare_outputs(res, ("A", "B"))
 
         def on_table3(img, text, neg, n_steps, cfg_scale, n_frames, seed_v, rnd, ta, pa, aa,
                       progress=gr.Progress()):
-            try:
-                s = parse_settings(ta, pa, n_steps, cfg_scale, n_frames, neg, aa)
-                res = app.table3(img, text, s, parse_seed(seed_v, rnd), _progress(progress))
-            except DemoInputError as e:
-                res = {"ok": False, "error": str(e)}
+            res = _checked(lambda: app.table3(img, text, parse_settings(ta, pa, n_steps, cfg_scale, n_frames, neg, aa),
+                                              parse_seed(seed_v, rnd), _progress(progress)))
             return _compare_outputs(res, (eng.ablations[0], eng.ablations[-1]))
 
         cmp_out = [cmp_status, video_a, video_b, sheet, cmp_json, cmp_files]

@@ -1,6 +1,7 @@
 """``python app.py`` in a subprocess on a free loopback port, driven by a real headless Chromium (Debian's chromium
 and chromium-driver through Selenium): upload an image, type a prompt, steps=4, generate; the video element gets a
-source, the per-step progress was shown, and a click without an image shows a message, not a traceback. The server
+source, the per-step progress was shown, and a click without an image shows a message, not a traceback. Then the
+side-by-side tab's "every ablation (Table 3)" button makes one video per Table 3 row and their contact sheet. The server
 stops on SIGTERM with exit status 0 and leaves no process behind (checked by ``app_server``)."""
 import json
 import os
@@ -8,7 +9,7 @@ import os
 import pytest
 from PIL import Image
 
-from i2v.app.browser import app_server, chromium, find_browser, generate_in_page
+from i2v.app.browser import app_server, chromium, find_browser, generate_in_page, table3_in_page
 from i2v.data.synthetic import SyntheticVideos
 from i2v.io import to_uint8
 
@@ -38,11 +39,16 @@ def test_app_in_a_real_browser(tmp_path):
 
             res = generate_in_page(drv, url, image, data.scene(3).caption, steps=4)
             drv.save_screenshot(str(tmp_path / "app.png"))
+            t3 = table3_in_page(drv)                         # the Table 3 comparison, by clicking
+            drv.save_screenshot(str(tmp_path / "table3.png"))
     print(f"screenshot: {tmp_path / 'app.png'}; progress seen: {res['progress']}")
     assert res["video_src"].startswith(url) and res["video_src"].endswith(".mp4")
     assert any("denoising" in t for t in res["progress"]), res["progress"]
     assert any("4/4" in t or "100" in t for t in res["progress"]), res["progress"]
     assert res["status"].startswith("done: 4 denoising steps")
     metas = [json.loads(p.read_text()) for p in sorted(run_dir.glob("*.json"))]
-    assert len(metas) == 1 and metas[0]["steps"] == 4 and metas[0]["prompt"] == data.scene(3).caption
+    assert metas[0]["steps"] == 4 and metas[0]["prompt"] == data.scene(3).caption and metas[0]["adapter"] == "full"
+    # then one video per Table 3 row, same seed and settings, and their contact sheet
+    assert sorted(m["adapter"] for m in metas[1:]) == ["full", "no_content", "no_i2v", "none"], metas
+    assert len({m["seed"] for m in metas}) == 1 and t3["sheet_src"] and "Traceback" not in t3["status"]
     assert (tmp_path / "app.png").stat().st_size > 10_000
