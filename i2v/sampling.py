@@ -17,10 +17,10 @@ from typing import Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from i2v.batch_items import preflight, read_items  # read_items re-exported: sample.py's items
-from i2v.io import load_image, save_frames, save_gif, save_json, save_mp4
 from i2v.pipeline.bundle import Bundle, build_bundle
+from i2v.pipeline.items import preflight, read_items  # read_items re-exported: sample.py's items
 from i2v.pipeline.sampling import I2VPipeline, SamplingSettings, resolve_device
+from i2v.utils.io import load_image, save_frames, save_gif, save_json, save_mp4
 
 
 class BatchFailed(RuntimeError):

@@ -12,7 +12,7 @@ from PIL import Image
 
 from i2v.app.browser import app_server, chromium, find_browser, generate_in_page
 from i2v.data.synthetic import SyntheticVideos
-from i2v.io import to_uint8
+from i2v.utils.io import to_uint8
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from i2v.checkpoints.ip_adapter import ip_adapter_key_map  # noqa: E402
-from i2v.io import atomic_write, save_json  # noqa: E402
+from i2v.utils.io import atomic_write, save_json  # noqa: E402
 from i2v.models.toy import toy_state_dict  # noqa: E402
 from i2v.toy.pretrain import (CODEC_SCALE, MOTION, RESAMPLER, SCHEDULE, UNET_OVERRIDES, ClipStream, PretrainConfig,  # noqa: E402
                               ToyModels, build_base, pretrain_base, train_content_adapter)

@@ -140,7 +140,7 @@ def render_sweeps(runs: list[dict]) -> str:
 
 
 def _strip(run: dict, clip: int, gt: bool = False):
-    from i2v.io import read_strip
+    from i2v.utils.io import read_strip
 
     path = Path(run["dir"]) / "samples" / f"clip{clip:03d}{'_gt' if gt else ''}.png"
     if not path.is_file():
@@ -150,7 +150,7 @@ def _strip(run: dict, clip: int, gt: bool = False):
 
 def write_sheets(runs: list[dict], out_dir: str, clip: int = 0, scale: int = 4) -> list[Path]:
     """Contact sheets of Table 3 and of the two Table 2 sweeps (see module docstring)."""
-    from i2v.io import save_contact_sheet
+    from i2v.utils.io import save_contact_sheet
 
     def first_seed(rs: list[dict]) -> dict:
         return min(rs, key=lambda r: r["seed"])

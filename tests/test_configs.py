@@ -6,7 +6,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from i2v.config import CONFIGS, quote_numeric_choices
+from i2v.cli.config import CONFIGS, quote_numeric_choices
 from i2v.train import check_run_inputs, check_stage
 
 DATA = {"1": ["data.dataset.csv_path=/d/webvid.csv", "data.dataset.video_folder=/d/videos"],
@@ -115,7 +115,7 @@ def test_launchers_and_table2_folders():
 
 def test_short_sampling_keys_on_the_sample_and_evaluate_command_line():
     """`python sample.py ckpt=... t0=0.8 p=0.5` (the design card's command) sets the sampling.* keys."""
-    from i2v.config import expand_sampling_aliases
+    from i2v.cli.config import expand_sampling_aliases
 
     args = expand_sampling_aliases(["t0=0.8", "p=0.1,0.5", "cfg=3", "frames=8", "steps=4", "+scheduler=euler",
                                     "seed=2", "sampling.p=0.2", "fsp_row=1"])

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from safetensors import safe_open
 
-from i2v.config import ASSETS, CONFIGS, portable_paths
+from i2v.cli.config import ASSETS, CONFIGS, portable_paths
 from toy_sample import toy_sample_cfg
 
 ROOT = CONFIGS.parent

@@ -7,7 +7,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from safetensors import safe_open
 
-from i2v.config import CONFIGS, asset_path
+from i2v.cli.config import CONFIGS, asset_path
 
 # measured with the shipped files on these 4 clips: identity 0.165, lost_frac 0.0625, bg_err 0.126 (old base: identity
 # 0.018, bg_err 0.177, object lost in most frames)
@@ -36,7 +36,7 @@ def test_shipped_toy_checkpoints_load_with_exact_key_sets():
 
 def test_sample_py_writes_mp4_and_keeps_frame1_exact(tmp_path):
     from i2v.data.synthetic import SyntheticVideos
-    from i2v.io import save_frames
+    from i2v.utils.io import save_frames
     from i2v.metrics.video_io import read_video
     from i2v.pipeline.sampling import I2VPipeline, SamplingSettings
     from i2v.sampling import load_bundle_for_sampling, sample
@@ -68,7 +68,7 @@ def test_sample_rejects_bad_settings(tmp_path):
         with pytest.raises(ValueError, match=msg):
             sample(cfg)
     from i2v.data.synthetic import SyntheticVideos
-    from i2v.io import save_frames
+    from i2v.utils.io import save_frames
 
     save_frames(SyntheticVideos(1, n_frames=1, size=32, seed=3)[0]["video"], tmp_path / "in")
     for over, msg in [("sampling.height=33", "multiples of 4 for backbone toy.*got 33x32; e.g. 32x32"),

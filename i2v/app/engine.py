@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig
 
 from i2v.diffusion.fsp import fsp_num_steps
-from i2v.io import load_image
+from i2v.utils.io import load_image
 from i2v.models.adapters import i2v_adapter_layers, set_i2v_adapter_enabled
 from i2v.models.attention import spatial_attention_layers
 from i2v.pipeline import Bundle, I2VPipeline, SamplingSettings, resolve_device

@@ -13,7 +13,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # (before gradio is
 import gradio as gr  # noqa: E402
 
 from i2v.app.engine import ABLATIONS  # noqa: E402
-from i2v.config import portable_paths  # noqa: E402
+from i2v.cli.config import portable_paths  # noqa: E402
 from i2v.app.handlers import DemoApp, DemoInputError, parse_seed, parse_settings, strip_for_display  # noqa: E402
 
 ABLATION_HELP = {"full": "I2V-Adapter + Content-Adapter (the paper's model)",

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from i2v.data.synthetic import SyntheticVideos
-from i2v.io import save_gif, save_json, save_mp4, save_strip
+from i2v.utils.io import save_gif, save_json, save_mp4, save_strip
 from i2v.metrics.toy import ToyMetrics
 from i2v.pipeline.bundle import Bundle
 from i2v.pipeline.sampling import I2VPipeline, SamplingSettings

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from i2v.data.synthetic import SyntheticVideos
 from i2v.diffusion.sampler import Denoiser, sample_video
 from i2v.diffusion.schedule import NoiseSchedule, make_scheduler
-from i2v.io import atomic_write
+from i2v.utils.io import atomic_write
 from i2v.models.content import Resampler, attach_ip_adapter
 from i2v.models.toy import PatchCodec, ToyImageEncoder, ToyTextEncoder
 from i2v.models.unet import build_video_unet

@@ -5,7 +5,7 @@ import math
 
 from test_real_backbone_e2e import _adapter, _files
 
-from i2v.config import CONFIGS
+from i2v.cli.config import CONFIGS
 
 
 def _script():

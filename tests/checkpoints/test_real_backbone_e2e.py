@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 from safetensors.torch import save_file
 
-from i2v.config import CONFIGS, quote_numeric_choices
+from i2v.cli.config import CONFIGS, quote_numeric_choices
 from i2v.models.content import ImageProjModel
 from i2v.models.text import write_clip_tokenizer
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import i2v.config  # noqa: F401  (registers the ${asset:...} resolver used by configs/train.yaml)
+import i2v.cli.config  # noqa: F401  (registers the ${asset:...} resolver used by configs/train.yaml)
 from i2v.data import VideoDataModule, WebVidDataset
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "configs")

@@ -8,7 +8,7 @@ capacity fitted to this regime, and a branch that reads frame 1 is not yet measu
 import torch
 from hydra import compose, initialize_config_dir
 
-from i2v.config import CONFIGS
+from i2v.cli.config import CONFIGS
 from i2v.data.synthetic import SyntheticVideos
 from i2v.training.diagnose import eps_loss_by_timestep
 from i2v.training.module import first_frame_clean_noising, masked_frame_loss

@@ -12,9 +12,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from i2v.toy.build import random_toy_bundle
-from i2v.config import CONFIGS
+from i2v.cli.config import CONFIGS
 from i2v.data import SyntheticVideos, VideoDataModule
-from i2v.rundir import claim_run_dir
+from i2v.cli.rundir import claim_run_dir
 from i2v.training.module import I2VAdapterModule
 
 REPO = Path(__file__).resolve().parents[2]

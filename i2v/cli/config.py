@@ -9,8 +9,8 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-ASSETS = Path(__file__).resolve().parent / "assets"
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+CONFIGS = Path(__file__).resolve().parent.parent.parent / "configs"
 
 
 def asset_path(rel: str) -> str:
