@@ -5,7 +5,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from i2v.cli.config import expand_sampling_aliases, quote_numeric_choices, run_entry  # (importing i2v.cli.config registers the ${asset:...} resolver)
+from i2v.cli.config import expand_sampling_aliases, quote_numeric_choices, refuse_renamed_keys, run_entry  # (importing i2v.cli.config registers the ${asset:...} resolver)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="app")
@@ -18,5 +18,5 @@ def main(cfg: DictConfig):
 
 if __name__ == "__main__":
     # t0=0.8 p=0.5 steps=... cfg=... frames=... set the page's starting values (the sampling.* keys)
-    sys.argv[1:] = expand_sampling_aliases(quote_numeric_choices(sys.argv[1:]))
+    sys.argv[1:] = expand_sampling_aliases(quote_numeric_choices(refuse_renamed_keys(sys.argv[1:])))
     main()

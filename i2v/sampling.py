@@ -78,7 +78,7 @@ def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optiona
         controlnet = VideoControlNet.from_folder(str(cfg.controlnet.path),
                                                  conditioning_scale=float(cfg.controlnet.scale),
                                                  num_text_tokens=text_tokens, dtype=dtype, device=device)
-        control = load_control_frames(str(cfg.controlnet.control), n_frames=settings.num_frames, size=res)[None]
+        control = load_control_frames(str(cfg.controlnet.control), num_frames=settings.num_frames, size=res)[None]
         control = control.to(device, dtype)
     pipe = I2VPipeline(bundle, settings, controlnet=controlnet, control=control)
     extra = {"scheduler": settings.scheduler, "backbone": cfg.backbone.name, "adapter": cfg.adapter.name,

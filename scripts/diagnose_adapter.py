@@ -52,7 +52,7 @@ def held_out_clips(cfg, n: int) -> tuple[torch.Tensor, list[str]]:
 
     spec = cfg.data.dataset
     if get_class(spec._target_) is SyntheticVideos:
-        data = SyntheticVideos(n, n_frames=int(cfg.data.n_frames), size=cfg.data.size, seed=EVAL_SEED)
+        data = SyntheticVideos(n, num_frames=int(cfg.data.num_frames), size=cfg.data.size, seed=EVAL_SEED)
         items = [data[i] for i in range(n)]
     else:
         dm = instantiate(cfg.data)

@@ -159,7 +159,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     n_unet = sum(p.numel() for p in models.unet.parameters())
     print(f"[make_toy_checkpoint] phase A: UNet {n_unet:,} + text encoder "
           f"{sum(p.numel() for p in models.text.parameters()):,} parameters, {cfg.base_steps} steps x "
-          f"batch {cfg.batch_size} x {cfg.n_frames} frames, {args.threads} thread(s)")
+          f"batch {cfg.batch_size} x {cfg.num_frames} frames, {args.threads} thread(s)")
     base = pretrain_base(models, stream, cfg, g)
     t_base = time.time() - start
     content = train_content_adapter(models, stream, cfg, g)

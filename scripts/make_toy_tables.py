@@ -145,7 +145,7 @@ def _strip(run: dict, clip: int, gt: bool = False):
     path = Path(run["dir"]) / "samples" / f"clip{clip:03d}{'_gt' if gt else ''}.png"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: contact sheets need the runs' samples/clipNNN.png strips")
-    return read_strip(path, n_frames=int(run.get("frames", 8)))
+    return read_strip(path, num_frames=int(run.get("frames", 8)))
 
 
 def write_sheets(runs: list[dict], out_dir: str, clip: int = 0, scale: int = 4) -> list[Path]:

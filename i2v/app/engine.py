@@ -77,7 +77,8 @@ class DemoEngine:
         return int(s.get("height") or self.bundle.resolution), int(s.get("width") or self.bundle.resolution)
 
     @property
-    def max_frames(self) -> int:
+    def frame_limit(self) -> int:
+        """Most frames the demo offers: the motion module's positional-encoding length (64 without one)."""
         return self.bundle.pe_length or 64
 
     def defaults(self) -> DemoSettings:

@@ -229,7 +229,7 @@ class DemoApp:
             if self.engine.backbone != "toy":
                 raise DemoInputError("random toy scenes are for the toy world (python app.py with experiment=toy)")
             h, w = self.engine.size
-            data = SyntheticVideos(n_items=100_000, n_frames=int(self.engine.cfg.sampling.num_frames), size=(h, w),
+            data = SyntheticVideos(n_items=100_000, num_frames=int(self.engine.cfg.sampling.num_frames), size=(h, w),
                                    seed=self.toy_scene_seed)
             i = secrets.randbelow(len(data)) if index is None else int(index)
             path = self.out_dir / f"toy_scene_{i:05d}.png"

@@ -89,6 +89,23 @@ def expand_sampling_aliases(overrides: list[str]) -> list[str]:
     return out
 
 
+# Keys renamed on the command line (issue 13: one name for the frame count): old -> new. The entries stop on an
+# old key with one line naming the new one, instead of Hydra's "Key 'n_frames' is not in struct".
+RENAMED_KEYS = {"data.n_frames": "data.num_frames"}
+
+
+def refuse_renamed_keys(overrides: list[str]) -> list[str]:
+    """``overrides`` unchanged; exits (status 2) with one line when one of them sets a renamed key
+    (``data.n_frames=16`` -> ``error: data.n_frames is now data.num_frames``)."""
+    for arg in overrides:
+        key = arg.partition("=")[0].lstrip("~+")
+        if key in RENAMED_KEYS:
+            print(f"error: {key} is now {RENAMED_KEYS[key]} (write {arg.replace(key, RENAMED_KEYS[key], 1)})",
+                  file=sys.stderr, flush=True)
+            sys.exit(2)
+    return overrides
+
+
 # What bad input raises (a missing file, an existing output, an unwritable folder, a setting out of range, failed
 # batch rows): the entries print these as one line; anything else keeps Python's traceback.
 USER_ERRORS = (ValueError, OSError)

@@ -58,7 +58,7 @@ class RobustMapDataset(Dataset, abc.ABC):
 
     def __init__(
         self,
-        n_frames: int = 16,
+        num_frames: int = 16,
         stride: int = 4,
         size=256,
         hflip: bool = True,
@@ -69,7 +69,7 @@ class RobustMapDataset(Dataset, abc.ABC):
         decode_threads: int = 1,
         max_consecutive_failures: int = 100,
     ):
-        self.spec = ClipSpec(n_frames, stride, size, hflip, antialias, tuple(backends), decode_threads)
+        self.spec = ClipSpec(num_frames, stride, size, hflip, antialias, tuple(backends), decode_threads)
         self.deterministic, self.seed = deterministic, seed
         self.max_consecutive_failures = max_consecutive_failures
         self.skips = SkipCounter()

@@ -1,7 +1,7 @@
 """LightningDataModule for all video datasets, built from the `data/` config group.
 
 The dataset is given as a spec (`{_target_: i2v.data.WebVidDataset, csv_path: ..., ...}`, instantiated lazily in
-`setup()`, so `_recursive_: false` in the config) or as a ready Dataset. The stage sizes the clips: `n_frames`,
+`setup()`, so `_recursive_: false` in the config) or as a ready Dataset. The stage sizes the clips: `num_frames`,
 `stride`, `size` are passed to the dataset unless its spec sets them (and only if its constructor takes them).
 Validation: a separate `val_dataset` spec, else a deterministic hold-out (`val_fraction` of the items by a seeded
 permutation for map-style datasets, the last shards for shard datasets). Validation instances are built with
@@ -42,7 +42,7 @@ def collate_videos(items: list[dict]) -> dict:
     """[{"video": (F, 3, H, W), "text", "meta"}] -> {"video": (B, F, 3, H, W), "text": [str], "meta": [dict]}."""
     shapes = {tuple(it["video"].shape) for it in items}
     if len(shapes) != 1:
-        raise ValueError(f"cannot batch clips of different shapes {sorted(shapes)}; set one size/n_frames")
+        raise ValueError(f"cannot batch clips of different shapes {sorted(shapes)}; set one size/num_frames")
     return {
         "video": torch.stack([it["video"] for it in items]),
         "text": [it["text"] for it in items],
@@ -105,7 +105,7 @@ class VideoDataModule(LightningDataModule):
         self,
         dataset: Any,
         val_dataset: Any = None,
-        n_frames: Optional[int] = None,
+        num_frames: Optional[int] = None,
         stride: Optional[int] = None,
         size: Any = None,
         batch_size: int = 1,
@@ -126,7 +126,7 @@ class VideoDataModule(LightningDataModule):
         self.dataset_spec = _plain_spec(dataset, "dataset")
         self.val_spec = _plain_spec(val_dataset, "val_dataset")
         size = _plain_spec(size, "size")
-        self.sizing = {"n_frames": n_frames, "stride": stride, "size": size}
+        self.sizing = {"num_frames": num_frames, "stride": stride, "size": size}
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.persistent_workers, self.pin_memory = num_workers, persistent_workers, pin_memory
         self.val_fraction, self.max_val_items, self.split_seed = val_fraction, max_val_items, split_seed

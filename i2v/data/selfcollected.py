@@ -81,7 +81,7 @@ class FolderVideos(RobustMapDataset):
         self,
         root: Optional[str] = None,
         manifest: Optional[str] = None,
-        n_frames: int = 16,
+        num_frames: int = 16,
         stride: int = 4,
         size=256,
         hflip: bool = True,
@@ -94,7 +94,7 @@ class FolderVideos(RobustMapDataset):
         allow_outside_root: bool = False,
         **clip_kwargs,
     ):
-        super().__init__(n_frames, stride, size, hflip, deterministic, seed, **clip_kwargs)
+        super().__init__(num_frames, stride, size, hflip, deterministic, seed, **clip_kwargs)
         if root is None and manifest is None:
             raise ValueError("FolderVideos needs root= (folder of videos + .txt captions) or manifest= (jsonl/csv)")
         self.min_short_side, self.default_caption = int(min_short_side), default_caption

@@ -101,7 +101,7 @@ class WebDatasetVideos(IterableDataset):
     def __init__(
         self,
         urls: Union[str, Sequence[str]],
-        n_frames: int = 16,
+        num_frames: int = 16,
         stride: int = 4,
         size=256,
         hflip: bool = True,
@@ -117,7 +117,7 @@ class WebDatasetVideos(IterableDataset):
         max_consecutive_failures: int = 100,
     ):
         self.urls = expand_urls(urls)
-        self.spec = ClipSpec(n_frames, stride, size, hflip, antialias, tuple(backends), decode_threads)
+        self.spec = ClipSpec(num_frames, stride, size, hflip, antialias, tuple(backends), decode_threads)
         self.deterministic, self.seed = deterministic, seed
         self.shuffle_buffer = 0 if deterministic else int(shuffle_buffer)
         self.samples_per_epoch = samples_per_epoch

@@ -57,7 +57,7 @@ class WebVidDataset(RobustMapDataset):
         self,
         csv_path: str,
         video_folder: str,
-        n_frames: int = 16,
+        num_frames: int = 16,
         stride: int = 4,
         size=256,
         hflip: bool = True,
@@ -67,7 +67,7 @@ class WebVidDataset(RobustMapDataset):
         allow_outside_root: bool = False,
         **clip_kwargs,
     ):
-        super().__init__(n_frames, stride, size, hflip, deterministic, seed, **clip_kwargs)
+        super().__init__(num_frames, stride, size, hflip, deterministic, seed, **clip_kwargs)
         if not os.path.isdir(video_folder):
             raise FileNotFoundError(f"WebVid video_folder is not a directory: {video_folder}")
         self.csv_path, self.video_folder = csv_path, video_folder

@@ -20,7 +20,7 @@ def test_app_in_a_real_browser(tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    data = SyntheticVideos(n_items=4, n_frames=8, size=32, seed=10_000)
+    data = SyntheticVideos(n_items=4, num_frames=8, size=32, seed=10_000)
     image = tmp_path / "scene.png"
     Image.fromarray(to_uint8(data.first_frame(3)[None])[0]).save(image)
     run_dir = tmp_path / "run"

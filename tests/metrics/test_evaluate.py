@@ -131,7 +131,7 @@ def test_toy_videos_score_without_weights_and_missing_weights_are_listed_at_once
     from i2v.utils.io import save_frames, save_gif
 
     vids = tmp_path / "videos"
-    clip = SyntheticVideos(1, n_frames=6, size=32, seed=2)[0]
+    clip = SyntheticVideos(1, num_frames=6, size=32, seed=2)[0]
     save_gif(clip["video"], vids / "c.gif")
     save_frames(clip["video"][:1], tmp_path / "img")
     (tmp_path / "img" / "000.png").rename(vids / "c.png")
