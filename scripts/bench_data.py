@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from i2v.data import FolderVideos, collate_videos
+from i2v.data import ClipSpec, FolderVideos, collate_videos
 
 SETUPS = [("webvid 336x596 -> 256²", (336, 596), 256), ("720p 720x1280 -> 512²", (720, 1280), 512)]
 
@@ -51,7 +51,7 @@ def make_video(path: str, hw: tuple[int, int], num_frames: int, fps: int, gop: i
 
 def bench(manifest: str, size: int, backend: str, workers: int, clips: int) -> float:
     """Clips per second through a DataLoader (timed from the first batch, so worker start-up is excluded)."""
-    ds = FolderVideos(manifest=manifest, num_frames=16, stride=4, size=size, hflip=True, backends=(backend,))
+    ds = FolderVideos(manifest=manifest, clip=ClipSpec(16, 4, size, hflip=True, backends=(backend,)))
     loader = DataLoader(ds, batch_size=1, shuffle=True, num_workers=workers, collate_fn=collate_videos,
                         prefetch_factor=2 if workers else None)
     it = iter(loader)

@@ -89,9 +89,9 @@ def expand_sampling_aliases(overrides: list[str]) -> list[str]:
     return out
 
 
-# Keys renamed on the command line (issue 13: one name for the frame count): old -> new. The entries stop on an
+# Keys renamed on the command line (issue 13: one name for the frame count; one ClipSpec per dataset): old -> new. The entries stop on an
 # old key with one line naming the new one, instead of Hydra's "Key 'n_frames' is not in struct".
-RENAMED_KEYS = {"data.n_frames": "data.num_frames"}
+RENAMED_KEYS = {"data.n_frames": "data.num_frames", "data.dataset.hflip": "data.dataset.clip.hflip"}
 
 
 def refuse_renamed_keys(overrides: list[str]) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -52,6 +52,15 @@ class ClipSpec:
         if self.num_frames < 1 or self.stride < 1:
             raise ValueError(f"num_frames and stride must be >= 1, got {self.num_frames}, {self.stride}")
         self.size = as_hw(self.size)
+
+
+def clip_spec(clip: Optional[Union[ClipSpec, Mapping]], **defaults) -> ClipSpec:
+    """The ``clip=`` argument every dataset takes: a ClipSpec as is, or a mapping (a Hydra config; the datamodule
+    passes ``{num_frames, stride, size}`` from the stage, plus ``hflip: false`` for validation) or None, whose
+    missing fields are ``defaults`` and then ClipSpec's. The file datasets pass ``hflip=True`` (training flips)."""
+    if isinstance(clip, ClipSpec):
+        return clip
+    return ClipSpec(**{**defaults, **dict(clip or {})})
 
 
 def item_rng(seed: int, key: Union[int, str], deterministic: bool) -> np.random.Generator:

@@ -9,13 +9,13 @@ nearest to its centre always shows its colour. Edges are anti-aliased by supersa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from i2v.data.clip import Size, as_hw
+from i2v.data.clip import ClipSpec, Size, as_hw
 
 COLOURS = {
     "red": (220, 30, 30),
@@ -161,7 +161,16 @@ class SyntheticVideos(Dataset):
         shapes: Sequence[str] = SHAPES,
         colours: Sequence[str] = tuple(COLOURS),
         supersample: int = 4,
+        clip: ClipSpec | Mapping | None = None,
+        deterministic: bool = True,
     ):
+        """``clip`` (what :class:`i2v.data.VideoDataModule` passes every dataset: a ClipSpec or a mapping) sets
+        ``num_frames`` and ``size`` where it has them; its stride and flip do not apply to rendered clips. Items are
+        always a pure function of (seed, index), so ``deterministic`` changes nothing."""
+        if isinstance(clip, ClipSpec):
+            num_frames, size = clip.num_frames, clip.size
+        elif clip:
+            num_frames, size = clip.get("num_frames", num_frames), clip.get("size", size)
         if n_items < 1 or num_frames < 1:
             raise ValueError(f"n_items and num_frames must be >= 1, got {n_items}, {num_frames}")
         bad = [s for s in shapes if s not in SHAPES] + [c for c in colours if c not in COLOURS]

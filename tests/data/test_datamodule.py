@@ -48,7 +48,7 @@ def test_compose_train_config_with_each_data_option():
             assert cfg.data._target_ == "i2v.data.VideoDataModule" and cfg.data.size == 16
             assert (cfg.data.num_frames, cfg.data.stride) == (16, 4)
         dm = hydra.utils.instantiate(cfg.data, _recursive_=False)
-        assert dm.sizing == {"num_frames": 16, "stride": 4, "size": 16}
+        assert dm.clip == {"num_frames": 16, "stride": 4, "size": 16}
         cfg = hydra.compose("train", overrides=["data=webvid"])
         with pytest.raises(Exception, match="csv_path"):
             hydra.utils.instantiate(cfg.data, _recursive_=False)
@@ -130,7 +130,7 @@ def test_validation_is_deterministic(webvid):
     csv_path, videos = webvid
     dm = VideoDataModule({"_target_": "i2v.data.WebVidDataset", "csv_path": csv_path, "video_folder": videos},
                          val_dataset={"_target_": "i2v.data.WebVidDataset", "csv_path": csv_path,
-                                      "video_folder": videos, "hflip": True},
+                                      "video_folder": videos, "clip": {"hflip": True}},
                          num_frames=6, stride=2, size=16, batch_size=2, num_workers=2)
     dm.setup("fit")
     assert isinstance(dm.val_dataset, WebVidDataset) and dm.val_dataset.deterministic
@@ -163,3 +163,20 @@ def test_epoch_shuffle_is_a_function_of_seed_and_epoch():
     b.set_epoch(2)
     assert list(a) != list(b)
     assert list(EpochShuffleSampler(20, seed=4)) != list(EpochShuffleSampler(20, seed=3))
+
+
+def test_every_dataset_gets_one_clip_spec_and_the_specs_own_clip_entries_win():
+    """No constructor introspection: the stage's sizes go into ``clip=``, under the spec's own ``clip:`` entries;
+    validation never flips (``hflip`` is forced false there)."""
+    from i2v.data.datamodule import build_dataset
+
+    dm = VideoDataModule({"_target_": "i2v.data.SyntheticVideos", "n_items": 10, "clip": {"num_frames": 3}},
+                         num_frames=5, stride=1, size=16, batch_size=1, val_fraction=0.2)
+    dm.setup("fit")
+    item = dm.train_dataset[0]
+    assert item["video"].shape == (3, 3, 16, 16) and len(dm.val_dataset) == 2
+    got = build_dataset({"_target_": "builtins.dict", "clip": {"hflip": True, "stride": 2}},
+                        {"num_frames": 6, "stride": 4, "size": None}, False)
+    assert got == {"clip": {"num_frames": 6, "stride": 2, "hflip": True}, "deterministic": False}
+    got = build_dataset({"_target_": "builtins.dict", "clip": {"hflip": True}}, {"num_frames": 6}, True)
+    assert got == {"clip": {"num_frames": 6, "hflip": False}, "deterministic": True}

@@ -12,7 +12,7 @@ import pytest
 import torch
 from videofiles import write_video
 
-from i2v.data import SyntheticVideos, VideoDataModule
+from i2v.data import ClipSpec, SyntheticVideos, VideoDataModule
 from i2v.data.datamodule import EpochShuffleSampler, collate_videos
 from i2v.data.loader import ResumableLoader
 
@@ -135,7 +135,7 @@ def test_skips_counted_once_per_bad_file(tmp_path):
     root = _folder(tmp_path, good=1)
     from i2v.data import FolderVideos
 
-    ds = FolderVideos(root=str(root), num_frames=4, stride=1, size=16)
+    ds = FolderVideos(root=str(root), clip=ClipSpec(4, 1, 16, hflip=True))
     for j in range(len(ds)):   # cut (bad) then good0: requesting both falls back once onto good0
         ds[j]
     assert ds.skips.totals()["corrupt"] == 1
@@ -157,17 +157,17 @@ def test_paths_outside_the_data_root_are_skipped_unless_allowed(tmp_path):
     os.symlink(secret / "s.mp4", root / "link.mp4")
     for name in ("ok", "link"):
         (root / f"{name}.txt").write_text("clip")
-    ds = FolderVideos(root=str(root), num_frames=4, stride=1, size=16)          # sorted: link.mp4, ok.mp4
+    ds = FolderVideos(root=str(root), clip=ClipSpec(4, 1, 16, hflip=True))          # sorted: link.mp4, ok.mp4
     assert ds[0]["meta"]["path"].endswith("ok.mp4") and ds.skips.totals()["outside_root"] == 1
-    assert FolderVideos(root=str(root), num_frames=4, stride=1, size=16,
+    assert FolderVideos(root=str(root), clip=ClipSpec(4, 1, 16, hflip=True),
                         allow_outside_root=True)[0]["meta"]["path"].endswith("link.mp4")
     man = root / "m.jsonl"
     man.write_text('{"path": "../secret/s.mp4", "caption": "c"}\n' f'{{"path": "{secret / "s.mp4"}", "caption": "c"}}\n'
                    '{"path": "ok.mp4", "caption": "c"}\n')
-    ds = FolderVideos(manifest=str(man), num_frames=4, stride=1, size=16)
+    ds = FolderVideos(manifest=str(man), clip=ClipSpec(4, 1, 16, hflip=True))
     assert [ds[i]["meta"]["path"].endswith("ok.mp4") for i in range(3)] == [True] * 3
     assert ds.skips.totals()["outside_root"] == 2
     csv_path = tmp_path / "w.csv"
     csv_path.write_text("videoid,name\n../secret/s,c\nok,c\n")
-    wv = WebVidDataset(str(csv_path), str(root), num_frames=4, stride=1, size=16)
+    wv = WebVidDataset(str(csv_path), str(root), clip=ClipSpec(4, 1, 16, hflip=True))
     assert wv[0]["meta"]["videoid"] == "ok" and wv.skips.totals()["outside_root"] == 1

@@ -8,7 +8,7 @@ import pytest
 import torch
 from videofiles import frame_index, write_video
 
-from i2v.data import FolderVideos
+from i2v.data import ClipSpec, FolderVideos
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def tree(tmp_path_factory, media):
 
 
 def _ds(root=None, **kw):
-    return FolderVideos(root, **{"num_frames": 6, "stride": 2, "size": 16, "deterministic": True, **kw})
+    return FolderVideos(root, **{"clip": ClipSpec(6, 2, 16, hflip=kw.pop("hflip", True)), "deterministic": True, **kw})
 
 
 def test_folder_tree_and_captions(tree):
@@ -80,7 +80,7 @@ def test_manifests(tree, tmp_path):
     cs = tmp_path / "m.csv"
     cs.write_text(f"caption,path\nhello,{os.path.join(tree, 'anim.gif')}\n")
     # an absolute path outside the manifest's folder needs the flag (else it is skipped as outside_root)
-    item = FolderVideos(manifest=str(cs), num_frames=4, stride=1, size=(8, 12), allow_outside_root=True)[0]
+    item = FolderVideos(manifest=str(cs), clip=ClipSpec(4, 1, (8, 12), hflip=True), allow_outside_root=True)[0]
     assert item["text"] == "hello" and item["video"].shape == (4, 3, 8, 12)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"file_name": "x.mp4"}\n')

@@ -8,7 +8,7 @@ import torch
 from videofiles import frame_index, write_shard, write_video
 from torch.utils.data import DataLoader
 
-from i2v.data import WebDatasetVideos, collate_videos, expand_urls, shards_for
+from i2v.data import ClipSpec, WebDatasetVideos, collate_videos, expand_urls, shards_for
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,8 @@ def shards(tmp_path_factory, media):
 
 
 def _ds(urls, **kw):
-    return WebDatasetVideos(urls, **{"num_frames": 12, "stride": 2, "size": 16, "shuffle_buffer": 4, **kw})
+    clip = ClipSpec(kw.pop("num_frames", 12), kw.pop("stride", 2), 16, hflip=True)
+    return WebDatasetVideos(urls, **{"clip": clip, "shuffle_buffer": 4, **kw})
 
 
 def test_one_pass_items_and_counts(shards):
