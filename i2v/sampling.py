@@ -17,10 +17,10 @@ from typing import Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from i2v.batch_items import preflight, read_items  # read_items re-exported: sample.py's items
-from i2v.io import load_image, save_frames, save_gif, save_json, save_mp4
 from i2v.pipeline.bundle import Bundle, build_bundle
+from i2v.pipeline.items import preflight, read_items  # read_items re-exported: sample.py's items
 from i2v.pipeline.sampling import I2VPipeline, SamplingSettings, resolve_device
+from i2v.utils.io import load_image, save_frames, save_gif, save_json, save_mp4
 
 
 class BatchFailed(RuntimeError):
@@ -78,7 +78,7 @@ def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optiona
         controlnet = VideoControlNet.from_folder(str(cfg.controlnet.path),
                                                  conditioning_scale=float(cfg.controlnet.scale),
                                                  num_text_tokens=text_tokens, dtype=dtype, device=device)
-        control = load_control_frames(str(cfg.controlnet.control), n_frames=settings.num_frames, size=res)[None]
+        control = load_control_frames(str(cfg.controlnet.control), num_frames=settings.num_frames, size=res)[None]
         control = control.to(device, dtype)
     pipe = I2VPipeline(bundle, settings, controlnet=controlnet, control=control)
     extra = {"scheduler": settings.scheduler, "backbone": cfg.backbone.name, "adapter": cfg.adapter.name,

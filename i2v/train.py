@@ -121,7 +121,7 @@ def train(cfg: DictConfig) -> dict:
         print(f"adapter={cfg.adapter.name} has no trainable tensors: nothing to train "
               "(a sampling-only ablation); skipping to the after-train steps")
     else:
-        size, frames = cfg.data.get("size"), cfg.data.get("n_frames")
+        size, frames = cfg.data.get("size"), cfg.data.get("num_frames")
         if size is not None and frames is not None:   # the stage's clip shape must fit the backbone
             hw = (int(size), int(size)) if isinstance(size, (int, float)) else tuple(int(v) for v in size)
             bundle.check_video_shape(*hw, int(frames))

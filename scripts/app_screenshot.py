@@ -12,7 +12,7 @@ from PIL import Image
 
 from i2v.app.browser import app_server, chromium, find_browser, generate_in_page
 from i2v.data.synthetic import SyntheticVideos
-from i2v.io import to_uint8
+from i2v.utils.io import to_uint8
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
     browser, driver, missing = find_browser()
     if missing:
         sys.exit(missing)
-    data = SyntheticVideos(n_items=args.scene + 1, n_frames=8, size=32, seed=10_000)
+    data = SyntheticVideos(n_items=args.scene + 1, num_frames=8, size=32, seed=10_000)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         Image.fromarray(to_uint8(data.first_frame(args.scene)[None])[0]).save(tmp / "scene.png")

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from i2v.data import FolderVideos, collate_videos
+from i2v.data import ClipSpec, FolderVideos, collate_videos
 
 SETUPS = [("webvid 336x596 -> 256²", (336, 596), 256), ("720p 720x1280 -> 512²", (720, 1280), 512)]
 
 
-def make_video(path: str, hw: tuple[int, int], n_frames: int, fps: int, gop: int) -> str:
+def make_video(path: str, hw: tuple[int, int], num_frames: int, fps: int, gop: int) -> str:
     """Moving gradients + drifting texture + a moving box: H.264 yuv420p, keyframe every `gop` frames."""
     h, w = hw
     rng = np.random.default_rng(0)
@@ -36,7 +36,7 @@ def make_video(path: str, hw: tuple[int, int], n_frames: int, fps: int, gop: int
         s.width, s.height, s.pix_fmt = w, h, "yuv420p"
         s.codec_context.gop_size = gop
         s.options = {"preset": "veryfast", "crf": "23"}
-        for i in range(n_frames):
+        for i in range(num_frames):
             base = np.stack([(xx + 3 * i) % 256, (yy + 2 * i) % 256, (xx + yy + i) % 256], -1)
             oy, ox = (i * 3) % h, (i * 5) % w
             a = base + tex[oy : oy + h, ox : ox + w]
@@ -51,7 +51,7 @@ def make_video(path: str, hw: tuple[int, int], n_frames: int, fps: int, gop: int
 
 def bench(manifest: str, size: int, backend: str, workers: int, clips: int) -> float:
     """Clips per second through a DataLoader (timed from the first batch, so worker start-up is excluded)."""
-    ds = FolderVideos(manifest=manifest, n_frames=16, stride=4, size=size, hflip=True, backends=(backend,))
+    ds = FolderVideos(manifest=manifest, clip=ClipSpec(16, 4, size, hflip=True, backends=(backend,)))
     loader = DataLoader(ds, batch_size=1, shuffle=True, num_workers=workers, collate_fn=collate_videos,
                         prefetch_factor=2 if workers else None)
     it = iter(loader)

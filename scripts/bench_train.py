@@ -102,7 +102,7 @@ def bench_module_steps(steps: int) -> None:
 
     mod = I2VAdapterModule(random_toy_bundle(), {"lr": 1e-3}, {"text_drop_prob": 0.1, "image_drop_prob": 0.1})
     opt = mod.configure_optimizers()
-    data = SyntheticVideos(n_items=steps * 4, n_frames=8, size=32)
+    data = SyntheticVideos(n_items=steps * 4, num_frames=8, size=32)
     batches = [{"video": torch.stack([data[4 * i + j]["video"] for j in range(4)]),
                 "text": [data[4 * i + j]["text"] for j in range(4)]} for i in range(steps)]
     mod.compute_loss(batches[0])["loss"].backward()

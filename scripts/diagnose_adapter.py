@@ -52,7 +52,7 @@ def held_out_clips(cfg, n: int) -> tuple[torch.Tensor, list[str]]:
 
     spec = cfg.data.dataset
     if get_class(spec._target_) is SyntheticVideos:
-        data = SyntheticVideos(n, n_frames=int(cfg.data.n_frames), size=cfg.data.size, seed=EVAL_SEED)
+        data = SyntheticVideos(n, num_frames=int(cfg.data.num_frames), size=cfg.data.size, seed=EVAL_SEED)
         items = [data[i] for i in range(n)]
     else:
         dm = instantiate(cfg.data)
@@ -72,7 +72,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    import i2v.config  # noqa: F401  (resolvers)
+    import i2v.cli.config  # noqa: F401  (resolvers)
     from i2v.pipeline.bundle import build_bundle
     from i2v.checkpoints.adapter_io import load_adapter
     from i2v.training.diagnose import DEFAULT_TIMESTEPS, eps_loss_by_timestep, findings, format_table

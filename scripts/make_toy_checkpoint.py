@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from i2v.checkpoints.ip_adapter import ip_adapter_key_map  # noqa: E402
-from i2v.io import atomic_write, save_json  # noqa: E402
+from i2v.utils.io import atomic_write, save_json  # noqa: E402
 from i2v.models.toy import toy_state_dict  # noqa: E402
 from i2v.toy.pretrain import (CODEC_SCALE, MOTION, RESAMPLER, SCHEDULE, UNET_OVERRIDES, ClipStream, PretrainConfig,  # noqa: E402
                               ToyModels, build_base, pretrain_base, train_content_adapter)
@@ -159,7 +159,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     n_unet = sum(p.numel() for p in models.unet.parameters())
     print(f"[make_toy_checkpoint] phase A: UNet {n_unet:,} + text encoder "
           f"{sum(p.numel() for p in models.text.parameters()):,} parameters, {cfg.base_steps} steps x "
-          f"batch {cfg.batch_size} x {cfg.n_frames} frames, {args.threads} thread(s)")
+          f"batch {cfg.batch_size} x {cfg.num_frames} frames, {args.threads} thread(s)")
     base = pretrain_base(models, stream, cfg, g)
     t_base = time.time() - start
     content = train_content_adapter(models, stream, cfg, g)

@@ -140,17 +140,17 @@ def render_sweeps(runs: list[dict]) -> str:
 
 
 def _strip(run: dict, clip: int, gt: bool = False):
-    from i2v.io import read_strip
+    from i2v.utils.io import read_strip
 
     path = Path(run["dir"]) / "samples" / f"clip{clip:03d}{'_gt' if gt else ''}.png"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: contact sheets need the runs' samples/clipNNN.png strips")
-    return read_strip(path, n_frames=int(run.get("frames", 8)))
+    return read_strip(path, num_frames=int(run.get("frames", 8)))
 
 
 def write_sheets(runs: list[dict], out_dir: str, clip: int = 0, scale: int = 4) -> list[Path]:
     """Contact sheets of Table 3 and of the two Table 2 sweeps (see module docstring)."""
-    from i2v.io import save_contact_sheet
+    from i2v.utils.io import save_contact_sheet
 
     def first_seed(rs: list[dict]) -> dict:
         return min(rs, key=lambda r: r["seed"])

@@ -6,7 +6,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from i2v.config import CONFIGS, quote_numeric_choices
+from i2v.cli.config import CONFIGS, quote_numeric_choices
 from i2v.train import check_run_inputs, check_stage
 
 DATA = {"1": ["data.dataset.csv_path=/d/webvid.csv", "data.dataset.video_folder=/d/videos"],
@@ -26,7 +26,7 @@ def test_train_config_composes_with_the_readme_overrides(backbone, stage, adapte
                              "data.batch_size=3"])
     check_stage(cfg)
     frames, stride, size, dataset = SIZING[stage]
-    assert (cfg.data.n_frames, cfg.data.stride, cfg.data.size, cfg.data.batch_size) == (frames, stride, size, 3)
+    assert (cfg.data.num_frames, cfg.data.stride, cfg.data.size, cfg.data.batch_size) == (frames, stride, size, 3)
     assert cfg.data.dataset._target_ == f"i2v.data.{dataset}" and cfg.trainer.max_epochs == 1
     for arg in DATA[stage]:
         key, _, value = arg.partition("=")
@@ -113,9 +113,23 @@ def test_launchers_and_table2_folders():
     assert OmegaConf.to_container(cfg.hydra.sweep, resolve=True)["subdir"] == "t0_0.8_p_1.0"
 
 
+def test_old_frame_key_on_the_command_line_names_the_new_one():
+    """``data.n_frames=16`` (the key before issue 13) stops before Hydra with one line naming ``data.num_frames``."""
+    import subprocess
+    import sys
+
+    from i2v.cli.config import refuse_renamed_keys
+
+    assert refuse_renamed_keys(["data.num_frames=16", "frames=8"]) == ["data.num_frames=16", "frames=8"]
+    out = subprocess.run([sys.executable, "train.py", "experiment=toy", "data.n_frames=16"], capture_output=True,
+                         text=True, cwd=CONFIGS.parent)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: data.n_frames is now data.num_frames (write data.num_frames=16)"
+
+
 def test_short_sampling_keys_on_the_sample_and_evaluate_command_line():
     """`python sample.py ckpt=... t0=0.8 p=0.5` (the design card's command) sets the sampling.* keys."""
-    from i2v.config import expand_sampling_aliases
+    from i2v.cli.config import expand_sampling_aliases
 
     args = expand_sampling_aliases(["t0=0.8", "p=0.1,0.5", "cfg=3", "frames=8", "steps=4", "+scheduler=euler",
                                     "seed=2", "sampling.p=0.2", "fsp_row=1"])

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from safetensors import safe_open
 
-from i2v.config import ASSETS, CONFIGS, portable_paths
+from i2v.cli.config import ASSETS, CONFIGS, portable_paths
 from toy_sample import toy_sample_cfg
 
 ROOT = CONFIGS.parent
@@ -29,7 +29,7 @@ def test_readme_sample_snippet_prompt_is_the_scenes_caption(tmp_path):
     seed = re.search(r"SyntheticVideos\(.*seed=(\d+)", code).group(1)
     from i2v.data.synthetic import SyntheticVideos
 
-    caption = SyntheticVideos(1, n_frames=1, size=32, seed=int(seed))[0]["text"]
+    caption = SyntheticVideos(1, num_frames=1, size=32, seed=int(seed))[0]["text"]
     prompt = re.search(r'prompt="([^"]*)"', command).group(1)
     assert prompt == caption, f"seed {seed} shows {caption!r}, the README prompts {prompt!r}"
 

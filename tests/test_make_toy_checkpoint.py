@@ -112,6 +112,24 @@ def test_interrupted_run_resumes_to_identical_files(runs, tmp_path, monkeypatch)
         toy_pretrain.PhaseState("base", toy_pretrain.PretrainConfig(state_dir=str(tmp_path / "s"), lr=1.0)).load()
 
 
+def test_stored_settings_with_the_old_frame_key_still_match(tmp_path):
+    """The shipped MANIFEST.json (and states saved before the rename) say ``n_frames``; read back, they name the
+    fields of today's PretrainConfig, and a saved state with the old key is resumed, not refused."""
+    import dataclasses
+
+    from i2v.toy import pretrain as toy_pretrain
+
+    stored = json.loads((SHIPPED / "MANIFEST.json").read_text())["config"]
+    assert "n_frames" in stored   # the shipped file is not rewritten
+    cfg = toy_pretrain.PretrainConfig(**toy_pretrain.upgrade_settings(stored))
+    assert cfg.num_frames == stored["n_frames"]
+    assert set(toy_pretrain.upgrade_settings(stored)) <= {f.name for f in dataclasses.fields(cfg)}
+    cfg = toy_pretrain.PretrainConfig(state_dir=str(tmp_path))
+    old_key = {("n_frames" if k == "num_frames" else k): v for k, v in toy_pretrain.PhaseState("base", cfg).key.items()}
+    torch.save({"step": 3, "key": old_key}, tmp_path / "base.pt")
+    assert toy_pretrain.PhaseState("base", cfg).load()["step"] == 3
+
+
 def _inputs(seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(2, 12, 8, 16, 16, generator=g)

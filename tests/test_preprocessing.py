@@ -9,7 +9,7 @@ from PIL import Image
 
 from i2v.diffusion.color import color_match, color_match_video, rgb_to_lab
 from i2v.diffusion.guidance import negative_prompt
-from i2v.io import fit_size, load_image
+from i2v.utils.io import fit_size, load_image
 
 
 def _write(path, h, w):

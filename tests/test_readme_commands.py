@@ -10,7 +10,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from i2v.config import CONFIGS, expand_sampling_aliases, quote_numeric_choices
+from i2v.cli.config import CONFIGS, expand_sampling_aliases, quote_numeric_choices
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 ENTRIES = {"train.py": "train", "sample.py": "sample", "evaluate.py": "evaluate", "app.py": "app"}
@@ -110,13 +110,13 @@ def test_readme_command_composes(command, tmp_path):
 def test_readme_toy_commands_run(tmp_path):
     """``train.py experiment=toy`` and ``sample.py experiment=toy ...`` as written, with tiny step counts."""
     from i2v.data.synthetic import SyntheticVideos
-    from i2v.io import save_frames
+    from i2v.utils.io import save_frames
     from i2v.sampling import sample
     from i2v.train import train
 
     toy = sorted({c for c in COMMANDS if "experiment=toy " in c + " " and " -m " not in c})
     assert {c.split()[1] for c in toy} == {"train.py", "sample.py"}
-    save_frames(SyntheticVideos(1, n_frames=1, size=32, seed=7)[0]["video"], tmp_path / "toy_input")
+    save_frames(SyntheticVideos(1, num_frames=1, size=32, seed=7)[0]["video"], tmp_path / "toy_input")
     tiny = {"train": ["trainer.max_steps=2", "after_train.n_videos=1", "sampling.steps=2", "logger=csv"],
             "sample": ["sampling.steps=2", f"out={tmp_path / 'samples'}"]}
     for command in toy:

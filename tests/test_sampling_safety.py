@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from i2v.config import asset_path
-from i2v.io import load_image
+from i2v.cli.config import asset_path
+from i2v.utils.io import load_image
 from toy_sample import toy_sample_cfg
 
 

@@ -1,5 +1,5 @@
 """scripts/make_toy_tables.py: markdown tables, Spearman trends of Table 2's sweeps, and contact sheets built from
-the lossless per-clip strips the toy runs write (i2v.io.save_strip)."""
+the lossless per-clip strips the toy runs write (i2v.utils.io.save_strip)."""
 import importlib.util
 import json
 from pathlib import Path
@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from i2v.io import read_strip, save_contact_sheet, save_strip
+from i2v.utils.io import read_strip, save_contact_sheet, save_strip
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from safetensors import safe_open
 
-from i2v.config import CONFIGS, asset_path
+from i2v.cli.config import CONFIGS, asset_path
 
 # measured with the shipped files on these 4 clips: identity 0.165, lost_frac 0.0625, bg_err 0.126 (old base: identity
 # 0.018, bg_err 0.177, object lost in most frames)
@@ -36,12 +36,12 @@ def test_shipped_toy_checkpoints_load_with_exact_key_sets():
 
 def test_sample_py_writes_mp4_and_keeps_frame1_exact(tmp_path):
     from i2v.data.synthetic import SyntheticVideos
-    from i2v.io import save_frames
+    from i2v.utils.io import save_frames
     from i2v.metrics.video_io import read_video
     from i2v.pipeline.sampling import I2VPipeline, SamplingSettings
     from i2v.sampling import load_bundle_for_sampling, sample
 
-    clip = SyntheticVideos(1, n_frames=1, size=32, seed=3)[0]
+    clip = SyntheticVideos(1, num_frames=1, size=32, seed=3)[0]
     save_frames(clip["video"], tmp_path / "in")
     cfg = _compose("sample", ["experiment=toy", f"image={tmp_path / 'in' / '000.png'}", f"prompt={clip['text']}",
                               f"out={tmp_path / 'out'}", "sampling.steps=4", "sampling.num_frames=6"])
@@ -68,9 +68,9 @@ def test_sample_rejects_bad_settings(tmp_path):
         with pytest.raises(ValueError, match=msg):
             sample(cfg)
     from i2v.data.synthetic import SyntheticVideos
-    from i2v.io import save_frames
+    from i2v.utils.io import save_frames
 
-    save_frames(SyntheticVideos(1, n_frames=1, size=32, seed=3)[0]["video"], tmp_path / "in")
+    save_frames(SyntheticVideos(1, num_frames=1, size=32, seed=3)[0]["video"], tmp_path / "in")
     for over, msg in [("sampling.height=33", "multiples of 4 for backbone toy.*got 33x32; e.g. 32x32"),
                       ("sampling.num_frames=33", "frames=33 exceeds the motion module's positional-encoding length")]:
         cfg = _compose("sample", ["experiment=toy", f"image={tmp_path / 'in' / '000.png'}", "prompt=a", over,
@@ -118,7 +118,7 @@ def test_sample_video_callback_logs_a_video(tmp_path):
 
     cfg = _compose("train", ["experiment=toy", "sampling.steps=2", "sampling.num_frames=4"]).sampling
     mod = I2VAdapterModule(random_toy_bundle(), {"lr": 1e-3}, {"text_drop_prob": 0.0, "image_drop_prob": 0.0})
-    dm = VideoDataModule(dataset=SyntheticVideos(n_items=4, n_frames=4, size=32), batch_size=2, val_fraction=0.0)
+    dm = VideoDataModule(dataset=SyntheticVideos(n_items=4, num_frames=4, size=32), batch_size=2, val_fraction=0.0)
     lg = VideoLogger(tmp_path)
     L.Trainer(accelerator="cpu", max_steps=2, logger=lg, enable_progress_bar=False, enable_checkpointing=False,
               enable_model_summary=False, callbacks=[SampleVideos(1, SamplingSettings.from_config(cfg))]).fit(mod, datamodule=dm)
@@ -129,7 +129,7 @@ def test_train_rejects_a_clip_shape_the_backbone_cannot_take(tmp_path):
     from i2v.train import train
 
     for i, (over, msg) in enumerate([("data.size=30", "multiples of 4 for backbone toy"),
-                                     ("data.n_frames=40", "frames=40 exceeds")]):
+                                     ("data.num_frames=40", "frames=40 exceeds")]):
         cfg = _compose("train", ["experiment=toy", over, f"out_dir={tmp_path / str(i)}"])
         with pytest.raises(ValueError, match=msg):
             train(cfg)
@@ -148,7 +148,7 @@ def test_shipped_toy_files_keep_the_first_frame_better_than_the_old_base():
     cfg = _compose("sample", ["experiment=toy"])
     bundle = load_bundle_for_sampling(cfg, torch.device("cpu"), torch.float32)
     pipe = I2VPipeline(bundle, SamplingSettings.from_config(cfg.sampling))
-    res = score_pipeline(pipe, n_videos=4, n_frames=int(cfg.sampling.num_frames), size=32, seed=0)
+    res = score_pipeline(pipe, n_videos=4, num_frames=int(cfg.sampling.num_frames), size=32, seed=0)
     assert res["model"]["identity"] >= IDENTITY_FLOOR, res["model"]
     assert res["model"]["lost_frac"] <= LOST_CEILING, res["model"]
     assert res["model"]["bg_err"] <= BG_CEILING, res["model"]

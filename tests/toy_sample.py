@@ -1,7 +1,7 @@
 """The toy sample.py config used by the sampling tests: 2 steps, 3 frames, outputs under ``tmp_path/out``."""
 from hydra import compose, initialize_config_dir
 
-from i2v.config import CONFIGS
+from i2v.cli.config import CONFIGS
 
 
 def toy_sample_cfg(tmp_path, *over):

@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig
 
 from i2v.diffusion.fsp import fsp_num_steps
-from i2v.io import load_image
+from i2v.utils.io import load_image
 from i2v.models.adapters import i2v_adapter_layers, set_i2v_adapter_enabled
 from i2v.models.attention import spatial_attention_layers
 from i2v.pipeline import Bundle, I2VPipeline, SamplingSettings, resolve_device
@@ -77,7 +77,8 @@ class DemoEngine:
         return int(s.get("height") or self.bundle.resolution), int(s.get("width") or self.bundle.resolution)
 
     @property
-    def max_frames(self) -> int:
+    def frame_limit(self) -> int:
+        """Most frames the demo offers: the motion module's positional-encoding length (64 without one)."""
         return self.bundle.pe_length or 64
 
     def defaults(self) -> DemoSettings:

@@ -24,7 +24,7 @@ from typing import Callable, Optional
 import torch
 
 from i2v.app.engine import ABLATIONS, DemoEngine, DemoSettings
-from i2v.io import save_contact_sheet, save_json, save_mp4, save_strip
+from i2v.utils.io import save_contact_sheet, save_json, save_mp4, save_strip
 
 ProgressCb = Optional[Callable[[int, int], None]]
 MAX_SEED = 2**31 - 1
@@ -107,7 +107,7 @@ def strip_for_display(frames: torch.Tensor, height: int = 128):
     that small videos stay visible in the page; the lossless native strip is the ``_strip.png`` download."""
     import numpy as np
 
-    from i2v.io import to_uint8
+    from i2v.utils.io import to_uint8
 
     return np.concatenate(list(to_uint8(enlarge(frames * 2 - 1, height))), axis=1)
 
@@ -224,12 +224,12 @@ class DemoApp:
             from PIL import Image
 
             from i2v.data.synthetic import SyntheticVideos
-            from i2v.io import to_uint8
+            from i2v.utils.io import to_uint8
 
             if self.engine.backbone != "toy":
                 raise DemoInputError("random toy scenes are for the toy world (python app.py with experiment=toy)")
             h, w = self.engine.size
-            data = SyntheticVideos(n_items=100_000, n_frames=int(self.engine.cfg.sampling.num_frames), size=(h, w),
+            data = SyntheticVideos(n_items=100_000, num_frames=int(self.engine.cfg.sampling.num_frames), size=(h, w),
                                    seed=self.toy_scene_seed)
             i = secrets.randbelow(len(data)) if index is None else int(index)
             path = self.out_dir / f"toy_scene_{i:05d}.png"

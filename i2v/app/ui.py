@@ -83,7 +83,7 @@ def build_demo(app: DemoApp) -> gr.Blocks:
                                   info="sampler steps over the full range; about steps·t0 are run")
                 guidance = gr.Slider(1.0, 15.0, value=d.guidance_scale, step=0.5, label="guidance scale",
                                      info="classifier-free guidance (1 = off)")
-                frames = gr.Slider(2, eng.max_frames, value=d.num_frames, step=1, label="frames",
+                frames = gr.Slider(2, eng.frame_limit, value=d.num_frames, step=1, label="frames",
                                    info="frame 1 is the input image")
                 with gr.Row():
                     seed = gr.Number(value=int(eng.cfg.get("seed", 42)), precision=0, label="seed", minimum=0)
@@ -128,9 +128,9 @@ def build_demo(app: DemoApp) -> gr.Blocks:
 
         common = [image, prompt, negative, steps, guidance, frames, seed, random_seed]
 
-        def on_generate(img, text, neg, n_steps, cfg_scale, n_frames, seed_v, rnd, t0_v, p_v, ad,
+        def on_generate(img, text, neg, n_steps, cfg_scale, num_frames, seed_v, rnd, t0_v, p_v, ad,
                         progress=gr.Progress()):
-            res = _checked(lambda: app.generate(img, text, parse_settings(t0_v, p_v, n_steps, cfg_scale, n_frames,
+            res = _checked(lambda: app.generate(img, text, parse_settings(t0_v, p_v, n_steps, cfg_scale, num_frames,
                                                                          neg, ad),
                                                 parse_seed(seed_v, rnd), _progress(progress)))
             if not res["ok"]:
@@ -142,16 +142,16 @@ def build_demo(app: DemoApp) -> gr.Blocks:
         go.click(on_generate, [*common, t0, p, adapter], [status, video, settings_json, strip, files],
                  **MODEL_QUEUE)
 
-        def on_compare(img, text, neg, n_steps, cfg_scale, n_frames, seed_v, rnd, ta, pa, aa, tb, pb, ab,
+        def on_compare(img, text, neg, n_steps, cfg_scale, num_frames, seed_v, rnd, ta, pa, aa, tb, pb, ab,
                        progress=gr.Progress()):
-            res = _checked(lambda: app.compare(img, text, parse_settings(ta, pa, n_steps, cfg_scale, n_frames, neg, aa),
-                                               parse_settings(tb, pb, n_steps, cfg_scale, n_frames, neg, ab),
+            res = _checked(lambda: app.compare(img, text, parse_settings(ta, pa, n_steps, cfg_scale, num_frames, neg, aa),
+                                               parse_settings(tb, pb, n_steps, cfg_scale, num_frames, neg, ab),
                                                parse_seed(seed_v, rnd), _progress(progress)))
             return _compare_outputs(res, ("A", "B"))
 
-        def on_table3(img, text, neg, n_steps, cfg_scale, n_frames, seed_v, rnd, ta, pa, aa,
+        def on_table3(img, text, neg, n_steps, cfg_scale, num_frames, seed_v, rnd, ta, pa, aa,
                       progress=gr.Progress()):
-            res = _checked(lambda: app.table3(img, text, parse_settings(ta, pa, n_steps, cfg_scale, n_frames, neg, aa),
+            res = _checked(lambda: app.table3(img, text, parse_settings(ta, pa, n_steps, cfg_scale, num_frames, neg, aa),
                                               parse_seed(seed_v, rnd), _progress(progress)))
             return _compare_outputs(res, (eng.ablations[0], eng.ablations[-1]))
 

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from i2v.io import atomic_write
+from i2v.utils.io import atomic_write
 from i2v.models.adapters import ADAPTER_SUFFIXES, attach_i2v_adapter, i2v_adapter_layers, i2v_adapter_parameters
 
 from .common import PICKLE_SUFFIXES, KeyMapError, read_checkpoint

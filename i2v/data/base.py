@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import abc
 import os
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from i2v.data.clip import ClipSpec, item_rng, read_clip
+from i2v.data.clip import ClipSpec, clip_spec, item_rng, read_clip
 from i2v.data.stats import MAX_WORKER_ROWS, BadSample, FailureTracker, SkipCounter, process_row
 
 
@@ -56,20 +56,10 @@ class RobustMapDataset(Dataset, abc.ABC):
     """Base class: subclasses implement `__len__` and `load(index) -> {"video", "text", "meta"}` (may raise
     BadSample). Items: video (F, 3, H, W) float32 in [-1, 1], text str, meta dict."""
 
-    def __init__(
-        self,
-        n_frames: int = 16,
-        stride: int = 4,
-        size=256,
-        hflip: bool = True,
-        deterministic: bool = False,
-        seed: int = 0,
-        antialias: bool = True,
-        backends: Sequence[str] = ("decord", "pyav"),
-        decode_threads: int = 1,
-        max_consecutive_failures: int = 100,
-    ):
-        self.spec = ClipSpec(n_frames, stride, size, hflip, antialias, tuple(backends), decode_threads)
+    def __init__(self, clip: ClipSpec | Mapping | None = None, deterministic: bool = False, seed: int = 0,
+                 max_consecutive_failures: int = 100):
+        """``clip``: how clips are cut (:func:`i2v.data.clip.clip_spec`; flipped unless ``hflip: false``)."""
+        self.spec = clip_spec(clip, hflip=True)
         self.deterministic, self.seed = deterministic, seed
         self.max_consecutive_failures = max_consecutive_failures
         self.skips = SkipCounter()

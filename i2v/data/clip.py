@@ -1,10 +1,10 @@
-"""Clip sampling (AnimateDiff-style n_frames × stride at a random start) and pixel transforms.
+"""Clip sampling (AnimateDiff-style num_frames × stride at a random start) and pixel transforms.
 
 `read_clip` = decode only the planned frames (video.py) → resize the short side → center-crop → optional
 whole-clip horizontal flip → float32 in [-1, 1], shape (F, 3, H, W).
 
-Short videos: if `(n_frames - 1) * stride + 1` frames do not fit, the largest stride that fits (≥ 1) is used
-(`meta["stride_used"]`); fewer than `n_frames` frames is `BadSample("too_short")`. (AnimateDiff's linspace
+Short videos: if `(num_frames - 1) * stride + 1` frames do not fit, the largest stride that fits (≥ 1) is used
+(`meta["stride_used"]`); fewer than `num_frames` frames is `BadSample("too_short")`. (AnimateDiff's linspace
 instead silently compresses the span and repeats frames of very short videos.)
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ def as_hw(size: Size) -> tuple[int, int]:
 class ClipSpec:
     """How to cut a clip out of a video. `size` is an int (square) or (H, W)."""
 
-    n_frames: int = 16
+    num_frames: int = 16
     stride: int = 4
     size: Size = 256
     hflip: bool = False  # flip the whole clip with probability 0.5
@@ -49,9 +49,18 @@ class ClipSpec:
     threads: int = 1  # decoder threads per reader (1 inside dataloader workers)
 
     def __post_init__(self):
-        if self.n_frames < 1 or self.stride < 1:
-            raise ValueError(f"n_frames and stride must be >= 1, got {self.n_frames}, {self.stride}")
+        if self.num_frames < 1 or self.stride < 1:
+            raise ValueError(f"num_frames and stride must be >= 1, got {self.num_frames}, {self.stride}")
         self.size = as_hw(self.size)
+
+
+def clip_spec(clip: Optional[Union[ClipSpec, Mapping]], **defaults) -> ClipSpec:
+    """The ``clip=`` argument every dataset takes: a ClipSpec as is, or a mapping (a Hydra config; the datamodule
+    passes ``{num_frames, stride, size}`` from the stage, plus ``hflip: false`` for validation) or None, whose
+    missing fields are ``defaults`` and then ClipSpec's. The file datasets pass ``hflip=True`` (training flips)."""
+    if isinstance(clip, ClipSpec):
+        return clip
+    return ClipSpec(**{**defaults, **dict(clip or {})})
 
 
 def item_rng(seed: int, key: Union[int, str], deterministic: bool) -> np.random.Generator:
@@ -63,19 +72,19 @@ def item_rng(seed: int, key: Union[int, str], deterministic: bool) -> np.random.
     return np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
 
 
-def plan_clip(n_source: int, n_frames: int, stride: int, rng: np.random.Generator) -> tuple[list[int], int, int]:
-    """Frame indices for one clip: `start + stride_used * k`, k = 0..n_frames-1.
+def plan_clip(n_source: int, num_frames: int, stride: int, rng: np.random.Generator) -> tuple[list[int], int, int]:
+    """Frame indices for one clip: `start + stride_used * k`, k = 0..num_frames-1.
 
     Returns (indices, stride_used, start); stride_used = the largest stride ≤ `stride` that fits.
-    Raises BadSample("too_short") when n_source < n_frames.
+    Raises BadSample("too_short") when n_source < num_frames.
     """
-    if n_source < n_frames:
-        raise BadSample("too_short", f"{n_source} frames < n_frames={n_frames}")
-    if n_frames > 1:
-        stride = min(stride, (n_source - 1) // (n_frames - 1))
-    span = (n_frames - 1) * stride + 1
+    if n_source < num_frames:
+        raise BadSample("too_short", f"{n_source} frames < num_frames={num_frames}")
+    if num_frames > 1:
+        stride = min(stride, (n_source - 1) // (num_frames - 1))
+    span = (num_frames - 1) * stride + 1
     start = int(rng.integers(0, n_source - span + 1))
-    return [start + stride * k for k in range(n_frames)], stride, start
+    return [start + stride * k for k in range(num_frames)], stride, start
 
 
 def resize_crop(frames: torch.Tensor, size: tuple[int, int], antialias: bool = True) -> torch.Tensor:
@@ -117,11 +126,11 @@ def read_clip(
 
     def choose(info: VideoInfo) -> list[int]:
         if "indices" not in plan:  # a fallback backend reuses the first plan (same random draw)
-            plan["indices"], plan["stride"], plan["start"] = plan_clip(info.n_frames, spec.n_frames, spec.stride, rng)
-            plan["n"] = info.n_frames
-        elif info.n_frames != plan["n"] and plan["indices"][-1] >= info.n_frames:
-            plan["indices"], plan["stride"], plan["start"] = plan_clip(info.n_frames, spec.n_frames, spec.stride, rng)
-            plan["n"] = info.n_frames
+            plan["indices"], plan["stride"], plan["start"] = plan_clip(info.num_frames, spec.num_frames, spec.stride, rng)
+            plan["n"] = info.num_frames
+        elif info.num_frames != plan["n"] and plan["indices"][-1] >= info.num_frames:
+            plan["indices"], plan["stride"], plan["start"] = plan_clip(info.num_frames, spec.num_frames, spec.stride, rng)
+            plan["n"] = info.num_frames
         return plan["indices"]
 
     frames, info, indices, backend = read_frames(source, choose, name, spec.backends, spec.threads)
@@ -130,7 +139,7 @@ def read_clip(
     meta = {
         "source": name,
         "fps": info.fps,
-        "n_frames_source": info.n_frames,
+        "n_frames_source": info.num_frames,
         "stride_used": plan["stride"],
         "start": plan["start"],
         "indices": list(indices),

@@ -1,11 +1,12 @@
 """LightningDataModule for all video datasets, built from the `data/` config group.
 
 The dataset is given as a spec (`{_target_: i2v.data.WebVidDataset, csv_path: ..., ...}`, instantiated lazily in
-`setup()`, so `_recursive_: false` in the config) or as a ready Dataset. The stage sizes the clips: `n_frames`,
-`stride`, `size` are passed to the dataset unless its spec sets them (and only if its constructor takes them).
+`setup()`, so `_recursive_: false` in the config) or as a ready Dataset. Every dataset takes one `clip=`
+(:class:`i2v.data.clip.ClipSpec`) and `deterministic=`: the stage's `num_frames`, `stride`, `size` fill the clip,
+and the spec's own `clip:` entries (e.g. `clip: {hflip: true}`) win over them.
 Validation: a separate `val_dataset` spec, else a deterministic hold-out (`val_fraction` of the items by a seeded
 permutation for map-style datasets, the last shards for shard datasets). Validation instances are built with
-`deterministic=True, hflip=False`, so the same clip comes back every epoch.
+`deterministic=True` and `clip.hflip=false`, so the same clip comes back every epoch.
 Batches: {"video": (B, F, 3, H, W) float32 in [-1, 1], "text": [B str], "meta": [B dict]}.
 Skipped samples are reported once per epoch by `DataSkipReport`, which `setup()` adds to the trainer. A hold-out
 whose items are all unusable is dropped with a warning (training goes on without validation); an all-bad
@@ -18,7 +19,6 @@ resume for map-style datasets; shard streams restart their epoch).
 
 from __future__ import annotations
 
-import inspect
 import logging
 from typing import Any, Mapping, Optional
 
@@ -42,7 +42,7 @@ def collate_videos(items: list[dict]) -> dict:
     """[{"video": (F, 3, H, W), "text", "meta"}] -> {"video": (B, F, 3, H, W), "text": [str], "meta": [dict]}."""
     shapes = {tuple(it["video"].shape) for it in items}
     if len(shapes) != 1:
-        raise ValueError(f"cannot batch clips of different shapes {sorted(shapes)}; set one size/n_frames")
+        raise ValueError(f"cannot batch clips of different shapes {sorted(shapes)}; set one size/num_frames")
     return {
         "video": torch.stack([it["video"] for it in items]),
         "text": [it["text"] for it in items],
@@ -60,26 +60,16 @@ def _plain_spec(spec: Any, what: str) -> Any:
     return spec
 
 
-def _accepts(target: str, name: str) -> bool:
-    cls = hydra.utils.get_class(target) if isinstance(target, str) else target
-    params = inspect.signature(cls).parameters
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-def build_dataset(spec: Mapping, defaults: Mapping, overrides: Mapping) -> Dataset:
-    """instantiate(spec) with `defaults` filled in where the spec lacks them and `overrides` forced, each only
-    if the target's constructor takes that argument."""
+def build_dataset(spec: Mapping, clip: Mapping, deterministic: bool, **extra) -> Dataset:
+    """instantiate(spec, clip=..., deterministic=..., **extra): `clip` (the stage's sizes; None values left out)
+    under the spec's own `clip:` entries; a deterministic (validation) dataset never flips."""
     if "_target_" not in spec:
         raise ValueError(f"dataset spec needs a _target_ (e.g. i2v.data.WebVidDataset), got keys {sorted(spec)}")
     cfg = dict(spec)
-    target = cfg["_target_"]
-    for k, v in defaults.items():
-        if k not in cfg and v is not None and _accepts(target, k):
-            cfg[k] = v
-    for k, v in overrides.items():
-        if _accepts(target, k):
-            cfg[k] = v
-    return hydra.utils.instantiate(cfg, _convert_="all")
+    merged = {**{k: v for k, v in clip.items() if v is not None}, **dict(cfg.pop("clip", None) or {})}
+    if deterministic:
+        merged["hflip"] = False
+    return hydra.utils.instantiate(cfg, clip=merged, deterministic=deterministic, **extra, _convert_="all")
 
 
 class EpochShuffleSampler(torch.utils.data.Sampler):
@@ -105,7 +95,7 @@ class VideoDataModule(LightningDataModule):
         self,
         dataset: Any,
         val_dataset: Any = None,
-        n_frames: Optional[int] = None,
+        num_frames: Optional[int] = None,
         stride: Optional[int] = None,
         size: Any = None,
         batch_size: int = 1,
@@ -126,7 +116,7 @@ class VideoDataModule(LightningDataModule):
         self.dataset_spec = _plain_spec(dataset, "dataset")
         self.val_spec = _plain_spec(val_dataset, "val_dataset")
         size = _plain_spec(size, "size")
-        self.sizing = {"n_frames": n_frames, "stride": stride, "size": size}
+        self.clip = {"num_frames": num_frames, "stride": stride, "size": size}
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.persistent_workers, self.pin_memory = num_workers, persistent_workers, pin_memory
         self.val_fraction, self.max_val_items, self.split_seed = val_fraction, max_val_items, split_seed
@@ -140,8 +130,7 @@ class VideoDataModule(LightningDataModule):
     def _build(self, spec: Any, validation: bool, **extra) -> Dataset:
         if isinstance(spec, Dataset):
             return spec
-        over = {"deterministic": True, "hflip": False} if validation else {"deterministic": False}
-        return build_dataset(spec, self.sizing, {**over, **extra})
+        return build_dataset(spec, self.clip, validation, **extra)
 
     def _n_val(self, n: int) -> int:
         if self.val_fraction <= 0 or n < 2:

@@ -18,9 +18,10 @@ import csv
 import json
 import logging
 import os
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from i2v.data.base import RobustMapDataset, StringTable, check_inside
+from i2v.data.clip import ClipSpec
 from i2v.data.stats import BadSample, format_counts
 from i2v.data.video import probe_video
 
@@ -81,10 +82,7 @@ class FolderVideos(RobustMapDataset):
         self,
         root: Optional[str] = None,
         manifest: Optional[str] = None,
-        n_frames: int = 16,
-        stride: int = 4,
-        size=256,
-        hflip: bool = True,
+        clip: ClipSpec | Mapping | None = None,
         deterministic: bool = False,
         seed: int = 0,
         min_short_side: int = 0,
@@ -92,9 +90,9 @@ class FolderVideos(RobustMapDataset):
         extensions: Sequence[str] = VIDEO_EXTENSIONS,
         prefilter: bool = False,
         allow_outside_root: bool = False,
-        **clip_kwargs,
+        max_consecutive_failures: int = 100,
     ):
-        super().__init__(n_frames, stride, size, hflip, deterministic, seed, **clip_kwargs)
+        super().__init__(clip, deterministic, seed, max_consecutive_failures)
         if root is None and manifest is None:
             raise ValueError("FolderVideos needs root= (folder of videos + .txt captions) or manifest= (jsonl/csv)")
         self.min_short_side, self.default_caption = int(min_short_side), default_caption

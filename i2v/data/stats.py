@@ -21,7 +21,7 @@ REASONS = (
     "missing_file",  # the video file does not exist
     "empty_file",  # zero bytes
     "corrupt",  # neither decord nor PyAV can open/decode it (truncated, not a video, ...)
-    "too_short",  # fewer frames than n_frames even at stride 1
+    "too_short",  # fewer frames than num_frames even at stride 1
     "missing_caption",  # no sidecar .txt / empty caption / no manifest caption
     "low_resolution",  # short side below min_short_side
     "bad_status",  # video2dataset json status != "success" (failed_to_download, ...)

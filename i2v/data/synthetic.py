@@ -9,13 +9,13 @@ nearest to its centre always shows its colour. Edges are anti-aliased by supersa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from i2v.data.clip import Size, as_hw
+from i2v.data.clip import ClipSpec, Size, as_hw
 
 COLOURS = {
     "red": (220, 30, 30),
@@ -49,31 +49,31 @@ class Scene:
     caption: str = field(default="")
 
 
-def _trajectory(rng, n_frames: int, hw: tuple, radius: float, direction: str, speed: float):
+def _trajectory(rng, num_frames: int, hw: tuple, radius: float, direction: str, speed: float):
     """(F, 2) centres moving along `direction`, fully inside the image; speed is reduced if it cannot fit."""
     h, w = hw
     dx, dy = DIRECTIONS[direction]
     lo = radius - 0.5  # a shape of "radius" r around c covers [c - r, c + r]; the image spans [-0.5, side - 0.5]
     hi_x, hi_y = w - 0.5 - radius, h - 0.5 - radius
     along = max(0.0, hi_x - lo if dx else hi_y - lo)
-    speed = min(speed, along / max(n_frames - 1, 1))
-    travel = speed * (n_frames - 1)
+    speed = min(speed, along / max(num_frames - 1, 1))
+    travel = speed * (num_frames - 1)
     cross = lo + rng.random() * max(0.0, (hi_y if dx else hi_x) - lo)
     start = lo + rng.random() * max(0.0, along - travel)
     if (dx or dy) < 0:  # moving towards 0: start at the high end
         start = start + travel
-    t = np.arange(n_frames, dtype=np.float64) * speed
+    t = np.arange(num_frames, dtype=np.float64) * speed
     if dx:
-        xs, ys = start + dx * t, np.full(n_frames, cross)
+        xs, ys = start + dx * t, np.full(num_frames, cross)
     else:
-        xs, ys = np.full(n_frames, cross), start + dy * t
+        xs, ys = np.full(num_frames, cross), start + dy * t
     return np.stack([xs, ys], axis=1).astype(np.float32), float(speed)
 
 
 def make_scene(
     seed: int,
     index: int,
-    n_frames: int = 16,
+    num_frames: int = 16,
     size: Size = 32,
     speed_range: Sequence[float] = (0.015, 0.04),
     radius_range: Sequence[float] = (0.1, 0.18),
@@ -98,7 +98,7 @@ def make_scene(
         direction = list(DIRECTIONS)[rng.integers(4)]
         radius = min(max(2.5, rng.uniform(*radius_range) * side), (side - 1) / 2)
         speed = rng.uniform(*speed_range) * side
-        centers, speed = _trajectory(rng, n_frames, hw, radius, direction, speed)
+        centers, speed = _trajectory(rng, num_frames, hw, radius, direction, speed)
         objects.append(ShapeObject(shape, str(colour), direction, speed, float(radius), centers))
     parts = [f"a {o.colour} {o.shape} moving {o.direction}" for o in objects]
     return Scene(bg, objects, hw, " and ".join(parts) + f" on a {bg} background")
@@ -152,7 +152,7 @@ class SyntheticVideos(Dataset):
     def __init__(
         self,
         n_items: int,
-        n_frames: int = 16,
+        num_frames: int = 16,
         size: Size = 32,
         seed: int = 0,
         speed_range: Sequence[float] = (0.015, 0.04),
@@ -161,13 +161,22 @@ class SyntheticVideos(Dataset):
         shapes: Sequence[str] = SHAPES,
         colours: Sequence[str] = tuple(COLOURS),
         supersample: int = 4,
+        clip: ClipSpec | Mapping | None = None,
+        deterministic: bool = True,
     ):
-        if n_items < 1 or n_frames < 1:
-            raise ValueError(f"n_items and n_frames must be >= 1, got {n_items}, {n_frames}")
+        """``clip`` (what :class:`i2v.data.VideoDataModule` passes every dataset: a ClipSpec or a mapping) sets
+        ``num_frames`` and ``size`` where it has them; its stride and flip do not apply to rendered clips. Items are
+        always a pure function of (seed, index), so ``deterministic`` changes nothing."""
+        if isinstance(clip, ClipSpec):
+            num_frames, size = clip.num_frames, clip.size
+        elif clip:
+            num_frames, size = clip.get("num_frames", num_frames), clip.get("size", size)
+        if n_items < 1 or num_frames < 1:
+            raise ValueError(f"n_items and num_frames must be >= 1, got {n_items}, {num_frames}")
         bad = [s for s in shapes if s not in SHAPES] + [c for c in colours if c not in COLOURS]
         if bad or len(colours) < 3:
             raise ValueError(f"bad shapes/colours {bad}: shapes from {SHAPES}, >= 3 colours from {list(COLOURS)}")
-        self.n_items, self.n_frames, self.size, self.seed = int(n_items), int(n_frames), as_hw(size), int(seed)
+        self.n_items, self.num_frames, self.size, self.seed = int(n_items), int(num_frames), as_hw(size), int(seed)
         self.scene_kwargs = dict(speed_range=tuple(speed_range), radius_range=tuple(radius_range),
                                  second_object_prob=float(second_object_prob), shapes=tuple(shapes),
                                  colours=tuple(colours))
@@ -179,7 +188,7 @@ class SyntheticVideos(Dataset):
     def scene(self, index: int) -> Scene:
         if not 0 <= index < self.n_items:
             raise IndexError(f"index {index} out of range for {self.n_items} items")
-        return make_scene(self.seed, index, self.n_frames, self.size, **self.scene_kwargs)
+        return make_scene(self.seed, index, self.num_frames, self.size, **self.scene_kwargs)
 
     def first_frame(self, index: int) -> torch.Tensor:
         """The input image of item `index`: (3, H, W) float32 in [-1, 1] (= item["video"][0])."""

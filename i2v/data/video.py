@@ -36,7 +36,7 @@ class VideoInfo:
     """What a reader knows after opening: frame count (as reported by the container), fps, frame size
     (0 until decoded for decord)."""
 
-    n_frames: int
+    num_frames: int
     fps: float
     height: int
     width: int
@@ -140,8 +140,8 @@ class PyAVReader:
         missing = [i for i in wanted if i not in got]
         if missing:
             if 0 <= last < missing[0]:  # the stream simply ends early: the header over-reported its length
-                raise ShortStream(last + 1, self.info.n_frames)
-            raise ValueError(f"frames {missing[:4]} not found in the stream ({self.info.n_frames} reported)")
+                raise ShortStream(last + 1, self.info.num_frames)
+            raise ValueError(f"frames {missing[:4]} not found in the stream ({self.info.num_frames} reported)")
         return np.stack([got[int(i)] for i in indices])
 
 
@@ -173,7 +173,7 @@ def read_frames(
     for b in _available(backends):
         try:
             reader = _READERS[b](source, threads)
-            if reader.info.n_frames <= 0 or reader.info.height < 0 or reader.info.width < 0:
+            if reader.info.num_frames <= 0 or reader.info.height < 0 or reader.info.width < 0:
                 raise ValueError(f"bad stream header {reader.info}")
         except BadSample:
             raise
@@ -185,7 +185,7 @@ def read_frames(
             try:
                 frames = reader.frames(indices)
             except ShortStream as short:  # truncated: re-plan once within the frames that decode
-                reader.info.n_frames = short.actual
+                reader.info.num_frames = short.actual
                 try:
                     indices = [int(i) for i in choose(reader.info)]
                 except BadSample as e:
@@ -205,7 +205,7 @@ def read_frames(
 
 
 def probe_video(source: VideoSource, name: str = "<bytes>") -> VideoInfo:
-    """Cheap header probe with PyAV: size and fps; n_frames is 0 when the container does not store it.
+    """Cheap header probe with PyAV: size and fps; num_frames is 0 when the container does not store it.
 
     Raises BadSample("missing_file" | "empty_file" | "corrupt").
     """

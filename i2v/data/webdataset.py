@@ -16,14 +16,14 @@ from __future__ import annotations
 import json
 import os
 import tarfile
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import braceexpand
 import numpy as np
 import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
-from i2v.data.clip import ClipSpec, item_rng, read_clip
+from i2v.data.clip import ClipSpec, clip_spec, item_rng, read_clip
 from i2v.data.stats import BadSample, FailureTracker, SkipCounter
 
 VIDEO_EXTS = ("mp4", "webm", "mkv", "mov", "avi")
@@ -101,23 +101,17 @@ class WebDatasetVideos(IterableDataset):
     def __init__(
         self,
         urls: Union[str, Sequence[str]],
-        n_frames: int = 16,
-        stride: int = 4,
-        size=256,
-        hflip: bool = True,
+        clip: ClipSpec | Mapping | None = None,
         deterministic: bool = False,
         seed: int = 0,
         shuffle_buffer: int = 64,
         samples_per_epoch: Optional[int] = None,
         rank: Optional[int] = None,
         world_size: Optional[int] = None,
-        antialias: bool = True,
-        backends: Sequence[str] = ("decord", "pyav"),
-        decode_threads: int = 1,
         max_consecutive_failures: int = 100,
     ):
         self.urls = expand_urls(urls)
-        self.spec = ClipSpec(n_frames, stride, size, hflip, antialias, tuple(backends), decode_threads)
+        self.spec = clip_spec(clip, hflip=True)
         self.deterministic, self.seed = deterministic, seed
         self.shuffle_buffer = 0 if deterministic else int(shuffle_buffer)
         self.samples_per_epoch = samples_per_epoch

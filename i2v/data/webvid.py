@@ -12,9 +12,10 @@ from __future__ import annotations
 import csv
 import os
 import sys
-from typing import Optional
+from typing import Mapping, Optional
 
 from i2v.data.base import RobustMapDataset, StringTable, check_inside
+from i2v.data.clip import ClipSpec
 from i2v.data.stats import BadSample
 
 REQUIRED_COLUMNS = ("videoid", "name")
@@ -57,17 +58,14 @@ class WebVidDataset(RobustMapDataset):
         self,
         csv_path: str,
         video_folder: str,
-        n_frames: int = 16,
-        stride: int = 4,
-        size=256,
-        hflip: bool = True,
+        clip: ClipSpec | Mapping | None = None,
         deterministic: bool = False,
         seed: int = 0,
         limit: Optional[int] = None,
         allow_outside_root: bool = False,
-        **clip_kwargs,
+        max_consecutive_failures: int = 100,
     ):
-        super().__init__(n_frames, stride, size, hflip, deterministic, seed, **clip_kwargs)
+        super().__init__(clip, deterministic, seed, max_consecutive_failures)
         if not os.path.isdir(video_folder):
             raise FileNotFoundError(f"WebVid video_folder is not a directory: {video_folder}")
         self.csv_path, self.video_folder = csv_path, video_folder

@@ -112,7 +112,7 @@ def _natural_key(name: str) -> List:
     return [int(s) if s.isdigit() else s.lower() for s in re.split(r"(\d+)", name)]
 
 
-def _read_video_frames(path: Path, n_frames: int, stride: int) -> List[np.ndarray]:
+def _read_video_frames(path: Path, num_frames: int, stride: int) -> List[np.ndarray]:
     import av
 
     frames: List[np.ndarray] = []
@@ -121,20 +121,20 @@ def _read_video_frames(path: Path, n_frames: int, stride: int) -> List[np.ndarra
             for i, frame in enumerate(container.decode(video=0)):
                 if i % stride == 0:
                     frames.append(frame.to_ndarray(format="rgb24"))
-                if len(frames) == n_frames:
+                if len(frames) == num_frames:
                     break
     except av.error.FFmpegError as e:  # corrupt or unsupported file
         raise ValueError(f"cannot decode control video {path}: {e}") from e
     return frames
 
 
-def load_control_frames(path: str | os.PathLike, n_frames: int, size: Sequence[int],
+def load_control_frames(path: str | os.PathLike, num_frames: int, size: Sequence[int],
                         stride: int = 1) -> torch.Tensor:
     """Read a control sequence (a folder of images sorted by name, or a video file).
 
     Args:
         path: folder with ``.png/.jpg/...`` images (natural sort: ``2.png`` before ``10.png``) or a video file.
-        n_frames: frames to take (the first ``n_frames``, every ``stride``-th); fewer available is an error.
+        num_frames: frames to take (the first ``num_frames``, every ``stride``-th); fewer available is an error.
         size: ``(H, W)`` output pixel size (bilinear, antialiased).
     Returns:
         ``(F, 3, H, W)`` float32 in [-1, 1].
@@ -144,16 +144,16 @@ def load_control_frames(path: str | os.PathLike, n_frames: int, size: Sequence[i
     p = Path(path)
     if p.is_dir():
         files = sorted((q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTS), key=lambda q: _natural_key(q.name))
-        files = files[::stride][:n_frames]
+        files = files[::stride][:num_frames]
         arrays = [np.asarray(Image.open(q).convert("RGB")) for q in files]
     elif p.is_file():
         if p.suffix.lower() not in VIDEO_EXTS:
             raise ValueError(f"control path {p} is neither a folder of images nor a video ({', '.join(VIDEO_EXTS)})")
-        arrays = _read_video_frames(p, n_frames, stride)
+        arrays = _read_video_frames(p, num_frames, stride)
     else:
         raise FileNotFoundError(f"control path {p} does not exist")
-    if len(arrays) < n_frames:
-        raise ValueError(f"control sequence {p} has {len(arrays)} usable frames (stride {stride}), need {n_frames}")
+    if len(arrays) < num_frames:
+        raise ValueError(f"control sequence {p} has {len(arrays)} usable frames (stride {stride}), need {num_frames}")
     out = []
     for a in arrays:  # resize one by one: images in a folder may differ in size
         img = torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float() / 255.0

@@ -109,30 +109,30 @@ def fsp_start_index(num_steps: int, t0: float) -> int:
     return num_steps - fsp_num_steps(num_steps, t0)
 
 
-def frame_similarity_prior(first_latent: torch.Tensor, n_frames: int, t0: float, p: float, scheduler,
+def frame_similarity_prior(first_latent: torch.Tensor, num_frames: int, t0: float, p: float, scheduler,
                            generator: Optional[torch.Generator] = None, kernel_size: int = 9,
                            sigma: float = 18.0) -> Tuple[torch.Tensor, int]:
     """Initial video latents under the Frame Similarity Prior.
 
     Args:
         first_latent: ``(B, C, H, W)`` clean latent of the input image.
-        n_frames: F (≥ 2), frame 0 included.
+        num_frames: F (≥ 2), frame 0 included.
         scheduler: a diffusers scheduler on which ``set_timesteps(S)`` has been called.
     Returns:
         ``(x_init (B, C, F, H, W), start_index)``: frame 0 is ``first_latent`` (bitwise), frames 1..F−1 are
         ``scheduler.add_noise(D(first_latent), ε, timesteps[start_index])``; the loop runs ``timesteps[start_index:]``.
     """
-    _check_first(first_latent, n_frames)
+    _check_first(first_latent, num_frames)
     num_steps = len(scheduler.timesteps) // getattr(scheduler, "order", 1)
     start = fsp_start_index(num_steps, t0)
-    return _prior_from(first_latent, n_frames, p, scheduler, start, generator, kernel_size, sigma), start
+    return _prior_from(first_latent, num_frames, p, scheduler, start, generator, kernel_size, sigma), start
 
 
-def _prior_from(first_latent: torch.Tensor, n_frames: int, p: float, scheduler, start: int,
+def _prior_from(first_latent: torch.Tensor, num_frames: int, p: float, scheduler, start: int,
                 generator: Optional[torch.Generator], kernel_size: int, sigma: float) -> torch.Tensor:
     """The prior's ``x_init (B, C, F, H, W)`` noised to the level of ``timesteps[start]``."""
     b = first_latent.shape[0]
-    rest = first_latent.unsqueeze(2).expand(-1, -1, n_frames - 1, -1, -1)
+    rest = first_latent.unsqueeze(2).expand(-1, -1, num_frames - 1, -1, -1)
     rest = degrade(rest, p, generator, kernel_size, sigma)
     noise = rand_like_gen("randn", rest.shape, generator, rest.device, rest.dtype)
     t_start = scheduler.timesteps[start * getattr(scheduler, "order", 1)]
@@ -140,24 +140,24 @@ def _prior_from(first_latent: torch.Tensor, n_frames: int, p: float, scheduler, 
     return torch.cat([first_latent.unsqueeze(2), noisy], dim=2)
 
 
-def pure_noise_init(first_latent: torch.Tensor, n_frames: int, scheduler,
+def pure_noise_init(first_latent: torch.Tensor, num_frames: int, scheduler,
                     generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, int]:
     """Prior disabled: frames 1..F−1 are ε·``scheduler.init_noise_sigma``; all steps run (start index 0).
 
     Args / returns as :func:`frame_similarity_prior`.
     """
-    _check_first(first_latent, n_frames)
+    _check_first(first_latent, num_frames)
     b, c, h, w = first_latent.shape
-    noise = rand_like_gen("randn", (b, c, n_frames - 1, h, w), generator, first_latent.device, first_latent.dtype)
+    noise = rand_like_gen("randn", (b, c, num_frames - 1, h, w), generator, first_latent.device, first_latent.dtype)
     noise = noise * scheduler.init_noise_sigma
     return torch.cat([first_latent.unsqueeze(2), noise.to(first_latent.dtype)], dim=2), 0
 
 
-def _check_first(first_latent: torch.Tensor, n_frames: int) -> None:
+def _check_first(first_latent: torch.Tensor, num_frames: int) -> None:
     if first_latent.dim() != 4:
         raise ValueError(f"first_latent must be (B, C, H, W), got shape {tuple(first_latent.shape)}")
-    if n_frames < 2:
-        raise ValueError(f"n_frames must be >= 2 (frame 0 is the input image), got {n_frames}")
+    if num_frames < 2:
+        raise ValueError(f"num_frames must be >= 2 (frame 0 is the input image), got {num_frames}")
 
 
 def initial_latents(first_latent: torch.Tensor, num_frames: int, scheduler, steps: int, *, t0: float = 1.0,

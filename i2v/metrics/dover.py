@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from i2v.io import to_uint8
+from i2v.utils.io import to_uint8
 
 DOVER_MEAN = (123.675, 116.28, 103.53)
 DOVER_STD = (58.395, 57.12, 57.375)

@@ -1,7 +1,7 @@
 """Read videos for evaluation: mp4/webm/mov/avi (decord, PyAV fallback), gif, and folders of frame images.
 
 Every reader returns ``(F, 3, H, W)`` float in [-1, 1] decoded from uint8 RGB, like EvalCrafter's OpenCV decoding
-(every frame, BGR->RGB, uint8). Writing lives in ``i2v/io.py``.
+(every frame, BGR->RGB, uint8). Writing lives in ``i2v/utils/io.py``.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from i2v.io import load_image
+from i2v.utils.io import load_image
 
 VIDEO_EXTS = (".mp4", ".webm", ".mov", ".avi", ".mkv", ".m4v")
 GIF_EXTS = (".gif",)

@@ -86,8 +86,8 @@ class SinusoidalPositionalEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x ``(N, F, C)`` -> ``(N, F, C)``; F must be ≤ ``max_seq_length``."""
-        n_frames = x.shape[1]
-        if n_frames > self.max_seq_length:
-            raise ValueError(f"{n_frames} frames exceed the motion module's positional-encoding length "
+        num_frames = x.shape[1]
+        if num_frames > self.max_seq_length:
+            raise ValueError(f"{num_frames} frames exceed the motion module's positional-encoding length "
                              f"max_seq_length={self.max_seq_length}")
-        return x + self.pe[:, :n_frames].to(x.dtype)
+        return x + self.pe[:, :num_frames].to(x.dtype)

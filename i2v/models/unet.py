@@ -202,9 +202,9 @@ class VideoUNet(nn.Module):
         """
         if x.ndim != 5:
             raise ValueError(f"VideoUNet expects x shaped (B, C, F, H, W), got {tuple(x.shape)}")
-        b, _, n_frames, _, _ = x.shape
-        if self.motion_config is not None and n_frames > self.motion_config.max_seq_length:
-            raise ValueError(f"{n_frames} frames exceed the motion module's positional-encoding length "
+        b, _, num_frames, _, _ = x.shape
+        if self.motion_config is not None and num_frames > self.motion_config.max_seq_length:
+            raise ValueError(f"{num_frames} frames exceed the motion module's positional-encoding length "
                              f"max_seq_length={self.motion_config.max_seq_length}")
         if context.ndim != 3 or context.shape[0] != b:
             raise ValueError(f"context must be (B, L, d) with B={b}, got {tuple(context.shape)}")
@@ -214,30 +214,30 @@ class VideoUNet(nn.Module):
         if self.add_embedding is not None:
             add = text_time_input(added_cond, self.config.addition_time_embed_dim, b)
             emb = emb + self.add_embedding(add.to(emb.dtype))
-        if n_frames > 1:  # one copy per forward, shared by every layer
-            emb = emb.repeat_interleave(n_frames, dim=0)
-            context = context.repeat_interleave(n_frames, dim=0)
+        if num_frames > 1:  # one copy per forward, shared by every layer
+            emb = emb.repeat_interleave(num_frames, dim=0)
+            context = context.repeat_interleave(num_frames, dim=0)
 
         h = self.conv_in(rearrange(x, "b c f h w -> (b f) c h w"))
         skips = [h]
         for block in self.down_blocks:
-            h, s = self._run(block, h, emb, context, n_frames)
+            h, s = self._run(block, h, emb, context, num_frames)
             skips.extend(s)
         if down_residuals is not None:
             if len(down_residuals) != len(skips):
                 raise ValueError(f"down_residuals has {len(down_residuals)} tensors, this UNet has {len(skips)} "
                                  "skip connections")
             skips = [s + r for s, r in zip(skips, down_residuals)]
-        h = self._run(self.mid_block, h, emb, context, n_frames)
+        h = self._run(self.mid_block, h, emb, context, num_frames)
         if mid_residual is not None:
             h = h + mid_residual
         for block in self.up_blocks:
             k = len(block.resnets)
             mine, skips = skips[-k:], skips[:-k]
             size = skips[-1].shape[-2:] if (block.upsamplers is not None and skips) else None
-            h = self._run(block, h, mine, emb, context, n_frames, size)
-        h = self.conv_out(F.silu(self.conv_norm_out(h, n_frames)))
-        return rearrange(h, "(b f) c h w -> b c f h w", f=n_frames)
+            h = self._run(block, h, mine, emb, context, num_frames, size)
+        h = self.conv_out(F.silu(self.conv_norm_out(h, num_frames)))
+        return rearrange(h, "(b f) c h w -> b c f h w", f=num_frames)
 
 
 _PRESETS = {"sd15": UNetConfig.sd15, "sdxl": UNetConfig.sdxl, "toy": UNetConfig.toy}

@@ -19,7 +19,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from i2v.config import missing_paths
+from i2v.cli.config import missing_paths
 from i2v.diffusion.schedule import NoiseSchedule
 from i2v.models.adapters import attach_i2v_adapter
 from i2v.models.content import image_tokens, uncond_image_tokens

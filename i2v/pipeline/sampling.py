@@ -22,7 +22,7 @@ from i2v.diffusion.fsp import initial_latents
 from i2v.diffusion.guidance import negative_prompt
 from i2v.diffusion.sampler import Denoiser, check_scheduler, sample_video
 from i2v.diffusion.schedule import make_scheduler
-from i2v.io import RESIZE_MODES
+from i2v.utils.io import RESIZE_MODES
 from i2v.pipeline.bundle import Bundle
 
 SCHEDULERS = ("ddim", "euler", "dpmpp", "ddpm")

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from i2v.data.synthetic import SyntheticVideos
-from i2v.io import save_gif, save_json, save_mp4, save_strip
+from i2v.utils.io import save_gif, save_json, save_mp4, save_strip
 from i2v.metrics.toy import ToyMetrics
 from i2v.pipeline.bundle import Bundle
 from i2v.pipeline.sampling import I2VPipeline, SamplingSettings
@@ -40,15 +40,15 @@ def headline(metrics: dict) -> str:
 
 
 @torch.no_grad()
-def score_pipeline(pipe: I2VPipeline, n_videos: int, n_frames: int, size: int, out_dir: Path | None = None,
+def score_pipeline(pipe: I2VPipeline, n_videos: int, num_frames: int, size: int, out_dir: Path | None = None,
                    seed: int = 0, overwrite: bool = False, write_videos: bool = True) -> dict:
-    """Sample ``n_videos`` held-out clips (``n_frames`` ground-truth frames each) with ``pipe``; returns
+    """Sample ``n_videos`` held-out clips (``num_frames`` ground-truth frames each) with ``pipe``; returns
     {"model": metrics, "ground_truth": metrics, "videos": [...]}.
 
     With ``out_dir``: ``clipNNN.png`` (the sampled frames side by side, lossless; the contact sheets of
     ``scripts/make_toy_tables.py`` are built from them) and ``clipNNN_gt.png`` (the ground-truth clip) for every
     clip, plus ``clipNNN.mp4|gif`` when ``write_videos``."""
-    data = SyntheticVideos(n_items=n_videos, n_frames=n_frames, size=size, seed=EVAL_SEED)
+    data = SyntheticVideos(n_items=n_videos, num_frames=num_frames, size=size, seed=EVAL_SEED)
     model_m, gt_m = ToyMetrics(), ToyMetrics()
     written = []
     for i in tqdm(range(n_videos), desc="toy eval", leave=False):
@@ -75,11 +75,11 @@ def sample_and_score(cfg: DictConfig, bundle: Bundle, out_dir: Path) -> dict:
         raise ValueError("after_train.sample/evaluate score against synthetic ground truth (toy world only); "
                          "for sd15/sdxl use sample.py and evaluate.py")
     pipe = I2VPipeline(bundle, SamplingSettings.from_config(cfg.sampling))
-    res = score_pipeline(pipe, int(cfg.after_train.n_videos), int(cfg.data.n_frames), int(cfg.data.size),
+    res = score_pipeline(pipe, int(cfg.after_train.n_videos), int(cfg.data.num_frames), int(cfg.data.size),
                          out_dir / "samples", seed=int(cfg.seed), overwrite=bool(cfg.overwrite))
     summary = {"adapter": cfg.adapter.name, "seed": int(cfg.seed), "t0": float(cfg.sampling.t0),
                "p": float(cfg.sampling.p), "steps": int(cfg.sampling.steps), "cfg": float(cfg.sampling.guidance_scale),
-               "n_videos": int(cfg.after_train.n_videos), "frames": int(cfg.data.n_frames), **res}
+               "n_videos": int(cfg.after_train.n_videos), "frames": int(cfg.data.num_frames), **res}
     save_json(summary, out_dir / "metrics.json", overwrite=bool(cfg.overwrite))
     print("toy metrics:", headline(res["model"]))
     return {"metrics": res["model"], "metrics_file": str(out_dir / "metrics.json")}

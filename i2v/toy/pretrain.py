@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from i2v.data.synthetic import SyntheticVideos
 from i2v.diffusion.sampler import Denoiser, sample_video
 from i2v.diffusion.schedule import NoiseSchedule, make_scheduler
-from i2v.io import atomic_write
+from i2v.utils.io import atomic_write
 from i2v.models.content import Resampler, attach_ip_adapter
 from i2v.models.toy import PatchCodec, ToyImageEncoder, ToyTextEncoder
 from i2v.models.unet import build_video_unet
@@ -78,7 +78,7 @@ class PretrainConfig:
     ema_decay: float = 0.999
     # Resumable state every this many steps (``state_dir``); a rerun of the same command continues from it.
     checkpoint_every: int = 250
-    n_frames: int = 8
+    num_frames: int = 8
     size: int = 32
     n_items: int = 20000          # raised to cover every step's clips, so no clip repeats
     log_every: int = 50
@@ -106,7 +106,7 @@ class ClipStream:
 
     def __init__(self, cfg: PretrainConfig):
         n = max(cfg.n_items, (cfg.base_steps + cfg.ip_steps) * cfg.batch_size)
-        self.data = SyntheticVideos(n, n_frames=cfg.n_frames, size=cfg.size, seed=cfg.seed)
+        self.data = SyntheticVideos(n, num_frames=cfg.num_frames, size=cfg.size, seed=cfg.seed)
         self.order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
         self.batch, self.pos = cfg.batch_size, 0
 
@@ -159,6 +159,16 @@ def _resume_key(cfg: PretrainConfig) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
+# Settings renamed since states and MANIFEST.json files were written (the shipped MANIFEST says "n_frames"):
+# old name -> new name, applied when a stored settings dict is read.
+RENAMED = {"n_frames": "num_frames"}
+
+
+def upgrade_settings(d: dict) -> dict:
+    """A stored settings dict (a saved state's resume key, a MANIFEST ``config``) with old names mapped to new."""
+    return {RENAMED.get(k, k): v for k, v in d.items()}
+
+
 class PhaseState:
     """Resumable training state of one phase in ``<state_dir>/<name>.pt`` (``torch.load(weights_only=True)``):
     all model weights, the EMA, optimiser, lr schedule, RNG, data position and loss history."""
@@ -171,6 +181,8 @@ class PhaseState:
         if self.path is None or not self.path.is_file():
             return None
         state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if state.get("key") is not None:
+            state["key"] = upgrade_settings(state["key"])
         if state.get("key") != self.key:
             raise ValueError(f"{self.path} was written with other settings ({state.get('key')}); delete the "
                              f"folder {self.path.parent} to start over")
@@ -305,7 +317,7 @@ def train_content_adapter(models: ToyModels, stream: ClipStream, cfg: PretrainCo
 
 @torch.no_grad()
 def sample_t2v(models: Bundle, captions: list[str], steps: int = 25, cfg_scale: float = 7.5, seed: int = 42,
-               n_frames: int = 8, images: torch.Tensor | None = None) -> torch.Tensor:
+               num_frames: int = 8, images: torch.Tensor | None = None) -> torch.Tensor:
     """Plain text(-and-image)-to-video DDIM over *all* frames from pure noise (sanity check of the base model; no
     clamped first frame: the one sampler with ``fixed_frames=0``). ``images`` ``(B, 3, 32, 32)`` are the image
     prompts (needs phase B; None = unconditional image tokens). Returns latents ``(B, 12, F, 16, 16)``; decode
@@ -314,7 +326,7 @@ def sample_t2v(models: Bundle, captions: list[str], steps: int = 25, cfg_scale: 
     sched = make_scheduler("ddim", models.schedule)
     sched.set_timesteps(steps)
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, PatchCodec.latent_channels, n_frames, side, side, generator=g)
+    x = torch.randn(b, PatchCodec.latent_channels, num_frames, side, side, generator=g)
     cond, uncond = models.condition(list(captions), images), models.condition([""] * b)
     out = sample_video(Denoiser(models.unet, cfg_scale), x, cond, uncond, sched.timesteps, scheduler=sched,
                        generator=g, fixed_frames=0)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from i2v.app.browser import app_server, chromium, find_browser, generate_in_page, table3_in_page
 from i2v.data.synthetic import SyntheticVideos
-from i2v.io import to_uint8
+from i2v.utils.io import to_uint8
 
 BROWSER, DRIVER, MISSING = find_browser()
 
@@ -24,7 +24,7 @@ def test_app_in_a_real_browser(tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    data = SyntheticVideos(n_items=4, n_frames=8, size=32, seed=10_000)
+    data = SyntheticVideos(n_items=4, num_frames=8, size=32, seed=10_000)
     image = tmp_path / "scene.png"
     Image.fromarray(to_uint8(data.first_frame(3)[None])[0]).save(image)
     run_dir = tmp_path / "run"

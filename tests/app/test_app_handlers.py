@@ -10,7 +10,7 @@ from PIL import Image
 
 from i2v.app.engine import DemoSettings
 from i2v.app.handlers import DemoInputError, parse_seed, parse_settings
-from i2v.io import load_image
+from i2v.utils.io import load_image
 
 PROMPT = "a red circle moving left on a blue background"
 FAST = DemoSettings(t0=1.0, p=0.5, steps=4, guidance_scale=3.0, num_frames=4)

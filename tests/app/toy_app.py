@@ -1,7 +1,7 @@
 """The toy app.py config used by the app tests: 4 steps, outputs under ``tmp_path``."""
 from hydra import compose, initialize_config_dir
 
-from i2v.config import CONFIGS
+from i2v.cli.config import CONFIGS
 
 
 def app_cfg(tmp_path, *over):

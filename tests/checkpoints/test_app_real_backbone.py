@@ -7,7 +7,7 @@ from test_real_backbone_e2e import _adapter, _files
 
 from i2v.app import app_argv
 from i2v.app.engine import DemoEngine, DemoSettings
-from i2v.config import CONFIGS
+from i2v.cli.config import CONFIGS
 
 
 def test_app_engine_on_a_tiny_sd15_backbone(tmp_path):

@@ -5,7 +5,7 @@ import math
 
 from test_real_backbone_e2e import _adapter, _files
 
-from i2v.config import CONFIGS
+from i2v.cli.config import CONFIGS
 
 
 def _script():
@@ -20,7 +20,7 @@ def test_diagnose_script_on_a_tiny_sd15_backbone(tmp_path, capsys):
     backbone = _files(tmp_path, "sd15") + ["adapter=full"]
     _adapter(tmp_path, backbone)                              # W'_O non-zero: the adapter changes the output
     args = backbone + [f"ckpt={tmp_path / 'adapter.safetensors'}", "data=synthetic", "data.size=32",
-                       "data.n_frames=4", "n_clips=2", "timesteps=[100,900]", "device=cpu",
+                       "data.num_frames=4", "n_clips=2", "timesteps=[100,900]", "device=cpu",
                        f"json={tmp_path / 'diag.json'}"]
     res = _script().main(args)
     printed = capsys.readouterr().out

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from i2v.pipeline.bundle import build_bundle, check_paths
 from i2v.checkpoints.adapter_io import load_adapter
-from i2v.config import CONFIGS
+from i2v.cli.config import CONFIGS
 from i2v.models.adapters import i2v_adapter_parameters
 from i2v.models.content import ImageProjModel
 from i2v.models.text import write_clip_tokenizer

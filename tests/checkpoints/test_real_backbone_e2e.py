@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 from safetensors.torch import save_file
 
-from i2v.config import CONFIGS, quote_numeric_choices
+from i2v.cli.config import CONFIGS, quote_numeric_choices
 from i2v.models.content import ImageProjModel
 from i2v.models.text import write_clip_tokenizer
 
@@ -125,7 +125,7 @@ def test_train_py_on_a_tiny_real_backbone(tmp_path, kind, adapter):
 
     backbone = _files(tmp_path, kind) + [f"adapter={adapter}"]
     run = backbone + ["stage=2", "data=synthetic", "trainer=cpu", "logger=none", "data.size=32",
-                      "data.n_frames=4", "data.batch_size=2", "data.dataset.n_items=8", "data.val_fraction=0",
+                      "data.num_frames=4", "data.batch_size=2", "data.dataset.n_items=8", "data.val_fraction=0",
                       "trainer.max_steps=2", "trainer.enable_checkpointing=false", f"out_dir={tmp_path / 'run'}"]
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose(config_name="train", overrides=quote_numeric_choices(run))

@@ -11,8 +11,8 @@ def media(tmp_path_factory):
     d = tmp_path_factory.mktemp("media")
     m = {
         "good": write_video(d / "good.mp4"),
-        "long": write_video(d / "long.mp4", n_frames=120),
-        "short": write_video(d / "short.mp4", n_frames=10),
+        "long": write_video(d / "long.mp4", num_frames=120),
+        "short": write_video(d / "short.mp4", num_frames=10),
     }
     m.update(make_broken(str(d), m["good"]))
     return m

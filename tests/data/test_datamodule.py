@@ -12,11 +12,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import i2v.config  # noqa: F401  (registers the ${asset:...} resolver used by configs/train.yaml)
+import i2v.cli.config  # noqa: F401  (registers the ${asset:...} resolver used by configs/train.yaml)
 from i2v.data import VideoDataModule, WebVidDataset
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
-SIZING = {"n_frames": 6, "stride": 2, "size": 16, "batch_size": 2}   # what a stage group sets
+SIZING = {"num_frames": 6, "stride": 2, "size": 16, "batch_size": 2}   # what a stage group sets
 
 
 def _data_cfg(name, **extra):
@@ -46,9 +46,9 @@ def test_compose_train_config_with_each_data_option():
         for name in ("webvid", "webdataset", "selfcollected", "synthetic"):
             cfg = hydra.compose("train", overrides=[f"data={name}", "data.size=16"])   # stage 1's clip sizing
             assert cfg.data._target_ == "i2v.data.VideoDataModule" and cfg.data.size == 16
-            assert (cfg.data.n_frames, cfg.data.stride) == (16, 4)
+            assert (cfg.data.num_frames, cfg.data.stride) == (16, 4)
         dm = hydra.utils.instantiate(cfg.data, _recursive_=False)
-        assert dm.sizing == {"n_frames": 16, "stride": 4, "size": 16}
+        assert dm.clip == {"num_frames": 16, "stride": 4, "size": 16}
         cfg = hydra.compose("train", overrides=["data=webvid"])
         with pytest.raises(Exception, match="csv_path"):
             hydra.utils.instantiate(cfg.data, _recursive_=False)
@@ -102,7 +102,7 @@ class _Tiny(L.LightningModule):
 def test_fit_reports_skips_per_epoch_with_workers(webvid, caplog):
     csv_path, videos = webvid
     dm = VideoDataModule({"_target_": "i2v.data.WebVidDataset", "csv_path": csv_path, "video_folder": videos},
-                         n_frames=6, stride=2, size=16, batch_size=1, num_workers=2, persistent_workers=True,
+                         num_frames=6, stride=2, size=16, batch_size=1, num_workers=2, persistent_workers=True,
                          val_fraction=0.34, drop_last=False)
     model = _Tiny()
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -130,8 +130,8 @@ def test_validation_is_deterministic(webvid):
     csv_path, videos = webvid
     dm = VideoDataModule({"_target_": "i2v.data.WebVidDataset", "csv_path": csv_path, "video_folder": videos},
                          val_dataset={"_target_": "i2v.data.WebVidDataset", "csv_path": csv_path,
-                                      "video_folder": videos, "hflip": True},
-                         n_frames=6, stride=2, size=16, batch_size=2, num_workers=2)
+                                      "video_folder": videos, "clip": {"hflip": True}},
+                         num_frames=6, stride=2, size=16, batch_size=2, num_workers=2)
     dm.setup("fit")
     assert isinstance(dm.val_dataset, WebVidDataset) and dm.val_dataset.deterministic
     assert not dm.val_dataset.spec.hflip and dm.train_dataset.spec.hflip is True  # train: class default
@@ -147,7 +147,7 @@ def test_all_bad_fails_in_setup(tmp_path, media):
         f.write("videoid,name\n" + "".join(f"{i},c\n" for i in range(5)))
     shutil.copy(media["text"], videos / "0.mp4")
     dm = VideoDataModule({"_target_": "i2v.data.WebVidDataset", "csv_path": str(tmp_path / "bad.csv"),
-                          "video_folder": str(videos)}, n_frames=4, stride=1, size=8, val_fraction=0)
+                          "video_folder": str(videos)}, num_frames=4, stride=1, size=8, val_fraction=0)
     with pytest.raises(RuntimeError, match=r"WebVidDataset: .*corrupt=1 missing_file=4"):
         dm.setup("fit")
 
@@ -163,3 +163,20 @@ def test_epoch_shuffle_is_a_function_of_seed_and_epoch():
     b.set_epoch(2)
     assert list(a) != list(b)
     assert list(EpochShuffleSampler(20, seed=4)) != list(EpochShuffleSampler(20, seed=3))
+
+
+def test_every_dataset_gets_one_clip_spec_and_the_specs_own_clip_entries_win():
+    """No constructor introspection: the stage's sizes go into ``clip=``, under the spec's own ``clip:`` entries;
+    validation never flips (``hflip`` is forced false there)."""
+    from i2v.data.datamodule import build_dataset
+
+    dm = VideoDataModule({"_target_": "i2v.data.SyntheticVideos", "n_items": 10, "clip": {"num_frames": 3}},
+                         num_frames=5, stride=1, size=16, batch_size=1, val_fraction=0.2)
+    dm.setup("fit")
+    item = dm.train_dataset[0]
+    assert item["video"].shape == (3, 3, 16, 16) and len(dm.val_dataset) == 2
+    got = build_dataset({"_target_": "builtins.dict", "clip": {"hflip": True, "stride": 2}},
+                        {"num_frames": 6, "stride": 4, "size": None}, False)
+    assert got == {"clip": {"num_frames": 6, "stride": 2, "hflip": True}, "deterministic": False}
+    got = build_dataset({"_target_": "builtins.dict", "clip": {"hflip": True}}, {"num_frames": 6}, True)
+    assert got == {"clip": {"num_frames": 6, "hflip": False}, "deterministic": True}

@@ -12,7 +12,7 @@ import pytest
 import torch
 from videofiles import write_video
 
-from i2v.data import SyntheticVideos, VideoDataModule
+from i2v.data import ClipSpec, SyntheticVideos, VideoDataModule
 from i2v.data.datamodule import EpochShuffleSampler, collate_videos
 from i2v.data.loader import ResumableLoader
 
@@ -21,7 +21,7 @@ REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 
 def _cut_after_header(folder, name="cut"):
     """A faststart mp4 cut right after its header (moov complete, no frame data): a partial download."""
-    p = write_video(os.path.join(folder, "_full.mp4"), n_frames=40, faststart=True)
+    p = write_video(os.path.join(folder, "_full.mp4"), num_frames=40, faststart=True)
     data = open(p, "rb").read()
     os.remove(p)
     out = os.path.join(folder, f"{name}.mp4")
@@ -53,7 +53,7 @@ SCRIPT = textwrap.dedent("""
 
     if __name__ == "__main__":
         root, timeout = sys.argv[1], float(sys.argv[2])
-        dm = VideoDataModule({"_target_": "i2v.data.FolderVideos", "root": root}, n_frames=4, stride=1, size=16,
+        dm = VideoDataModule({"_target_": "i2v.data.FolderVideos", "root": root}, num_frames=4, stride=1, size=16,
                              batch_size=1, num_workers=2, val_fraction=0, drop_last=False, worker_timeout=timeout)
         dm.setup("fit")
         try:
@@ -97,7 +97,7 @@ def test_bad_holdout_file_is_skipped_not_fatal(tmp_path):
         else:
             write_video(root / f"{n}.mp4")
         (root / f"{n}.txt").write_text("clip")
-    dm = VideoDataModule({"_target_": "i2v.data.FolderVideos", "root": str(root)}, n_frames=4, stride=1,
+    dm = VideoDataModule({"_target_": "i2v.data.FolderVideos", "root": str(root)}, num_frames=4, stride=1,
                          size=16, batch_size=1, val_fraction=0.34, split_seed=0)
     dm.setup("fit")
     assert dm.val_dataset is None and len(dm.train_dataset) == 2
@@ -111,7 +111,7 @@ def _loader(ds, epoch=0):
 
 
 def test_train_loader_resumes_mid_epoch_exactly():
-    ds = SyntheticVideos(n_items=12, n_frames=2, size=8, seed=0)
+    ds = SyntheticVideos(n_items=12, num_frames=2, size=8, seed=0)
     full = [b["meta"] for b in _loader(ds, epoch=1)]
     first = _loader(ds, epoch=1)
     it = iter(first)
@@ -135,7 +135,7 @@ def test_skips_counted_once_per_bad_file(tmp_path):
     root = _folder(tmp_path, good=1)
     from i2v.data import FolderVideos
 
-    ds = FolderVideos(root=str(root), n_frames=4, stride=1, size=16)
+    ds = FolderVideos(root=str(root), clip=ClipSpec(4, 1, 16, hflip=True))
     for j in range(len(ds)):   # cut (bad) then good0: requesting both falls back once onto good0
         ds[j]
     assert ds.skips.totals()["corrupt"] == 1
@@ -157,17 +157,17 @@ def test_paths_outside_the_data_root_are_skipped_unless_allowed(tmp_path):
     os.symlink(secret / "s.mp4", root / "link.mp4")
     for name in ("ok", "link"):
         (root / f"{name}.txt").write_text("clip")
-    ds = FolderVideos(root=str(root), n_frames=4, stride=1, size=16)          # sorted: link.mp4, ok.mp4
+    ds = FolderVideos(root=str(root), clip=ClipSpec(4, 1, 16, hflip=True))          # sorted: link.mp4, ok.mp4
     assert ds[0]["meta"]["path"].endswith("ok.mp4") and ds.skips.totals()["outside_root"] == 1
-    assert FolderVideos(root=str(root), n_frames=4, stride=1, size=16,
+    assert FolderVideos(root=str(root), clip=ClipSpec(4, 1, 16, hflip=True),
                         allow_outside_root=True)[0]["meta"]["path"].endswith("link.mp4")
     man = root / "m.jsonl"
     man.write_text('{"path": "../secret/s.mp4", "caption": "c"}\n' f'{{"path": "{secret / "s.mp4"}", "caption": "c"}}\n'
                    '{"path": "ok.mp4", "caption": "c"}\n')
-    ds = FolderVideos(manifest=str(man), n_frames=4, stride=1, size=16)
+    ds = FolderVideos(manifest=str(man), clip=ClipSpec(4, 1, 16, hflip=True))
     assert [ds[i]["meta"]["path"].endswith("ok.mp4") for i in range(3)] == [True] * 3
     assert ds.skips.totals()["outside_root"] == 2
     csv_path = tmp_path / "w.csv"
     csv_path.write_text("videoid,name\n../secret/s,c\nok,c\n")
-    wv = WebVidDataset(str(csv_path), str(root), n_frames=4, stride=1, size=16)
+    wv = WebVidDataset(str(csv_path), str(root), clip=ClipSpec(4, 1, 16, hflip=True))
     assert wv[0]["meta"]["videoid"] == "ok" and wv.skips.totals()["outside_root"] == 1

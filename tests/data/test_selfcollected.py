@@ -8,20 +8,20 @@ import pytest
 import torch
 from videofiles import frame_index, write_video
 
-from i2v.data import FolderVideos
+from i2v.data import ClipSpec, FolderVideos
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory, media):
     root = tmp_path_factory.mktemp("collected")
     (root / "a" / "b").mkdir(parents=True)
-    write_video(root / "a" / "big.mp4", n_frames=30, h=96, w=128)
+    write_video(root / "a" / "big.mp4", num_frames=30, h=96, w=128)
     (root / "a" / "big.txt").write_text("a big clip\n")
-    write_video(root / "a" / "b" / "small.MKV", n_frames=30)  # 48x64, upper-case extension
+    write_video(root / "a" / "b" / "small.MKV", num_frames=30)  # 48x64, upper-case extension
     (root / "a" / "b" / "small.txt").write_text("a small clip")
-    write_video(root / "anim.gif", n_frames=20, h=64, w=64, codec="gif")
+    write_video(root / "anim.gif", num_frames=20, h=64, w=64, codec="gif")
     (root / "anim.txt").write_text("an animated gif")
-    write_video(root / "nocap.mov", n_frames=30, h=96, w=128)  # no caption
+    write_video(root / "nocap.mov", num_frames=30, h=96, w=128)  # no caption
     shutil.copy(media["text"], root / "broken.mp4")
     (root / "broken.txt").write_text("broken file")
     (root / "notes.md").write_text("not a video")
@@ -29,7 +29,7 @@ def tree(tmp_path_factory, media):
 
 
 def _ds(root=None, **kw):
-    return FolderVideos(root, **{"n_frames": 6, "stride": 2, "size": 16, "deterministic": True, **kw})
+    return FolderVideos(root, **{"clip": ClipSpec(6, 2, 16, hflip=kw.pop("hflip", True)), "deterministic": True, **kw})
 
 
 def test_folder_tree_and_captions(tree):
@@ -80,7 +80,7 @@ def test_manifests(tree, tmp_path):
     cs = tmp_path / "m.csv"
     cs.write_text(f"caption,path\nhello,{os.path.join(tree, 'anim.gif')}\n")
     # an absolute path outside the manifest's folder needs the flag (else it is skipped as outside_root)
-    item = FolderVideos(manifest=str(cs), n_frames=4, stride=1, size=(8, 12), allow_outside_root=True)[0]
+    item = FolderVideos(manifest=str(cs), clip=ClipSpec(4, 1, (8, 12), hflip=True), allow_outside_root=True)[0]
     assert item["text"] == "hello" and item["video"].shape == (4, 3, 8, 12)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"file_name": "x.mp4"}\n')

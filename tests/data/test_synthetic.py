@@ -18,20 +18,20 @@ def _rgb(video_frame, y, x):
 
 
 def test_pure_function_of_seed_and_index():
-    a = SyntheticVideos(20, n_frames=6, size=24, seed=3, second_object_prob=0.5)
-    b = SyntheticVideos(20, n_frames=6, size=24, seed=3, second_object_prob=0.5)
+    a = SyntheticVideos(20, num_frames=6, size=24, seed=3, second_object_prob=0.5)
+    b = SyntheticVideos(20, num_frames=6, size=24, seed=3, second_object_prob=0.5)
     order_a = [a[i] for i in (7, 2, 7)]
     order_b = [b[i] for i in (2, 7)]
     assert torch.equal(order_a[0]["video"], order_a[2]["video"]) and order_a[0]["text"] == order_a[2]["text"]
     assert torch.equal(order_a[0]["video"], order_b[1]["video"]) and torch.equal(order_a[1]["video"], order_b[0]["video"])
-    c = SyntheticVideos(20, n_frames=6, size=24, seed=4, second_object_prob=0.5)
+    c = SyntheticVideos(20, num_frames=6, size=24, seed=4, second_object_prob=0.5)
     assert sum(a[i]["text"] != c[i]["text"] for i in range(20)) > 5
     assert len({a[i]["text"] for i in range(20)}) > 10  # varied captions
 
 
 @pytest.mark.parametrize("size", [32, (24, 40)])
 def test_centres_colours_and_caption(size):
-    ds = SyntheticVideos(24, n_frames=8, size=size, seed=1, second_object_prob=0.4)
+    ds = SyntheticVideos(24, num_frames=8, size=size, seed=1, second_object_prob=0.4)
     h, w = (size, size) if isinstance(size, int) else size
     two = 0
     for i in range(len(ds)):
@@ -68,7 +68,7 @@ def test_centres_colours_and_caption(size):
 def test_centroid_of_colour_mask_matches_centre():
     """For symmetric shapes alone on the canvas, the coverage centroid is the centre (a half-pixel convention
     error would be off by 0.5)."""
-    ds = SyntheticVideos(10, n_frames=4, size=40, seed=2, shapes=("circle", "square"))
+    ds = SyntheticVideos(10, num_frames=4, size=40, seed=2, shapes=("circle", "square"))
     for i in range(len(ds)):
         item = ds[i]
         col = torch.tensor(COLOURS[item["meta"]["colour"]], dtype=torch.float32) / 127.5 - 1
@@ -84,10 +84,10 @@ def test_centroid_of_colour_mask_matches_centre():
 
 
 def test_first_frame_and_render_frame():
-    ds = SyntheticVideos(5, n_frames=4, size=16, seed=0)
+    ds = SyntheticVideos(5, num_frames=4, size=16, seed=0)
     for i in range(5):
         assert torch.equal(ds.first_frame(i), ds[i]["video"][0])
-    scene = make_scene(0, 3, n_frames=4, size=16)
+    scene = make_scene(0, 3, num_frames=4, size=16)
     assert torch.equal(render_frame(scene, 2), ds[3]["video"][2])
     assert scene.caption == ds[3]["text"]
     with pytest.raises(IndexError):
@@ -95,7 +95,7 @@ def test_first_frame_and_render_frame():
 
 
 def test_speed_clamped_to_fit():
-    ds = SyntheticVideos(30, n_frames=16, size=16, seed=0, speed_range=(0.3, 0.4))
+    ds = SyntheticVideos(30, num_frames=16, size=16, seed=0, speed_range=(0.3, 0.4))
     for i in range(30):
         c = ds[i]["meta"]["centers"].numpy()
         r = ds[i]["meta"]["radius"]

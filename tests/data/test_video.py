@@ -10,7 +10,7 @@ from i2v.data.clip import item_rng
 
 
 def _read(src, backends=("decord", "pyav"), index=3, **kw):
-    spec = ClipSpec(**{"n_frames": 8, "stride": 3, "size": 32, **kw, "backends": backends})
+    spec = ClipSpec(**{"num_frames": 8, "stride": 3, "size": 32, **kw, "backends": backends})
     return read_clip(src, spec, item_rng(0, index, True), "clip")
 
 
@@ -47,13 +47,13 @@ def test_bytes_equal_path(media):
 
 
 def test_stride_fallback_and_too_short(media):
-    video, meta = _read(media["good"], n_frames=16, stride=4)  # 40 frames < 61 needed
+    video, meta = _read(media["good"], num_frames=16, stride=4)  # 40 frames < 61 needed
     assert meta["stride_used"] == 2  # largest s with 15 s + 1 <= 40
     assert [frame_index(f) for f in video] == [meta["start"] + 2 * k for k in range(16)]
-    video, meta = _read(media["short"], n_frames=8, stride=4)  # 10 frames: stride 1
+    video, meta = _read(media["short"], num_frames=8, stride=4)  # 10 frames: stride 1
     assert meta["stride_used"] == 1 and meta["start"] in (0, 1, 2)
     with pytest.raises(BadSample) as e:
-        _read(media["short"], n_frames=16, stride=4)
+        _read(media["short"], num_frames=16, stride=4)
     assert e.value.reason == "too_short"
 
 
@@ -66,18 +66,18 @@ def test_plan_clip_uniform_starts():
                                          ("zero", "empty_file"), ("text", "corrupt")])
 def test_bad_files(media, name, reason):
     with pytest.raises(BadSample) as e:
-        _read(media[name], n_frames=16, stride=2)
+        _read(media[name], num_frames=16, stride=2)
     assert e.value.reason == reason
 
 
 def test_truncated_file_uses_the_decodable_prefix(media):
     """Header says 40 frames, data stops early: decord fails, PyAV decodes the prefix, the clip is re-planned."""
-    video, meta = _read(media["truncated_faststart"], n_frames=4, stride=1)
+    video, meta = _read(media["truncated_faststart"], num_frames=4, stride=1)
     assert meta["backend"] == "pyav" and 4 <= meta["n_frames_source"] < 40
     assert max(meta["indices"]) < meta["n_frames_source"]
     assert [frame_index(f) for f in video] == meta["indices"]
     with pytest.raises(BadSample, match="truncated") as e:
-        _read(media["truncated_faststart"], n_frames=39, stride=1)
+        _read(media["truncated_faststart"], num_frames=39, stride=1)
     assert e.value.reason == "corrupt"
 
 
@@ -123,6 +123,6 @@ def test_flip_and_rectangular_size(media):
 
 def test_probe(media):
     info = probe_video(media["long"], "long")
-    assert (info.height, info.width, info.n_frames) == (48, 64, 120)
+    assert (info.height, info.width, info.num_frames) == (48, 64, 120)
     with pytest.raises(BadSample):
         probe_video(media["text"], "text")

@@ -8,7 +8,7 @@ import torch
 from videofiles import frame_index, write_shard, write_video
 from torch.utils.data import DataLoader
 
-from i2v.data import WebDatasetVideos, collate_videos, expand_urls, shards_for
+from i2v.data import ClipSpec, WebDatasetVideos, collate_videos, expand_urls, shards_for
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,8 @@ def shards(tmp_path_factory, media):
 
 
 def _ds(urls, **kw):
-    return WebDatasetVideos(urls, **{"n_frames": 12, "stride": 2, "size": 16, "shuffle_buffer": 4, **kw})
+    clip = ClipSpec(kw.pop("num_frames", 12), kw.pop("stride", 2), 16, hflip=True)
+    return WebDatasetVideos(urls, **{"clip": clip, "shuffle_buffer": 4, **kw})
 
 
 def test_one_pass_items_and_counts(shards):
@@ -114,8 +115,8 @@ def test_all_bad_fails_fast(tmp_path, media):
 
 
 def test_long_video_in_shard(tmp_path):
-    mp4 = write_video(tmp_path / "v.mp4", n_frames=100)
+    mp4 = write_video(tmp_path / "v.mp4", num_frames=100)
     url = write_shard(tmp_path / "0.tar", [{"key": "k0", "mp4": open(mp4, "rb").read(), "txt": "t"}])
-    (item,) = list(_ds([url], n_frames=16, stride=4, deterministic=True))
+    (item,) = list(_ds([url], num_frames=16, stride=4, deterministic=True))
     assert item["meta"]["stride_used"] == 4 and item["meta"]["n_frames_source"] == 100
     assert [frame_index(f) for f in item["video"]] == item["meta"]["indices"]

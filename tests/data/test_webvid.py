@@ -9,7 +9,7 @@ import torch
 from videofiles import frame_index, make_broken, write_video
 from torch.utils.data import DataLoader
 
-from i2v.data import WebVidDataset, collate_videos
+from i2v.data import ClipSpec, WebVidDataset, collate_videos
 
 # videoid -> (kind, caption); kinds: good | nested (page_dir layout) | missing | zero | text | truncated | short
 ROWS = [
@@ -37,7 +37,7 @@ def webvid(tmp_path_factory, media):
         if kind == "good":
             shutil.copy(media["good"], videos / f"{vid}.mp4")
         elif kind == "nested":
-            write_video(videos / "000001_000050" / f"{vid}.mp4", n_frames=30)
+            write_video(videos / "000001_000050" / f"{vid}.mp4", num_frames=30)
         elif kind == "short":
             shutil.copy(media["short"], videos / f"{vid}.mp4")
         elif kind != "missing":
@@ -53,7 +53,7 @@ def webvid(tmp_path_factory, media):
 
 def _ds(webvid, **kw):
     csv_path, videos = webvid
-    return WebVidDataset(csv_path, videos, **{"n_frames": 12, "stride": 3, "size": 16, **kw})
+    return WebVidDataset(csv_path, videos, **{"clip": ClipSpec(12, 3, 16, hflip=kw.pop("hflip", True)), **kw})
 
 
 def test_items_and_layouts(webvid):
@@ -122,7 +122,7 @@ def test_all_bad_fails_fast(tmp_path, media):
         for i in range(300):
             f.write(f"{i},caption {i},x\n")
     shutil.copy(bad["text"], videos / "0.mp4")
-    ds = WebVidDataset(str(p), str(videos), n_frames=4, stride=1, size=8, max_consecutive_failures=20)
+    ds = WebVidDataset(str(p), str(videos), clip=ClipSpec(4, 1, 8, hflip=True), max_consecutive_failures=20)
     with pytest.raises(RuntimeError, match=r"20 consecutive samples were unusable \(.*missing_file=19"):
         ds[0]
     assert ds.skips.totals()["missing_file"] == 0 and ds.skips.totals()["corrupt"] == 1  # only row 0 was asked for

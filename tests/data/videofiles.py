@@ -23,7 +23,7 @@ def frame_rgb(i: int, h: int, w: int) -> np.ndarray:
     return a
 
 
-def write_video(path, n_frames=40, h=48, w=64, fps=25, faststart=False, codec="libx264", fmt=None):
+def write_video(path, num_frames=40, h=48, w=64, fps=25, faststart=False, codec="libx264", fmt=None):
     opts = {"movflags": "faststart"} if faststart else {}
     with av.open(str(path), "w", format=fmt, options=opts) as c:
         s = c.add_stream(codec, rate=fps)
@@ -31,7 +31,7 @@ def write_video(path, n_frames=40, h=48, w=64, fps=25, faststart=False, codec="l
         s.pix_fmt = "rgb8" if codec == "gif" else "yuv420p"
         if codec == "libx264":
             s.options = {"crf": "12"}
-        for i in range(n_frames):
+        for i in range(num_frames):
             for p in s.encode(av.VideoFrame.from_ndarray(frame_rgb(i, h, w), format="rgb24")):
                 c.mux(p)
         for p in s.encode():

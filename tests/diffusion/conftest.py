@@ -76,7 +76,7 @@ def make_latent():
     return sinusoid
 
 
-def _sample(unet, first, cond, uncond, *, scheduler, schedule=None, steps=25, cfg=7.5, n_frames=16, t0=1.0, p=0.0,
+def _sample(unet, first, cond, uncond, *, scheduler, schedule=None, steps=25, cfg=7.5, num_frames=16, t0=1.0, p=0.0,
             fsp=True, generator=None, added_cond=None, added_uncond=None, controlnet=None, control=None,
             callback=None, progress=False):
     """The sampler's parts put together as :class:`i2v.pipeline.sampling.I2VPipeline` does (scheduler check, guided
@@ -87,7 +87,7 @@ def _sample(unet, first, cond, uncond, *, scheduler, schedule=None, steps=25, cf
     if schedule is not None:
         check_scheduler(scheduler, schedule)
     denoise = Denoiser(unet, cfg, controlnet, control)
-    x, timesteps, start = initial_latents(first, n_frames, scheduler, steps, t0=t0, p=p, fsp=fsp, generator=generator)
+    x, timesteps, start = initial_latents(first, num_frames, scheduler, steps, t0=t0, p=p, fsp=fsp, generator=generator)
     out = sample_video(denoise, x, {"context": cond, "added_cond": added_cond},
                        {"context": uncond, "added_cond": added_uncond}, timesteps, scheduler=scheduler,
                        generator=generator, callback=callback, progress=progress)
@@ -96,5 +96,5 @@ def _sample(unet, first, cond, uncond, *, scheduler, schedule=None, steps=25, cf
 
 @pytest.fixture
 def sampler():
-    """``sampler(unet, first (B,C,H,W), cond (B,L,d), uncond, scheduler=..., steps=, cfg=, n_frames=, ...)``."""
+    """``sampler(unet, first (B,C,H,W), cond (B,L,d), uncond, scheduler=..., steps=, cfg=, num_frames=, ...)``."""
     return _sample

@@ -97,7 +97,7 @@ def test_from_folder_and_sampling_with_toy_unet(tiny_pair, tmp_path, sampler):
     g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
     ctx, unc = torch.randn(1, 5, 64), torch.zeros(1, 5, 64)
     control = torch.rand(1, F_, 3, 2 * H, 2 * W) * 2 - 1
-    kw = dict(scheduler=make_scheduler("ddim", NoiseSchedule()), steps=2, cfg=5.0, n_frames=F_, t0=1.0, p=0.5,
+    kw = dict(scheduler=make_scheduler("ddim", NoiseSchedule()), steps=2, cfg=5.0, num_frames=F_, t0=1.0, p=0.5,
               progress=False)
     out = sampler(unet, first, ctx, unc, generator=g(), controlnet=loaded, control=control, **kw)
     plain = sampler(unet, first, ctx, unc, generator=g(), **kw)

@@ -20,7 +20,7 @@ def _inputs(seed=0):
 def _run(sample_video, unet, name="ddim", seed=42, **kw):
     first, cond, uncond = _inputs()
     sched = make_scheduler(name, NoiseSchedule())
-    args = dict(scheduler=sched, schedule=NoiseSchedule(), steps=10, cfg=7.5, n_frames=F_, t0=1.0, p=0.5,
+    args = dict(scheduler=sched, schedule=NoiseSchedule(), steps=10, cfg=7.5, num_frames=F_, t0=1.0, p=0.5,
                 generator=torch.Generator().manual_seed(seed), progress=False)
     args.update(kw)
     return sample_video(unet, first, cond, uncond, **args), first
@@ -136,7 +136,7 @@ def test_cfg1_is_conditional_only(fake_unet, sampler):
     fake_unet.calls.clear()
     first, cond, uncond = _inputs()
     out_none = sampler(fake_unet, first, cond, None, scheduler=make_scheduler("ddim", NoiseSchedule()),
-                            steps=10, cfg=1.0, n_frames=F_, t0=0.8, p=0.5,
+                            steps=10, cfg=1.0, num_frames=F_, t0=0.8, p=0.5,
                             generator=torch.Generator().manual_seed(3), progress=False)
     assert torch.equal(out_none["latents"], out1["latents"])
     fake_unet.calls.clear()
@@ -145,7 +145,7 @@ def test_cfg1_is_conditional_only(fake_unet, sampler):
     assert (out_g["latents"] - out1["latents"]).abs().max() > 1e-3
     with pytest.raises(ValueError, match="unconditional"):
         sampler(fake_unet, first, cond, None, scheduler=make_scheduler("ddim", NoiseSchedule()), cfg=2.0,
-                     steps=2, n_frames=F_, progress=False)
+                     steps=2, num_frames=F_, progress=False)
 
 
 def test_euler_matches_reference(fake_unet, sampler):
@@ -198,7 +198,7 @@ def test_real_toy_unet(name, sampler):
     calls = []
     hook = unet.register_forward_pre_hook(lambda m, a: calls.append(a[0][:, :, 0].clone()))
     out = sampler(unet, first, cond, uncond, scheduler=make_scheduler(name, NoiseSchedule()), steps=3,
-                       cfg=7.5, n_frames=3, t0=0.7, p=0.5, generator=torch.Generator().manual_seed(0),
+                       cfg=7.5, num_frames=3, t0=0.7, p=0.5, generator=torch.Generator().manual_seed(0),
                        progress=False)
     hook.remove()
     assert out["nfe"] == len(calls) == 2  # round(3 * 0.7)

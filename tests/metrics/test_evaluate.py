@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-import i2v.config  # noqa: F401  (the ${asset:...} resolver used by the configs)
+import i2v.cli.config  # noqa: F401  (the ${asset:...} resolver used by the configs)
 from i2v.evaluate import evaluate
 
 CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
@@ -128,10 +128,10 @@ def test_toy_videos_score_without_weights_and_missing_weights_are_listed_at_once
     """`evaluate.py metrics=toy videos=...`: toy metrics, no weights file; without it, every missing weights file is
     named in one error (CLIP and RAFT together), not one per attempt."""
     from i2v.data.synthetic import SyntheticVideos
-    from i2v.io import save_frames, save_gif
+    from i2v.utils.io import save_frames, save_gif
 
     vids = tmp_path / "videos"
-    clip = SyntheticVideos(1, n_frames=6, size=32, seed=2)[0]
+    clip = SyntheticVideos(1, num_frames=6, size=32, seed=2)[0]
     save_gif(clip["video"], vids / "c.gif")
     save_frames(clip["video"][:1], tmp_path / "img")
     (tmp_path / "img" / "000.png").rename(vids / "c.png")

@@ -14,7 +14,7 @@ PAPER = json.loads((ROOT / "i2v" / "assets" / "paper_tables.json").read_text())
 
 ENTRY = '''
 import json, sys, hydra
-import i2v.config  # noqa: F401
+import i2v.cli.config  # noqa: F401
 @hydra.main(version_base="1.3", config_path={configs!r}, config_name="evaluate")
 def main(cfg):
     print("ROW " + json.dumps({{"t0": cfg.sampling.t0, "p": cfg.sampling.p, "adapter": cfg.adapter.name, "backbone": cfg.backbone.name,

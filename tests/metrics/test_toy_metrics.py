@@ -194,7 +194,7 @@ def test_ground_truth_colours_track_the_main_object_among_two():
 def test_on_synthetic_videos():
     from i2v.data.synthetic import SyntheticVideos
 
-    ds = SyntheticVideos(6, n_frames=8, size=32, seed=0)
+    ds = SyntheticVideos(6, num_frames=8, size=32, seed=0)
     items = [ds[i] for i in range(len(ds))]
     video = torch.stack([it["video"] for it in items])
     metas = [it["meta"] for it in items]

@@ -79,7 +79,7 @@ def test_pipeline_latents_equal_the_old_loop_bitwise(toy, tmp_path, over):
 
     cfg, bundle = toy
     s = OmegaConf.merge(cfg.sampling, OmegaConf.from_dotlist([o.split(".", 1)[1] for o in over]))
-    clip = SyntheticVideos(1, n_frames=1, size=32, seed=5)[0]
+    clip = SyntheticVideos(1, num_frames=1, size=32, seed=5)[0]
     image, prompt = clip["video"][0], clip["text"]
     ref = _reference_latents(bundle, s, image, prompt, seed=3)
     pipe = I2VPipeline(bundle, SamplingSettings.from_config(s))
@@ -94,7 +94,7 @@ def test_pipeline_latents_equal_the_old_loop_bitwise(toy, tmp_path, over):
 
 def test_pipeline_takes_a_pil_image(toy):
     cfg, bundle = toy
-    clip = SyntheticVideos(1, n_frames=1, size=32, seed=5)[0]
+    clip = SyntheticVideos(1, num_frames=1, size=32, seed=5)[0]
     arr = ((clip["video"][0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     pipe = I2VPipeline(bundle, SamplingSettings.from_config(cfg.sampling))
     a = pipe(Image.fromarray(arr), "a", seed=1)

@@ -8,7 +8,7 @@ capacity fitted to this regime, and a branch that reads frame 1 is not yet measu
 import torch
 from hydra import compose, initialize_config_dir
 
-from i2v.config import CONFIGS
+from i2v.cli.config import CONFIGS
 from i2v.data.synthetic import SyntheticVideos
 from i2v.training.diagnose import eps_loss_by_timestep
 from i2v.training.module import first_frame_clean_noising, masked_frame_loss
@@ -32,7 +32,7 @@ def test_adapter_branch_trains_on_static_clips():
     bundle = build_bundle(cfg.backbone, cfg.adapter, for_training=True)
     params = list(bundle.trainable.values())
     opt = torch.optim.Adam(params, lr=LR)
-    data = SyntheticVideos(200, n_frames=1, size=32, seed=1)
+    data = SyntheticVideos(200, num_frames=1, size=32, seed=1)
     g = torch.Generator().manual_seed(0)
     for step in range(STEPS):
         video, texts = _static(data, [2 * step, 2 * step + 1])

@@ -36,7 +36,7 @@ def test_two_process_gloo_ddp(tmp_path, monkeypatch):
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))
     mod = I2VAdapterModule(random_toy_bundle(seed=0), OPTIM, TRAIN, config={"seed": 0})
-    dm = VideoDataModule(dataset=SyntheticVideos(n_items=8, n_frames=4, size=32, seed=0), batch_size=1,
+    dm = VideoDataModule(dataset=SyntheticVideos(n_items=8, num_frames=4, size=32, seed=0), batch_size=1,
                          val_fraction=0.0, shuffle_seed=0)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=2, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,

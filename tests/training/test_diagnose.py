@@ -12,7 +12,7 @@ from i2v.training.diagnose import PREDICTORS, eps_loss_by_timestep, findings, fo
 
 @pytest.fixture(scope="module")
 def clips():
-    data = SyntheticVideos(3, n_frames=4, size=32, seed=5)
+    data = SyntheticVideos(3, num_frames=4, size=32, seed=5)
     items = [data[i] for i in range(3)]
     return torch.stack([it["video"] for it in items]), [it["text"] for it in items]
 

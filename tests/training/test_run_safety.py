@@ -12,9 +12,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from i2v.toy.build import random_toy_bundle
-from i2v.config import CONFIGS
+from i2v.cli.config import CONFIGS
 from i2v.data import SyntheticVideos, VideoDataModule
-from i2v.rundir import claim_run_dir
+from i2v.cli.rundir import claim_run_dir
 from i2v.training.module import I2VAdapterModule
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,7 +25,7 @@ TRAIN = {"text_drop_prob": 0.1, "image_drop_prob": 0.1, "max_nonfinite_in_a_row"
 def _fit(root, max_steps, ckpt_path=None, save_every=0):
     L.seed_everything(0)
     mod = I2VAdapterModule(random_toy_bundle(seed=0), OPTIM, TRAIN, config={"seed": 0})
-    dm = VideoDataModule(dataset=SyntheticVideos(n_items=8, n_frames=4, size=32, seed=0), batch_size=2,
+    dm = VideoDataModule(dataset=SyntheticVideos(n_items=8, num_frames=4, size=32, seed=0), batch_size=2,
                          val_fraction=0.0, shuffle_seed=0)   # 4 batches per epoch
     cbs = []
     if save_every:

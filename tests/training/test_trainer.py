@@ -13,7 +13,7 @@ TRAIN = {"text_drop_prob": 0.1, "image_drop_prob": 0.1, "max_nonfinite_in_a_row"
 
 
 def _dm(n_items=4, batch=2):
-    return VideoDataModule(dataset=SyntheticVideos(n_items=n_items, n_frames=4, size=32, seed=0), batch_size=batch,
+    return VideoDataModule(dataset=SyntheticVideos(n_items=n_items, num_frames=4, size=32, seed=0), batch_size=batch,
                            val_fraction=0.0, split_seed=0, shuffle_seed=0)
 
 

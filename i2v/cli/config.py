@@ -9,8 +9,8 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-ASSETS = Path(__file__).resolve().parent / "assets"
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+CONFIGS = Path(__file__).resolve().parent.parent.parent / "configs"
 
 
 def asset_path(rel: str) -> str:
@@ -87,6 +87,23 @@ def expand_sampling_aliases(overrides: list[str]) -> list[str]:
             arg = f"{prefix.replace('+', '')}sampling.{SAMPLING_ALIASES[name]}={value}"
         out.append(arg)
     return out
+
+
+# Keys renamed on the command line (issue 13: one name for the frame count; one ClipSpec per dataset): old -> new. The entries stop on an
+# old key with one line naming the new one, instead of Hydra's "Key 'n_frames' is not in struct".
+RENAMED_KEYS = {"data.n_frames": "data.num_frames", "data.dataset.hflip": "data.dataset.clip.hflip"}
+
+
+def refuse_renamed_keys(overrides: list[str]) -> list[str]:
+    """``overrides`` unchanged; exits (status 2) with one line when one of them sets a renamed key
+    (``data.n_frames=16`` -> ``error: data.n_frames is now data.num_frames``)."""
+    for arg in overrides:
+        key = arg.partition("=")[0].lstrip("~+")
+        if key in RENAMED_KEYS:
+            print(f"error: {key} is now {RENAMED_KEYS[key]} (write {arg.replace(key, RENAMED_KEYS[key], 1)})",
+                  file=sys.stderr, flush=True)
+            sys.exit(2)
+    return overrides
 
 
 # What bad input raises (a missing file, an existing output, an unwritable folder, a setting out of range, failed

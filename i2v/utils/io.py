@@ -96,15 +96,15 @@ def save_strip(frames: torch.Tensor, path, overwrite: bool = False) -> Path:
     return atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"), overwrite)
 
 
-def read_strip(path, n_frames: int) -> torch.Tensor:
+def read_strip(path, num_frames: int) -> torch.Tensor:
     """Inverse of :func:`save_strip`: ``(F, 3, H, W)`` in [-1, 1] (exact for frames written by it)."""
     from PIL import Image
 
     arr = np.asarray(Image.open(path).convert("RGB"), dtype=np.uint8)
-    if arr.shape[1] % n_frames:
-        raise ValueError(f"{path}: width {arr.shape[1]} is not a multiple of {n_frames} frames")
+    if arr.shape[1] % num_frames:
+        raise ValueError(f"{path}: width {arr.shape[1]} is not a multiple of {num_frames} frames")
     x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 127.5 - 1.0       # (3, H, F·W)
-    return torch.stack(x.chunk(n_frames, dim=2))
+    return torch.stack(x.chunk(num_frames, dim=2))
 
 
 def save_contact_sheet(rows: list[tuple[str, torch.Tensor]], path, scale: int = 4, label_width: int = 150,
@@ -115,10 +115,10 @@ def save_contact_sheet(rows: list[tuple[str, torch.Tensor]], path, scale: int = 
 
     if not rows:
         raise ValueError("save_contact_sheet needs at least one row")
-    n_frames = max(f.shape[0] for _, f in rows)
+    num_frames = max(f.shape[0] for _, f in rows)
     h, w = rows[0][1].shape[-2:]
     gap, fh, fw = 2, h * scale, w * scale
-    sheet = Image.new("RGB", (label_width + n_frames * (fw + gap), len(rows) * (fh + gap)), (255, 255, 255))
+    sheet = Image.new("RGB", (label_width + num_frames * (fw + gap), len(rows) * (fh + gap)), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     for r, (label, frames) in enumerate(rows):
         y = r * (fh + gap)
