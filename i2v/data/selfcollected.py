@@ -14,8 +14,6 @@ lazily at load time (counted `low_resolution`), or for all files up front with `
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import os
 from typing import Mapping, Optional, Sequence
@@ -24,6 +22,7 @@ from i2v.data.base import RobustMapDataset, StringTable, check_inside
 from i2v.data.clip import ClipSpec
 from i2v.data.stats import BadSample, format_counts
 from i2v.data.video import probe_video
+from i2v.utils.tables import read_rows
 
 log = logging.getLogger("i2v.data")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif")
@@ -43,25 +42,15 @@ def read_manifest(manifest: str) -> tuple[list[str], list[Optional[str]]]:
         raise FileNotFoundError(f"manifest not found: {manifest}")
     paths: list[str] = []
     captions: list[Optional[str]] = []
-    if manifest.lower().endswith(".csv"):
-        with open(manifest, newline="", encoding="utf-8") as f:
-            for i, row in enumerate(csv.DictReader(f)):
-                paths.append(str(_first(row, _PATH_KEYS, f"{manifest} row {i + 1}")))
-                cap = next((row[k] for k in _CAPTION_KEYS if k in row), None)
-                captions.append(cap)
-    else:
-        with open(manifest, encoding="utf-8") as f:
-            for i, line in enumerate(f):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{manifest} line {i + 1}: not valid JSON ({e})") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{manifest} line {i + 1}: expected an object, got {type(row).__name__}")
-                paths.append(str(_first(row, _PATH_KEYS, f"{manifest} line {i + 1}")))
-                captions.append(next((row[k] for k in _CAPTION_KEYS if k in row), None))
+    kind = "row" if manifest.lower().endswith(".csv") else "line"
+    for i, row in read_rows(manifest, other="lines"):
+        where = f"{manifest} {kind} {i}"
+        if isinstance(row, str):
+            raise ValueError(f"{where}: {row}")
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected an object, got {type(row).__name__}")
+        paths.append(str(_first(row, _PATH_KEYS, where)))
+        captions.append(next((row[k] for k in _CAPTION_KEYS if k in row), None))
     return paths, captions
 
 

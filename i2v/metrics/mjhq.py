@@ -8,12 +8,13 @@ A manifest (name, category, prompt, image, sha256, size) is written once and reu
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import random
 from pathlib import Path
 from typing import Optional
+
+from i2v.utils.tables import read_rows
 
 CATEGORIES = ("animals", "art", "fashion", "food", "indoor", "landscape", "logo", "people", "plants", "vehicles")
 
@@ -119,16 +120,10 @@ def read_manifest(path: str | Path, verify: bool = False) -> list[dict]:
     p = Path(str(path))
     if not p.is_file():
         raise FileNotFoundError(f"manifest not found: {p}")
-    if p.suffix == ".jsonl":
-        items = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-    elif p.suffix == ".csv":
-        with open(p, newline="") as f:
-            items = list(csv.DictReader(f))
-    else:
-        data = json.loads(p.read_text())
-        items = data["items"] if isinstance(data, dict) else data
     out = []
-    for i, it in enumerate(items):
+    for i, it in read_rows(p, other="document"):
+        if isinstance(it, str):
+            raise ValueError(f"{p}: item {i}: {it}")
         if not isinstance(it, dict) or not it.get("image"):
             raise ValueError(f"{p}: item {i} has no 'image' field")
         it = dict(it)

@@ -14,7 +14,6 @@ or cropped), and every output is free.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import re
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 from omegaconf import DictConfig
+
+from i2v.utils.tables import read_rows
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=,@-]+")
 
@@ -38,19 +39,9 @@ def safe_name(name: str) -> str:
 
 def _read_rows(path: Path) -> list[tuple[int, object]]:
     """(data row number, row) pairs; a JSONL line that is not JSON becomes the error text instead of a row."""
-    if path.suffix == ".jsonl":
-        rows: list[tuple[int, object]] = []
-        lines = [ln for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
-        for i, line in enumerate(lines, 1):
-            try:
-                rows.append((i, json.loads(line)))
-            except json.JSONDecodeError as e:
-                rows.append((i, f"not valid JSON ({e})"))
-        return rows
-    if path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            return list(enumerate(csv.DictReader(f), 1))
-    raise ValueError(f"prompts must be a .csv or .jsonl file, got {path}")
+    if path.suffix not in (".csv", ".jsonl"):
+        raise ValueError(f"prompts must be a .csv or .jsonl file, got {path}")
+    return read_rows(path)
 
 
 def _item(path: Path, n: int, r: object, default_seed: int) -> dict:
