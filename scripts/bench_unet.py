@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from i2v.models.config import MotionConfig, UNetConfig  # noqa: E402
 from i2v.models.unet import VideoUNet  # noqa: E402
+from i2v.checkpoints.diffusers_config import motion_config_to_diffusers, unet_config_to_diffusers
 
 # SD1.5 layout (3 levels, last plain, 2 resnets/level, 1x1-conv proj) at CPU-friendly widths, heads 32 wide
 MEDIUM = UNetConfig(block_out_channels=(32, 64, 64), attention_levels=(True, True, False), layers_per_block=2,
@@ -47,8 +48,8 @@ def build_pair(cfg: UNetConfig, version: str, device: str, dtype: torch.dtype, s
     torch.manual_seed(seed)
     motion = MotionConfig.for_version(version, cfg).diffusers_norms()
     with torch.device(device):
-        unet = UNet2DConditionModel(**cfg.to_diffusers())
-        adapter = MotionAdapter(**motion.to_diffusers_adapter())
+        unet = UNet2DConditionModel(**unet_config_to_diffusers(cfg))
+        adapter = MotionAdapter(**motion_config_to_diffusers(motion))
         ref = UNetMotionModel.from_unet2d(unet, adapter)
         del unet, adapter
         with torch.no_grad():

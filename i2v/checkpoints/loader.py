@@ -17,6 +17,7 @@ from i2v.models.config import MotionConfig, UNetConfig
 from i2v.models.unet import VideoUNet
 
 from i2v.models.content import attach_ip_adapter
+from i2v.checkpoints.diffusers_config import motion_config_from_diffusers, unet_config_from_diffusers
 
 from .animatediff import MotionWeights, convert_original, read_motion
 from .common import CheckpointError, load_exact, read_checkpoint, require_format
@@ -150,7 +151,7 @@ def motion_config(weights: MotionWeights, unet_cfg: UNetConfig, norm: NormSpec =
                               f"on an SDXL UNet or the reverse?)")
     cfg = MotionConfig.for_version(weights.family, unet_cfg).replace(version=weights.version, num_heads=8)
     if weights.fmt == "motion_adapter":
-        cfg = MotionConfig.from_diffusers_adapter(weights.adapter_config, weights.version,
+        cfg = motion_config_from_diffusers(weights.adapter_config, weights.version,
                                                   spatial_norm=cfg.spatial_norm, motion_norm=cfg.motion_norm)
     try:
         return cfg.replace(max_seq_length=weights.max_seq_length, **norms, **hints)
@@ -176,7 +177,7 @@ def load_video_unet(unet: Union[str, Path], motion: Union[str, Path, None] = Non
     _norms(norm)                      # validated even without a motion module (it then has no effect)
     uw = read_unet(unet, use_ema=use_ema, hints=unet_hints, variant=variant)
     try:
-        cfg = UNetConfig.from_diffusers(uw.config)
+        cfg = unet_config_from_diffusers(uw.config)
     except ValueError as e:
         raise CheckpointError(f"{uw.source}: unsupported UNet config ({e})") from e
     mw = read_motion(motion, motion_version) if motion is not None else uw.motion

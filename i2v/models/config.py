@@ -1,7 +1,7 @@
 """Configuration dataclasses for the video UNet (spatial SD1.5/SDXL part) and the AnimateDiff motion module.
 
-``UNetConfig`` mirrors the subset of diffusers' ``UNet2DConditionModel`` config that SD1.5/SD2.x/SDXL use;
-``from_diffusers``/``to_diffusers`` convert both ways (unsupported non-default diffusers options raise).
+``UNetConfig`` mirrors the subset of diffusers' ``UNet2DConditionModel`` config that SD1.5/SD2.x/SDXL use (the
+conversion to and from diffusers config dicts is ``i2v.checkpoints.diffusers_config``).
 ``MotionConfig`` describes one AnimateDiff release (see reference/checkpoints.md §4.2-4.3 for the norm modes).
 """
 from __future__ import annotations
@@ -13,31 +13,8 @@ from typing import Any, Optional
 NORM_MODES = ("per_frame", "across_frames")
 MOTION_VERSIONS = ("v1", "v2", "v3", "sdxl_beta", "custom")
 
-# diffusers keys we accept only at these values (anything else changes the architecture or maths)
-_FIXED_DIFFUSERS = {
-    "center_input_sample": False, "flip_sin_to_cos": True, "freq_shift": 0, "only_cross_attention": False,
-    "downsample_padding": 1, "mid_block_scale_factor": 1, "act_fn": "silu", "dual_cross_attention": False,
-    "class_embed_type": None, "num_class_embeds": None, "resnet_time_scale_shift": "default",
-    "resnet_skip_time_act": False, "resnet_out_scale_factor": 1.0, "time_embedding_type": "positional",
-    "time_embedding_dim": None, "time_embedding_act_fn": None, "timestep_post_act": None,
-    "time_cond_proj_dim": None, "conv_in_kernel": 3, "conv_out_kernel": 3, "attention_type": "default",
-    "class_embeddings_concat": False, "mid_block_only_cross_attention": None, "cross_attention_norm": None,
-    "encoder_hid_dim": None, "encoder_hid_dim_type": None, "reverse_transformer_layers_per_block": None,
-    "mid_block_type": "UNetMidBlock2DCrossAttn", "mid_block_layers": 1,
-}
-# diffusers keys without effect on our fp32/SDPA maths, or handled by MotionConfig
-_IGNORED_DIFFUSERS = {
-    "_class_name", "_diffusers_version", "_name_or_path", "_use_default_values", "dropout", "upcast_attention",
-    "addition_embed_type_num_heads", "motion_max_seq_length", "motion_num_attention_heads",
-    "reverse_motion_num_attention_heads", "use_motion_mid_block", "temporal_transformer_layers_per_block",
-    "reverse_temporal_transformer_layers_per_block", "temporal_transformer_layers_per_mid_block",
-    "transformer_layers_per_mid_block",
-}
-_ATTN_DOWN = ("CrossAttnDownBlock2D", "CrossAttnDownBlockMotion")
-_PLAIN_DOWN = ("DownBlock2D", "DownBlockMotion")
-
-
-def _per_level(value: Any, n: int, name: str) -> tuple:
+def per_level(value: Any, n: int, name: str) -> tuple:
+    """``value`` repeated for ``n`` levels, or the per-level list/tuple checked for length ``n``."""
     if isinstance(value, (list, tuple)):
         if len(value) != n:
             raise ValueError(f"diffusers config '{name}' has {len(value)} entries, expected one per level ({n})")
@@ -69,11 +46,11 @@ class UNetConfig:
     def __post_init__(self):
         self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
         n = len(self.block_out_channels)
-        self.attention_levels = tuple(bool(a) for a in _per_level(self.attention_levels, n, "attention_levels"))
+        self.attention_levels = tuple(bool(a) for a in per_level(self.attention_levels, n, "attention_levels"))
         self.transformer_layers_per_block = tuple(
-            int(d) for d in _per_level(self.transformer_layers_per_block, n, "transformer_layers_per_block"))
+            int(d) for d in per_level(self.transformer_layers_per_block, n, "transformer_layers_per_block"))
         self.num_attention_heads = tuple(
-            int(h) for h in _per_level(self.num_attention_heads, n, "num_attention_heads"))
+            int(h) for h in per_level(self.num_attention_heads, n, "num_attention_heads"))
         if self.addition_embed_type not in (None, "text_time"):
             raise ValueError(f"addition_embed_type must be None or 'text_time', got {self.addition_embed_type!r}")
         if self.addition_embed_type == "text_time" and (
@@ -119,89 +96,6 @@ class UNetConfig:
                    transformer_layers_per_block=(1, 1), num_attention_heads=(1, 2), cross_attention_dim=64,
                    norm_num_groups=8, mid_transformer_layers=1, sample_size=32)
 
-    # ----------------------------------------------------------------------------------------- diffusers
-    @classmethod
-    def from_diffusers(cls, config: dict) -> "UNetConfig":
-        """Build from a diffusers ``UNet2DConditionModel`` (or ``UNetMotionModel``) config dict."""
-        cfg = dict(config)
-        for key, value in cfg.items():
-            if key in _FIXED_DIFFUSERS:
-                if isinstance(value, (list, tuple)) and key == "only_cross_attention":
-                    value = any(value)
-                if value != _FIXED_DIFFUSERS[key]:
-                    raise ValueError(f"diffusers UNet config: unsupported {key}={value!r} "
-                                     f"(only {_FIXED_DIFFUSERS[key]!r} is implemented)")
-            elif key not in _IGNORED_DIFFUSERS and key not in _DIFFUSERS_FIELDS:
-                raise ValueError(f"diffusers UNet config: unknown key {key!r}")
-        down = tuple(cfg.get("down_block_types", ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)))
-        for t in down:
-            if t not in _ATTN_DOWN + _PLAIN_DOWN:
-                raise ValueError(f"diffusers UNet config: unsupported down block type {t!r}")
-        n = len(down)
-        levels = tuple(t in _ATTN_DOWN for t in down)
-        up = tuple(cfg.get("up_block_types", ()))
-        expected_up = tuple(reversed(levels))
-        if up and tuple("CrossAttn" in t for t in up) != expected_up:
-            raise ValueError(f"diffusers UNet config: up_block_types {up} do not mirror down_block_types {down}")
-        lpb = cfg.get("layers_per_block", 2)
-        if isinstance(lpb, (list, tuple)):
-            if len(set(lpb)) != 1:
-                raise ValueError(f"diffusers UNet config: per-level layers_per_block {lpb} is not supported")
-            lpb = lpb[0]
-        heads = cfg.get("num_attention_heads") or cfg.get("attention_head_dim", 8)
-        depth = _per_level(cfg.get("transformer_layers_per_block", 1), n, "transformer_layers_per_block")
-        if any(isinstance(d, (list, tuple)) for d in depth):
-            raise ValueError("diffusers UNet config: nested transformer_layers_per_block is not supported")
-        mid_depth = cfg.get("transformer_layers_per_mid_block") or depth[-1]
-        ca = cfg.get("cross_attention_dim", 1280)
-        if isinstance(ca, (list, tuple)):
-            if len(set(ca)) != 1:
-                raise ValueError(f"diffusers UNet config: per-level cross_attention_dim {ca} is not supported")
-            ca = ca[0]
-        ss = cfg.get("sample_size", 64)
-        return cls(in_channels=cfg.get("in_channels", 4), out_channels=cfg.get("out_channels", 4),
-                   block_out_channels=tuple(cfg.get("block_out_channels", (320, 640, 1280, 1280))),
-                   attention_levels=levels, layers_per_block=int(lpb), transformer_layers_per_block=depth,
-                   num_attention_heads=_per_level(heads, n, "attention_head_dim"), cross_attention_dim=int(ca),
-                   use_linear_projection=bool(cfg.get("use_linear_projection", False)),
-                   addition_embed_type=cfg.get("addition_embed_type"),
-                   addition_time_embed_dim=cfg.get("addition_time_embed_dim"),
-                   projection_class_embeddings_input_dim=cfg.get("projection_class_embeddings_input_dim"),
-                   norm_num_groups=cfg.get("norm_num_groups", 32), norm_eps=cfg.get("norm_eps", 1e-5),
-                   mid_transformer_layers=int(mid_depth),
-                   sample_size=int(ss[0] if isinstance(ss, (list, tuple)) else (ss or 64)))
-
-    def to_diffusers(self) -> dict:
-        """kwargs for diffusers ``UNet2DConditionModel(**kw)`` building the same architecture."""
-        depth = list(self.transformer_layers_per_block)
-        if self.attention_levels[-1]:
-            if depth[-1] != self.mid_transformer_layers:
-                raise ValueError("diffusers ties the mid-block depth to the last level's transformer depth: "
-                                 f"{self.mid_transformer_layers} != {depth[-1]}")
-        else:
-            depth[-1] = self.mid_transformer_layers  # unused by the plain last level
-        out = dict(
-            sample_size=self.sample_size, in_channels=self.in_channels, out_channels=self.out_channels,
-            down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in self.attention_levels),
-            up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(self.attention_levels)),
-            block_out_channels=self.block_out_channels, layers_per_block=self.layers_per_block,
-            transformer_layers_per_block=tuple(depth), attention_head_dim=self.num_attention_heads,
-            cross_attention_dim=self.cross_attention_dim, use_linear_projection=self.use_linear_projection,
-            norm_num_groups=self.norm_num_groups, norm_eps=self.norm_eps,
-        )
-        if self.addition_embed_type is not None:
-            out.update(addition_embed_type=self.addition_embed_type,
-                       addition_time_embed_dim=self.addition_time_embed_dim,
-                       projection_class_embeddings_input_dim=self.projection_class_embeddings_input_dim)
-        return out
-
-
-_DIFFUSERS_FIELDS = {
-    "sample_size", "in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",
-    "layers_per_block", "transformer_layers_per_block", "attention_head_dim", "num_attention_heads",
-    "cross_attention_dim", "use_linear_projection", "addition_embed_type", "addition_time_embed_dim",
-    "projection_class_embeddings_input_dim", "norm_num_groups", "norm_eps",
-}
 
 # per-release defaults: (max_seq_length, use_mid_block, spatial_norm, motion_norm)
 _VERSIONS = {
@@ -263,33 +157,3 @@ class MotionConfig:
     def diffusers_norms(self) -> "MotionConfig":
         """Copy with the norm statistics of diffusers ``UNetMotionModel`` (spatial per frame, motion across)."""
         return self.replace(spatial_norm="per_frame", motion_norm="across_frames")
-
-    def to_diffusers_adapter(self) -> dict:
-        """kwargs for diffusers ``MotionAdapter(**kw)`` holding the same motion modules."""
-        return dict(block_out_channels=self.block_out_channels, motion_layers_per_block=self.layers_per_block,
-                    motion_mid_block_layers_per_block=1, motion_num_attention_heads=self.num_heads,
-                    motion_norm_num_groups=self.norm_num_groups, motion_max_seq_length=self.max_seq_length,
-                    use_motion_mid_block=self.use_mid_block)
-
-    @classmethod
-    def from_diffusers_adapter(cls, config: dict, version: str = "custom", *, spatial_norm: str = "per_frame",
-                               motion_norm: str = "across_frames") -> "MotionConfig":
-        """Build from a diffusers ``MotionAdapter`` config dict (norms default to diffusers' behaviour)."""
-        for key in ("motion_transformer_layers_per_block", "motion_transformer_layers_per_mid_block",
-                    "motion_mid_block_layers_per_block"):
-            if config.get(key, 1) not in (1, None) and not (
-                    isinstance(config.get(key), (list, tuple)) and set(config[key]) == {1}):
-                raise ValueError(f"diffusers MotionAdapter config: unsupported {key}={config[key]!r}")
-        if config.get("conv_in_channels"):
-            raise ValueError("diffusers MotionAdapter config: conv_in_channels (PIA) is not supported")
-        heads = config.get("motion_num_attention_heads", 8)
-        lpb = config.get("motion_layers_per_block", 2)
-        for name, v in (("motion_num_attention_heads", heads), ("motion_layers_per_block", lpb)):
-            if isinstance(v, (list, tuple)) and len(set(v)) != 1:
-                raise ValueError(f"diffusers MotionAdapter config: per-level {name}={v!r} is not supported")
-        first = lambda v: v[0] if isinstance(v, (list, tuple)) else v  # noqa: E731
-        return cls(version=version, max_seq_length=config.get("motion_max_seq_length", 32),
-                   use_mid_block=bool(config.get("use_motion_mid_block", True)), num_heads=int(first(heads)),
-                   norm_num_groups=config.get("motion_norm_num_groups", 32), layers_per_block=int(first(lpb)),
-                   spatial_norm=spatial_norm, motion_norm=motion_norm,
-                   block_out_channels=tuple(config.get("block_out_channels", (320, 640, 1280, 1280))))

@@ -14,6 +14,8 @@ from diffusers import UNet2DConditionModel
 from i2v.checkpoints.common import detect_format, read_checkpoint
 from i2v.checkpoints.ldm import infer_unet_config, layout_from_ldm, ldm_to_diffusers, split_ldm
 from i2v.checkpoints.loader import load_video_unet
+from i2v.checkpoints.diffusers_config import (motion_config_to_diffusers, unet_config_from_diffusers,
+                                              unet_config_to_diffusers)
 
 HINTS = {"sd15": SD15_HINTS, "sdxl": SDXL_HINTS}
 
@@ -186,15 +188,15 @@ def test_release_size_layouts_on_meta(kind, version):
 
     preset = UNetConfig.sd15() if kind == "sd15" else UNetConfig.sdxl()
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**preset.to_diffusers())
-        adapter = MotionAdapter(**MotionConfig.for_version(version, preset).to_diffusers_adapter())
+        unet = UNet2DConditionModel(**unet_config_to_diffusers(preset))
+        adapter = MotionAdapter(**motion_config_to_diffusers(MotionConfig.for_version(version, preset)))
         ours = build_video_unet(kind, version, device="meta")
     ldm = to_ldm_single_file(unet, sdxl=kind == "sdxl")
     parts = split_ldm(ldm)
     mapped = ldm_to_diffusers(parts.unet, layout_from_ldm(parts.unet))
     ref = unet.state_dict()
     assert {k: v.shape for k, v in mapped.items()} == {k: v.shape for k, v in ref.items()}
-    assert UNetConfig.from_diffusers(infer_unet_config(mapped)) == preset      # 8 heads / head dim 64
+    assert unet_config_from_diffusers(infer_unet_config(mapped)) == preset      # 8 heads / head dim 64
     assert len(ref) == {"sd15": 686, "sdxl": 1680}[kind]
     assert sum(v.numel() for v in ref.values()) == {"sd15": 859_520_964, "sdxl": 2_567_463_684}[kind]
     original = adapter_to_original(adapter)

@@ -9,6 +9,7 @@ from i2v.diffusion.controlnet import VideoControlNet, load_control_frames
 from i2v.diffusion.schedule import NoiseSchedule, make_scheduler
 from i2v.models.config import UNetConfig
 from i2v.models.unet import VideoUNet, build_video_unet
+from i2v.checkpoints.diffusers_config import unet_config_to_diffusers
 
 B, F_, H, W = 2, 3, 8, 8
 
@@ -19,7 +20,7 @@ def tiny_pair():
     VideoUNet (no motion) with the diffusers weights copied 1:1."""
     torch.manual_seed(0)
     cfg = UNetConfig.toy()
-    ref = UNet2DConditionModel(**cfg.to_diffusers()).eval()
+    ref = UNet2DConditionModel(**unet_config_to_diffusers(cfg)).eval()
     cn = ControlNetModel.from_unet(ref, conditioning_embedding_out_channels=(8, 16)).eval()
     with torch.no_grad():
         for name, prm in cn.named_parameters():

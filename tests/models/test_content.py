@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from i2v.checkpoints.diffusers_config import unet_config_to_diffusers
 from i2v.checkpoints.ip_adapter import (build_image_proj, ip_adapter_key_map, ip_adapter_numbering, load_ip_adapter,
                                         read_ip_adapter_file)
 from i2v.models.attention import Attention
@@ -295,7 +296,7 @@ def test_key_map_on_video_unet_matches_diffusers(backbone, motion):
 
     ours = build_video_unet(backbone, motion=motion, device="meta")
     with torch.device("meta"):
-        ref = UNet2DConditionModel(**getattr(UNetConfig, backbone)().to_diffusers())
+        ref = UNet2DConditionModel(**unet_config_to_diffusers(getattr(UNetConfig, backbone)()))
     expected = _diffusers_numbering(ref)
     key_map = ip_adapter_key_map(ours)
     assert len(key_map) == 2 * len(expected) == 2 * {"sd15": 16, "sdxl": 70}[backbone]
@@ -316,7 +317,7 @@ def test_video_unet_with_ip_adapter_matches_diffusers(tmp_path):
     cfg = UNetConfig(block_out_channels=(16, 32), attention_levels=(True, True), layers_per_block=1,
                      transformer_layers_per_block=(1, 2), num_attention_heads=(2, 4), cross_attention_dim=24,
                      norm_num_groups=8, mid_transformer_layers=2, sample_size=8)
-    ref = _randomise(UNet2DConditionModel(**cfg.to_diffusers()).eval(), 7)
+    ref = _randomise(UNet2DConditionModel(**unet_config_to_diffusers(cfg)).eval(), 7)
     with torch.no_grad():
         for p in ref.parameters():
             p.mul_(0.25)

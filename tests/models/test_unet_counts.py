@@ -7,6 +7,8 @@ import torch
 
 from i2v.models.config import MotionConfig, UNetConfig
 from i2v.models.unet import build_video_unet
+from i2v.checkpoints.diffusers_config import (motion_config_from_diffusers, motion_config_to_diffusers,
+                                              unet_config_from_diffusers, unet_config_to_diffusers)
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -29,7 +31,7 @@ def test_spatial_unet_matches_published_counts_and_diffusers(name, params, tenso
     assert next(ours.parameters()).is_meta
     cfg = getattr(UNetConfig, name)()
     with torch.device("meta"):
-        ref = diffusers.UNet2DConditionModel(**cfg.to_diffusers())
+        ref = diffusers.UNet2DConditionModel(**unet_config_to_diffusers(cfg))
     assert n_params(ours) == params == n_params(ref)
     assert len(ours.state_dict()) == tensors
     assert set(ours.state_dict()) == set(ref.state_dict())
@@ -48,7 +50,7 @@ def test_motion_modules_match_published_counts_and_motion_adapter(version, base,
     ours = build_video_unet(base, version, device="meta")
     motion = {k: v for k, v in ours.state_dict().items() if "motion_modules" in k}
     with torch.device("meta"):
-        adapter = diffusers.MotionAdapter(**ours.motion_config.to_diffusers_adapter())
+        adapter = diffusers.MotionAdapter(**motion_config_to_diffusers(ours.motion_config))
     assert sum(v.numel() for v in motion.values()) == params == n_params(adapter)
     # published files hold 2 pe tensors per module besides these (560 / 588 / 560 / 420 keys)
     assert len(motion) == keys
@@ -60,8 +62,8 @@ def test_motion_modules_match_published_counts_and_motion_adapter(version, base,
 def test_motion_unet_keys_equal_unet_motion_model_without_pe():
     ours = build_video_unet("sd15", "v2", device="meta")
     with torch.device("meta"):
-        unet = diffusers.UNet2DConditionModel(**UNetConfig.sd15().to_diffusers())
-        adapter = diffusers.MotionAdapter(**MotionConfig.for_version("v2").to_diffusers_adapter())
+        unet = diffusers.UNet2DConditionModel(**unet_config_to_diffusers(UNetConfig.sd15()))
+        adapter = diffusers.MotionAdapter(**motion_config_to_diffusers(MotionConfig.for_version("v2")))
         ref = diffusers.UNetMotionModel.from_unet2d(unet, adapter, load_weights=False)
     ref_sd = ref.state_dict()
     pe = {k for k in ref_sd if k.endswith("pos_embed.pe")}
@@ -75,20 +77,20 @@ def test_motion_unet_keys_equal_unet_motion_model_without_pe():
 
 def test_config_round_trip_and_presets():
     for cfg in (UNetConfig.sd15(), UNetConfig.sdxl(), UNetConfig.toy()):
-        assert UNetConfig.from_diffusers(cfg.to_diffusers()) == cfg
+        assert unet_config_from_diffusers(unet_config_to_diffusers(cfg)) == cfg
     for cfg, version in ((UNetConfig.sd15(), "v2"), (UNetConfig.sdxl(), "sdxl_beta"), (UNetConfig.toy(), "v1")):
         with torch.device("meta"):  # full diffusers config dicts (all defaults spelled out) parse back
-            unet = diffusers.UNet2DConditionModel(**cfg.to_diffusers())
-            adapter = diffusers.MotionAdapter(**MotionConfig.for_version(version, cfg).to_diffusers_adapter())
+            unet = diffusers.UNet2DConditionModel(**unet_config_to_diffusers(cfg))
+            adapter = diffusers.MotionAdapter(**motion_config_to_diffusers(MotionConfig.for_version(version, cfg)))
             motion_unet = diffusers.UNetMotionModel.from_unet2d(unet, adapter, load_weights=False)
-        assert UNetConfig.from_diffusers(dict(unet.config)) == cfg
-        assert UNetConfig.from_diffusers(dict(motion_unet.config)) == cfg
-        parsed = MotionConfig.from_diffusers_adapter(dict(adapter.config), version=version)
+        assert unet_config_from_diffusers(dict(unet.config)) == cfg
+        assert unet_config_from_diffusers(dict(motion_unet.config)) == cfg
+        parsed = motion_config_from_diffusers(dict(adapter.config), version=version)
         assert parsed == MotionConfig.for_version(version, cfg).diffusers_norms()
     with pytest.raises(ValueError, match="class_embed_type"):
-        UNetConfig.from_diffusers({**UNetConfig.sd15().to_diffusers(), "class_embed_type": "timestep"})
+        unet_config_from_diffusers({**unet_config_to_diffusers(UNetConfig.sd15()), "class_embed_type": "timestep"})
     with pytest.raises(ValueError, match="unknown key"):
-        UNetConfig.from_diffusers({**UNetConfig.sd15().to_diffusers(), "frobnicate": 1})
+        unet_config_from_diffusers({**unet_config_to_diffusers(UNetConfig.sd15()), "frobnicate": 1})
     v1, sdxl = MotionConfig.for_version("v1"), MotionConfig.for_version("sdxl_beta")
     assert (v1.max_seq_length, v1.use_mid_block, v1.spatial_norm, v1.motion_norm) == \
         (24, False, "across_frames", "per_frame")
@@ -96,7 +98,7 @@ def test_config_round_trip_and_presets():
         ((320, 640, 1280), "per_frame", "across_frames")
     d = MotionConfig.for_version("v2").diffusers_norms()
     assert (d.spatial_norm, d.motion_norm, d.use_mid_block) == ("per_frame", "across_frames", True)
-    assert MotionConfig.from_diffusers_adapter(d.to_diffusers_adapter(), version="v2") == d
+    assert motion_config_from_diffusers(motion_config_to_diffusers(d), version="v2") == d
 
 
 def test_build_overrides_dtype_and_errors():

@@ -10,6 +10,7 @@ from einops import rearrange
 from i2v.models.config import MotionConfig, UNetConfig
 from i2v.models.resnet import FrameGroupNorm
 from i2v.models.unet import VideoUNet, build_video_unet
+from i2v.checkpoints.diffusers_config import motion_config_to_diffusers, unet_config_to_diffusers
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -39,7 +40,7 @@ def perturb_(model: torch.nn.Module) -> None:
 
 
 def ref_unet2d(cfg: UNetConfig):
-    ref = diffusers.UNet2DConditionModel(**cfg.to_diffusers()).eval()
+    ref = diffusers.UNet2DConditionModel(**unet_config_to_diffusers(cfg)).eval()
     perturb_(ref)
     return ref
 
@@ -87,7 +88,7 @@ def test_sdxl_like_linear_proj_text_time_matches_unet2d():
 def test_motion_unet_matches_unet_motion_model(version):
     unet = ref_unet2d(SD15_TINY)
     motion = MotionConfig.for_version(version, SD15_TINY).diffusers_norms()
-    adapter = diffusers.MotionAdapter(**motion.to_diffusers_adapter())
+    adapter = diffusers.MotionAdapter(**motion_config_to_diffusers(motion))
     ref = diffusers.UNetMotionModel.from_unet2d(unet, adapter).eval()
     perturb_(ref)  # motion proj_out etc. non-zero
     ours = ours_from(ref, SD15_TINY, motion)
