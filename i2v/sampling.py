@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from i2v.pipeline.bundle import Bundle, build_bundle
+from i2v.pipeline.bundle import Bundle, load_bundle_for_sampling
 from i2v.pipeline.items import preflight, read_items  # read_items re-exported: sample.py's items
 from i2v.pipeline.sampling import I2VPipeline, SamplingSettings, resolve_device
 from i2v.utils.io import load_image, save_frames, save_gif, save_json, save_mp4
@@ -25,22 +25,6 @@ from i2v.utils.io import load_image, save_frames, save_gif, save_json, save_mp4
 
 class BatchFailed(RuntimeError):
     """Some rows of a ``prompts=`` batch failed; the others were written. The message lists each failed row."""
-
-
-def load_bundle_for_sampling(cfg: DictConfig, device, dtype) -> Bundle:
-    from i2v.checkpoints.adapter_io import load_adapter
-
-    bundle = build_bundle(cfg.backbone, cfg.adapter, device="cpu", dtype=torch.float32, for_training=False)
-    ckpt = cfg.get("ckpt")
-    if cfg.adapter.i2v:
-        if not ckpt:
-            raise ValueError(f"adapter={cfg.adapter.name} uses the I2V-Adapter: give ckpt=<adapter.safetensors>")
-        load_adapter(bundle.unet, str(ckpt), backbone=cfg.backbone.name)
-    for spec in cfg.get("lora") or []:
-        from i2v.checkpoints.lora import merge_lora
-
-        merge_lora(bundle.unet, str(spec["path"]), scale=float(spec.get("scale", 1.0)), text_encoder=bundle.text)
-    return bundle.to(device=device, dtype=dtype)
 
 
 def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optional[Bundle] = None) -> list[dict]:

@@ -35,12 +35,13 @@ def test_readme_sample_snippet_prompt_is_the_scenes_caption(tmp_path):
 
 
 def test_missing_image_is_reported_before_any_model_loads(tmp_path, monkeypatch):
+    import i2v.pipeline.bundle as bundle
     import i2v.sampling as sampling
 
     def no_models(*a, **k):
         raise AssertionError("a model was loaded before the input was checked")
 
-    monkeypatch.setattr(sampling, "build_bundle", no_models)
+    monkeypatch.setattr(bundle, "build_bundle", no_models)
     with pytest.raises(FileNotFoundError, match="image not found: .*nope.png"):
         sampling.sample(toy_sample_cfg(tmp_path, f"image={tmp_path / 'nope.png'}", "prompt=a"))
     (tmp_path / "bad.png").write_bytes(b"not a png")

@@ -35,3 +35,19 @@ def test_lower_layers_have_no_import_of_higher_layers_in_their_source(layer):
             if len(words) >= 2 and words[0] in ("import", "from"):
                 name = words[1]
                 assert not any(name == f or name.startswith(f + ".") for f in FORBIDDEN), f"{path.name}:{n}: {line}"
+
+
+ENTRY_LOGIC = ("i2v.cli", "i2v.sampling", "i2v.train", "i2v.evaluate")
+
+
+@pytest.mark.parametrize("layer", ["checkpoints", "data", "metrics", "pipeline", "training", "toy", "utils", "app"])
+def test_library_layers_do_not_import_the_entries_logic(layer):
+    """The entries (sample.py, train.py, evaluate.py, app.py) sit on top: their logic (``i2v.sampling``, ``i2v.train``,
+    ``i2v.evaluate``) and their Hydra helpers (``i2v.cli``) are imported by no library package, lazily or not."""
+    for path in (PACKAGE / layer).rglob("*.py"):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            words = line.strip().split()
+            if len(words) >= 2 and words[0] in ("import", "from"):
+                name = words[1]
+                assert not any(name == f or name.startswith(f + ".") for f in ENTRY_LOGIC), \
+                    f"{path.relative_to(PACKAGE)}:{n}: {line}"

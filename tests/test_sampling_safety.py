@@ -29,7 +29,8 @@ def test_bad_numbers_are_refused_before_anything_is_written(tmp_path, png, over)
 
 def test_nan_adapter_is_refused_and_nan_latents_are_never_decoded(tmp_path, png):
     from i2v.pipeline.sampling import I2VPipeline, SamplingSettings
-    from i2v.sampling import load_bundle_for_sampling, sample
+    from i2v.pipeline.bundle import load_bundle_for_sampling
+    from i2v.sampling import sample
 
     tensors = load_file(asset_path("toy/adapter.safetensors"))
     key = sorted(tensors)[0]

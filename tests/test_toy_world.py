@@ -39,7 +39,8 @@ def test_sample_py_writes_mp4_and_keeps_frame1_exact(tmp_path):
     from i2v.utils.io import save_frames
     from i2v.metrics.video_io import read_video
     from i2v.pipeline.sampling import I2VPipeline, SamplingSettings
-    from i2v.sampling import load_bundle_for_sampling, sample
+    from i2v.pipeline.bundle import load_bundle_for_sampling
+    from i2v.sampling import sample
 
     clip = SyntheticVideos(1, num_frames=1, size=32, seed=3)[0]
     save_frames(clip["video"], tmp_path / "in")
@@ -141,7 +142,7 @@ def test_shipped_toy_files_keep_the_first_frame_better_than_the_old_base():
     against floors set from the measured values with margin. The previous shipped base scored identity 0.018 and
     lost the object in most frames; a base that regresses to sampling noise fails here. (The adapter itself is not
     yet measurably better than adapter=none on the toy: README, toy-world section.)"""
-    from i2v.sampling import load_bundle_for_sampling
+    from i2v.pipeline.bundle import load_bundle_for_sampling
     from i2v.pipeline.sampling import I2VPipeline, SamplingSettings
     from i2v.toy.evaluate import score_pipeline
 

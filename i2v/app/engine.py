@@ -26,7 +26,7 @@ from i2v.utils.io import load_image
 from i2v.models.adapters import i2v_adapter_layers, set_i2v_adapter_enabled
 from i2v.models.attention import spatial_attention_layers
 from i2v.pipeline import Bundle, I2VPipeline, SamplingSettings, resolve_device
-from i2v.sampling import load_bundle_for_sampling
+from i2v.pipeline.bundle import load_bundle_for_sampling
 
 # adapter name -> (I2V-Adapter on, Content-Adapter on); the names of configs/adapter/*.yaml
 ABLATIONS = {"full": (True, True), "no_i2v": (False, True), "no_content": (True, False), "none": (False, False)}

@@ -1,53 +1,14 @@
-"""Config helpers shared by the entries and tests: the ``${asset:...}`` resolver, missing-path checks, the
+"""Config helpers shared by the entries and tests: the ``${asset:...}`` paths (from ``i2v.utils.paths``), the
 command-line quoting that lets ``stage=2`` select ``configs/stage/2.yaml`` and the entries' one-line errors."""
 from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Any, Callable
 
-from omegaconf import DictConfig, OmegaConf
-
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-CONFIGS = Path(__file__).resolve().parent.parent.parent / "configs"
-
-
-def asset_path(rel: str) -> str:
-    """Absolute path of a file shipped in ``i2v/assets`` (the toy checkpoints)."""
-    return str(ASSETS / rel)
-
-
-if not OmegaConf.has_resolver("asset"):
-    OmegaConf.register_new_resolver("asset", asset_path)
-
-
-def portable_paths(obj: Any, cwd: Path | None = None) -> Any:
-    """``obj`` (a resolved config: dicts, lists, strings) with absolute paths made portable for files that leave
-    this machine (adapter metadata): under ``i2v/assets`` -> ``${asset:<rel>}``, under ``cwd`` -> relative."""
-    if isinstance(obj, dict):
-        return {k: portable_paths(v, cwd) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [portable_paths(v, cwd) for v in obj]
-    if not isinstance(obj, str) or not os.path.isabs(obj):
-        return obj
-    path, cwd = Path(obj), (cwd or Path.cwd()).resolve()
-    for root, fmt in ((ASSETS, "${{asset:{}}}"), (cwd, "{}")):
-        if path == root or root in path.parents:
-            return fmt.format(path.relative_to(root).as_posix() or ".")
-    return obj
-
-
-def missing_paths(section: DictConfig, keys: list[str], prefix: str) -> list[str]:
-    """Names (``prefix.key``) of required path keys that are unset, and of set paths that do not exist."""
-    out = []
-    for k in keys:
-        v = section.get(k)
-        if v in (None, "", "???"):
-            out.append(f"{prefix}.{k} (unset)")
-        elif not Path(str(v)).exists():
-            out.append(f"{prefix}.{k}={v} (no such file or folder)")
-    return out
+# the path helpers live in i2v.utils.paths (importing it registers the ${asset:...} resolver); re-exported here
+# for the entries and tests
+from i2v.utils.paths import ASSETS, CONFIGS, asset_path, missing_paths, portable_paths  # noqa: F401
 
 
 # Config groups whose options have numeric names (configs/stage/1.yaml, 2.yaml): Hydra's override parser reads

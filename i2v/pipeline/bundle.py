@@ -19,7 +19,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from i2v.cli.config import missing_paths
+from i2v.utils.paths import missing_paths
 from i2v.diffusion.schedule import NoiseSchedule
 from i2v.models.adapters import attach_i2v_adapter
 from i2v.models.content import image_tokens, uncond_image_tokens
@@ -208,3 +208,21 @@ def build_bundle(backbone: DictConfig, adapter: DictConfig, *, device="cpu", dty
                                        "adapter": OmegaConf.to_container(adapter, resolve=True)},
                                micro_conditioning=builder.micro_conditioning)
     return bundle.to(device=device, dtype=dtype).eval()
+
+
+def load_bundle_for_sampling(cfg: DictConfig, device, dtype) -> Bundle:
+    """The frozen bundle of an entry's config (``backbone``, ``adapter``) with ``ckpt=`` (the I2V-Adapter) and
+    ``lora=`` merged, built in fp32 on the CPU, then moved to ``device``/``dtype`` (sample.py, evaluate.py, the app)."""
+    from i2v.checkpoints.adapter_io import load_adapter
+
+    bundle = build_bundle(cfg.backbone, cfg.adapter, device="cpu", dtype=torch.float32, for_training=False)
+    ckpt = cfg.get("ckpt")
+    if cfg.adapter.i2v:
+        if not ckpt:
+            raise ValueError(f"adapter={cfg.adapter.name} uses the I2V-Adapter: give ckpt=<adapter.safetensors>")
+        load_adapter(bundle.unet, str(ckpt), backbone=cfg.backbone.name)
+    for spec in cfg.get("lora") or []:
+        from i2v.checkpoints.lora import merge_lora
+
+        merge_lora(bundle.unet, str(spec["path"]), scale=float(spec.get("scale", 1.0)), text_encoder=bundle.text)
+    return bundle.to(device=device, dtype=dtype)

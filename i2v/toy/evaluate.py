@@ -88,7 +88,7 @@ def sample_and_score(cfg: DictConfig, bundle: Bundle, out_dir: Path) -> dict:
 def evaluate_toy(cfg: DictConfig, out_dir: Path) -> dict:
     """``evaluate.py mode=toy``: sample held-out synthetic clips with ``ckpt`` at this run's (t0, p, seed) and score
     them against the ground truth; writes ``metrics.json`` (read by scripts/make_toy_tables.py)."""
-    from i2v.sampling import load_bundle_for_sampling   # the entry's loader (ckpt=, lora=)
+    from i2v.pipeline.bundle import load_bundle_for_sampling   # ckpt= and lora= loaded
 
     if cfg.backbone.name != "toy":
         raise ValueError("mode=toy scores synthetic clips with the toy backbone (experiment=toy_table2)")

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from i2v.cli.config import portable_paths
+from i2v.utils.paths import portable_paths
 from i2v.pipeline.sampling import I2VPipeline, SamplingSettings
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from i2v.diffusion.guidance import negative_prompt
 from i2v.diffusion.schedule import make_scheduler
 from i2v.models.content import image_tokens, uncond_image_tokens
 from i2v.pipeline.sampling import I2VPipeline, SamplingSettings
-from i2v.sampling import load_bundle_for_sampling
+from i2v.pipeline.bundle import load_bundle_for_sampling
 from toy_sample import toy_sample_cfg
 
 
