@@ -108,7 +108,8 @@ def test_readme_command_composes(command, tmp_path):
 
 
 def test_readme_toy_commands_run(tmp_path):
-    """``train.py experiment=toy`` and ``sample.py experiment=toy ...`` as written, with tiny step counts."""
+    """Every ``train.py experiment=toy ...`` and ``sample.py experiment=toy ...`` of the README as written, each in its
+    own run folder, with tiny step counts (the commands' own ``trainer.max_steps``/``val_check_interval`` replaced)."""
     from i2v.data.synthetic import SyntheticVideos
     from i2v.utils.io import save_frames
     from i2v.sampling import sample
@@ -119,11 +120,13 @@ def test_readme_toy_commands_run(tmp_path):
     save_frames(SyntheticVideos(1, num_frames=1, size=32, seed=7)[0]["video"], tmp_path / "toy_input")
     tiny = {"train": ["trainer.max_steps=2", "after_train.n_videos=1", "sampling.steps=2", "logger=csv"],
             "sample": ["sampling.steps=2", f"out={tmp_path / 'samples'}"]}
-    for command in toy:
+    for i, command in enumerate(toy):
         name, _, overrides = split_command(command.replace("toy_input/", f"{tmp_path}/toy_input/"), tmp_path)
-        extra = tiny[name] + ([f"out_dir={tmp_path / 'run'}"] if name == "train" else [])
+        run = tmp_path / f"run{i}"
+        overrides = [o for o in overrides if not o.startswith(("trainer.max_steps=", "trainer.val_check_interval="))]
+        extra = tiny[name] + ([f"out_dir={run}"] if name == "train" else [])
         cfg = _compose(name, overrides + extra, hydra_node=False)
         if name == "train":
-            assert train(cfg)["steps"] == 2 and (tmp_path / "run" / "metrics.json").is_file()
+            assert train(cfg)["steps"] == 2 and (run / "metrics.json").is_file()
         else:
             assert Path(sample(cfg)[0]["video"]).is_file()
