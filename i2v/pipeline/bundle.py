@@ -11,6 +11,7 @@ Each backbone config names its builder with ``_target_`` (a :class:`BackboneBuil
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Optional
 
 import torch
@@ -26,7 +27,7 @@ from i2v.models.content import image_tokens, uncond_image_tokens
 from i2v.models.text import sdxl_time_ids
 
 
-class BackboneBuilder:
+class BackboneBuilder(ABC):
     """The frozen parts of one backbone family, named by ``_target_`` in ``configs/backbone/<name>.yaml``.
 
     Subclasses give :meth:`required_paths` (the weight paths a run needs) and :meth:`build_parts` (a dict with
@@ -37,11 +38,13 @@ class BackboneBuilder:
     def __init__(self, backbone: DictConfig):
         self.cfg = backbone
 
+    @abstractmethod
     def required_paths(self, adapter: DictConfig) -> list[str]:
-        raise NotImplementedError
+        """Names of the ``backbone.*`` path keys this run needs (they depend on the adapter's parts)."""
 
+    @abstractmethod
     def build_parts(self, adapter: DictConfig, *, device="cpu", dtype=torch.float32) -> dict:
-        raise NotImplementedError
+        """The frozen modules: ``unet``, ``codec``, ``text`` (+ ``image_encoder``/``image_proj``)."""
 
     def check_paths(self, adapter: DictConfig) -> None:
         """Raise one error naming every unset or non-existent weight path the run needs."""
@@ -58,7 +61,10 @@ def backbone_builder(backbone: DictConfig) -> BackboneBuilder:
     if not target:
         raise ValueError(f"backbone={backbone.get('name')} has no _target_ (the builder class, e.g. "
                          "i2v.pipeline.sd.SD15Builder; see configs/backbone/*.yaml)")
-    return get_class(str(target))(backbone)
+    cls = get_class(str(target))
+    if not (isinstance(cls, type) and issubclass(cls, BackboneBuilder)):
+        raise ValueError(f"backbone._target_={target} is not a BackboneBuilder subclass")
+    return cls(backbone)
 
 
 def check_paths(backbone: DictConfig, adapter: DictConfig) -> None:
