@@ -24,7 +24,7 @@ from typing import Callable, Optional
 import torch
 
 from i2v.app.engine import ABLATIONS, DemoEngine, DemoSettings
-from i2v.utils.io import save_contact_sheet, save_json, save_mp4, save_strip
+from i2v.utils.io import image_size, save_contact_sheet, save_json, save_mp4, save_strip
 
 ProgressCb = Optional[Callable[[int, int], None]]
 MAX_SEED = 2**31 - 1
@@ -40,18 +40,16 @@ class DemoInputError(ValueError):
 def check_image_file(path, max_pixels: int) -> Path:
     """The uploaded file exists, is an image PIL can read and has at most ``max_pixels`` pixels (checked from the
     header, before decoding). Raises :class:`DemoInputError` with the message for the page."""
-    from PIL import Image, UnidentifiedImageError
-
     if path is None or str(path).strip() == "":
         raise DemoInputError("No image: upload an image (or press \"random toy scene\") first.")
     p = Path(str(path))
     if not p.is_file():
         raise DemoInputError(f"The uploaded image {p.name} is gone; upload it again.")
     try:
-        with Image.open(p) as img:
-            w, h = img.size
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
-        raise DemoInputError(f"{p.name} is not an image this app can read ({type(e).__name__}); "
+        w, h = image_size(p)
+    except ValueError as e:
+        reason = type(e.__cause__).__name__ if e.__cause__ is not None else "unreadable"
+        raise DemoInputError(f"{p.name} is not an image this app can read ({reason}); "
                              f"upload a PNG, JPEG or WebP file.") from None
     if w * h > max_pixels:
         raise DemoInputError(f"The image is {w}x{h} = {w * h / 1e6:.1f} MP; the limit is {max_pixels / 1e6:.1f} MP. "

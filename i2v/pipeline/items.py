@@ -22,6 +22,7 @@ from typing import Callable
 
 from omegaconf import DictConfig
 
+from i2v.utils.io import image_size
 from i2v.utils.tables import read_rows
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=,@-]+")
@@ -114,8 +115,6 @@ def preflight(items: list[dict], out_dir: Path, outputs: Callable[[str], list[Pa
     reports it by row number. ``outputs(name)`` lists the paths one item writes;
     ``size`` = (height, width) the images are brought to (``None``: unknown here). Prints a note per image that
     will be resized or cropped."""
-    from PIL import Image, UnidentifiedImageError
-
     checked, claimed = [], set()
 
     def fail(it: dict, exc: type, msg: str) -> None:
@@ -128,16 +127,10 @@ def preflight(items: list[dict], out_dir: Path, outputs: Callable[[str], list[Pa
             checked.append(it)
             continue
         image = Path(it["image"])
-        if not image.is_file():
-            fail(it, FileNotFoundError, f"image not found: {image}")
-            continue
         try:
-            with Image.open(image) as img:
-                img.verify()
-            with Image.open(image) as img:
-                w, h = img.size
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            fail(it, ValueError, f"cannot read image {image}: {e}")
+            w, h = image_size(image)
+        except (FileNotFoundError, ValueError) as e:
+            fail(it, type(e), str(e))
             continue
         name = it["name"]
         if it.get("auto_name") and _made_from_other_prompt(out_dir / f"{name}.json", it["prompt"]):

@@ -139,6 +139,23 @@ def save_json(obj: Any, path, overwrite: bool = False, allow_nan: bool = True) -
 RESIZE_MODES = ("crop", "fit")
 
 
+def image_size(path) -> tuple[int, int]:
+    """``(width, height)`` of an image file from its header, after PIL's integrity check (no pixels decoded).
+    Raises FileNotFoundError, or ValueError ``cannot read image <path>: ...`` for a file PIL cannot read."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"image not found: {p}")
+    try:
+        with Image.open(p) as img:
+            img.verify()
+        with Image.open(p) as img:     # verify() leaves the image unusable: reopen for the size
+            return img.size
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ValueError(f"cannot read image {p}: {e}") from e
+
+
 def load_image(path, size: tuple[int, int] | None = None, resize: str = "crop",
                multiple: int = 64) -> torch.Tensor:
     """Read an image file as (3, H, W) float in [-1, 1]; non-RGB modes are converted (with a note).
