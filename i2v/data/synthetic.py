@@ -9,7 +9,7 @@ nearest to its centre always shows its colour. Edges are anti-aliased by supersa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -47,6 +47,8 @@ class Scene:
     objects: list  # [main, *others]; drawn in reverse order so the main object is on top
     size: tuple  # (H, W)
     caption: str = field(default="")
+    texture: float = 0.0  # amplitude of the background's static pattern ([-1, 1] units; 0 = flat background)
+    pattern: Optional[np.ndarray] = None  # (cells, cells) of +-1: the background pattern, fixed over the clip
 
 
 def _trajectory(rng, num_frames: int, hw: tuple, radius: float, direction: str, speed: float):
@@ -80,10 +82,18 @@ def make_scene(
     second_object_prob: float = 0.0,
     shapes: Sequence[str] = SHAPES,
     colours: Sequence[str] = tuple(COLOURS),
+    texture: float = 0.0,
+    texture_cells: int = 8,
+    texture_tiles: int = 1,
 ) -> Scene:
     """Scene for item `index`: a pure function of the arguments. speed/radius ranges are fractions of the image
     side (speed per frame); radius is at least 2.5 px (so the centre pixel lies well inside the shape) and at most
-    (side - 1) / 2."""
+    (side - 1) / 2. ``texture`` > 0 gives the background a static random pattern: a ``texture_cells`` x
+    ``texture_cells`` grid of cells, each brighter or darker by ``texture`` (the caption does not describe it, so
+    only the first frame tells it). With ``texture_tiles`` = k > 1 the pattern is a random tile of
+    ``texture_cells / k`` cells repeated k x k times (a wallpaper: matching far-apart places is what a model's
+    self-attention learns from it). It is drawn after everything else, so a scene's shapes, colours and motion do
+    not depend on it."""
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index)])
     hw = as_hw(size)
     side = min(hw)
@@ -101,7 +111,29 @@ def make_scene(
         centers, speed = _trajectory(rng, num_frames, hw, radius, direction, speed)
         objects.append(ShapeObject(shape, str(colour), direction, speed, float(radius), centers))
     parts = [f"a {o.colour} {o.shape} moving {o.direction}" for o in objects]
-    return Scene(bg, objects, hw, " and ".join(parts) + f" on a {bg} background")
+    pattern = None
+    if texture > 0:
+        if texture_cells < 1 or texture_tiles < 1 or texture_cells % texture_tiles:
+            raise ValueError(f"texture_cells ({texture_cells}) must be a positive multiple of texture_tiles "
+                             f"({texture_tiles})")
+        tile = texture_cells // texture_tiles
+        pattern = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=(tile, tile))
+        pattern = np.tile(pattern, (texture_tiles, texture_tiles))
+    return Scene(bg, objects, hw, " and ".join(parts) + f" on a {bg} background", float(texture), pattern)
+
+
+def background_image(scene: Scene) -> torch.Tensor:
+    """The scene's background (3, H, W) in [-1, 1]: its colour, plus the static pattern when it has one (each cell
+    covers the pixels whose centres fall in it)."""
+    h, w = scene.size
+    img = _colour(scene.background).expand(3, h, w).clone()
+    if scene.pattern is None or scene.texture <= 0:
+        return img
+    cells_y, cells_x = scene.pattern.shape
+    rows = (torch.arange(h) * cells_y) // h
+    cols = (torch.arange(w) * cells_x) // w
+    pat = torch.from_numpy(scene.pattern)[rows][:, cols]
+    return (img + scene.texture * pat).clamp(-1.0, 1.0)
 
 
 def _coverage(shape: str, x: torch.Tensor, y: torch.Tensor, cx: float, cy: float, r: float) -> torch.Tensor:
@@ -129,7 +161,7 @@ def render_frame(scene: Scene, f: int, supersample: int = 4) -> torch.Tensor:
     ys = (torch.arange(h, dtype=torch.float32)[:, None] + off[None, :]).reshape(-1)
     xs = (torch.arange(w, dtype=torch.float32)[:, None] + off[None, :]).reshape(-1)
     y, x = torch.meshgrid(ys, xs, indexing="ij")  # (H·s, W·s)
-    img = _colour(scene.background).expand(3, h, w).clone()
+    img = background_image(scene)
     for obj in reversed(scene.objects):  # main object last = on top
         cx, cy = (float(v) for v in obj.centers[f])
         cov = _coverage(obj.shape, x, y, cx, cy, obj.radius)
@@ -161,6 +193,9 @@ class SyntheticVideos(Dataset):
         shapes: Sequence[str] = SHAPES,
         colours: Sequence[str] = tuple(COLOURS),
         supersample: int = 4,
+        texture: float = 0.0,
+        texture_cells: int = 8,
+        texture_tiles: int = 1,
         clip: ClipSpec | Mapping | None = None,
         deterministic: bool = True,
     ):
@@ -174,12 +209,16 @@ class SyntheticVideos(Dataset):
         if n_items < 1 or num_frames < 1:
             raise ValueError(f"n_items and num_frames must be >= 1, got {n_items}, {num_frames}")
         bad = [s for s in shapes if s not in SHAPES] + [c for c in colours if c not in COLOURS]
+        if texture < 0 or texture_cells < 1 or texture_tiles < 1 or texture_cells % texture_tiles:
+            raise ValueError(f"texture must be >= 0 and texture_cells a positive multiple of texture_tiles, got "
+                             f"{texture}, {texture_cells}, {texture_tiles}")
         if bad or len(colours) < 3:
             raise ValueError(f"bad shapes/colours {bad}: shapes from {SHAPES}, >= 3 colours from {list(COLOURS)}")
         self.n_items, self.num_frames, self.size, self.seed = int(n_items), int(num_frames), as_hw(size), int(seed)
         self.scene_kwargs = dict(speed_range=tuple(speed_range), radius_range=tuple(radius_range),
                                  second_object_prob=float(second_object_prob), shapes=tuple(shapes),
-                                 colours=tuple(colours))
+                                 colours=tuple(colours), texture=float(texture),
+                                 texture_cells=int(texture_cells), texture_tiles=int(texture_tiles))
         self.supersample = int(supersample)
 
     def __len__(self) -> int:

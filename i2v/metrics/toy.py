@@ -9,8 +9,10 @@ is empty). Coverage = a pixel's position on the bg -> obj colour segment (the an
 centre are coverage-weighted over the dilated mask, so sub-pixel motion is measured accurately. Centres are
 ``(x, y)`` = (column, row) in pixels, as in ``SyntheticVideos``. Undefined values are NaN.
 
-* identity (frames 2..F vs frame 1): ``bg_err`` mean |pixel - bg colour| on the background (a second object counts
-  as an error: the metric assumes one object); ``obj_err`` mean |pixel - object colour| on the mask shrunk by one
+* identity (frames 2..F vs frame 1): ``bg_err`` mean |pixel - reference| on the background, the reference being
+  frame 1's pixel where frame 1 shows background and the background colour under frame 1's object, so a textured
+  background (``SyntheticVideos(texture=...)``) must be kept pixel for pixel, not just its colour (a second object
+  counts as an error: the metric assumes one object); ``obj_err`` mean |pixel - object colour| on the mask shrunk by one
   pixel; ``area_ratio`` min(a_i, a_1) / max(a_i, a_1); ``identity`` = mean_i exp(-bg_err_i / tau) *
   exp(-obj_err_i / tau) * area_ratio_i in [0, 1], tau = 0.25 (a frame that lost the object scores 0; without an
   object in frame 1 only the background factor is used).
@@ -122,6 +124,14 @@ def centroids(masks: torch.Tensor, alpha: Optional[torch.Tensor] = None) -> torc
     return torch.where(ok[..., None], torch.stack([cx, cy], dim=-1), torch.full_like(cx[..., None], float("nan")))
 
 
+def reference_background(first: torch.Tensor, ref_mask: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
+    """What the background of every later frame should show, ``(B, 3, H, W)``: frame 1's own pixels outside its
+    (1-px dilated) object mask, so a textured background must be kept pixel for pixel, and the background colour
+    ``bg`` ``(B, 3)`` where frame 1's object hides it."""
+    keep = ~_dilate(ref_mask[:, None])[:, 0]                                        # (B, H, W)
+    return torch.where(keep[:, None], first, bg[:, :, None, None].expand_as(first))
+
+
 def identity_consistency(video: torch.Tensor, first: Optional[torch.Tensor] = None, tau: float = 0.25,
                          min_contrast: float = 0.2, colors: Optional[Colors] = None) -> dict[str, torch.Tensor]:
     """video ``(B, F, 3, H, W)``, first ``(B, 3, H, W)`` (default ``video[:, 0]``) -> ``bg_err``, ``obj_err``,
@@ -130,7 +140,8 @@ def identity_consistency(video: torch.Tensor, first: Optional[torch.Tensor] = No
     bg, obj, has_obj = _reference(first, colors, min_contrast)
     masks = object_masks(video[:, 1:], bg, obj, has_obj)                            # (B, F-1, H, W)
     ref = object_masks(first[:, None], bg, obj, has_obj)[:, 0]                       # (B, H, W)
-    bg_err = _masked_mean((video[:, 1:] - bg[:, None, :, None, None]).abs().mean(2), _background(masks))
+    bg_err = _masked_mean((video[:, 1:] - reference_background(first, ref, bg)[:, None]).abs().mean(2),
+                          _background(masks))
     obj_err = _masked_mean((video[:, 1:] - obj[:, None, :, None, None]).abs().mean(2), _core(masks))
     area = _soft_area(masks, coverage(video[:, 1:], bg, obj))                       # (B, F-1)
     area_ref = _soft_area(ref[:, None], coverage(first[:, None], bg, obj))          # (B, 1)

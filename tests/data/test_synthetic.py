@@ -101,3 +101,44 @@ def test_speed_clamped_to_fit():
         r = ds[i]["meta"]["radius"]
         assert c.min() - r >= -0.5 - 1e-4 and c.max() + r <= 15.5 + 1e-4
         assert np.ptp(c, axis=0).max() > 0
+
+
+def test_texture_is_a_static_pattern_that_leaves_the_scene_unchanged():
+    """texture > 0 adds a +-amplitude cell pattern to the background only, fixed over the clip; shapes, colours,
+    motion and caption are those of the flat scene (the pattern is drawn last)."""
+    amp, cells = 0.15, 8
+    flat = SyntheticVideos(3, num_frames=5, size=32, seed=7)
+    tex = SyntheticVideos(3, num_frames=5, size=32, seed=7, texture=amp, texture_cells=cells)
+    for i in range(3):
+        a, b = flat[i], tex[i]
+        assert a["text"] == b["text"]
+        torch.testing.assert_close(a["meta"]["centers"], b["meta"]["centers"])
+        diff = b["video"] - a["video"]                               # (F, 3, H, W)
+        bg = (a["video"] - a["video"][:, :, :1, :1]).abs().sum(1) == 0  # pure background pixels
+        d = diff.mean(1)[bg]
+        # every background pixel moved by +-amp (less where clamped at -1/1), and both signs occur
+        assert (d.abs() <= amp + 1e-6).all() and (d > amp / 2).any() and (d < -amp / 2).any()
+        # the pattern does not move: background pixels that are background in every frame agree across frames
+        always = bg.all(0)
+        assert torch.equal(b["video"][:, :, always][0], b["video"][:, :, always][-1])
+        # one value per cell of 4x4 pixels
+        cell = b["video"][0, 0].reshape(cells, 4, cells, 4)
+        ok = always.reshape(cells, 4, cells, 4).all(3).all(1)
+        spread = cell.amax((1, 3)) - cell.amin((1, 3))
+        assert (spread[ok] == 0).all()
+    with pytest.raises(ValueError, match="texture"):
+        SyntheticVideos(1, texture=-0.1)
+
+
+def test_texture_tiles_repeat_one_random_tile():
+    """texture_tiles=k: the cell pattern is one random tile repeated k x k times (a wallpaper)."""
+    data = SyntheticVideos(4, num_frames=1, size=32, seed=2, texture=0.2, texture_cells=8, texture_tiles=2)
+    patterns = [data.scene(i).pattern for i in range(4)]
+    for p in patterns:
+        assert p.shape == (8, 8)
+        np.testing.assert_array_equal(p[:4, :4], p[4:, :4])
+        np.testing.assert_array_equal(p[:4, :4], p[:4, 4:])
+        np.testing.assert_array_equal(p[:4, :4], p[4:, 4:])
+    assert len({p.tobytes() for p in patterns}) > 1          # a new tile per scene
+    with pytest.raises(ValueError, match="multiple"):
+        SyntheticVideos(1, texture=0.2, texture_cells=8, texture_tiles=3)

@@ -215,3 +215,30 @@ def test_on_synthetic_videos():
     gt = torch.stack([metas[i]["centers"] for i in round_shapes])
     traj = motion_amplitude(video[round_shapes], centers=gt)["traj_err_px"]
     assert traj.max() < 0.3
+
+
+def test_textured_background_must_be_kept_pixel_for_pixel():
+    """bg_err compares later frames with frame 1's own background pixels: a clip that keeps the pattern scores ~0,
+    one that keeps only the background colour (the pattern lost) scores the pattern's amplitude."""
+    from i2v.data.synthetic import SyntheticVideos
+
+    amp = 0.2
+    item = SyntheticVideos(1, num_frames=6, size=32, seed=3, texture=amp)[0]
+    flat = SyntheticVideos(1, num_frames=6, size=32, seed=3)[0]
+    kept = item["video"][None]
+    lost = flat["video"][None].clone()
+    lost[:, 0] = kept[:, 0]                      # same input image, the pattern gone afterwards
+    meta = [item["meta"]]
+    colors = (torch.tensor([[c / 127.5 - 1 for c in _rgb(item["meta"]["background"])]]),
+              torch.tensor([[c / 127.5 - 1 for c in _rgb(item["meta"]["colour"])]]))
+    good = identity_consistency(kept, colors=colors)
+    bad = identity_consistency(lost, kept[:, 0], colors=colors)
+    assert good["bg_err"].item() < 0.01 and good["identity"].item() > 0.9, (good, meta)
+    clamp_free = amp * 0.5                       # cells clamped at -1/1 move less than amp
+    assert bad["bg_err"].item() > clamp_free, bad
+    assert bad["identity"].item() < good["identity"].item() - 0.2
+
+
+def _rgb(name):
+    from i2v.data.synthetic import COLOURS
+    return COLOURS[name]
