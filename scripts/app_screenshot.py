@@ -11,21 +11,23 @@ from pathlib import Path
 from PIL import Image
 
 from i2v.app.browser import app_server, chromium, find_browser, generate_in_page
-from i2v.data.synthetic import SyntheticVideos
 from i2v.utils.io import to_uint8
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="docs/app.png")
-    ap.add_argument("--scene", type=int, default=3, help="held-out toy scene (SyntheticVideos seed 10000)")
+    ap.add_argument("--scene", type=int, default=3, help="held-out toy scene (evaluation seed)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--height", type=int, default=1500, help="window height in pixels")
     args = ap.parse_args()
     browser, driver, missing = find_browser()
     if missing:
         sys.exit(missing)
-    data = SyntheticVideos(n_items=args.scene + 1, num_frames=8, size=32, seed=10_000)
+    from omegaconf import OmegaConf
+
+    from i2v.toy.evaluate import held_out_scenes
+    data = held_out_scenes(args.scene + 1, 8, 32, OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "backbone" / "toy.yaml"))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         Image.fromarray(to_uint8(data.first_frame(args.scene)[None])[0]).save(tmp / "scene.png")

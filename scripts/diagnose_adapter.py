@@ -9,7 +9,9 @@ training run.
 
 Arguments are the training config's overrides (``configs/train.yaml``: backbone, adapter, data, stage, ...) plus
 ``ckpt=`` (adapter file; default: the experiment's ``ckpt``, none = base only), ``n_clips=`` (16),
-``timesteps=[200,500,800,950]``, ``noise_seed=`` (0), ``batch_size=`` (8), ``device=`` (auto), ``json=<path>``.
+``timesteps=[200,500,800,950]``, ``noise_seed=`` (0), ``batch_size=`` (8), ``device=`` (auto), ``json=<path>``,
+``focus_t=`` (500: the timestep of the attention-focus table, which shows per attn1 layer how close to uniform the
+base's self-attention and the adapter branch's attention to frame 1 are; ``focus_t=null`` skips it).
 Clips: the toy world's held-out scenes (``SyntheticVideos`` with the evaluation seed), else the data module's
 validation split (the training data when it has none).
 """
@@ -26,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-OWN_KEYS = ("ckpt", "n_clips", "timesteps", "noise_seed", "batch_size", "device", "json")
+OWN_KEYS = ("ckpt", "n_clips", "timesteps", "noise_seed", "batch_size", "device", "json", "focus_t")
 
 
 def split_args(argv: Sequence[str]) -> tuple[dict, list[str]]:
@@ -48,11 +50,11 @@ def held_out_clips(cfg, n: int) -> tuple[torch.Tensor, list[str]]:
     from hydra.utils import get_class, instantiate
 
     from i2v.data.synthetic import SyntheticVideos
-    from i2v.toy.evaluate import EVAL_SEED
+    from i2v.toy.evaluate import held_out_scenes
 
     spec = cfg.data.dataset
     if get_class(spec._target_) is SyntheticVideos:
-        data = SyntheticVideos(n, num_frames=int(cfg.data.num_frames), size=cfg.data.size, seed=EVAL_SEED)
+        data = held_out_scenes(n, int(cfg.data.num_frames), cfg.data.size, cfg.backbone)
         items = [data[i] for i in range(n)]
     else:
         dm = instantiate(cfg.data)
@@ -75,7 +77,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     import i2v.cli.config  # noqa: F401  (resolvers)
     from i2v.pipeline.bundle import build_bundle
     from i2v.checkpoints.adapter_io import load_adapter
-    from i2v.training.diagnose import DEFAULT_TIMESTEPS, eps_loss_by_timestep, findings, format_table
+    from i2v.training.diagnose import (DEFAULT_TIMESTEPS, attention_focus, eps_loss_by_timestep, findings,
+                                       focus_findings, format_focus, format_table)
 
     own, overrides = split_args(sys.argv[1:] if argv is None else argv)
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
@@ -97,10 +100,17 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     print(f"ε-MSE on frames 2..F, frame 1 clean; {len(texts)} clips; backbone={cfg.backbone.name} "
           f"adapter={cfg.adapter.name} ckpt={ckpt}")
     print(format_table(table))
-    for line in findings(table):
+    focus = {}
+    focus_t = own.get("focus_t", 500)
+    if focus_t is not None:
+        focus = attention_focus(bundle, videos[: int(own.get("batch_size", 8))], texts[: int(own.get("batch_size", 8))],
+                                int(focus_t), seed=int(own.get("noise_seed", 0)))
+        print(f"\nattention focus at t={int(focus_t)} (spatial self-attention layers, frame 1 clean):")
+        print(format_focus(focus))
+    for line in findings(table) + focus_findings(focus):
         print("-", line)
     result = {"backbone": cfg.backbone.name, "adapter": cfg.adapter.name, "ckpt": str(ckpt) if ckpt else None,
-              "n_clips": len(texts), "table": {str(t): row for t, row in table.items()}}
+              "n_clips": len(texts), "table": {str(t): row for t, row in table.items()}, "attention_focus": focus}
     if own.get("json"):
         Path(str(own["json"])).write_text(json.dumps(result, indent=2))
     return result

@@ -58,6 +58,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--ip-lr", type=float, default=d.ip_lr, help="phase B peak AdamW learning rate")
     ap.add_argument("--offset-noise", type=float, default=d.offset_noise,
                     help="per-video and per-frame channel offset added to the noise (see PretrainConfig)")
+    ap.add_argument("--texture", type=float, default=d.texture,
+                    help="amplitude of the clips' static background pattern (0 = flat backgrounds)")
+    ap.add_argument("--texture-tiles", type=int, default=d.texture_tiles,
+                    help="the background pattern is one random tile repeated k x k times")
+    ap.add_argument("--attn-init-scale", type=float, default=d.attn_init_scale,
+                    help="initial to_q/to_k of the UNet's self-attentions x this (sharper starting attention)")
     ap.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA of the weights that are exported")
     ap.add_argument("--state-dir", default=None,
                     help="resumable training state (default <out>/.pretrain_state); rerunning the same command "
@@ -76,7 +82,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
     cfg = PretrainConfig(seed=args.seed, base_steps=args.base_steps, ip_steps=args.ip_steps,
                          batch_size=args.batch_size, lr=args.lr, ip_lr=args.ip_lr, offset_noise=args.offset_noise,
-                         ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every,
+                         texture=args.texture, texture_tiles=args.texture_tiles,
+                         attn_init_scale=args.attn_init_scale, ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every,
                          state_dir=args.state_dir or str(Path(args.out) / ".pretrain_state"),
                          progress=not args.no_progress)
     return dataclasses.replace(cfg, **QUICK) if args.quick else cfg
@@ -88,7 +95,10 @@ def command_line(args: argparse.Namespace, cfg: PretrainConfig) -> str:
     out_s = str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out)
     return (f"PYTHONPATH=. python scripts/make_toy_checkpoint.py --out {out_s} --seed {cfg.seed} "
             f"--base-steps {cfg.base_steps} --ip-steps {cfg.ip_steps} --batch-size {cfg.batch_size} "
-            f"--lr {cfg.lr:g} --ip-lr {cfg.ip_lr:g} --offset-noise {cfg.offset_noise:g} --ema-decay {cfg.ema_decay:g} "
+            f"--lr {cfg.lr:g} --ip-lr {cfg.ip_lr:g} --offset-noise {cfg.offset_noise:g} "
+            + (f"--texture {cfg.texture:g} --texture-tiles {cfg.texture_tiles} " if cfg.texture else "")
+            + (f"--attn-init-scale {cfg.attn_init_scale:g} " if cfg.attn_init_scale != 1.0 else "")
+            + f"--ema-decay {cfg.ema_decay:g} "
             f"--threads {args.threads}"
             + (" --quick" if args.quick else "") + " --overwrite")
 
@@ -153,7 +163,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     torch.set_num_threads(args.threads)
     start = time.time()
 
-    models = build_base(cfg.seed)
+    models = build_base(cfg.seed, cfg.attn_init_scale)
     stream = ClipStream(cfg)
     g = torch.Generator().manual_seed(cfg.seed + 12345)  # t, ε, caption/image drops, frame choice
     n_unet = sum(p.numel() for p in models.unet.parameters())

@@ -190,3 +190,28 @@ def test_bundle_build_toy_loads_the_files(runs):
     video = torch.rand(1, 8, 3, 32, 32) * 2 - 1
     z = parts["codec"].encode(video[0])
     torch.testing.assert_close(parts["codec"].decode(z), video[0], rtol=0, atol=1e-5)
+
+
+def test_scene_and_attention_options_reach_the_run_and_its_manifest(tmp_path):
+    """--texture/--texture-tiles make the pretraining clips textured wallpapers, --attn-init-scale scales the
+    initial attn1 queries/keys; all three are in MANIFEST.json's config and in its regenerate command."""
+    from i2v.models.attention import spatial_attention_layers
+    from i2v.toy.pretrain import ClipStream, PretrainConfig, build_base
+
+    mod = _script()
+    torch.set_num_threads(1)
+    mod.main(["--quick", "--no-progress", "--out", str(tmp_path), "--texture", "0.2", "--texture-tiles", "2",
+              "--attn-init-scale", "3"])
+    manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
+    assert (manifest["config"]["texture"], manifest["config"]["texture_tiles"]) == (0.2, 2)
+    assert manifest["config"]["attn_init_scale"] == 3.0
+    assert "--texture 0.2 --texture-tiles 2 --attn-init-scale 3 " in manifest["command"]
+    scene = ClipStream(PretrainConfig(texture=0.2, texture_tiles=2, base_steps=1, ip_steps=1)).data.scene(0)
+    assert scene.pattern is not None and scene.texture == 0.2
+    plain, scaled = build_base(0), build_base(0, attn_init_scale=3.0)
+    pairs = list(zip(spatial_attention_layers(plain.unet, "attn1"), spatial_attention_layers(scaled.unet, "attn1")))
+    assert pairs
+    for (_, a), (_, b) in pairs:
+        torch.testing.assert_close(b.to_q.weight, 3.0 * a.to_q.weight)
+        torch.testing.assert_close(b.to_k.weight, 3.0 * a.to_k.weight)
+        torch.testing.assert_close(b.to_v.weight, a.to_v.weight)

@@ -222,13 +222,14 @@ class DemoApp:
             from PIL import Image
 
             from i2v.data.synthetic import SyntheticVideos
+            from i2v.toy.evaluate import scene_options
             from i2v.utils.io import to_uint8
 
             if self.engine.backbone != "toy":
                 raise DemoInputError("random toy scenes are for the toy world (python app.py with experiment=toy)")
             h, w = self.engine.size
             data = SyntheticVideos(n_items=100_000, num_frames=int(self.engine.cfg.sampling.num_frames), size=(h, w),
-                                   seed=self.toy_scene_seed)
+                                   seed=self.toy_scene_seed, **scene_options(self.engine.cfg.backbone))
             i = secrets.randbelow(len(data)) if index is None else int(index)
             path = self.out_dir / f"toy_scene_{i:05d}.png"
             if not path.exists():

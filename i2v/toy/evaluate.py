@@ -23,6 +23,22 @@ from i2v.pipeline.sampling import I2VPipeline, SamplingSettings
 EVAL_SEED = 10_000  # held-out scenes: training uses SyntheticVideos(seed=0)
 
 
+def scene_options(backbone_cfg) -> dict:
+    """``SyntheticVideos`` options of the world a toy base was pretrained on (``backbone.scenes`` in
+    configs/backbone/toy.yaml: the background pattern), so held-out clips look like its training clips."""
+    scenes = backbone_cfg.get("scenes") if backbone_cfg is not None else None
+    if not scenes:
+        return {}
+    return {"texture": float(scenes.get("texture", 0.0)), "texture_cells": int(scenes.get("texture_cells", 8)),
+            "texture_tiles": int(scenes.get("texture_tiles", 1))}
+
+
+def held_out_scenes(n_items: int, num_frames: int, size, backbone_cfg=None) -> SyntheticVideos:
+    """The held-out synthetic clips (evaluation seed) of the toy world of ``backbone_cfg``."""
+    return SyntheticVideos(n_items=n_items, num_frames=num_frames, size=size, seed=EVAL_SEED,
+                           **scene_options(backbone_cfg))
+
+
 def _plain(metrics: dict) -> dict:
     out = {}
     for k, v in metrics.items():
@@ -41,14 +57,15 @@ def headline(metrics: dict) -> str:
 
 @torch.no_grad()
 def score_pipeline(pipe: I2VPipeline, n_videos: int, num_frames: int, size: int, out_dir: Path | None = None,
-                   seed: int = 0, overwrite: bool = False, write_videos: bool = True) -> dict:
+                   seed: int = 0, overwrite: bool = False, write_videos: bool = True, scenes: dict | None = None
+                   ) -> dict:
     """Sample ``n_videos`` held-out clips (``num_frames`` ground-truth frames each) with ``pipe``; returns
     {"model": metrics, "ground_truth": metrics, "videos": [...]}.
 
     With ``out_dir``: ``clipNNN.png`` (the sampled frames side by side, lossless; the contact sheets of
     ``scripts/make_toy_tables.py`` are built from them) and ``clipNNN_gt.png`` (the ground-truth clip) for every
-    clip, plus ``clipNNN.mp4|gif`` when ``write_videos``."""
-    data = SyntheticVideos(n_items=n_videos, num_frames=num_frames, size=size, seed=EVAL_SEED)
+    clip, plus ``clipNNN.mp4|gif`` when ``write_videos``. ``scenes``: :func:`scene_options` of the backbone."""
+    data = SyntheticVideos(n_items=n_videos, num_frames=num_frames, size=size, seed=EVAL_SEED, **(scenes or {}))
     model_m, gt_m = ToyMetrics(), ToyMetrics()
     written = []
     for i in tqdm(range(n_videos), desc="toy eval", leave=False):
@@ -76,7 +93,8 @@ def sample_and_score(cfg: DictConfig, bundle: Bundle, out_dir: Path) -> dict:
                          "for sd15/sdxl use sample.py and evaluate.py")
     pipe = I2VPipeline(bundle, SamplingSettings.from_config(cfg.sampling))
     res = score_pipeline(pipe, int(cfg.after_train.n_videos), int(cfg.data.num_frames), int(cfg.data.size),
-                         out_dir / "samples", seed=int(cfg.seed), overwrite=bool(cfg.overwrite))
+                         out_dir / "samples", seed=int(cfg.seed), overwrite=bool(cfg.overwrite),
+                         scenes=scene_options(cfg.backbone))
     summary = {"adapter": cfg.adapter.name, "seed": int(cfg.seed), "t0": float(cfg.sampling.t0),
                "p": float(cfg.sampling.p), "steps": int(cfg.sampling.steps), "cfg": float(cfg.sampling.guidance_scale),
                "n_videos": int(cfg.after_train.n_videos), "frames": int(cfg.data.num_frames), **res}
@@ -99,7 +117,8 @@ def evaluate_toy(cfg: DictConfig, out_dir: Path) -> dict:
     frames = settings.num_frames
     res = score_pipeline(pipe, n_videos, frames, int(cfg.backbone.resolution), out_dir / "samples",
                          seed=int(cfg.seed), overwrite=bool(cfg.overwrite),
-                         write_videos=bool(cfg.get("toy_eval", {}).get("write_videos", False)))
+                         write_videos=bool(cfg.get("toy_eval", {}).get("write_videos", False)),
+                         scenes=scene_options(cfg.backbone))
     summary = {"table": cfg.get("table"), "adapter": cfg.adapter.name, "seed": int(cfg.seed),
                "t0": float(cfg.sampling.t0), "p": float(cfg.sampling.p), "steps": int(cfg.sampling.steps),
                "cfg": float(cfg.sampling.guidance_scale), "n_videos": n_videos,

@@ -80,6 +80,12 @@ class PretrainConfig:
     checkpoint_every: int = 250
     num_frames: int = 8
     size: int = 32
+    # Static random background pattern of the clips (SyntheticVideos ``texture``/``texture_cells``): details the
+    # caption does not give, so only frame 1 can carry them (what the I2V-Adapter is for).
+    texture: float = 0.0
+    texture_cells: int = 8
+    texture_tiles: int = 1
+    attn_init_scale: float = 1.0  # initial to_q/to_k of the spatial self-attentions x this (build_base)
     n_items: int = 20000          # raised to cover every step's clips, so no clip repeats
     log_every: int = 50
     progress: bool = True
@@ -91,10 +97,18 @@ class PretrainConfig:
 ToyModels = Bundle
 
 
-def build_base(seed: int) -> Bundle:
-    """Fresh phase-A models: UNet initialised from ``torch.manual_seed(seed)``, encoders by their own seeded init."""
+def build_base(seed: int, attn_init_scale: float = 1.0) -> Bundle:
+    """Fresh phase-A models: UNet initialised from ``torch.manual_seed(seed)``, encoders by their own seeded init.
+    ``attn_init_scale`` multiplies the initial ``to_q``/``to_k`` of every spatial self-attention (attn1): larger
+    query/key weights start the softmax sharper (lower temperature)."""
     torch.manual_seed(seed)
     unet = build_video_unet("toy", motion=MOTION, **UNET_OVERRIDES)
+    if attn_init_scale != 1.0:
+        from i2v.models.attention import spatial_attention_layers
+        with torch.no_grad():
+            for _, attn in spatial_attention_layers(unet, "attn1"):
+                attn.to_q.weight.mul_(attn_init_scale)
+                attn.to_k.weight.mul_(attn_init_scale)
     return Bundle("toy", unet, PatchCodec(CODEC_SCALE), ToyTextEncoder(), NoiseSchedule(**SCHEDULE), resolution=32)
 
 
@@ -106,7 +120,9 @@ class ClipStream:
 
     def __init__(self, cfg: PretrainConfig):
         n = max(cfg.n_items, (cfg.base_steps + cfg.ip_steps) * cfg.batch_size)
-        self.data = SyntheticVideos(n, num_frames=cfg.num_frames, size=cfg.size, seed=cfg.seed)
+        self.data = SyntheticVideos(n, num_frames=cfg.num_frames, size=cfg.size, seed=cfg.seed,
+                                    texture=cfg.texture, texture_cells=cfg.texture_cells,
+                                    texture_tiles=cfg.texture_tiles)
         self.order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
         self.batch, self.pos = cfg.batch_size, 0
 
