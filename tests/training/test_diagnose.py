@@ -89,3 +89,35 @@ def test_frame_mean_finding_names_the_drift():
     assert any("each frame's mean" in line for line in findings({950: row}))
     row = {**row, "adapter_off_frame_mean": 0.1}
     assert not any("each frame's mean" in line for line in findings({950: row}))
+
+
+def test_attention_focus_measures_sharpness(clips):
+    """Uniform attention reads entropy 1 and "x1" at the own/same position; scaling queries and keys up sharpens
+    the base's rows (entropy falls); a zeroed adapter query attends uniformly to frame 1."""
+    from i2v.models.adapters import i2v_adapter_layers
+    from i2v.models.attention import spatial_attention_layers
+    from i2v.training.diagnose import attention_focus, focus_findings, format_focus
+
+    videos, texts = clips
+    bundle = random_toy_bundle(for_training=False)
+    layers = [a for _, a in i2v_adapter_layers(bundle.unet)]
+    with torch.no_grad():
+        for a in layers:
+            a.to_q_ff.weight.zero_()
+    base = attention_focus(bundle, videos, texts, t=500)
+    assert set(base) == {n for n, _ in spatial_attention_layers(bundle.unet, "attn1")}
+    for row in base.values():
+        assert 0.0 <= row["self_entropy"] <= 1.0
+        assert row["cross_entropy"] == pytest.approx(1.0, abs=1e-6)
+        assert row["cross_same_place"] == pytest.approx(1.0, abs=1e-5)
+    with torch.no_grad():
+        for _, a in spatial_attention_layers(bundle.unet, "attn1"):
+            a.to_q.weight.mul_(30.0)
+            a.to_k.weight.mul_(30.0)
+    sharp = attention_focus(bundle, videos, texts, t=500)
+    for name in base:
+        assert sharp[name]["self_entropy"] < base[name]["self_entropy"] - 0.2, (name, base[name], sharp[name])
+    assert "| attn1 layer |" in format_focus(base)
+    flat = {n: dict(r, self_entropy=0.99) for n, r in base.items()}
+    assert focus_findings(flat) and "close to uniform" in focus_findings(flat)[0]
+    assert focus_findings({n: dict(r, self_entropy=0.3) for n, r in base.items()}) == []
