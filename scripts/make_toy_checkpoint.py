@@ -64,6 +64,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                     help="the background pattern is one random tile repeated k x k times")
     ap.add_argument("--attn-init-scale", type=float, default=d.attn_init_scale,
                     help="initial to_q/to_k of the UNet's self-attentions x this (sharper starting attention)")
+    ap.add_argument("--unet-overrides", type=json.loads, default={},
+                    help='JSON of UNetConfig fields changed from the toy preset, e.g. \'{"transformer_layers_per_block": [2, 1]}\'')
     ap.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA of the weights that are exported")
     ap.add_argument("--state-dir", default=None,
                     help="resumable training state (default <out>/.pretrain_state); rerunning the same command "
@@ -83,7 +85,8 @@ def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
     cfg = PretrainConfig(seed=args.seed, base_steps=args.base_steps, ip_steps=args.ip_steps,
                          batch_size=args.batch_size, lr=args.lr, ip_lr=args.ip_lr, offset_noise=args.offset_noise,
                          texture=args.texture, texture_tiles=args.texture_tiles,
-                         attn_init_scale=args.attn_init_scale, ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every,
+                         attn_init_scale=args.attn_init_scale, unet_overrides=dict(args.unet_overrides),
+                         ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every,
                          state_dir=args.state_dir or str(Path(args.out) / ".pretrain_state"),
                          progress=not args.no_progress)
     return dataclasses.replace(cfg, **QUICK) if args.quick else cfg
@@ -98,6 +101,7 @@ def command_line(args: argparse.Namespace, cfg: PretrainConfig) -> str:
             f"--lr {cfg.lr:g} --ip-lr {cfg.ip_lr:g} --offset-noise {cfg.offset_noise:g} "
             + (f"--texture {cfg.texture:g} --texture-tiles {cfg.texture_tiles} " if cfg.texture else "")
             + (f"--attn-init-scale {cfg.attn_init_scale:g} " if cfg.attn_init_scale != 1.0 else "")
+            + (f"--unet-overrides '{json.dumps(cfg.unet_overrides)}' " if cfg.unet_overrides else "")
             + f"--ema-decay {cfg.ema_decay:g} "
             f"--threads {args.threads}"
             + (" --quick" if args.quick else "") + " --overwrite")
@@ -113,14 +117,15 @@ def ip_adapter_tensors(models: ToyModels) -> dict[str, torch.Tensor]:
     return flat
 
 
-def export(models: ToyModels) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]]:
+def export(models: ToyModels, unet_overrides: Optional[dict] = None
+           ) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]]:
     """file name -> (tensors, safetensors metadata). The base UNet excludes the phase-B ip layers."""
     ip_keys = ("to_k_ip.weight", "to_v_ip.weight")
     unet = {k: v for k, v in toy_state_dict(models.unet).items() if not k.endswith(ip_keys)}
     # One metadata key per file: safetensors writes its header's metadata map in hash order, so several keys
     # would make the bytes (and the MANIFEST sha256) differ between identical runs.
     return {
-        "base_unet.safetensors": (unet, {"build_overrides": json.dumps(UNET_OVERRIDES)}),
+        "base_unet.safetensors": (unet, {"build_overrides": json.dumps({**UNET_OVERRIDES, **(unet_overrides or {})})}),
         "text_encoder.safetensors": (toy_state_dict(models.text), {"format": "i2v ToyTextEncoder"}),
         "image_encoder.safetensors": (toy_state_dict(models.image_encoder), {"format": "i2v ToyImageEncoder"}),
         "ip_adapter.safetensors": (ip_adapter_tensors(models), {"format": "IP-Adapter Plus (flat), toy"}),
@@ -163,7 +168,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     torch.set_num_threads(args.threads)
     start = time.time()
 
-    models = build_base(cfg.seed, cfg.attn_init_scale)
+    models = build_base(cfg.seed, cfg.attn_init_scale, cfg.unet_overrides)
     stream = ClipStream(cfg)
     g = torch.Generator().manual_seed(cfg.seed + 12345)  # t, ε, caption/image drops, frame choice
     n_unet = sum(p.numel() for p in models.unet.parameters())
@@ -176,11 +181,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     t_train = time.time() - start
 
     paths = {name: write_safetensors(out / name, tensors, meta, args.overwrite)
-             for name, (tensors, meta) in export(models).items()}
+             for name, (tensors, meta) in export(models, cfg.unet_overrides).items()}
     manifest = {
         "command": command_line(args, cfg),
         "seed": cfg.seed, "threads": args.threads, "quick": args.quick,
-        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("state_dir", "progress")}, "unet": {"preset": "toy", "motion": MOTION, **UNET_OVERRIDES},
+        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("state_dir", "progress")}, "unet": {"preset": "toy", "motion": MOTION, **UNET_OVERRIDES, **cfg.unet_overrides},
         "resampler": RESAMPLER, "schedule": SCHEDULE, "codec": {"kind": "patch", "scale": CODEC_SCALE},
         "losses": {"base": loss_summary(base), "content": loss_summary(content)},
         "files": {name: {"sha256": sha256(p), "bytes": p.stat().st_size} for name, p in paths.items()},

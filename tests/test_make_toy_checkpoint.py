@@ -194,18 +194,31 @@ def test_bundle_build_toy_loads_the_files(runs):
 
 def test_scene_and_attention_options_reach_the_run_and_its_manifest(tmp_path):
     """--texture/--texture-tiles make the pretraining clips textured wallpapers, --attn-init-scale scales the
-    initial attn1 queries/keys; all three are in MANIFEST.json's config and in its regenerate command."""
+    initial attn1 queries/keys, --unet-overrides changes the UNet (kept in the base file's metadata, from which the
+    toy builder rebuilds it); all are in MANIFEST.json's config and in its regenerate command."""
     from i2v.models.attention import spatial_attention_layers
     from i2v.toy.pretrain import ClipStream, PretrainConfig, build_base
 
     mod = _script()
     torch.set_num_threads(1)
+    over = {"transformer_layers_per_block": [2, 1]}
     mod.main(["--quick", "--no-progress", "--out", str(tmp_path), "--texture", "0.2", "--texture-tiles", "2",
-              "--attn-init-scale", "3"])
+              "--attn-init-scale", "3", "--unet-overrides", json.dumps(over)])
     manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
     assert (manifest["config"]["texture"], manifest["config"]["texture_tiles"]) == (0.2, 2)
     assert manifest["config"]["attn_init_scale"] == 3.0
     assert "--texture 0.2 --texture-tiles 2 --attn-init-scale 3 " in manifest["command"]
+    assert f"--unet-overrides '{json.dumps(over)}' " in manifest["command"]
+    assert manifest["config"]["unet_overrides"] == over and manifest["unet"]["transformer_layers_per_block"] == [2, 1]
+    with safe_open(str(tmp_path / "base_unet.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["build_overrides"]) == {"in_channels": 12, "out_channels": 12, **over}
+    cfg = OmegaConf.create({"unet": str(tmp_path / "base_unet.safetensors"), "motion_version": "v2",
+                            "text_encoder": str(tmp_path / "text_encoder.safetensors"), "codec": "patch",
+                            "vae_scale": 4.0})
+    from i2v.toy.build import ToyBuilder
+    unet = ToyBuilder(cfg).build_parts(OmegaConf.create({"content": False}))["unet"]
+    level0 = [n for n, _ in spatial_attention_layers(unet, "attn1") if n.startswith("down_blocks.0")]
+    assert len(level0) == 2, level0       # the toy preset has one transformer layer there
     scene = ClipStream(PretrainConfig(texture=0.2, texture_tiles=2, base_steps=1, ip_steps=1)).data.scene(0)
     assert scene.pattern is not None and scene.texture == 0.2
     plain, scaled = build_base(0), build_base(0, attn_init_scale=3.0)

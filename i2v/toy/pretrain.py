@@ -19,7 +19,7 @@ bit-identical weights.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -86,6 +86,9 @@ class PretrainConfig:
     texture_cells: int = 8
     texture_tiles: int = 1
     attn_init_scale: float = 1.0  # initial to_q/to_k of the spatial self-attentions x this (build_base)
+    # UNetConfig fields changed from the "toy" preset (e.g. {"transformer_layers_per_block": [2, 1]}); stored in
+    # the base file's metadata, from which i2v.toy.build rebuilds the same UNet
+    unet_overrides: dict = field(default_factory=dict)
     n_items: int = 20000          # raised to cover every step's clips, so no clip repeats
     log_every: int = 50
     progress: bool = True
@@ -97,12 +100,13 @@ class PretrainConfig:
 ToyModels = Bundle
 
 
-def build_base(seed: int, attn_init_scale: float = 1.0) -> Bundle:
+def build_base(seed: int, attn_init_scale: float = 1.0, unet_overrides: Optional[dict] = None) -> Bundle:
     """Fresh phase-A models: UNet initialised from ``torch.manual_seed(seed)``, encoders by their own seeded init.
     ``attn_init_scale`` multiplies the initial ``to_q``/``to_k`` of every spatial self-attention (attn1): larger
-    query/key weights start the softmax sharper (lower temperature)."""
+    query/key weights start the softmax sharper (lower temperature). ``unet_overrides``: see
+    :attr:`PretrainConfig.unet_overrides`."""
     torch.manual_seed(seed)
-    unet = build_video_unet("toy", motion=MOTION, **UNET_OVERRIDES)
+    unet = build_video_unet("toy", motion=MOTION, **{**UNET_OVERRIDES, **(unet_overrides or {})})
     if attn_init_scale != 1.0:
         from i2v.models.attention import spatial_attention_layers
         with torch.no_grad():
