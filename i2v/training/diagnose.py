@@ -218,19 +218,26 @@ def attention_focus(bundle, videos: torch.Tensor, texts: Sequence[str], t: int, 
     return sums
 
 
+def _short(name: str) -> str:
+    """``down_blocks.0.attentions.0.transformer_blocks.1.attn1`` -> ``down_blocks.0.attentions.0 (layer 1)``."""
+    stem = name.removesuffix(".attn1")
+    head, _, layer = stem.rpartition(".transformer_blocks.")
+    return head if layer == "0" or not head else f"{head} (layer {layer})"
+
+
 def format_focus(focus: dict[str, dict[str, float]]) -> str:
     """Markdown table of :func:`attention_focus`."""
     lines = ["| attn1 layer | self: entropy (1 = uniform) | self: own position x | adapter: entropy "
              "| adapter: same place in frame 1 x |", "|---|---|---|---|---|"]
     for name, r in focus.items():
-        lines.append(f"| {name.replace('.transformer_blocks.0.attn1', '')} | {r['self_entropy']:.3f} | "
+        lines.append(f"| {_short(name)} | {r['self_entropy']:.3f} | "
                      f"{r['self_diag']:.2f} | {r['cross_entropy']:.3f} | {r['cross_same_place']:.2f} |")
     return "\n".join(lines)
 
 
 def focus_findings(focus: dict[str, dict[str, float]], diffuse: float = 0.9) -> list[str]:
     """A line when at least half of the attn1 layers attend almost uniformly (normalised entropy above ``diffuse``)."""
-    flat = [n.replace(".transformer_blocks.0.attn1", "") for n, r in focus.items() if r["self_entropy"] > diffuse]
+    flat = [_short(n) for n, r in focus.items() if r["self_entropy"] > diffuse]
     if not focus or 2 * len(flat) < len(focus):
         return []
     return [f"the base's spatial self-attention is close to uniform in {len(flat)} of {len(focus)} layers "
