@@ -26,8 +26,9 @@ def main() -> None:
         sys.exit(missing)
     from omegaconf import OmegaConf
 
-    from i2v.toy.evaluate import held_out_scenes
-    data = held_out_scenes(args.scene + 1, 8, 32, OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "backbone" / "toy.yaml"))
+    from i2v.toy.evaluate import held_out_scenes, scene_options
+    toy = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "backbone" / "toy.yaml")
+    data = held_out_scenes(args.scene + 1, 8, 32, scene_options(toy))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         Image.fromarray(to_uint8(data.first_frame(args.scene)[None])[0]).save(tmp / "scene.png")

@@ -50,11 +50,11 @@ def held_out_clips(cfg, n: int) -> tuple[torch.Tensor, list[str]]:
     from hydra.utils import get_class, instantiate
 
     from i2v.data.synthetic import SyntheticVideos
-    from i2v.toy.evaluate import held_out_scenes
+    from i2v.toy.evaluate import held_out_scenes, scene_options
 
     spec = cfg.data.dataset
     if get_class(spec._target_) is SyntheticVideos:
-        data = held_out_scenes(n, int(cfg.data.num_frames), cfg.data.size, cfg.backbone)
+        data = held_out_scenes(n, int(cfg.data.num_frames), cfg.data.size, scene_options(cfg.backbone))
         items = [data[i] for i in range(n)]
     else:
         dm = instantiate(cfg.data)
@@ -102,9 +102,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     print(format_table(table))
     focus = {}
     focus_t = own.get("focus_t", 500)
-    if focus_t is not None:
-        focus = attention_focus(bundle, videos[: int(own.get("batch_size", 8))], texts[: int(own.get("batch_size", 8))],
-                                int(focus_t), seed=int(own.get("noise_seed", 0)))
+    if focus_t is not None:   # one batch of the clips
+        n = int(own.get("batch_size", 8))
+        focus = attention_focus(bundle, videos[:n], texts[:n], int(focus_t), seed=int(own.get("noise_seed", 0)))
         print(f"\nattention focus at t={int(focus_t)} (spatial self-attention layers, frame 1 clean):")
         print(format_focus(focus))
     for line in findings(table) + focus_findings(focus):

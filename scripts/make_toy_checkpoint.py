@@ -39,8 +39,8 @@ if str(ROOT) not in sys.path:
 from i2v.checkpoints.ip_adapter import ip_adapter_key_map  # noqa: E402
 from i2v.utils.io import atomic_write, save_json  # noqa: E402
 from i2v.models.toy import toy_state_dict  # noqa: E402
-from i2v.toy.pretrain import (CODEC_SCALE, MOTION, RESAMPLER, SCHEDULE, UNET_OVERRIDES, ClipStream, PretrainConfig,  # noqa: E402
-                              ToyModels, build_base, pretrain_base, train_content_adapter)
+from i2v.toy.pretrain import (CODEC_SCALE, MOTION, RESAMPLER, SCHEDULE, ClipStream, PretrainConfig,  # noqa: E402
+                              ToyModels, build_base, pretrain_base, train_content_adapter, unet_build_overrides)
 
 FILES = ("base_unet.safetensors", "text_encoder.safetensors", "image_encoder.safetensors", "ip_adapter.safetensors")
 QUICK = dict(base_steps=3, ip_steps=2, batch_size=2, log_every=1)
@@ -125,7 +125,7 @@ def export(models: ToyModels, unet_overrides: Optional[dict] = None
     # One metadata key per file: safetensors writes its header's metadata map in hash order, so several keys
     # would make the bytes (and the MANIFEST sha256) differ between identical runs.
     return {
-        "base_unet.safetensors": (unet, {"build_overrides": json.dumps({**UNET_OVERRIDES, **(unet_overrides or {})})}),
+        "base_unet.safetensors": (unet, {"build_overrides": json.dumps(unet_build_overrides(unet_overrides))}),
         "text_encoder.safetensors": (toy_state_dict(models.text), {"format": "i2v ToyTextEncoder"}),
         "image_encoder.safetensors": (toy_state_dict(models.image_encoder), {"format": "i2v ToyImageEncoder"}),
         "ip_adapter.safetensors": (ip_adapter_tensors(models), {"format": "IP-Adapter Plus (flat), toy"}),
@@ -185,7 +185,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     manifest = {
         "command": command_line(args, cfg),
         "seed": cfg.seed, "threads": args.threads, "quick": args.quick,
-        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("state_dir", "progress")}, "unet": {"preset": "toy", "motion": MOTION, **UNET_OVERRIDES, **cfg.unet_overrides},
+        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("state_dir", "progress")}, "unet": {"preset": "toy", "motion": MOTION, **unet_build_overrides(cfg.unet_overrides)},
         "resampler": RESAMPLER, "schedule": SCHEDULE, "codec": {"kind": "patch", "scale": CODEC_SCALE},
         "losses": {"base": loss_summary(base), "content": loss_summary(content)},
         "files": {name: {"sha256": sha256(p), "bytes": p.stat().st_size} for name, p in paths.items()},

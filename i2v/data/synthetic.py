@@ -72,6 +72,12 @@ def _trajectory(rng, num_frames: int, hw: tuple, radius: float, direction: str, 
     return np.stack([xs, ys], axis=1).astype(np.float32), float(speed)
 
 
+def _check_texture(texture: float, cells: int, tiles: int) -> None:
+    if texture < 0 or cells < 1 or tiles < 1 or cells % tiles:
+        raise ValueError(f"texture must be >= 0 and texture_cells a positive multiple of texture_tiles, got "
+                         f"texture={texture}, texture_cells={cells}, texture_tiles={tiles}")
+
+
 def make_scene(
     seed: int,
     index: int,
@@ -112,10 +118,8 @@ def make_scene(
         objects.append(ShapeObject(shape, str(colour), direction, speed, float(radius), centers))
     parts = [f"a {o.colour} {o.shape} moving {o.direction}" for o in objects]
     pattern = None
+    _check_texture(texture, texture_cells, texture_tiles)
     if texture > 0:
-        if texture_cells < 1 or texture_tiles < 1 or texture_cells % texture_tiles:
-            raise ValueError(f"texture_cells ({texture_cells}) must be a positive multiple of texture_tiles "
-                             f"({texture_tiles})")
         tile = texture_cells // texture_tiles
         pattern = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=(tile, tile))
         pattern = np.tile(pattern, (texture_tiles, texture_tiles))
@@ -209,9 +213,7 @@ class SyntheticVideos(Dataset):
         if n_items < 1 or num_frames < 1:
             raise ValueError(f"n_items and num_frames must be >= 1, got {n_items}, {num_frames}")
         bad = [s for s in shapes if s not in SHAPES] + [c for c in colours if c not in COLOURS]
-        if texture < 0 or texture_cells < 1 or texture_tiles < 1 or texture_cells % texture_tiles:
-            raise ValueError(f"texture must be >= 0 and texture_cells a positive multiple of texture_tiles, got "
-                             f"{texture}, {texture_cells}, {texture_tiles}")
+        _check_texture(texture, texture_cells, texture_tiles)
         if bad or len(colours) < 3:
             raise ValueError(f"bad shapes/colours {bad}: shapes from {SHAPES}, >= 3 colours from {list(COLOURS)}")
         self.n_items, self.num_frames, self.size, self.seed = int(n_items), int(num_frames), as_hw(size), int(seed)

@@ -33,10 +33,9 @@ def scene_options(backbone_cfg) -> dict:
             "texture_tiles": int(scenes.get("texture_tiles", 1))}
 
 
-def held_out_scenes(n_items: int, num_frames: int, size, backbone_cfg=None) -> SyntheticVideos:
-    """The held-out synthetic clips (evaluation seed) of the toy world of ``backbone_cfg``."""
-    return SyntheticVideos(n_items=n_items, num_frames=num_frames, size=size, seed=EVAL_SEED,
-                           **scene_options(backbone_cfg))
+def held_out_scenes(n_items: int, num_frames: int, size, scenes: dict | None = None) -> SyntheticVideos:
+    """The held-out synthetic clips (evaluation seed); ``scenes``: :func:`scene_options` of the backbone."""
+    return SyntheticVideos(n_items=n_items, num_frames=num_frames, size=size, seed=EVAL_SEED, **(scenes or {}))
 
 
 def _plain(metrics: dict) -> dict:
@@ -65,7 +64,7 @@ def score_pipeline(pipe: I2VPipeline, n_videos: int, num_frames: int, size: int,
     With ``out_dir``: ``clipNNN.png`` (the sampled frames side by side, lossless; the contact sheets of
     ``scripts/make_toy_tables.py`` are built from them) and ``clipNNN_gt.png`` (the ground-truth clip) for every
     clip, plus ``clipNNN.mp4|gif`` when ``write_videos``. ``scenes``: :func:`scene_options` of the backbone."""
-    data = SyntheticVideos(n_items=n_videos, num_frames=num_frames, size=size, seed=EVAL_SEED, **(scenes or {}))
+    data = held_out_scenes(n_videos, num_frames, size, scenes)
     model_m, gt_m = ToyMetrics(), ToyMetrics()
     written = []
     for i in tqdm(range(n_videos), desc="toy eval", leave=False):

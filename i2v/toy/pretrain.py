@@ -100,13 +100,19 @@ class PretrainConfig:
 ToyModels = Bundle
 
 
+def unet_build_overrides(unet_overrides: Optional[dict] = None) -> dict:
+    """``build_video_unet("toy", motion=MOTION, **this)`` is the base UNet: :data:`UNET_OVERRIDES` plus a run's
+    ``unet_overrides`` (what the base file's ``build_overrides`` metadata and MANIFEST record)."""
+    return {**UNET_OVERRIDES, **(unet_overrides or {})}
+
+
 def build_base(seed: int, attn_init_scale: float = 1.0, unet_overrides: Optional[dict] = None) -> Bundle:
     """Fresh phase-A models: UNet initialised from ``torch.manual_seed(seed)``, encoders by their own seeded init.
     ``attn_init_scale`` multiplies the initial ``to_q``/``to_k`` of every spatial self-attention (attn1): larger
     query/key weights start the softmax sharper (lower temperature). ``unet_overrides``: see
     :attr:`PretrainConfig.unet_overrides`."""
     torch.manual_seed(seed)
-    unet = build_video_unet("toy", motion=MOTION, **{**UNET_OVERRIDES, **(unet_overrides or {})})
+    unet = build_video_unet("toy", motion=MOTION, **unet_build_overrides(unet_overrides))
     if attn_init_scale != 1.0:
         from i2v.models.attention import spatial_attention_layers
         with torch.no_grad():
