@@ -43,10 +43,13 @@ def test_quick_files_have_the_shipped_layout(runs):
         assert shipped.is_file(), f"shipped toy checkpoint missing: {shipped}"
         assert made.is_file()
         assert _layout(made) == _layout(shipped), name
+    from i2v.toy.pretrain import read_base_file_metadata
+
     with safe_open(str(SHIPPED / "base_unet.safetensors"), "pt") as f:
-        shipped_over = json.loads(f.metadata()["build_overrides"])
+        shipped_over = read_base_file_metadata(f.metadata())["build_overrides"]
     with safe_open(str(out / "base_unet.safetensors"), "pt") as f:
-        assert json.loads(f.metadata()["build_overrides"]) == shipped_over == {"in_channels": 12, "out_channels": 12}
+        made = read_base_file_metadata(f.metadata())
+    assert made["build_overrides"] == shipped_over == {"in_channels": 12, "out_channels": 12}
     keys = _layout(out / "ip_adapter.safetensors")
     assert {k.split(".")[0] for k in keys} == {"image_proj", "ip_adapter"}
     assert not any("_ip" in k for k in _layout(out / "base_unet.safetensors"))
@@ -150,8 +153,10 @@ def test_loaders_reproduce_the_trained_models(runs):
 
     _, (out, _), (res, _) = runs
     models = res["models"]
+    from i2v.toy.pretrain import read_base_file_metadata
+
     with safe_open(str(out / "base_unet.safetensors"), "pt") as f:
-        over = json.loads(f.metadata()["build_overrides"])
+        over = read_base_file_metadata(f.metadata())["build_overrides"]
     unet = build_video_unet("toy", motion="v2", **over)
     unet.load_state_dict(load_file(str(out / "base_unet.safetensors")), strict=True)
     proj = load_ip_adapter(unet, out / "ip_adapter.safetensors")
@@ -203,20 +208,29 @@ def test_scene_and_attention_options_reach_the_run_and_its_manifest(tmp_path):
     torch.set_num_threads(1)
     over = {"transformer_layers_per_block": [2, 1]}
     mod.main(["--quick", "--no-progress", "--out", str(tmp_path), "--texture", "0.2", "--texture-tiles", "2",
-              "--attn-init-scale", "3", "--unet-overrides", json.dumps(over)])
+              "--attn-init-scale", "3", "--unet-overrides", json.dumps(over), "--prediction-type", "v_prediction"])
     manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
     assert (manifest["config"]["texture"], manifest["config"]["texture_tiles"]) == (0.2, 2)
     assert manifest["config"]["attn_init_scale"] == 3.0
-    assert "--texture 0.2 --texture-tiles 2 --attn-init-scale 3 " in manifest["command"]
+    assert "--texture 0.2 --texture-tiles 2 --prediction-type v_prediction --attn-init-scale 3 " in manifest["command"]
+    assert manifest["schedule"]["prediction_type"] == manifest["config"]["prediction_type"] == "v_prediction"
     assert f"--unet-overrides '{json.dumps(over)}' " in manifest["command"]
     assert manifest["config"]["unet_overrides"] == over and manifest["unet"]["transformer_layers_per_block"] == [2, 1]
+    from i2v.toy.pretrain import read_base_file_metadata
+
     with safe_open(str(tmp_path / "base_unet.safetensors"), "pt") as f:
-        assert json.loads(f.metadata()["build_overrides"]) == {"in_channels": 12, "out_channels": 12, **over}
+        meta = read_base_file_metadata(f.metadata())
+    assert meta == {"build_overrides": {"in_channels": 12, "out_channels": 12, **over},
+                    "prediction_type": "v_prediction"}
     cfg = OmegaConf.create({"unet": str(tmp_path / "base_unet.safetensors"), "motion_version": "v2",
                             "text_encoder": str(tmp_path / "text_encoder.safetensors"), "codec": "patch",
-                            "vae_scale": 4.0})
+                            "vae_scale": 4.0, "schedule": {"prediction_type": "v_prediction"}})
     from i2v.toy.build import ToyBuilder
     unet = ToyBuilder(cfg).build_parts(OmegaConf.create({"content": False}))["unet"]
+    # a config that reads the base's output as the other kind is refused, naming the key to set
+    cfg.schedule.prediction_type = "epsilon"
+    with pytest.raises(ValueError, match="backbone.schedule.prediction_type=v_prediction"):
+        ToyBuilder(cfg).build_parts(OmegaConf.create({"content": False}))
     level0 = [n for n, _ in spatial_attention_layers(unet, "attn1") if n.startswith("down_blocks.0")]
     assert len(level0) == 2, level0       # the toy preset has one transformer layer there
     scene = ClipStream(PretrainConfig(texture=0.2, texture_tiles=2, base_steps=1, ip_steps=1)).data.scene(0)

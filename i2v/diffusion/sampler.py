@@ -45,9 +45,14 @@ def _unet_timestep(t: torch.Tensor, n: int, device: torch.device) -> torch.Tenso
 
 
 def check_scheduler(scheduler, schedule) -> None:
-    """Raise unless the diffusers ``scheduler`` uses the ᾱ of the backbone's :class:`NoiseSchedule`."""
+    """Raise unless the diffusers ``scheduler`` uses the ᾱ and the prediction type of the backbone's
+    :class:`NoiseSchedule`."""
     if not torch.equal(scheduler.alphas_cumprod.float().cpu(), schedule.alphas_cumprod):
         raise ValueError(f"scheduler {type(scheduler).__name__} does not use the backbone schedule {schedule!r}")
+    kind = getattr(getattr(scheduler, "config", None), "prediction_type", schedule.prediction_type)
+    if kind != schedule.prediction_type:
+        raise ValueError(f"scheduler {type(scheduler).__name__} reads the network output as {kind!r}, but the "
+                         f"backbone was trained for {schedule.prediction_type!r} (schedule.prediction_type)")
 
 
 class Denoiser:

@@ -15,25 +15,34 @@ instead of 1, and it is exposed as :attr:`SamplerConfig.set_alpha_to_one`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
 BETA_SCHEDULES = ("linear", "scaled_linear")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 SCHEDULER_NAMES = ("ddim", "euler", "dpmpp", "ddpm")
 
 
 class NoiseSchedule:
     """Variance-preserving DDPM schedule with ``num_train_timesteps`` integer steps 0..N-1.
 
+    ``prediction_type`` is what the network outputs: ``"epsilon"`` (SD1.5, SDXL, AnimateDiff: the noise ε) or
+    ``"v_prediction"`` (SD2.x-style v = α_t ε − σ_t z; the toy base, see ``i2v.toy.pretrain``). Training regresses
+    :meth:`target`; everything that reads the output as noise goes through :meth:`to_eps`; samplers get the same
+    type from :func:`make_scheduler`.
+
     Attributes:
         betas, alphas_cumprod: ``(N,)`` float32 tensors (ᾱ_t = Π_{s≤t} (1 − β_s)).
     """
 
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012,
-                 beta_schedule: str = "linear"):
+                 beta_schedule: str = "linear", prediction_type: str = "epsilon"):
         if beta_schedule not in BETA_SCHEDULES:
             raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {beta_schedule!r}")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        self.prediction_type = prediction_type
         if not 0.0 < beta_start < beta_end < 1.0:
             raise ValueError(f"need 0 < beta_start < beta_end < 1, got {beta_start}, {beta_end}")
         self.num_train_timesteps = int(num_train_timesteps)
@@ -49,7 +58,8 @@ class NoiseSchedule:
 
     def __repr__(self) -> str:
         return (f"NoiseSchedule(num_train_timesteps={self.num_train_timesteps}, beta_start={self.beta_start}, "
-                f"beta_end={self.beta_end}, beta_schedule={self.beta_schedule!r})")
+                f"beta_end={self.beta_end}, beta_schedule={self.beta_schedule!r}, "
+                f"prediction_type={self.prediction_type!r})")
 
     def _check_t(self, t: torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(t)
@@ -64,6 +74,29 @@ class NoiseSchedule:
         t = self._check_t(t)
         ac = self.alphas_cumprod.to(t.device)[t]
         return ac.sqrt(), (1.0 - ac).sqrt()
+
+    def _ab(self, t: torch.Tensor, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """α_t, σ_t of ``(B,)`` timesteps shaped to broadcast against ``like`` ``(B, ...)``, in its dtype."""
+        t = self._check_t(t).to(like.device)
+        ac = self.alphas_cumprod.to(device=like.device, dtype=like.dtype)[t]
+        shape = (-1,) + (1,) * (like.dim() - 1)
+        return (ac ** 0.5).reshape(shape), ((1 - ac) ** 0.5).reshape(shape)
+
+    def target(self, z: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the network is trained to output for clean ``z``, noise ``eps`` and ``(B,)`` timesteps ``t``: ε, or
+        v = α_t ε − σ_t z."""
+        if self.prediction_type == "epsilon":
+            return eps
+        a, s = self._ab(t, z)
+        return a * eps - s * z
+
+    def to_eps(self, output: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The noise ε̂ a network ``output`` at ``z_t`` stands for (identity for ε-prediction; α_t v̂ + σ_t z_t
+        for v-prediction, since α_t v + σ_t z_t = (α_t² + σ_t²) ε = ε)."""
+        if self.prediction_type == "epsilon":
+            return output
+        a, s = self._ab(t, z_t)
+        return a * output + s * z_t
 
     def add_noise(self, z: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Forward process z_t = α_t z + σ_t ε.
@@ -93,7 +126,7 @@ class SamplerConfig:
     timestep_spacing: str = "leading"
     steps_offset: int = 1
     set_alpha_to_one: bool = True  # DDIM only
-    prediction_type: str = "epsilon"
+    prediction_type: Optional[str] = None  # None: the backbone schedule's (what its network was trained to output)
     dpm_solver_order: int = 2  # DPM-Solver++ only
 
 
@@ -112,7 +145,7 @@ def make_scheduler(name: str, schedule: NoiseSchedule, config: SamplerConfig | N
     cfg = config or SamplerConfig()
     common = dict(num_train_timesteps=schedule.num_train_timesteps, beta_start=schedule.beta_start,
                   beta_end=schedule.beta_end, beta_schedule=schedule.beta_schedule,
-                  prediction_type=cfg.prediction_type, timestep_spacing=cfg.timestep_spacing,
+                  prediction_type=cfg.prediction_type or schedule.prediction_type, timestep_spacing=cfg.timestep_spacing,
                   steps_offset=cfg.steps_offset)
     if name == "ddim":
         kw = dict(common, clip_sample=False, set_alpha_to_one=cfg.set_alpha_to_one)

@@ -3,10 +3,8 @@ checkpoints in ``i2v/assets/toy`` (made by ``scripts/make_toy_checkpoint.py``); 
 same classes with random weights and no files (tests, benchmarks)."""
 from __future__ import annotations
 
-import json
-
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -17,6 +15,7 @@ from i2v.models.toy import (IdentityCodec, PatchCodec, ToyImageConfig, ToyImageE
                             ToyTextEncoder, load_toy_state_dict)
 from i2v.models.unet import build_video_unet
 from i2v.pipeline.bundle import BackboneBuilder, Bundle, freeze_and_attach
+from i2v.toy.pretrain import read_base_file_metadata
 
 CODECS = {"identity": IdentityCodec, "patch": PatchCodec}
 
@@ -30,9 +29,13 @@ class ToyBuilder(BackboneBuilder):
     def build_parts(self, adapter: DictConfig, *, device="cpu", dtype=torch.float32) -> dict:
         backbone = self.cfg
         with safe_open(str(backbone.unet), "pt") as f:
-            meta = f.metadata() or {}
-        overrides = json.loads(meta.get("build_overrides", "{}"))
-        unet = build_video_unet("toy", motion=backbone.motion_version, **overrides)
+            meta = read_base_file_metadata(f.metadata())
+        wanted = OmegaConf.select(backbone, "schedule.prediction_type", default="epsilon")
+        if meta["prediction_type"] != wanted:
+            raise ValueError(f"{backbone.unet} is a {meta['prediction_type']!r} base but backbone.schedule."
+                             f"prediction_type is {wanted!r}; set backbone.schedule.prediction_type="
+                             f"{meta['prediction_type']} (its MANIFEST.json 'schedule' says so too)")
+        unet = build_video_unet("toy", motion=backbone.motion_version, **meta["build_overrides"])
         unet.load_state_dict(load_file(str(backbone.unet)), strict=True)
         text = ToyTextEncoder()
         load_toy_state_dict(text, str(backbone.text_encoder))
@@ -49,7 +52,7 @@ class ToyBuilder(BackboneBuilder):
 
 
 def random_toy_bundle(content: bool = True, i2v: bool = True, motion: str = "v2", seed: int = 0,
-                      for_training: bool = True) -> Bundle:
+                      for_training: bool = True, prediction_type: str = "epsilon") -> Bundle:
     """A toy bundle with random weights and no files (tests, benchmarks): same classes as ``backbone=toy``."""
     torch.manual_seed(seed)
     unet = build_video_unet("toy", motion=motion, in_channels=12, out_channels=12)
@@ -63,5 +66,5 @@ def random_toy_bundle(content: bool = True, i2v: bool = True, motion: str = "v2"
         parts["image_proj"] = Resampler(dim=64, depth=1, dim_head=16, heads=4, num_queries=4, embedding_dim=64,
                                         output_dim=64, ff_mult=2)
         attach_ip_adapter(unet, num_tokens=4, scale=1.0)
-    schedule = NoiseSchedule(1000, 0.00085, 0.012, "linear")
+    schedule = NoiseSchedule(1000, 0.00085, 0.012, "linear", prediction_type=prediction_type)
     return freeze_and_attach("toy", parts, schedule, i2v=i2v, for_training=for_training, resolution=32)

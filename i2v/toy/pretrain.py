@@ -18,6 +18,7 @@ bit-identical weights.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,12 @@ class PretrainConfig:
     texture: float = 0.0
     texture_cells: int = 8
     texture_tiles: int = 1
+    # What the base UNet outputs: "v_prediction" (v = α_t ε − σ_t z, SD2-style) or "epsilon" (SD1.5/SDXL). A
+    # 1.2M-parameter eps-predictor has to pass its input noise through the whole UNet at high t and does so only to
+    # an eps-MSE of ~5e-3 (measured), a floor that at t = 950 is the *whole* error of the base: with frame 1 clean
+    # there is nothing left for the I2V-Adapter to remove (adapter on/off 0.98-0.99). A v-predictor outputs
+    # ~ -x0 at high t, so its eps error there is sqrt(alpha_bar) x its x0 error and what frame 1 tells it counts.
+    prediction_type: str = "epsilon"
     attn_init_scale: float = 1.0  # initial to_q/to_k of the spatial self-attentions x this (build_base)
     # UNetConfig fields changed from the "toy" preset (e.g. {"transformer_layers_per_block": [2, 1]}); stored in
     # the base file's metadata, from which i2v.toy.build rebuilds the same UNet
@@ -100,17 +107,34 @@ class PretrainConfig:
 ToyModels = Bundle
 
 
+def base_file_metadata(unet_overrides: Optional[dict] = None, prediction_type: str = "epsilon") -> dict[str, str]:
+    """The base UNet file's safetensors metadata: one key (safetensors writes several in hash order, which would
+    make identical runs differ in bytes), ``toy_base`` = JSON ``{"build_overrides": ..., "prediction_type": ...}``."""
+    return {"toy_base": json.dumps({"build_overrides": unet_build_overrides(unet_overrides),
+                                    "prediction_type": prediction_type}, sort_keys=True)}
+
+
+def read_base_file_metadata(meta: Optional[dict]) -> dict:
+    """``{"build_overrides": dict, "prediction_type": str}`` from a base file's metadata (files written before
+    ``toy_base`` existed carry only ``build_overrides`` and were ε-prediction bases)."""
+    meta = meta or {}
+    if "toy_base" in meta:
+        return json.loads(meta["toy_base"])
+    return {"build_overrides": json.loads(meta.get("build_overrides", "{}")), "prediction_type": "epsilon"}
+
+
 def unet_build_overrides(unet_overrides: Optional[dict] = None) -> dict:
     """``build_video_unet("toy", motion=MOTION, **this)`` is the base UNet: :data:`UNET_OVERRIDES` plus a run's
     ``unet_overrides`` (what the base file's ``build_overrides`` metadata and MANIFEST record)."""
     return {**UNET_OVERRIDES, **(unet_overrides or {})}
 
 
-def build_base(seed: int, attn_init_scale: float = 1.0, unet_overrides: Optional[dict] = None) -> Bundle:
+def build_base(seed: int, attn_init_scale: float = 1.0, unet_overrides: Optional[dict] = None,
+               prediction_type: str = "epsilon") -> Bundle:
     """Fresh phase-A models: UNet initialised from ``torch.manual_seed(seed)``, encoders by their own seeded init.
     ``attn_init_scale`` multiplies the initial ``to_q``/``to_k`` of every spatial self-attention (attn1): larger
     query/key weights start the softmax sharper (lower temperature). ``unet_overrides``: see
-    :attr:`PretrainConfig.unet_overrides`."""
+    :attr:`PretrainConfig.unet_overrides`; ``prediction_type``: :attr:`PretrainConfig.prediction_type`."""
     torch.manual_seed(seed)
     unet = build_video_unet("toy", motion=MOTION, **unet_build_overrides(unet_overrides))
     if attn_init_scale != 1.0:
@@ -119,7 +143,8 @@ def build_base(seed: int, attn_init_scale: float = 1.0, unet_overrides: Optional
             for _, attn in spatial_attention_layers(unet, "attn1"):
                 attn.to_q.weight.mul_(attn_init_scale)
                 attn.to_k.weight.mul_(attn_init_scale)
-    return Bundle("toy", unet, PatchCodec(CODEC_SCALE), ToyTextEncoder(), NoiseSchedule(**SCHEDULE), resolution=32)
+    schedule = NoiseSchedule(**SCHEDULE, prediction_type=prediction_type)
+    return Bundle("toy", unet, PatchCodec(CODEC_SCALE), ToyTextEncoder(), schedule, resolution=32)
 
 
 class ClipStream:
@@ -157,7 +182,7 @@ def _drop_captions(captions: list[str], p: float, g: torch.Generator) -> list[st
 
 
 def _noised(models: ToyModels, video: torch.Tensor, offset: float, g: torch.Generator):
-    """(z_t, t, ε) for a batch: t ~ U{0..N-1} per video (shared by its frames), ε ~ N(0, I) plus ``offset`` x
+    """(z_t, t, target) for a batch (target = ``schedule.target``: ε or v): t ~ U{0..N-1} per video (shared by its frames), ε ~ N(0, I) plus ``offset`` x
     (one N(0, 1) per video and channel + one per frame and channel), see :class:`PretrainConfig`."""
     z = models.encode_video(video)
     b, c, f = z.shape[:3]
@@ -165,7 +190,7 @@ def _noised(models: ToyModels, video: torch.Tensor, offset: float, g: torch.Gene
     eps = torch.randn(z.shape, generator=g)
     if offset:
         eps = eps + offset * (torch.randn(b, c, 1, 1, 1, generator=g) + torch.randn(b, c, f, 1, 1, generator=g))
-    return models.schedule.add_noise(z, eps, t), t, eps
+    return models.schedule.add_noise(z, eps, t), t, models.schedule.target(z, eps, t)
 
 
 def _parts(models: ToyModels) -> dict[str, nn.Module]:
@@ -294,9 +319,9 @@ def pretrain_base(models: ToyModels, stream: ClipStream, cfg: PretrainConfig, g:
 
     def loss_fn() -> torch.Tensor:
         video, captions = stream.next()
-        zt, t, eps = _noised(models, video, cfg.offset_noise, g)
+        zt, t, target = _noised(models, video, cfg.offset_noise, g)
         ctx = models.condition(_drop_captions(captions, cfg.text_drop, g))["context"]
-        return F.mse_loss(models.unet(zt, t, ctx), eps)
+        return F.mse_loss(models.unet(zt, t, ctx), target)
 
     return _train_loop("base", models, params, cfg.base_steps, cfg.lr, cfg, stream, g, loss_fn)
 
@@ -332,11 +357,11 @@ def train_content_adapter(models: ToyModels, stream: ClipStream, cfg: PretrainCo
         b = video.shape[0]
         frame = torch.randint(0, video.shape[1], (b,), generator=g)
         drop_img = torch.rand(b, generator=g) < cfg.image_drop
-        zt, t, eps = _noised(models, video, cfg.offset_noise, g)
+        zt, t, target = _noised(models, video, cfg.offset_noise, g)
         # text encoder frozen (no graph); image tokens of the dropped rows = the unconditional tokens
         ctx = models.condition(_drop_captions(captions, cfg.text_drop, g), video[torch.arange(b), frame],
                                drop_image=drop_img)["context"]
-        return F.mse_loss(models.unet(zt, t, ctx), eps)
+        return F.mse_loss(models.unet(zt, t, ctx), target)
 
     return _train_loop("content", models, params, cfg.ip_steps, cfg.ip_lr, cfg, stream, g, loss_fn)
 

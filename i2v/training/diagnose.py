@@ -1,7 +1,8 @@
 """Does the I2V-Adapter read frame 1? ε-loss per timestep against two predictors with no network at all.
 
 For held-out clips, every frame noised to one timestep ``t`` and frame 0 put back clean (exactly the training
-input), the ε-MSE on frames 2..F (0-based 1..F-1) of four predictors on the *same* noise:
+input), the ε-MSE on frames 2..F (0-based 1..F-1) of four predictors on the *same* noise (a v-prediction network's
+output is turned into the ε it stands for, ``schedule.to_eps``, so every backbone is scored alike):
 
 * ``adapter_on``  -- the bundle's UNet with the I2V-Adapter branch active (NaN when the bundle has none);
 * ``adapter_off`` -- the same UNet with the branch switched off (the frozen base + Content-Adapter);
@@ -101,7 +102,8 @@ def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
                             continue
                     else:
                         set_i2v_adapter_enabled(bundle.unet, on)
-                    add(name, bundle.unet(z_t, tt, cond["context"], added_cond=cond.get("added_cond")))
+                    out = bundle.unet(z_t, tt, cond["context"], added_cond=cond.get("added_cond"))
+                    add(name, bundle.schedule.to_eps(out, z_t, tt))
     finally:
         for (_, attn), on in zip(layers, was_on):
             attn.processor.enabled = on

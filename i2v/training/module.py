@@ -8,6 +8,9 @@ One step::
     ε̂   = unet(z_t, t, context(text, first frame))
     loss = mse(ε̂[:, :, 1:], ε[:, :, 1:])                      # frames 2..F only
 
+(for a v-prediction backbone the network output is compared with v = α_t ε − σ_t z instead of ε:
+``schedule.target``).
+
 Everything but the I2V-Adapter tensors is frozen (asserted at start, counts printed).
 """
 from __future__ import annotations
@@ -32,7 +35,8 @@ def first_frame_clean_noising(z: torch.Tensor, eps: torch.Tensor, t: torch.Tenso
 
 
 def masked_frame_loss(eps_hat: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """ε-MSE over frames 1..F-1 (0-based) of (B, C, F, h, w) tensors; frame 0 gets no gradient."""
+    """MSE over frames 1..F-1 (0-based) of (B, C, F, h, w) tensors (network output vs its target: ε, or v for a
+    v-prediction backbone); frame 0 gets no gradient."""
     return F.mse_loss(eps_hat[:, :, 1:].float(), eps[:, :, 1:].float())
 
 
@@ -98,8 +102,10 @@ class I2VAdapterModule(L.LightningModule):
         t = torch.randint(0, self.bundle.schedule.num_train_timesteps, (b,), generator=generator, device="cpu").to(dev)
         eps = torch.randn(z.shape, generator=generator, device="cpu", dtype=z.dtype).to(dev)
         z_t = first_frame_clean_noising(z, eps, t, self.bundle.schedule)
-        eps_hat = self.unet(z_t, t, cond["context"], added_cond=cond.get("added_cond"))
-        return {"loss": masked_frame_loss(eps_hat, eps), "z": z, "z_t": z_t, "eps": eps, "eps_hat": eps_hat, "t": t}
+        out = self.unet(z_t, t, cond["context"], added_cond=cond.get("added_cond"))
+        target = self.bundle.schedule.target(z, eps, t)
+        return {"loss": masked_frame_loss(out, target), "z": z, "z_t": z_t, "eps": eps, "eps_hat": out,
+                "target": target, "t": t}
 
     def step_generator(self) -> torch.Generator:
         """Noise, timesteps and condition drops of a step are a pure function of (seed, rank, global step), so a

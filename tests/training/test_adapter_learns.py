@@ -41,7 +41,8 @@ def test_adapter_branch_trains_on_static_clips():
             ctx = bundle.condition(texts)["context"]
         t = torch.randint(500, 1000, (2,), generator=g)
         eps = torch.randn(z.shape, generator=g)
-        loss = masked_frame_loss(bundle.unet(first_frame_clean_noising(z, eps, t, bundle.schedule), t, ctx), eps)
+        out = bundle.unet(first_frame_clean_noising(z, eps, t, bundle.schedule), t, ctx)
+        loss = masked_frame_loss(out, bundle.schedule.target(z, eps, t))
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -121,3 +121,19 @@ def test_attention_focus_measures_sharpness(clips):
     flat = {n: dict(r, self_entropy=0.99) for n, r in base.items()}
     assert focus_findings(flat) and "close to uniform" in focus_findings(flat)[0]
     assert focus_findings({n: dict(r, self_entropy=0.3) for n, r in base.items()}) == []
+
+
+def test_v_prediction_output_is_scored_as_the_eps_it_stands_for(clips):
+    """The table is ε-MSE for every backbone: a v-predictor's output goes through ``schedule.to_eps``. A network
+    that outputs zeros stands for ε̂ = σ_t z_t under v-prediction (≈ ε at t = 950: tiny error) but for ε̂ = 0 under
+    ε-prediction (error ≈ E[ε²] = 1)."""
+    videos, texts = clips
+    rows = {}
+    for kind in ("epsilon", "v_prediction"):
+        bundle = random_toy_bundle(for_training=False, prediction_type=kind)
+        with torch.no_grad():
+            bundle.unet.conv_out.weight.zero_()
+            bundle.unet.conv_out.bias.zero_()
+        rows[kind] = eps_loss_by_timestep(bundle, videos, texts, timesteps=[950])[950]["adapter_off"]
+    assert rows["epsilon"] == pytest.approx(1.0, abs=0.1)
+    assert rows["v_prediction"] < 0.05

@@ -115,3 +115,15 @@ def test_condition_appends_image_tokens_and_drop_uses_uncond():
     torch.testing.assert_close(d["context"][0, n_txt:], unc)
     torch.testing.assert_close(d["context"][1], c["context"][1])
     assert not torch.allclose(c["context"][0, n_txt:], unc)
+
+
+def test_v_prediction_backbone_regresses_v():
+    """A v-prediction backbone's loss compares the output with v = α_t ε − σ_t z on frames 2..F."""
+    mod = I2VAdapterModule(random_toy_bundle(seed=0, prediction_type="v_prediction"), OPTIM, TRAIN,
+                           config={"seed": 0})
+    out = mod.compute_loss(_batch(), generator=torch.Generator().manual_seed(1))
+    alpha, sigma = mod.bundle.schedule.alpha_sigma(out["t"])
+    v = alpha.view(-1, 1, 1, 1, 1) * out["eps"] - sigma.view(-1, 1, 1, 1, 1) * out["z"]
+    torch.testing.assert_close(out["target"], v, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out["loss"], ((out["eps_hat"] - v)[:, :, 1:] ** 2).mean(), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(out["target"], out["eps"])
