@@ -5,8 +5,8 @@ phase B a toy Content-Adapter (image encoder + Resampler + ``to_k_ip``/``to_v_ip
 see :mod:`i2v.toy.pretrain`. Writes, atomically and only with ``--overwrite`` over existing files:
 
 * ``base_unet.safetensors``     -- ``VideoUNet`` state dict; metadata ``toy_base`` = JSON ``{"build_overrides":
-  kwargs of build_video_unet("toy", motion="v2", ...), "prediction_type": ...}`` (motion version, codec and
-  schedule are in the MANIFEST);
+  kwargs of build_video_unet("toy", motion="v2", ...), "prediction_type": ..., "codec_scale": ...}`` (motion
+  version, codec and schedule are also in the MANIFEST);
 * ``text_encoder.safetensors``  -- :class:`ToyTextEncoder` (``load_toy_state_dict``);
 * ``image_encoder.safetensors`` -- :class:`ToyImageEncoder` (``load_toy_state_dict``);
 * ``ip_adapter.safetensors``    -- official flat IP-Adapter layout ``image_proj.*`` +
@@ -66,6 +66,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                     help="the background pattern is one random tile repeated k x k times")
     ap.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=d.prediction_type,
                     help="what the base UNet outputs (see PretrainConfig.prediction_type)")
+    ap.add_argument("--codec-scale", type=float, default=d.codec_scale,
+                    help="latent scale of the toy codec (configs: backbone.vae_scale)")
     ap.add_argument("--attn-init-scale", type=float, default=d.attn_init_scale,
                     help="initial to_q/to_k of the UNet's self-attentions x this (sharper starting attention)")
     ap.add_argument("--unet-overrides", type=json.loads, default={},
@@ -89,7 +91,8 @@ def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
     cfg = PretrainConfig(seed=args.seed, base_steps=args.base_steps, ip_steps=args.ip_steps,
                          batch_size=args.batch_size, lr=args.lr, ip_lr=args.ip_lr, offset_noise=args.offset_noise,
                          texture=args.texture, texture_tiles=args.texture_tiles,
-                         prediction_type=args.prediction_type, attn_init_scale=args.attn_init_scale, unet_overrides=dict(args.unet_overrides),
+                         prediction_type=args.prediction_type, codec_scale=args.codec_scale,
+                         attn_init_scale=args.attn_init_scale, unet_overrides=dict(args.unet_overrides),
                          ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every,
                          state_dir=args.state_dir or str(Path(args.out) / ".pretrain_state"),
                          progress=not args.no_progress)
@@ -105,6 +108,7 @@ def command_line(args: argparse.Namespace, cfg: PretrainConfig) -> str:
             f"--lr {cfg.lr:g} --ip-lr {cfg.ip_lr:g} --offset-noise {cfg.offset_noise:g} "
             + (f"--texture {cfg.texture:g} --texture-tiles {cfg.texture_tiles} " if cfg.texture else "")
             + (f"--prediction-type {cfg.prediction_type} " if cfg.prediction_type != "epsilon" else "")
+            + (f"--codec-scale {cfg.codec_scale:g} " if cfg.codec_scale != CODEC_SCALE else "")
             + (f"--attn-init-scale {cfg.attn_init_scale:g} " if cfg.attn_init_scale != 1.0 else "")
             + (f"--unet-overrides '{json.dumps(cfg.unet_overrides)}' " if cfg.unet_overrides else "")
             + f"--ema-decay {cfg.ema_decay:g} "
@@ -122,15 +126,15 @@ def ip_adapter_tensors(models: ToyModels) -> dict[str, torch.Tensor]:
     return flat
 
 
-def export(models: ToyModels, unet_overrides: Optional[dict] = None, prediction_type: str = "epsilon"
-           ) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]]:
+def export(models: ToyModels, unet_overrides: Optional[dict] = None, prediction_type: str = "epsilon",
+           codec_scale: float = CODEC_SCALE) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]]:
     """file name -> (tensors, safetensors metadata). The base UNet excludes the phase-B ip layers."""
     ip_keys = ("to_k_ip.weight", "to_v_ip.weight")
     unet = {k: v for k, v in toy_state_dict(models.unet).items() if not k.endswith(ip_keys)}
     # One metadata key per file: safetensors writes its header's metadata map in hash order, so several keys
     # would make the bytes (and the MANIFEST sha256) differ between identical runs.
     return {
-        "base_unet.safetensors": (unet, base_file_metadata(unet_overrides, prediction_type)),
+        "base_unet.safetensors": (unet, base_file_metadata(unet_overrides, prediction_type, codec_scale)),
         "text_encoder.safetensors": (toy_state_dict(models.text), {"format": "i2v ToyTextEncoder"}),
         "image_encoder.safetensors": (toy_state_dict(models.image_encoder), {"format": "i2v ToyImageEncoder"}),
         "ip_adapter.safetensors": (ip_adapter_tensors(models), {"format": "IP-Adapter Plus (flat), toy"}),
@@ -173,7 +177,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     torch.set_num_threads(args.threads)
     start = time.time()
 
-    models = build_base(cfg.seed, cfg.attn_init_scale, cfg.unet_overrides, cfg.prediction_type)
+    models = build_base(cfg.seed, cfg.attn_init_scale, cfg.unet_overrides, cfg.prediction_type, cfg.codec_scale)
     stream = ClipStream(cfg)
     g = torch.Generator().manual_seed(cfg.seed + 12345)  # t, ε, caption/image drops, frame choice
     n_unet = sum(p.numel() for p in models.unet.parameters())
@@ -186,12 +190,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     t_train = time.time() - start
 
     paths = {name: write_safetensors(out / name, tensors, meta, args.overwrite)
-             for name, (tensors, meta) in export(models, cfg.unet_overrides, cfg.prediction_type).items()}
+             for name, (tensors, meta) in export(models, cfg.unet_overrides, cfg.prediction_type,
+                                                           cfg.codec_scale).items()}
     manifest = {
         "command": command_line(args, cfg),
         "seed": cfg.seed, "threads": args.threads, "quick": args.quick,
         "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("state_dir", "progress")}, "unet": {"preset": "toy", "motion": MOTION, **unet_build_overrides(cfg.unet_overrides)},
-        "resampler": RESAMPLER, "schedule": {**SCHEDULE, "prediction_type": cfg.prediction_type}, "codec": {"kind": "patch", "scale": CODEC_SCALE},
+        "resampler": RESAMPLER, "schedule": {**SCHEDULE, "prediction_type": cfg.prediction_type}, "codec": {"kind": "patch", "scale": cfg.codec_scale},
         "losses": {"base": loss_summary(base), "content": loss_summary(content)},
         "files": {name: {"sha256": sha256(p), "bytes": p.stat().st_size} for name, p in paths.items()},
         "wall_time_s": {"base": round(t_base, 1), "content": round(t_train - t_base, 1),

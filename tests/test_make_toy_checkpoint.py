@@ -180,7 +180,7 @@ def test_bundle_build_toy_loads_the_files(runs):
     backbone = OmegaConf.create({
         "name": "toy", "motion_version": "v2", "unet": str(out / "base_unet.safetensors"),
         "text_encoder": str(out / "text_encoder.safetensors"), "image_encoder": str(out / "image_encoder.safetensors"),
-        "ip_adapter": str(out / "ip_adapter.safetensors"), "codec": "patch", "vae_scale": 1.0})
+        "ip_adapter": str(out / "ip_adapter.safetensors"), "codec": "patch", "vae_scale": 4.0})
     parts = ToyBuilder(backbone).build_parts(OmegaConf.create({"content": True, "content_scale": 1.0}))
     x, t, img = _inputs(1)
     prompts = ["a green square moving up on a white background", "a blue triangle"]
@@ -208,11 +208,14 @@ def test_scene_and_attention_options_reach_the_run_and_its_manifest(tmp_path):
     torch.set_num_threads(1)
     over = {"transformer_layers_per_block": [2, 1]}
     mod.main(["--quick", "--no-progress", "--out", str(tmp_path), "--texture", "0.2", "--texture-tiles", "2",
-              "--attn-init-scale", "3", "--unet-overrides", json.dumps(over), "--prediction-type", "v_prediction"])
+              "--attn-init-scale", "3", "--unet-overrides", json.dumps(over), "--prediction-type", "v_prediction",
+              "--codec-scale", "2"])
     manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
     assert (manifest["config"]["texture"], manifest["config"]["texture_tiles"]) == (0.2, 2)
     assert manifest["config"]["attn_init_scale"] == 3.0
-    assert "--texture 0.2 --texture-tiles 2 --prediction-type v_prediction --attn-init-scale 3 " in manifest["command"]
+    assert ("--texture 0.2 --texture-tiles 2 --prediction-type v_prediction --codec-scale 2 --attn-init-scale 3 "
+            in manifest["command"])
+    assert manifest["codec"]["scale"] == manifest["config"]["codec_scale"] == 2.0
     assert manifest["schedule"]["prediction_type"] == manifest["config"]["prediction_type"] == "v_prediction"
     assert f"--unet-overrides '{json.dumps(over)}' " in manifest["command"]
     assert manifest["config"]["unet_overrides"] == over and manifest["unet"]["transformer_layers_per_block"] == [2, 1]
@@ -221,15 +224,18 @@ def test_scene_and_attention_options_reach_the_run_and_its_manifest(tmp_path):
     with safe_open(str(tmp_path / "base_unet.safetensors"), "pt") as f:
         meta = read_base_file_metadata(f.metadata())
     assert meta == {"build_overrides": {"in_channels": 12, "out_channels": 12, **over},
-                    "prediction_type": "v_prediction"}
+                    "prediction_type": "v_prediction", "codec_scale": 2.0}
     cfg = OmegaConf.create({"unet": str(tmp_path / "base_unet.safetensors"), "motion_version": "v2",
                             "text_encoder": str(tmp_path / "text_encoder.safetensors"), "codec": "patch",
-                            "vae_scale": 4.0, "schedule": {"prediction_type": "v_prediction"}})
+                            "vae_scale": 2.0, "schedule": {"prediction_type": "v_prediction"}})
     from i2v.toy.build import ToyBuilder
     unet = ToyBuilder(cfg).build_parts(OmegaConf.create({"content": False}))["unet"]
     # a config that reads the base's output as the other kind is refused, naming the key to set
     cfg.schedule.prediction_type = "epsilon"
     with pytest.raises(ValueError, match="backbone.schedule.prediction_type=v_prediction"):
+        ToyBuilder(cfg).build_parts(OmegaConf.create({"content": False}))
+    cfg.schedule.prediction_type, cfg.vae_scale = "v_prediction", 4.0     # and one that scales latents otherwise
+    with pytest.raises(ValueError, match="backbone.vae_scale=2"):
         ToyBuilder(cfg).build_parts(OmegaConf.create({"content": False}))
     level0 = [n for n, _ in spatial_attention_layers(unet, "attn1") if n.startswith("down_blocks.0")]
     assert len(level0) == 2, level0       # the toy preset has one transformer layer there

@@ -35,6 +35,10 @@ class ToyBuilder(BackboneBuilder):
             raise ValueError(f"{backbone.unet} is a {meta['prediction_type']!r} base but backbone.schedule."
                              f"prediction_type is {wanted!r}; set backbone.schedule.prediction_type="
                              f"{meta['prediction_type']} (its MANIFEST.json 'schedule' says so too)")
+        if meta["codec_scale"] is not None and float(meta["codec_scale"]) != float(backbone.vae_scale):
+            raise ValueError(f"{backbone.unet} was trained on latents scaled by {meta['codec_scale']:g} but "
+                             f"backbone.vae_scale is {float(backbone.vae_scale):g}; set backbone.vae_scale="
+                             f"{meta['codec_scale']:g}")
         unet = build_video_unet("toy", motion=backbone.motion_version, **meta["build_overrides"])
         unet.load_state_dict(load_file(str(backbone.unet)), strict=True)
         text = ToyTextEncoder()

@@ -92,6 +92,7 @@ class PretrainConfig:
     # there is nothing left for the I2V-Adapter to remove (adapter on/off 0.98-0.99). A v-predictor outputs
     # ~ -x0 at high t, so its eps error there is sqrt(alpha_bar) x its x0 error and what frame 1 tells it counts.
     prediction_type: str = "epsilon"
+    codec_scale: float = CODEC_SCALE  # latent scale of the toy codec (= backbone.vae_scale of the configs using it)
     attn_init_scale: float = 1.0  # initial to_q/to_k of the spatial self-attentions x this (build_base)
     # UNetConfig fields changed from the "toy" preset (e.g. {"transformer_layers_per_block": [2, 1]}); stored in
     # the base file's metadata, from which i2v.toy.build rebuilds the same UNet
@@ -107,20 +108,25 @@ class PretrainConfig:
 ToyModels = Bundle
 
 
-def base_file_metadata(unet_overrides: Optional[dict] = None, prediction_type: str = "epsilon") -> dict[str, str]:
+def base_file_metadata(unet_overrides: Optional[dict] = None, prediction_type: str = "epsilon",
+                       codec_scale: float = CODEC_SCALE) -> dict[str, str]:
     """The base UNet file's safetensors metadata: one key (safetensors writes several in hash order, which would
-    make identical runs differ in bytes), ``toy_base`` = JSON ``{"build_overrides": ..., "prediction_type": ...}``."""
+    make identical runs differ in bytes), ``toy_base`` = JSON ``{"build_overrides": ..., "prediction_type": ...,
+    "codec_scale": ...}``: what a config must agree with to use the file."""
     return {"toy_base": json.dumps({"build_overrides": unet_build_overrides(unet_overrides),
-                                    "prediction_type": prediction_type}, sort_keys=True)}
+                                    "prediction_type": prediction_type, "codec_scale": float(codec_scale)},
+                                   sort_keys=True)}
 
 
 def read_base_file_metadata(meta: Optional[dict]) -> dict:
-    """``{"build_overrides": dict, "prediction_type": str}`` from a base file's metadata (files written before
-    ``toy_base`` existed carry only ``build_overrides`` and were ε-prediction bases)."""
+    """``{"build_overrides": dict, "prediction_type": str, "codec_scale": float | None}`` from a base file's
+    metadata (files written before ``toy_base`` existed carry only ``build_overrides``: ε-prediction bases whose
+    codec scale is not recorded)."""
     meta = meta or {}
     if "toy_base" in meta:
-        return json.loads(meta["toy_base"])
-    return {"build_overrides": json.loads(meta.get("build_overrides", "{}")), "prediction_type": "epsilon"}
+        return {"codec_scale": None, **json.loads(meta["toy_base"])}
+    return {"build_overrides": json.loads(meta.get("build_overrides", "{}")), "prediction_type": "epsilon",
+            "codec_scale": None}
 
 
 def unet_build_overrides(unet_overrides: Optional[dict] = None) -> dict:
@@ -130,11 +136,11 @@ def unet_build_overrides(unet_overrides: Optional[dict] = None) -> dict:
 
 
 def build_base(seed: int, attn_init_scale: float = 1.0, unet_overrides: Optional[dict] = None,
-               prediction_type: str = "epsilon") -> Bundle:
+               prediction_type: str = "epsilon", codec_scale: float = CODEC_SCALE) -> Bundle:
     """Fresh phase-A models: UNet initialised from ``torch.manual_seed(seed)``, encoders by their own seeded init.
     ``attn_init_scale`` multiplies the initial ``to_q``/``to_k`` of every spatial self-attention (attn1): larger
     query/key weights start the softmax sharper (lower temperature). ``unet_overrides``: see
-    :attr:`PretrainConfig.unet_overrides`; ``prediction_type``: :attr:`PretrainConfig.prediction_type`."""
+    :attr:`PretrainConfig.unet_overrides`; ``prediction_type``, ``codec_scale``: see :class:`PretrainConfig`."""
     torch.manual_seed(seed)
     unet = build_video_unet("toy", motion=MOTION, **unet_build_overrides(unet_overrides))
     if attn_init_scale != 1.0:
@@ -144,7 +150,7 @@ def build_base(seed: int, attn_init_scale: float = 1.0, unet_overrides: Optional
                 attn.to_q.weight.mul_(attn_init_scale)
                 attn.to_k.weight.mul_(attn_init_scale)
     schedule = NoiseSchedule(**SCHEDULE, prediction_type=prediction_type)
-    return Bundle("toy", unet, PatchCodec(CODEC_SCALE), ToyTextEncoder(), schedule, resolution=32)
+    return Bundle("toy", unet, PatchCodec(codec_scale), ToyTextEncoder(), schedule, resolution=32)
 
 
 class ClipStream:
