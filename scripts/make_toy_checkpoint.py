@@ -68,6 +68,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                     help="what the base UNet outputs (see PretrainConfig.prediction_type)")
     ap.add_argument("--codec-scale", type=float, default=d.codec_scale,
                     help="latent scale of the toy codec (configs: backbone.vae_scale)")
+    ap.add_argument("--position-channels", type=int, default=d.position_channels,
+                    help="fixed sin/cos position codes appended to the latents (multiple of 4; see PatchCodec)")
     ap.add_argument("--attn-init-scale", type=float, default=d.attn_init_scale,
                     help="initial to_q/to_k of the UNet's self-attentions x this (sharper starting attention)")
     ap.add_argument("--unet-overrides", type=json.loads, default={},
@@ -92,6 +94,7 @@ def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
                          batch_size=args.batch_size, lr=args.lr, ip_lr=args.ip_lr, offset_noise=args.offset_noise,
                          texture=args.texture, texture_tiles=args.texture_tiles,
                          prediction_type=args.prediction_type, codec_scale=args.codec_scale,
+                         position_channels=args.position_channels,
                          attn_init_scale=args.attn_init_scale, unet_overrides=dict(args.unet_overrides),
                          ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every,
                          state_dir=args.state_dir or str(Path(args.out) / ".pretrain_state"),
@@ -109,6 +112,7 @@ def command_line(args: argparse.Namespace, cfg: PretrainConfig) -> str:
             + (f"--texture {cfg.texture:g} --texture-tiles {cfg.texture_tiles} " if cfg.texture else "")
             + (f"--prediction-type {cfg.prediction_type} " if cfg.prediction_type != "epsilon" else "")
             + (f"--codec-scale {cfg.codec_scale:g} " if cfg.codec_scale != CODEC_SCALE else "")
+            + (f"--position-channels {cfg.position_channels} " if cfg.position_channels else "")
             + (f"--attn-init-scale {cfg.attn_init_scale:g} " if cfg.attn_init_scale != 1.0 else "")
             + (f"--unet-overrides '{json.dumps(cfg.unet_overrides)}' " if cfg.unet_overrides else "")
             + f"--ema-decay {cfg.ema_decay:g} "
@@ -127,14 +131,16 @@ def ip_adapter_tensors(models: ToyModels) -> dict[str, torch.Tensor]:
 
 
 def export(models: ToyModels, unet_overrides: Optional[dict] = None, prediction_type: str = "epsilon",
-           codec_scale: float = CODEC_SCALE) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]]:
+           codec_scale: float = CODEC_SCALE, position_channels: int = 0
+           ) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]]:
     """file name -> (tensors, safetensors metadata). The base UNet excludes the phase-B ip layers."""
     ip_keys = ("to_k_ip.weight", "to_v_ip.weight")
     unet = {k: v for k, v in toy_state_dict(models.unet).items() if not k.endswith(ip_keys)}
     # One metadata key per file: safetensors writes its header's metadata map in hash order, so several keys
     # would make the bytes (and the MANIFEST sha256) differ between identical runs.
     return {
-        "base_unet.safetensors": (unet, base_file_metadata(unet_overrides, prediction_type, codec_scale)),
+        "base_unet.safetensors": (unet, base_file_metadata(unet_overrides, prediction_type, codec_scale,
+                                                             position_channels)),
         "text_encoder.safetensors": (toy_state_dict(models.text), {"format": "i2v ToyTextEncoder"}),
         "image_encoder.safetensors": (toy_state_dict(models.image_encoder), {"format": "i2v ToyImageEncoder"}),
         "ip_adapter.safetensors": (ip_adapter_tensors(models), {"format": "IP-Adapter Plus (flat), toy"}),
@@ -177,7 +183,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     torch.set_num_threads(args.threads)
     start = time.time()
 
-    models = build_base(cfg.seed, cfg.attn_init_scale, cfg.unet_overrides, cfg.prediction_type, cfg.codec_scale)
+    models = build_base(cfg.seed, cfg.attn_init_scale, cfg.unet_overrides, cfg.prediction_type, cfg.codec_scale,
+                        cfg.position_channels)
     stream = ClipStream(cfg)
     g = torch.Generator().manual_seed(cfg.seed + 12345)  # t, ε, caption/image drops, frame choice
     n_unet = sum(p.numel() for p in models.unet.parameters())
@@ -191,12 +198,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     paths = {name: write_safetensors(out / name, tensors, meta, args.overwrite)
              for name, (tensors, meta) in export(models, cfg.unet_overrides, cfg.prediction_type,
-                                                           cfg.codec_scale).items()}
+                                                           cfg.codec_scale, cfg.position_channels).items()}
     manifest = {
         "command": command_line(args, cfg),
         "seed": cfg.seed, "threads": args.threads, "quick": args.quick,
-        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("state_dir", "progress")}, "unet": {"preset": "toy", "motion": MOTION, **unet_build_overrides(cfg.unet_overrides)},
-        "resampler": RESAMPLER, "schedule": {**SCHEDULE, "prediction_type": cfg.prediction_type}, "codec": {"kind": "patch", "scale": cfg.codec_scale},
+        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("state_dir", "progress")}, "unet": {"preset": "toy", "motion": MOTION, **unet_build_overrides(cfg.unet_overrides, cfg.position_channels)},
+        "resampler": RESAMPLER, "schedule": {**SCHEDULE, "prediction_type": cfg.prediction_type}, "codec": {"kind": "patch", "scale": cfg.codec_scale,
+                                                "position_channels": cfg.position_channels},
         "losses": {"base": loss_summary(base), "content": loss_summary(content)},
         "files": {name: {"sha256": sha256(p), "bytes": p.stat().st_size} for name, p in paths.items()},
         "wall_time_s": {"base": round(t_base, 1), "content": round(t_train - t_base, 1),

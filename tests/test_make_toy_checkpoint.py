@@ -209,12 +209,12 @@ def test_scene_and_attention_options_reach_the_run_and_its_manifest(tmp_path):
     over = {"transformer_layers_per_block": [2, 1]}
     mod.main(["--quick", "--no-progress", "--out", str(tmp_path), "--texture", "0.2", "--texture-tiles", "2",
               "--attn-init-scale", "3", "--unet-overrides", json.dumps(over), "--prediction-type", "v_prediction",
-              "--codec-scale", "2"])
+              "--codec-scale", "2", "--position-channels", "4"])
     manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
     assert (manifest["config"]["texture"], manifest["config"]["texture_tiles"]) == (0.2, 2)
     assert manifest["config"]["attn_init_scale"] == 3.0
-    assert ("--texture 0.2 --texture-tiles 2 --prediction-type v_prediction --codec-scale 2 --attn-init-scale 3 "
-            in manifest["command"])
+    assert ("--texture 0.2 --texture-tiles 2 --prediction-type v_prediction --codec-scale 2 --position-channels 4 "
+            "--attn-init-scale 3 " in manifest["command"])
     assert manifest["codec"]["scale"] == manifest["config"]["codec_scale"] == 2.0
     assert manifest["schedule"]["prediction_type"] == manifest["config"]["prediction_type"] == "v_prediction"
     assert f"--unet-overrides '{json.dumps(over)}' " in manifest["command"]
@@ -223,13 +223,15 @@ def test_scene_and_attention_options_reach_the_run_and_its_manifest(tmp_path):
 
     with safe_open(str(tmp_path / "base_unet.safetensors"), "pt") as f:
         meta = read_base_file_metadata(f.metadata())
-    assert meta == {"build_overrides": {"in_channels": 12, "out_channels": 12, **over},
-                    "prediction_type": "v_prediction", "codec_scale": 2.0}
+    assert meta == {"build_overrides": {"in_channels": 16, "out_channels": 16, **over},
+                    "prediction_type": "v_prediction", "codec_scale": 2.0, "position_channels": 4}
     cfg = OmegaConf.create({"unet": str(tmp_path / "base_unet.safetensors"), "motion_version": "v2",
                             "text_encoder": str(tmp_path / "text_encoder.safetensors"), "codec": "patch",
                             "vae_scale": 2.0, "schedule": {"prediction_type": "v_prediction"}})
     from i2v.toy.build import ToyBuilder
-    unet = ToyBuilder(cfg).build_parts(OmegaConf.create({"content": False}))["unet"]
+    parts = ToyBuilder(cfg).build_parts(OmegaConf.create({"content": False}))
+    unet = parts["unet"]
+    assert parts["codec"].latent_channels == 16 and parts["codec"].position_channels == 4
     # a config that reads the base's output as the other kind is refused, naming the key to set
     cfg.schedule.prediction_type = "epsilon"
     with pytest.raises(ValueError, match="backbone.schedule.prediction_type=v_prediction"):

@@ -248,18 +248,44 @@ def _patch_mix() -> torch.Tensor:
     return torch.kron(colour, haar).float()
 
 
+def position_channels(n: int, h: int, w: int, dtype=torch.float32) -> torch.Tensor:
+    """``(n, h, w)`` fixed sin/cos codes of the latent grid position: for frequencies f = 1, 3, 5, … (n/4 of them),
+    sin and cos of 2π·f·x/w and of 2π·f·y/h. Their dot product between two places is Σ cos(2π·f·Δ/size), largest
+    at Δ = 0, so attention on them can find "the same place"."""
+    if n < 0 or n % 4:
+        raise ValueError(f"position channels come in groups of 4 (sin/cos of x and y), got {n}")
+    ys = torch.arange(h, dtype=torch.float64).view(h, 1).expand(h, w)
+    xs = torch.arange(w, dtype=torch.float64).view(1, w).expand(h, w)
+    out = []
+    for k in range(n // 4):
+        f = 2 * k + 1
+        ax, ay = 2 * math.pi * f * xs / w, 2 * math.pi * f * ys / h
+        out += [torch.sin(ax), torch.cos(ax), torch.sin(ay), torch.cos(ay)]
+    return (torch.stack(out) if out else torch.zeros(0, h, w, dtype=torch.float64)).to(dtype)
+
+
 class PatchCodec(nn.Module):
     """Fixed invertible codec: 2x2 space-to-depth ``(B, 3, H, W) -> (B, 12, H/2, W/2)`` then the orthonormal
-    :func:`_patch_mix`, times ``scale``. The toy backbone's default codec (`backbone.codec=patch`)."""
+    :func:`_patch_mix`, times ``scale``. The toy backbone's default codec (`backbone.codec=patch`).
 
-    latent_channels = 12
+    ``position_channels`` > 0 appends that many fixed :func:`position_channels` codes (same in every image, times
+    ``scale``) after the 12 image channels; ``decode`` drops them. They are the toy's stand-in for the absolute
+    position that SD's features carry (zero padding through a deep UNet on 64² latents) and a 1.2M-parameter UNet
+    on 16² latents does not learn: without it no attention, the base's or the I2V-Adapter's, can find the same
+    place in another frame (README, toy world)."""
+
+    image_channels = 12
     downsample = 2
 
-    def __init__(self, scale: float = 1.0):
+    def __init__(self, scale: float = 1.0, position_channels: int = 0):
         super().__init__()
         if scale == 0:
             raise ValueError("PatchCodec scale must be non-zero")
+        if position_channels < 0 or position_channels % 4:
+            raise ValueError(f"PatchCodec position_channels must be a multiple of 4, got {position_channels}")
         self.scale = float(scale)
+        self.position_channels = int(position_channels)
+        self.latent_channels = self.image_channels + self.position_channels
         self.register_buffer("mix", _patch_mix(), persistent=False)
 
     def encode(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -267,11 +293,17 @@ class PatchCodec(nn.Module):
         if pixels.shape[-1] % 2 or pixels.shape[-2] % 2:
             raise ValueError(f"PatchCodec needs even H and W, got {tuple(pixels.shape[-2:])}")
         z = F.pixel_unshuffle(pixels, 2)  # channel index = c*4 + 2*row + col
-        return torch.einsum("oc,bchw->bohw", self.mix.to(z.dtype), z) * self.scale
+        z = torch.einsum("oc,bchw->bohw", self.mix.to(z.dtype), z)
+        if self.position_channels:
+            b, _, h, w = z.shape
+            pos = position_channels(self.position_channels, h, w, z.dtype).to(z.device)
+            z = torch.cat([z, pos.unsqueeze(0).expand(b, -1, -1, -1)], dim=1)
+        return z * self.scale
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        _check_pixels(latents, 12, "PatchCodec.decode")
-        z = torch.einsum("oc,bohw->bchw", self.mix.to(latents.dtype), latents / self.scale)
+        _check_pixels(latents, self.latent_channels, "PatchCodec.decode")
+        img = latents[:, :self.image_channels] / self.scale
+        z = torch.einsum("oc,bohw->bchw", self.mix.to(latents.dtype), img)
         return F.pixel_shuffle(z, 2)
 
 

@@ -40,7 +40,7 @@ from i2v.pipeline.bundle import Bundle
 
 # build_video_unet("toy", motion=MOTION, **UNET_OVERRIDES) = the shipped base UNet (stored in the file's metadata)
 MOTION = "v2"
-UNET_OVERRIDES = {"in_channels": PatchCodec.latent_channels, "out_channels": PatchCodec.latent_channels}
+UNET_OVERRIDES = {"in_channels": PatchCodec.image_channels, "out_channels": PatchCodec.image_channels}
 SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear")
 # Latent scale of the toy codec (= backbone/toy.yaml vae_scale). SD scales its VAE latents to unit variance; the
 # toy's unscaled PatchCodec latents have E[z^2] = 0.5. A 1.2M-parameter base reproduces its input noise only to an
@@ -93,6 +93,8 @@ class PretrainConfig:
     # ~ -x0 at high t, so its eps error there is sqrt(alpha_bar) x its x0 error and what frame 1 tells it counts.
     prediction_type: str = "epsilon"
     codec_scale: float = CODEC_SCALE  # latent scale of the toy codec (= backbone.vae_scale of the configs using it)
+    # Fixed sin/cos position codes appended to the latents (PatchCodec position_channels; 0 = none): see PatchCodec.
+    position_channels: int = 0
     attn_init_scale: float = 1.0  # initial to_q/to_k of the spatial self-attentions x this (build_base)
     # UNetConfig fields changed from the "toy" preset (e.g. {"transformer_layers_per_block": [2, 1]}); stored in
     # the base file's metadata, from which i2v.toy.build rebuilds the same UNet
@@ -109,40 +111,43 @@ ToyModels = Bundle
 
 
 def base_file_metadata(unet_overrides: Optional[dict] = None, prediction_type: str = "epsilon",
-                       codec_scale: float = CODEC_SCALE) -> dict[str, str]:
+                       codec_scale: float = CODEC_SCALE, position_channels: int = 0) -> dict[str, str]:
     """The base UNet file's safetensors metadata: one key (safetensors writes several in hash order, which would
-    make identical runs differ in bytes), ``toy_base`` = JSON ``{"build_overrides": ..., "prediction_type": ...,
-    "codec_scale": ...}``: what a config must agree with to use the file."""
-    return {"toy_base": json.dumps({"build_overrides": unet_build_overrides(unet_overrides),
-                                    "prediction_type": prediction_type, "codec_scale": float(codec_scale)},
-                                   sort_keys=True)}
+    make identical runs differ in bytes), ``toy_base`` = JSON ``{"build_overrides", "prediction_type",
+    "codec_scale", "position_channels"}``: how to rebuild the UNet and codec, and what a config must agree with."""
+    return {"toy_base": json.dumps({"build_overrides": unet_build_overrides(unet_overrides, position_channels),
+                                    "prediction_type": prediction_type, "codec_scale": float(codec_scale),
+                                    "position_channels": int(position_channels)}, sort_keys=True)}
 
 
 def read_base_file_metadata(meta: Optional[dict]) -> dict:
-    """``{"build_overrides": dict, "prediction_type": str, "codec_scale": float | None}`` from a base file's
+    """``{"build_overrides", "prediction_type", "codec_scale" (None: not recorded), "position_channels"}`` from a base file's
     metadata (files written before ``toy_base`` existed carry only ``build_overrides``: ε-prediction bases whose
     codec scale is not recorded)."""
     meta = meta or {}
     if "toy_base" in meta:
-        return {"codec_scale": None, **json.loads(meta["toy_base"])}
+        return {"codec_scale": None, "position_channels": 0, **json.loads(meta["toy_base"])}
     return {"build_overrides": json.loads(meta.get("build_overrides", "{}")), "prediction_type": "epsilon",
-            "codec_scale": None}
+            "codec_scale": None, "position_channels": 0}
 
 
-def unet_build_overrides(unet_overrides: Optional[dict] = None) -> dict:
-    """``build_video_unet("toy", motion=MOTION, **this)`` is the base UNet: :data:`UNET_OVERRIDES` plus a run's
-    ``unet_overrides`` (what the base file's ``build_overrides`` metadata and MANIFEST record)."""
-    return {**UNET_OVERRIDES, **(unet_overrides or {})}
+def unet_build_overrides(unet_overrides: Optional[dict] = None, position_channels: int = 0) -> dict:
+    """``build_video_unet("toy", motion=MOTION, **this)`` is the base UNet: :data:`UNET_OVERRIDES` (with the
+    codec's position channels added to in/out channels) plus a run's ``unet_overrides`` (what the base file's
+    ``build_overrides`` metadata and MANIFEST record)."""
+    width = PatchCodec.image_channels + int(position_channels)
+    return {**UNET_OVERRIDES, "in_channels": width, "out_channels": width, **(unet_overrides or {})}
 
 
 def build_base(seed: int, attn_init_scale: float = 1.0, unet_overrides: Optional[dict] = None,
-               prediction_type: str = "epsilon", codec_scale: float = CODEC_SCALE) -> Bundle:
+               prediction_type: str = "epsilon", codec_scale: float = CODEC_SCALE,
+               position_channels: int = 0) -> Bundle:
     """Fresh phase-A models: UNet initialised from ``torch.manual_seed(seed)``, encoders by their own seeded init.
     ``attn_init_scale`` multiplies the initial ``to_q``/``to_k`` of every spatial self-attention (attn1): larger
     query/key weights start the softmax sharper (lower temperature). ``unet_overrides``: see
     :attr:`PretrainConfig.unet_overrides`; ``prediction_type``, ``codec_scale``: see :class:`PretrainConfig`."""
     torch.manual_seed(seed)
-    unet = build_video_unet("toy", motion=MOTION, **unet_build_overrides(unet_overrides))
+    unet = build_video_unet("toy", motion=MOTION, **unet_build_overrides(unet_overrides, position_channels))
     if attn_init_scale != 1.0:
         from i2v.models.attention import spatial_attention_layers
         with torch.no_grad():
@@ -150,7 +155,8 @@ def build_base(seed: int, attn_init_scale: float = 1.0, unet_overrides: Optional
                 attn.to_q.weight.mul_(attn_init_scale)
                 attn.to_k.weight.mul_(attn_init_scale)
     schedule = NoiseSchedule(**SCHEDULE, prediction_type=prediction_type)
-    return Bundle("toy", unet, PatchCodec(codec_scale), ToyTextEncoder(), schedule, resolution=32)
+    codec = PatchCodec(codec_scale, position_channels=position_channels)
+    return Bundle("toy", unet, codec, ToyTextEncoder(), schedule, resolution=32)
 
 
 class ClipStream:
@@ -383,7 +389,7 @@ def sample_t2v(models: Bundle, captions: list[str], steps: int = 25, cfg_scale: 
     sched = make_scheduler("ddim", models.schedule)
     sched.set_timesteps(steps)
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, PatchCodec.latent_channels, num_frames, side, side, generator=g)
+    x = torch.randn(b, models.codec.latent_channels, num_frames, side, side, generator=g)
     cond, uncond = models.condition(list(captions), images), models.condition([""] * b)
     out = sample_video(Denoiser(models.unet, cfg_scale), x, cond, uncond, sched.timesteps, scheduler=sched,
                        generator=g, fixed_frames=0)

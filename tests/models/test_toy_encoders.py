@@ -169,6 +169,30 @@ def test_patch_codec_invertible_and_orthonormal():
         codec.encode(torch.zeros(1, 3, 5, 6))
 
 
+def test_patch_codec_position_channels():
+    """position_channels appends fixed sin/cos codes (same for every image, x scale) that decode drops; their dot
+    product singles out the same place: every latent position is most similar to itself."""
+    from i2v.models.toy import position_channels
+
+    codec = PatchCodec(scale=2.0, position_channels=8)
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    z = codec.encode(x)
+    assert z.shape == (3, 20, 16, 16) and codec.latent_channels == 20
+    torch.testing.assert_close(z[:, :12], PatchCodec(scale=2.0).encode(x))
+    pos = position_channels(8, 16, 16)
+    torch.testing.assert_close(z[:, 12:], 2.0 * pos.expand(3, -1, -1, -1))
+    assert (codec.decode(z) - x).abs().max() <= 1e-5
+    flat = pos.flatten(1).T                          # (256 places, 8 codes)
+    sim = flat @ flat.T
+    assert torch.equal(sim.argmax(dim=1), torch.arange(256))
+    assert (sim.diagonal() - sim.masked_fill(torch.eye(256, dtype=torch.bool), -1e9).max(dim=1).values).min() > 0.1
+    torch.testing.assert_close(pos[0], torch.sin(2 * math.pi * torch.arange(16.0) / 16).expand(16, 16))  # sin x
+    with pytest.raises(ValueError, match="PatchCodec.decode"):
+        codec.decode(torch.zeros(1, 12, 16, 16))
+    with pytest.raises(ValueError, match="multiple of 4"):
+        PatchCodec(position_channels=6)
+
+
 @pytest.mark.parametrize("kind", ["text", "image"])
 def test_state_dict_safetensors_round_trip(tmp_path, kind):
     if kind == "text":
