@@ -62,6 +62,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                     help="per-video and per-frame channel offset added to the noise (see PretrainConfig)")
     ap.add_argument("--texture", type=float, default=d.texture,
                     help="amplitude of the clips' static background pattern (0 = flat backgrounds)")
+    ap.add_argument("--texture-cells", type=int, default=d.texture_cells,
+                    help="the background pattern has n x n cells over the image")
     ap.add_argument("--texture-tiles", type=int, default=d.texture_tiles,
                     help="the background pattern is one random tile repeated k x k times")
     ap.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=d.prediction_type,
@@ -92,7 +94,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
     cfg = PretrainConfig(seed=args.seed, base_steps=args.base_steps, ip_steps=args.ip_steps,
                          batch_size=args.batch_size, lr=args.lr, ip_lr=args.ip_lr, offset_noise=args.offset_noise,
-                         texture=args.texture, texture_tiles=args.texture_tiles,
+                         texture=args.texture, texture_cells=args.texture_cells, texture_tiles=args.texture_tiles,
                          prediction_type=args.prediction_type, codec_scale=args.codec_scale,
                          position_channels=args.position_channels,
                          attn_init_scale=args.attn_init_scale, unet_overrides=dict(args.unet_overrides),
@@ -109,7 +111,8 @@ def command_line(args: argparse.Namespace, cfg: PretrainConfig) -> str:
     return (f"PYTHONPATH=. python scripts/make_toy_checkpoint.py --out {out_s} --seed {cfg.seed} "
             f"--base-steps {cfg.base_steps} --ip-steps {cfg.ip_steps} --batch-size {cfg.batch_size} "
             f"--lr {cfg.lr:g} --ip-lr {cfg.ip_lr:g} --offset-noise {cfg.offset_noise:g} "
-            + (f"--texture {cfg.texture:g} --texture-tiles {cfg.texture_tiles} " if cfg.texture else "")
+            + (f"--texture {cfg.texture:g} --texture-cells {cfg.texture_cells} --texture-tiles {cfg.texture_tiles} "
+               if cfg.texture else "")
             + (f"--prediction-type {cfg.prediction_type} " if cfg.prediction_type != "epsilon" else "")
             + (f"--codec-scale {cfg.codec_scale:g} " if cfg.codec_scale != CODEC_SCALE else "")
             + (f"--position-channels {cfg.position_channels} " if cfg.position_channels else "")

@@ -213,7 +213,8 @@ def test_scene_and_attention_options_reach_the_run_and_its_manifest(tmp_path):
     manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
     assert (manifest["config"]["texture"], manifest["config"]["texture_tiles"]) == (0.2, 2)
     assert manifest["config"]["attn_init_scale"] == 3.0
-    assert ("--texture 0.2 --texture-tiles 2 --prediction-type v_prediction --codec-scale 2 --position-channels 4 "
+    assert ("--texture 0.2 --texture-cells 8 --texture-tiles 2 --prediction-type v_prediction --codec-scale 2 "
+            "--position-channels 4 "
             "--attn-init-scale 3 " in manifest["command"])
     assert manifest["codec"]["scale"] == manifest["config"]["codec_scale"] == 2.0
     assert manifest["schedule"]["prediction_type"] == manifest["config"]["prediction_type"] == "v_prediction"
