@@ -11,7 +11,9 @@ Arguments are the training config's overrides (``configs/train.yaml``: backbone,
 ``ckpt=`` (adapter file; default: the experiment's ``ckpt``, none = base only), ``n_clips=`` (16),
 ``timesteps=[200,500,800,950]``, ``noise_seed=`` (0), ``batch_size=`` (8), ``device=`` (auto), ``json=<path>``,
 ``focus_t=`` (500: the timestep of the attention-focus table, which shows per attn1 layer how close to uniform the
-base's self-attention and the adapter branch's attention to frame 1 are; ``focus_t=null`` skips it).
+base's self-attention and the adapter branch's attention to frame 1 are; ``focus_t=null`` skips it),
+``probes=`` (true: two more passes per t with the adapter off -- every spatial self-attention zeroed, and every
+frame's self-attention reading frame 1's keys/values -- which tell whether the base gives the branch a route at all).
 Clips: the toy world's held-out scenes (``SyntheticVideos`` with the evaluation seed), else the data module's
 validation split (the training data when it has none).
 """
@@ -28,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-OWN_KEYS = ("ckpt", "n_clips", "timesteps", "noise_seed", "batch_size", "device", "json", "focus_t")
+OWN_KEYS = ("ckpt", "n_clips", "timesteps", "noise_seed", "batch_size", "device", "json", "focus_t", "probes")
 
 
 def split_args(argv: Sequence[str]) -> tuple[dict, list[str]]:
@@ -78,7 +80,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     from i2v.pipeline.bundle import build_bundle
     from i2v.checkpoints.adapter_io import load_adapter
     from i2v.training.diagnose import (DEFAULT_TIMESTEPS, attention_focus, eps_loss_by_timestep, findings,
-                                       focus_findings, format_focus, format_table)
+                                       focus_findings, format_focus, format_probes, format_table,
+                                       probe_findings)
 
     own, overrides = split_args(sys.argv[1:] if argv is None else argv)
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
@@ -96,10 +99,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     videos, texts = held_out_clips(cfg, int(own.get("n_clips", 16)))
     timesteps = [int(t) for t in own.get("timesteps", DEFAULT_TIMESTEPS)]
     table = eps_loss_by_timestep(bundle, videos, texts, timesteps, seed=int(own.get("noise_seed", 0)),
-                                 batch_size=int(own.get("batch_size", 8)))
+                                 batch_size=int(own.get("batch_size", 8)), probes=bool(own.get("probes", True)))
     print(f"ε-MSE on frames 2..F, frame 1 clean; {len(texts)} clips; backbone={cfg.backbone.name} "
           f"adapter={cfg.adapter.name} ckpt={ckpt}")
     print(format_table(table))
+    if own.get("probes", True):
+        print("\nattention probes (adapter off): does the base use its spatial self-attention, and what do frame 1's "
+              "keys/values do in it?")
+        print(format_probes(table))
     focus = {}
     focus_t = own.get("focus_t", 500)
     if focus_t is not None:   # one batch of the clips
@@ -107,7 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         focus = attention_focus(bundle, videos[:n], texts[:n], int(focus_t), seed=int(own.get("noise_seed", 0)))
         print(f"\nattention focus at t={int(focus_t)} (spatial self-attention layers, frame 1 clean):")
         print(format_focus(focus))
-    for line in findings(table) + focus_findings(focus):
+    for line in findings(table) + probe_findings(table) + focus_findings(focus):
         print("-", line)
     result = {"backbone": cfg.backbone.name, "adapter": cfg.adapter.name, "ckpt": str(ckpt) if ckpt else None,
               "n_clips": len(texts), "table": {str(t): row for t, row in table.items()}, "attention_focus": focus}

@@ -21,6 +21,14 @@ frames of a clip resemble frame 1. Used by ``scripts/diagnose_adapter.py`` and t
 I2V-Adapter's query projection starts as a copy of the base's ``to_q`` (eq. 5-6), so its attention to frame 1 starts
 as sharp as the base's own self-attention. A base whose spatial self-attention is close to uniform gives a branch
 that averages frame 1 over all positions: it can carry a frame-wide mean and nothing placed.
+
+The attention probes (``probes=True``) ask whether the branch has a route at all, with the adapter off:
+
+* ``attn_zero``   -- every spatial self-attention (attn1) output set to zero. Barely above ``adapter_off``: the
+  base does not use its self-attention to move content, so nothing added beside it reaches the output;
+* ``cross_frame`` -- every frame's attn1 reads frame 1's keys and values (``Attn(Q_i, K_1, V_1)``, the branch of
+  eq. 6 in place of the self-attention, zero-shot). Far above ``adapter_off``: the base's frame-1 keys/values
+  (a clean frame at a noisy timestep) mislead it, and the branch reads exactly those.
 """
 from __future__ import annotations
 
@@ -32,7 +40,45 @@ import torch
 from i2v.training.module import first_frame_clean_noising
 
 PREDICTORS = ("adapter_on", "adapter_off", "copy_frame1", "signal_zero")
+PROBES = ("attn_zero", "cross_frame")
 DEFAULT_TIMESTEPS = (200, 500, 800, 950)
+
+
+class _ProbeProcessor:
+    """attn1 processor of the probes: ``zero`` -> no self-attention output; ``cross_frame`` -> every frame attends
+    to frame 0's keys/values through the base's own ``to_q``/``to_out``."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+
+    def __call__(self, attn, x, context=None, num_frames=None):
+        if self.mode == "zero":
+            return torch.zeros_like(x)
+        from einops import rearrange
+
+        q_all = rearrange(attn.to_q(x), "(b f) t c -> b (f t) c", f=num_frames)
+        x1 = rearrange(x, "(b f) t c -> b f t c", f=num_frames)[:, 0]
+        out = attn.attend(q_all, attn.to_k(x1), attn.to_v(x1))
+        return attn.project_out(rearrange(out, "b (f t) c -> (b f) t c", f=num_frames))
+
+
+class _probe_attn1:
+    """Context manager: every spatial attn1 of ``unet`` runs :class:`_ProbeProcessor` (``mode``); restored after."""
+
+    def __init__(self, unet, mode: str):
+        from i2v.models.attention import spatial_attention_layers
+
+        self.layers = [a for _, a in spatial_attention_layers(unet, "attn1")]
+        self.mode = mode
+
+    def __enter__(self):
+        self.saved = [a.processor for a in self.layers]
+        for a in self.layers:
+            a.processor = _ProbeProcessor(self.mode)
+
+    def __exit__(self, *exc):
+        for a, proc in zip(self.layers, self.saved):
+            a.processor = proc
 
 
 def _frames_mse(eps_hat: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,8 +94,9 @@ def _frames_mse(eps_hat: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor,
 @torch.no_grad()
 def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
                          timesteps: Sequence[int] = DEFAULT_TIMESTEPS, seed: int = 0,
-                         batch_size: int = 8) -> dict[int, dict[str, float]]:
-    """``{t: {predictor: mean ε-MSE over the clips}}`` for the predictors in :data:`PREDICTORS`.
+                         batch_size: int = 8, probes: bool = False) -> dict[int, dict[str, float]]:
+    """``{t: {predictor: mean ε-MSE over the clips}}`` for the predictors in :data:`PREDICTORS` (and, with
+    ``probes``, the attention probes in :data:`PROBES`, see the module docstring).
 
     Args:
         bundle: a :class:`~i2v.pipeline.bundle.Bundle` (any backbone); its I2V-Adapter, if attached, is switched on and off
@@ -71,7 +118,8 @@ def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
     was_on = [a.processor.enabled for _, a in layers]
     param = next(bundle.unet.parameters())
     dev, dtype = param.device, param.dtype
-    keys = PREDICTORS + tuple(f"{k}_frame_mean" for k in PREDICTORS)
+    names = PREDICTORS + (PROBES if probes else ())
+    keys = names + tuple(f"{k}_frame_mean" for k in names)
     sums = {int(t): {k: 0.0 for k in keys} for t in timesteps}
     try:
         for start in range(0, videos.shape[0], batch_size):
@@ -104,6 +152,10 @@ def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
                         set_i2v_adapter_enabled(bundle.unet, on)
                     out = bundle.unet(z_t, tt, cond["context"], added_cond=cond.get("added_cond"))
                     add(name, bundle.schedule.to_eps(out, z_t, tt))
+                for name, mode in zip(PROBES if probes else (), ("zero", "cross_frame")):
+                    with _probe_attn1(bundle.unet, mode):
+                        out = bundle.unet(z_t, tt, cond["context"], added_cond=cond.get("added_cond"))
+                    add(name, bundle.schedule.to_eps(out, z_t, tt))
     finally:
         for (_, attn), on in zip(layers, was_on):
             attn.processor.enabled = on
@@ -123,6 +175,36 @@ def format_table(table: dict[int, dict[str, float]]) -> str:
                      f"{row['copy_frame1']:.4g} | {row['signal_zero']:.4g} | "
                      f"{row['adapter_off_frame_mean']:.3g} ({100 * share:.0f}%) |")
     return "\n".join(lines)
+
+
+def format_probes(table: dict[int, dict[str, float]]) -> str:
+    """Markdown table of the attention probes (adapter off), each also as a multiple of ``adapter_off``."""
+    lines = ["| t | base (adapter off) | attn1 output zeroed | x base | attn1 reads frame 1's K/V | x base |",
+             "|---|---|---|---|---|---|"]
+    for t, row in table.items():
+        off = row["adapter_off"]
+        lines.append(f"| {t} | {off:.4g} | {row['attn_zero']:.4g} | {row['attn_zero'] / off:.2f} | "
+                     f"{row['cross_frame']:.4g} | {row['cross_frame'] / off:.2f} |")
+    return "\n".join(lines)
+
+
+def probe_findings(table: dict[int, dict[str, float]], unused: float = 1.1, misled: float = 1.5) -> list[str]:
+    """Lines for timesteps >= 500 where the base ignores its self-attention (zeroing it costs < ``unused`` x) or
+    where frame 1's keys/values mislead it (``cross_frame`` > ``misled`` x the base)."""
+    rows = {t: r for t, r in table.items() if int(t) >= 500 and "attn_zero" in r and r["adapter_off"] > 0}
+    out = []
+    idle = [t for t, r in rows.items() if r["attn_zero"] < unused * r["adapter_off"]]
+    if idle:
+        out.append(f"zeroing every spatial self-attention costs the base < {unused:g}x at t={idle}: it does not use "
+                   f"its self-attention there, so a branch beside it has almost no route to the output")
+    bad = {t: r["cross_frame"] / r["adapter_off"] for t, r in rows.items()
+           if r["cross_frame"] > misled * r["adapter_off"]}
+    if bad:
+        shown = ", ".join(f"t={t}: {v:.1f}x" for t, v in bad.items())
+        out.append(f"reading frame 1's keys/values in place of its own makes the base worse ({shown}): the clean "
+                   f"frame's features at a noisy timestep mislead it, and the I2V-Adapter's branch reads exactly "
+                   f"those")
+    return out
 
 
 def findings(table: dict[int, dict[str, float]]) -> list[str]:

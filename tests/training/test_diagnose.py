@@ -137,3 +137,51 @@ def test_v_prediction_output_is_scored_as_the_eps_it_stands_for(clips):
         rows[kind] = eps_loss_by_timestep(bundle, videos, texts, timesteps=[950])[950]["adapter_off"]
     assert rows["epsilon"] == pytest.approx(1.0, abs=0.1)
     assert rows["v_prediction"] < 0.05
+
+
+def test_attention_probes_zero_and_cross_frame(clips):
+    """``attn_zero`` equals a forward pass with every attn1 output zeroed; ``cross_frame`` one where every frame's
+    attn1 reads frame 1's keys/values (written out here with the base's own projections); processors restored."""
+    from einops import rearrange
+
+    from i2v.models.attention import spatial_attention_layers
+    from i2v.training.diagnose import format_probes, probe_findings
+    from i2v.training.module import first_frame_clean_noising
+
+    videos, texts = clips
+    bundle = random_toy_bundle(i2v=False, for_training=False)
+    table = eps_loss_by_timestep(bundle, videos[:2], texts[:2], timesteps=[600], seed=1, probes=True)
+    row = table[600]
+    layers = [a for _, a in spatial_attention_layers(bundle.unet, "attn1")]
+    assert all(a.processor is None for a in layers)
+    z = bundle.encode_video(videos[:2])
+    eps = torch.randn(z.shape, generator=torch.Generator().manual_seed(1 * 1_000_003 + 600 * 1009))
+    tt = torch.full((2,), 600, dtype=torch.long)
+    zt = first_frame_clean_noising(z, eps, tt, bundle.schedule)
+    ctx = bundle.condition(texts[:2], videos[:2, 0], hw=(32, 32))["context"]
+
+    def by_hand(proc):
+        for a in layers:
+            a.processor = proc
+        try:
+            with torch.no_grad():
+                out = bundle.unet(zt, tt, ctx)
+        finally:
+            for a in layers:
+                a.processor = None
+        return float((out - eps)[:, :, 1:].pow(2).mean())
+
+    def cross(attn, x, context=None, num_frames=None):
+        f = num_frames
+        x1 = rearrange(x, "(b f) t c -> b f t c", f=f)[:, :1].expand(-1, f, -1, -1).reshape(x.shape)
+        return attn.project_out(attn.attend(attn.to_q(x), attn.to_k(x1), attn.to_v(x1)))
+
+    assert row["attn_zero"] == pytest.approx(by_hand(lambda attn, x, **kw: torch.zeros_like(x)), rel=1e-5)
+    assert row["cross_frame"] == pytest.approx(by_hand(cross), rel=1e-5)
+    assert len({row["adapter_off"], row["attn_zero"], row["cross_frame"]}) == 3   # three different networks
+    assert "| 600 |" in format_probes(table)
+    idle = {800: {"adapter_off": 1.0, "attn_zero": 1.02, "cross_frame": 3.0}}
+    lines = probe_findings(idle)
+    assert len(lines) == 2 and "does not use" in lines[0] and "3.0x" in lines[1]
+    assert probe_findings({800: {"adapter_off": 1.0, "attn_zero": 2.0, "cross_frame": 1.1}}) == []
+    assert "attn_zero" not in eps_loss_by_timestep(bundle, videos[:1], texts[:1], timesteps=[600])[600]
