@@ -56,22 +56,37 @@ def i2v_adapter_layers(unet: nn.Module) -> list[tuple[str, Attention]]:
     return [(n, a) for n, a in spatial_attention_layers(unet, "attn1") if isinstance(a.processor, I2VAdapterProcessor)]
 
 
-def attach_i2v_adapter(unet: nn.Module, enabled: bool = True) -> dict[str, nn.Parameter]:
-    """Add ``to_q_ff`` (copy of ``to_q``) and ``to_out_ff`` (zeros) to every spatial attn1 and set the processor.
+QUERY_INITS = ("to_q", "to_k")
+
+
+def attach_i2v_adapter(unet: nn.Module, enabled: bool = True, query_init: str = "to_q",
+                       query_init_scale: float = 1.0) -> dict[str, nn.Parameter]:
+    """Add ``to_q_ff`` and ``to_out_ff`` (zeros) to every spatial attn1 and set the processor.
+
+    ``to_q_ff`` starts as ``query_init_scale`` x a copy of ``to_q`` (the paper's init with scale 1, the default) or of
+    ``to_k``: with ``W'_Q = s·W_K`` the branch's score ``s·<W_K x_i, W_K x_1>`` is a feature similarity, so each
+    query starts by looking up the places of frame 1 that resemble it, however uniform the base's own ``to_q``/``to_k``
+    attention is (the toy base; see the README's toy section). The output is unchanged at init either way.
 
     Works on the meta device (tensors are created where ``to_q`` lives). Returns the trainable tensors by full
     state-dict name (``<block>.attn1.to_q_ff.weight``, ``…attn1.to_out_ff.{weight,bias}``), with requires_grad=True.
     """
     if i2v_adapter_layers(unet):
         raise ValueError("attach_i2v_adapter: the model already carries an I2V-Adapter")
+    if query_init not in QUERY_INITS:
+        raise ValueError(f"query_init must be one of {QUERY_INITS}, got {query_init!r}")
+    if not query_init_scale > 0:
+        raise ValueError(f"query_init_scale must be > 0, got {query_init_scale}")
     params: dict[str, nn.Parameter] = {}
     for qual, attn in spatial_attention_layers(unet, "attn1"):
-        w = attn.to_q.weight
+        w = getattr(attn, query_init).weight
         inner, c = w.shape
         q_ff = nn.Linear(c, inner, bias=False, device=w.device, dtype=w.dtype)
         out_ff = nn.Linear(inner, c, bias=True, device=w.device, dtype=w.dtype)
         with torch.no_grad():
             q_ff.weight.copy_(w)
+            if query_init_scale != 1.0:
+                q_ff.weight.mul_(query_init_scale)
             nn.init.zeros_(out_ff.weight)
             nn.init.zeros_(out_ff.bias)
         attn.to_q_ff, attn.to_out_ff = q_ff, out_ff

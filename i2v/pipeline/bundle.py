@@ -186,13 +186,15 @@ class Bundle(nn.Module):
 
 
 def freeze_and_attach(name: str, parts: dict, schedule: NoiseSchedule, *, i2v: bool, for_training: bool,
-                      resolution: int, config: Optional[dict] = None, micro_conditioning: bool = False) -> Bundle:
-    """Freeze every part, attach the I2V-Adapter when ``i2v`` (trainable only ``for_training``) -> Bundle."""
+                      resolution: int, config: Optional[dict] = None, micro_conditioning: bool = False,
+                      query_init: str = "to_q", query_init_scale: float = 1.0) -> Bundle:
+    """Freeze every part, attach the I2V-Adapter when ``i2v`` (trainable only ``for_training``; ``query_init`` /
+    ``query_init_scale``: how its ``W'_Q`` starts, see :func:`~i2v.models.adapters.attach_i2v_adapter`) -> Bundle."""
     unet = parts["unet"]
     for m in parts.values():
         if isinstance(m, nn.Module):
             m.requires_grad_(False)
-    trainable = attach_i2v_adapter(unet) if i2v else {}
+    trainable = attach_i2v_adapter(unet, query_init=query_init, query_init_scale=query_init_scale) if i2v else {}
     if not for_training:
         for p in trainable.values():
             p.requires_grad_(False)
@@ -212,7 +214,9 @@ def build_bundle(backbone: DictConfig, adapter: DictConfig, *, device="cpu", dty
                                resolution=int(backbone.resolution),
                                config={"backbone": OmegaConf.to_container(backbone, resolve=True),
                                        "adapter": OmegaConf.to_container(adapter, resolve=True)},
-                               micro_conditioning=builder.micro_conditioning)
+                               micro_conditioning=builder.micro_conditioning,
+                               query_init=str(adapter.get("query_init", "to_q")),
+                               query_init_scale=float(adapter.get("query_init_scale", 1.0)))
     return bundle.to(device=device, dtype=dtype).eval()
 
 

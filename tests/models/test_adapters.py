@@ -75,6 +75,35 @@ def test_zero_init_is_identity_and_disable_restores_base():
         assert (unet(x, t, ctx) - base).abs().max().item() <= 1e-6
 
 
+
+def test_query_init_from_keys_scaled_and_checked():
+    """``query_init="to_k"``: W'_Q = s·W_K (output still unchanged at init, W'_O = 0); with frame i = frame 1 the
+    branch's score s·<W_K x_i(p), W_K x_1(p')> peaks at p' = p, so a larger s gives a sharper same-place lookup."""
+    unet = _toy()
+    x, t, ctx = _inputs()
+    with torch.no_grad():
+        base = unet(x, t, ctx)
+        params = attach_i2v_adapter(unet, query_init="to_k", query_init_scale=4.0)
+        for name, p in params.items():
+            if name.endswith("to_q_ff.weight"):
+                attn = unet.get_submodule(name.rsplit(".", 2)[0])
+                assert torch.equal(p, 4.0 * attn.to_k.weight)
+        assert (unet(x, t, ctx) - base).abs().max().item() <= 1e-6
+    attn = Attention(32, None, heads=1, dim_head=32)
+    tokens = torch.nn.functional.layer_norm(torch.randn(1, 64, 32, generator=torch.Generator().manual_seed(3)), (32,))
+    same_place = []
+    for scale in (1.0, 16.0):
+        with torch.no_grad():
+            q = tokens @ (scale * attn.to_k.weight).T
+            k = attn.to_k(tokens)
+            a = (q @ k.transpose(-1, -2) / math.sqrt(32)).softmax(-1)
+        same_place.append(float(a.diagonal(dim1=-2, dim2=-1).mean()))
+    assert same_place[1] > 0.5 and same_place[1] > 4 * same_place[0], same_place
+    with pytest.raises(ValueError, match="query_init"):
+        attach_i2v_adapter(_toy(), query_init="to_v")
+    with pytest.raises(ValueError, match="query_init_scale"):
+        attach_i2v_adapter(_toy(), query_init_scale=0.0)
+
 def _record_attend(attn: Attention, log: list):
     orig = attn.attend
 
