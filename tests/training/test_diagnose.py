@@ -178,10 +178,15 @@ def test_attention_probes_zero_and_cross_frame(clips):
 
     assert row["attn_zero"] == pytest.approx(by_hand(lambda attn, x, **kw: torch.zeros_like(x)), rel=1e-5)
     assert row["cross_frame"] == pytest.approx(by_hand(cross), rel=1e-5)
-    assert len({row["adapter_off"], row["attn_zero"], row["cross_frame"]}) == 3   # three different networks
+    zt = bundle.schedule.add_noise(z, eps, tt)                     # frame 1 noised like the others
+    assert row["cross_frame_noisy"] == pytest.approx(by_hand(cross), rel=1e-5)
+    assert len({row["adapter_off"], row["attn_zero"], row["cross_frame"], row["cross_frame_noisy"]}) == 4
     assert "| 600 |" in format_probes(table)
-    idle = {800: {"adapter_off": 1.0, "attn_zero": 1.02, "cross_frame": 3.0}}
+    idle = {800: {"adapter_off": 1.0, "attn_zero": 1.02, "cross_frame": 3.0, "cross_frame_noisy": 1.0}}
     lines = probe_findings(idle)
-    assert len(lines) == 2 and "does not use" in lines[0] and "3.0x" in lines[1]
-    assert probe_findings({800: {"adapter_off": 1.0, "attn_zero": 2.0, "cross_frame": 1.1}}) == []
+    assert len(lines) == 2 and "does not use" in lines[0] and "3.0x" in lines[1] and "clean frame" in lines[1]
+    lines = probe_findings({800: dict(idle[800], cross_frame_noisy=3.0)})
+    assert "clean frame" not in lines[1]
+    assert probe_findings({800: {"adapter_off": 1.0, "attn_zero": 2.0, "cross_frame": 1.1,
+                                 "cross_frame_noisy": 1.0}}) == []
     assert "attn_zero" not in eps_loss_by_timestep(bundle, videos[:1], texts[:1], timesteps=[600])[600]
