@@ -209,8 +209,9 @@ def test_scene_and_attention_options_reach_the_run_and_its_manifest(tmp_path):
     over = {"transformer_layers_per_block": [2, 1]}
     mod.main(["--quick", "--no-progress", "--out", str(tmp_path), "--texture", "0.2", "--texture-tiles", "2",
               "--attn-init-scale", "3", "--unet-overrides", json.dumps(over), "--prediction-type", "v_prediction",
-              "--codec-scale", "2", "--position-channels", "4"])
+              "--codec-scale", "2", "--position-channels", "4", "--clean-distractor", "0.5"])
     manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
+    assert manifest["config"]["clean_distractor"] == 0.5 and "--clean-distractor 0.5 " in manifest["command"]
     assert (manifest["config"]["texture"], manifest["config"]["texture_tiles"]) == (0.2, 2)
     assert manifest["config"]["attn_init_scale"] == 3.0
     assert ("--texture 0.2 --texture-cells 8 --texture-tiles 2 --prediction-type v_prediction --codec-scale 2 "
@@ -251,3 +252,25 @@ def test_scene_and_attention_options_reach_the_run_and_its_manifest(tmp_path):
         torch.testing.assert_close(b.to_q.weight, 3.0 * a.to_q.weight)
         torch.testing.assert_close(b.to_k.weight, 3.0 * a.to_k.weight)
         torch.testing.assert_close(b.to_v.weight, a.to_v.weight)
+
+
+def test_clean_distractor_puts_another_clips_clean_frame_first_without_loss():
+    """With probability p a video's frame 0 becomes the *clean* frame 0 of the next video of the batch (never its
+    own: the base must not learn to copy it) and gets loss weight 0; p = 0 changes nothing."""
+    from i2v.toy.pretrain import _with_clean_distractor
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 3, 5, 2, 2, generator=g)
+    z_t = torch.randn(4, 3, 5, 2, 2, generator=g)
+    same, w = _with_clean_distractor(z, z_t, 0.0, g)
+    assert same is z_t and bool((w == 1).all())
+    out, w = _with_clean_distractor(z, z_t, 1.0, torch.Generator().manual_seed(1))
+    for i in range(4):
+        assert torch.equal(out[i, :, 0], z[(i - 1) % 4, :, 0])
+        assert torch.equal(out[i, :, 1:], z_t[i, :, 1:])
+    assert w.shape == (4, 1, 5, 1, 1) and bool((w[:, :, 0] == 0).all()) and bool((w[:, :, 1:] == 1).all())
+    out, w = _with_clean_distractor(z, z_t, 0.5, torch.Generator().manual_seed(2))
+    picked = w[:, 0, 0, 0, 0] == 0
+    for i in range(4):
+        src = z[(i - 1) % 4, :, 0] if picked[i] else z_t[i, :, 0]
+        assert torch.equal(out[i, :, 0], src)

@@ -75,6 +75,11 @@ class PretrainConfig:
     # offsets learns to ignore exactly that low-frequency signal, which is what the Frame Similarity Prior feeds it
     # (with 0.6 the prior's p had no measurable effect at t0 = 1).
     offset_noise: float = 0.0
+    # Probability per video that its frame 1 is replaced by a *clean* frame 1 of another clip of the batch, with no
+    # loss on it. The I2V-Adapter feeds the frozen base a clean frame among noisy ones; a base that never saw one is
+    # misled by its features (the diagnostic's attention probes); an unrelated clean frame teaches it that clean
+    # frames occur without teaching it to copy them (the base alone stays text-to-video).
+    clean_distractor: float = 0.0
     # EMA of the trained weights (what is exported); decay ramps as min(ema_decay, (1 + s) / (10 + s)).
     ema_decay: float = 0.999
     # Resumable state every this many steps (``state_dir``); a rerun of the same command continues from it.
@@ -191,6 +196,21 @@ def lr_lambda(step: int, total: int, warmup: int, min_ratio: float) -> float:
 def _drop_captions(captions: list[str], p: float, g: torch.Generator) -> list[str]:
     keep = torch.rand(len(captions), generator=g) >= p
     return [c if k else "" for c, k in zip(captions, keep.tolist())]
+
+
+def _with_clean_distractor(z: torch.Tensor, z_t: torch.Tensor, p: float, g: torch.Generator):
+    """Frame 0 of each video, with probability ``p``, replaced by the clean frame 0 of the next video of the batch
+    -> (z_t, loss weights ``(B, 1, F, 1, 1)``: 0 on those frames, 1 elsewhere)."""
+    b, f = z.shape[0], z.shape[2]
+    weight = torch.ones(b, 1, f, 1, 1)
+    if p <= 0 or b < 2:
+        return z_t, weight
+    pick = torch.rand(b, generator=g) < p
+    if bool(pick.any()):
+        z_t = z_t.clone()
+        z_t[pick, :, 0] = z.roll(1, dims=0)[pick, :, 0]
+        weight[pick, :, 0] = 0.0
+    return z_t, weight
 
 
 def _noised(models: ToyModels, video: torch.Tensor, offset: float, g: torch.Generator):
@@ -333,7 +353,11 @@ def pretrain_base(models: ToyModels, stream: ClipStream, cfg: PretrainConfig, g:
         video, captions = stream.next()
         zt, t, target = _noised(models, video, cfg.offset_noise, g)
         ctx = models.condition(_drop_captions(captions, cfg.text_drop, g))["context"]
-        return F.mse_loss(models.unet(zt, t, ctx), target)
+        if not cfg.clean_distractor:
+            return F.mse_loss(models.unet(zt, t, ctx), target)
+        zt, weight = _with_clean_distractor(models.encode_video(video), zt, cfg.clean_distractor, g)
+        err = (models.unet(zt, t, ctx) - target).pow(2) * weight
+        return err.sum() / (weight.sum() * err[:, :, :1].numel() / weight[:, :, :1].numel())
 
     return _train_loop("base", models, params, cfg.base_steps, cfg.lr, cfg, stream, g, loss_fn)
 
