@@ -95,6 +95,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         if not ckpt:
             raise ValueError(f"adapter={cfg.adapter.name} has an I2V-Adapter: give ckpt=<adapter.safetensors>")
         load_adapter(bundle.unet, str(ckpt), backbone=cfg.backbone.name)
+    else:
+        ckpt = None   # no I2V-Adapter in this adapter config: nothing is loaded
     bundle = bundle.to(device)
     videos, texts = held_out_clips(cfg, int(own.get("n_clips", 16)))
     timesteps = [int(t) for t in own.get("timesteps", DEFAULT_TIMESTEPS)]
