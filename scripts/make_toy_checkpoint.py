@@ -205,14 +205,16 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     t_train = time.time() - start
 
     paths = {name: write_safetensors(out / name, tensors, meta, args.overwrite)
-             for name, (tensors, meta) in export(models, cfg.unet_overrides, cfg.prediction_type,
-                                                           cfg.codec_scale, cfg.position_channels).items()}
+             for name, (tensors, meta) in export(models, cfg.unet_overrides, cfg.prediction_type, cfg.codec_scale,
+                                                 cfg.position_channels).items()}
     manifest = {
         "command": command_line(args, cfg),
         "seed": cfg.seed, "threads": args.threads, "quick": args.quick,
-        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("state_dir", "progress")}, "unet": {"preset": "toy", "motion": MOTION, **unet_build_overrides(cfg.unet_overrides, cfg.position_channels)},
-        "resampler": RESAMPLER, "schedule": {**SCHEDULE, "prediction_type": cfg.prediction_type}, "codec": {"kind": "patch", "scale": cfg.codec_scale,
-                                                "position_channels": cfg.position_channels},
+        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("state_dir", "progress")},
+        "unet": {"preset": "toy", "motion": MOTION, **unet_build_overrides(cfg.unet_overrides, cfg.position_channels)},
+        "resampler": RESAMPLER,
+        "schedule": {**SCHEDULE, "prediction_type": cfg.prediction_type},
+        "codec": {"kind": "patch", "scale": cfg.codec_scale, "position_channels": cfg.position_channels},
         "losses": {"base": loss_summary(base), "content": loss_summary(content)},
         "files": {name: {"sha256": sha256(p), "bytes": p.stat().st_size} for name, p in paths.items()},
         "wall_time_s": {"base": round(t_base, 1), "content": round(t_train - t_base, 1),

@@ -274,3 +274,18 @@ def test_clean_distractor_puts_another_clips_clean_frame_first_without_loss():
     for i in range(4):
         src = z[(i - 1) % 4, :, 0] if picked[i] else z_t[i, :, 0]
         assert torch.equal(out[i, :, 0], src)
+
+
+def test_masked_mse_drops_the_weighted_out_frames():
+    """The clean-distractor loss is the plain MSE over the frames that keep weight 1, nothing from the others."""
+    from i2v.toy.pretrain import masked_mse
+
+    g = torch.Generator().manual_seed(3)
+    out, target = torch.randn(2, 3, 4, 2, 2, generator=g), torch.randn(2, 3, 4, 2, 2, generator=g)
+    weight = torch.ones(2, 1, 4, 1, 1)
+    assert masked_mse(out, target, weight) == pytest.approx(float(torch.nn.functional.mse_loss(out, target)), rel=1e-6)
+    weight[0, :, 0] = 0
+    kept = torch.cat([(out - target)[0, :, 1:].flatten(), (out - target)[1].flatten()])
+    assert masked_mse(out, target, weight) == pytest.approx(float(kept.pow(2).mean()), rel=1e-6)
+    target[0, :, 0] += 100.0                      # a dropped frame cannot move the loss
+    assert masked_mse(out, target, weight) == pytest.approx(float(kept.pow(2).mean()), rel=1e-6)

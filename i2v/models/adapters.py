@@ -42,13 +42,19 @@ class I2VAdapterProcessor:
                              f"for x of shape {tuple(x.shape)}")
         q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
         out = attn.project_out(attn.attend(q, k, v))
-        k1 = rearrange(k, "(b f) t c -> b f t c", f=num_frames)[:, 0]
-        v1 = rearrange(v, "(b f) t c -> b f t c", f=num_frames)[:, 0]
-        # Every frame's queries attend to frame 0's keys: softmax is per query, so stacking the frames of one
-        # video along the query axis is exactly eq. 5 without repeating K_1/V_1 F times.
-        q_ff = rearrange(attn.to_q_ff(x), "(b f) t c -> b (f t) c", f=num_frames)
-        cross = rearrange(attn.attend(q_ff, k1, v1), "b (f t) c -> (b f) t c", f=num_frames)
-        return out + attn.to_out_ff(cross)
+        return out + attn.to_out_ff(attend_first_frame(attn, attn.to_q_ff(x), k, v, num_frames))
+
+
+def attend_first_frame(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       num_frames: int) -> torch.Tensor:
+    """``Attn(Q_i, K_1, V_1)`` of eq. 5 for every frame i: q, k, v ``(B·F, T, C)`` -> ``(B·F, T, C)`` (before any
+    output projection); only frame 0's rows of k and v are read."""
+    k1 = rearrange(k, "(b f) t c -> b f t c", f=num_frames)[:, 0]
+    v1 = rearrange(v, "(b f) t c -> b f t c", f=num_frames)[:, 0]
+    # softmax is per query, so stacking the frames of one video along the query axis is exactly eq. 5 without
+    # repeating K_1/V_1 F times
+    q = rearrange(q, "(b f) t c -> b (f t) c", f=num_frames)
+    return rearrange(attn.attend(q, k1, v1), "b (f t) c -> (b f) t c", f=num_frames)
 
 
 def i2v_adapter_layers(unet: nn.Module) -> list[tuple[str, Attention]]:

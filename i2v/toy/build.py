@@ -46,12 +46,11 @@ class ToyBuilder(BackboneBuilder):
         kind = backbone.get("codec", "patch")
         if kind not in CODECS:
             raise ValueError(f"backbone.codec must be one of {sorted(CODECS)}, got {kind!r}")
-        codec = CODECS[kind](float(backbone.vae_scale))
-        if meta["position_channels"]:
-            if kind != "patch":
-                raise ValueError(f"{backbone.unet} expects {meta['position_channels']} position channels from the "
-                                 f"patch codec; backbone.codec is {kind!r}")
-            codec = PatchCodec(float(backbone.vae_scale), position_channels=int(meta["position_channels"]))
+        if meta["position_channels"] and kind != "patch":
+            raise ValueError(f"{backbone.unet} expects {meta['position_channels']} position channels from the "
+                             f"patch codec; backbone.codec is {kind!r}")
+        codec = (PatchCodec(float(backbone.vae_scale), position_channels=int(meta["position_channels"]))
+                 if meta["position_channels"] else CODECS[kind](float(backbone.vae_scale)))
         parts = {"unet": unet, "codec": codec, "text": text}
         if adapter.content:
             enc = ToyImageEncoder()

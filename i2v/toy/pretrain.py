@@ -215,8 +215,14 @@ def _with_clean_distractor(z: torch.Tensor, z_t: torch.Tensor, p: float, g: torc
     return z_t, weight
 
 
+def masked_mse(out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the elements whose ``weight`` (broadcast to ``out``) is 1; 0 drops an element."""
+    weight = weight.to(out.dtype).expand_as(out)
+    return ((out - target).pow(2) * weight).sum() / weight.sum()
+
+
 def _noised(models: ToyModels, video: torch.Tensor, offset: float, g: torch.Generator):
-    """(z_t, t, target) for a batch (target = ``schedule.target``: ε or v): t ~ U{0..N-1} per video (shared by its frames), ε ~ N(0, I) plus ``offset`` x
+    """(z, z_t, t, target) for a batch (target = ``schedule.target``: ε or v): t ~ U{0..N-1} per video (shared by its frames), ε ~ N(0, I) plus ``offset`` x
     (one N(0, 1) per video and channel + one per frame and channel), see :class:`PretrainConfig`."""
     z = models.encode_video(video)
     b, c, f = z.shape[:3]
@@ -224,7 +230,7 @@ def _noised(models: ToyModels, video: torch.Tensor, offset: float, g: torch.Gene
     eps = torch.randn(z.shape, generator=g)
     if offset:
         eps = eps + offset * (torch.randn(b, c, 1, 1, 1, generator=g) + torch.randn(b, c, f, 1, 1, generator=g))
-    return models.schedule.add_noise(z, eps, t), t, models.schedule.target(z, eps, t)
+    return z, models.schedule.add_noise(z, eps, t), t, models.schedule.target(z, eps, t)
 
 
 def _parts(models: ToyModels) -> dict[str, nn.Module]:
@@ -353,13 +359,12 @@ def pretrain_base(models: ToyModels, stream: ClipStream, cfg: PretrainConfig, g:
 
     def loss_fn() -> torch.Tensor:
         video, captions = stream.next()
-        zt, t, target = _noised(models, video, cfg.offset_noise, g)
+        z, zt, t, target = _noised(models, video, cfg.offset_noise, g)
         ctx = models.condition(_drop_captions(captions, cfg.text_drop, g))["context"]
         if not cfg.clean_distractor:
             return F.mse_loss(models.unet(zt, t, ctx), target)
-        zt, weight = _with_clean_distractor(models.encode_video(video), zt, cfg.clean_distractor, g)
-        err = (models.unet(zt, t, ctx) - target).pow(2) * weight
-        return err.sum() / (weight.sum() * err[:, :, :1].numel() / weight[:, :, :1].numel())
+        zt, weight = _with_clean_distractor(z, zt, cfg.clean_distractor, g)
+        return masked_mse(models.unet(zt, t, ctx), target, weight)
 
     return _train_loop("base", models, params, cfg.base_steps, cfg.lr, cfg, stream, g, loss_fn)
 
@@ -395,7 +400,7 @@ def train_content_adapter(models: ToyModels, stream: ClipStream, cfg: PretrainCo
         b = video.shape[0]
         frame = torch.randint(0, video.shape[1], (b,), generator=g)
         drop_img = torch.rand(b, generator=g) < cfg.image_drop
-        zt, t, target = _noised(models, video, cfg.offset_noise, g)
+        _, zt, t, target = _noised(models, video, cfg.offset_noise, g)
         # text encoder frozen (no graph); image tokens of the dropped rows = the unconditional tokens
         ctx = models.condition(_drop_captions(captions, cfg.text_drop, g), video[torch.arange(b), frame],
                                drop_image=drop_img)["context"]

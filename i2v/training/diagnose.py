@@ -36,6 +36,7 @@ The attention probes (``probes=True``) ask whether the branch has a route at all
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Sequence
 
 import torch
@@ -47,40 +48,30 @@ PROBES = ("attn_zero", "cross_frame", "cross_frame_noisy")
 DEFAULT_TIMESTEPS = (200, 500, 800, 950)
 
 
-class _ProbeProcessor:
+def _probe_processor(mode: str):
     """attn1 processor of the probes: ``zero`` -> no self-attention output; ``cross_frame`` -> every frame attends
-    to frame 0's keys/values through the base's own ``to_q``/``to_out``."""
+    to frame 0's keys/values through the base's own ``to_q``/``to_out`` (eq. 5 with W_Q in place of W'_Q)."""
+    from i2v.models.adapters import attend_first_frame
 
-    def __init__(self, mode: str):
-        self.mode = mode
-
-    def __call__(self, attn, x, context=None, num_frames=None):
-        if self.mode == "zero":
+    def run(attn, x, context=None, num_frames=None):
+        if mode == "zero":
             return torch.zeros_like(x)
-        from einops import rearrange
-
-        q_all = rearrange(attn.to_q(x), "(b f) t c -> b (f t) c", f=num_frames)
-        x1 = rearrange(x, "(b f) t c -> b f t c", f=num_frames)[:, 0]
-        out = attn.attend(q_all, attn.to_k(x1), attn.to_v(x1))
-        return attn.project_out(rearrange(out, "b (f t) c -> (b f) t c", f=num_frames))
+        return attn.project_out(attend_first_frame(attn, attn.to_q(x), attn.to_k(x), attn.to_v(x), num_frames))
+    return run
 
 
-class _probe_attn1:
-    """Context manager: every spatial attn1 of ``unet`` runs :class:`_ProbeProcessor` (``mode``); restored after."""
+@contextmanager
+def _probe_attn1(unet, mode: str):
+    """Every spatial attn1 of ``unet`` runs :func:`_probe_processor` (``mode``) inside the block; restored after."""
+    from i2v.models.attention import set_processor, spatial_attention_layers
 
-    def __init__(self, unet, mode: str):
-        from i2v.models.attention import spatial_attention_layers
-
-        self.layers = [a for _, a in spatial_attention_layers(unet, "attn1")]
-        self.mode = mode
-
-    def __enter__(self):
-        self.saved = [a.processor for a in self.layers]
-        for a in self.layers:
-            a.processor = _ProbeProcessor(self.mode)
-
-    def __exit__(self, *exc):
-        for a, proc in zip(self.layers, self.saved):
+    layers = list(spatial_attention_layers(unet, "attn1"))
+    saved = [a.processor for _, a in layers]
+    set_processor(iter(layers), lambda name, attn: _probe_processor(mode))
+    try:
+        yield
+    finally:
+        for (_, a), proc in zip(layers, saved):
             a.processor = proc
 
 
