@@ -33,14 +33,14 @@ if str(ROOT) not in sys.path:
 OWN_KEYS = ("ckpt", "n_clips", "timesteps", "noise_seed", "batch_size", "device", "json", "focus_t", "probes")
 
 
-def split_args(argv: Sequence[str]) -> tuple[dict, list[str]]:
-    """``key=value`` arguments of this script (see module docstring) and the Hydra overrides."""
+def split_args(argv: Sequence[str], keys: Sequence[str] = OWN_KEYS) -> tuple[dict, list[str]]:
+    """``key=value`` arguments of this script (``keys``; see module docstring) and the Hydra overrides."""
     from omegaconf import OmegaConf
 
     own, rest = {}, []
     for a in argv:
         key = a.split("=", 1)[0]
-        if key in OWN_KEYS and "=" in a:
+        if key in keys and "=" in a:
             own[key] = OmegaConf.from_dotlist([a])[key]
         else:
             rest.append(a)

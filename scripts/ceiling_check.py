@@ -1,0 +1,92 @@
+"""Ceiling check for the I2V-Adapter: train the first-frame-clean objective with more of the base unfrozen and
+compare the frames-2..F ε-loss per timestep with the untouched base (see :mod:`i2v.training.ceiling`).
+
+    python scripts/ceiling_check.py experiment=toy group=all                 # what the whole toy UNet can reach
+    python scripts/ceiling_check.py experiment=toy group=attn1 steps=400     # + the base's self-attention projections
+
+Arguments are the training config's overrides (backbone, adapter, data, stage, ...) plus ``group=`` (adapter |
+attn1 | motion | all; default all), ``steps=`` (400), ``lr=`` (the base parameters' lr, 3e-4), ``adapter_lr=``
+(3e-3), ``n_clips=`` (16, held-out clips as in ``diagnose_adapter.py``), ``timesteps=`` ([200,500,800,950]),
+``noise_seed=`` (0, the diagnostic's noise), ``device=`` (auto), ``json=<path>``, ``save=<path>`` (the trained
+adapter tensors as safetensors; group=adapter only, since the others change the base). Nothing is written unless
+asked: the base files are never modified.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+OWN_KEYS = ("group", "steps", "lr", "adapter_lr", "n_clips", "timesteps", "noise_seed", "device", "json", "save")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    import i2v.cli.config  # noqa: F401  (resolvers)
+    from i2v.pipeline.bundle import build_bundle
+    from i2v.training.ceiling import format_ceiling, train_first_frame_clean, unfreeze
+    from i2v.training.diagnose import DEFAULT_TIMESTEPS, eps_loss_by_timestep
+    from scripts.diagnose_adapter import held_out_clips, split_args
+
+    own, overrides = split_args(sys.argv[1:] if argv is None else argv, OWN_KEYS)
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=False)
+    OmegaConf.set_struct(cfg, False)
+    group = str(own.get("group", "all"))
+    if own.get("save") and group != "adapter":
+        raise ValueError("save= keeps the adapter of group=adapter only (the other groups change the frozen base)")
+    dev = own.get("device", "auto")
+    device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else ("cpu" if dev == "auto" else dev))
+    torch.manual_seed(int(cfg.seed))
+    bundle = build_bundle(cfg.backbone, cfg.adapter, device="cpu", dtype=torch.float32, for_training=True).to(device)
+    adapter_params, base_params = unfreeze(bundle, group)
+    videos, texts = held_out_clips(cfg, int(own.get("n_clips", 16)))
+    timesteps = [int(t) for t in own.get("timesteps", DEFAULT_TIMESTEPS)]
+    noise_seed = int(own.get("noise_seed", 0))
+    before = eps_loss_by_timestep(bundle, videos, texts, timesteps, seed=noise_seed)
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    steps = int(own.get("steps", 400))
+    n_base = sum(p.numel() for p in base_params)
+    print(f"group={group}: training the I2V-Adapter ({sum(p.numel() for p in adapter_params):,} parameters) and "
+          f"{n_base:,} base parameters for {steps} steps")
+    ema = []
+
+    def progress(step: int, loss: float) -> None:
+        ema.append(loss if not ema else 0.98 * ema[-1] + 0.02 * loss)
+        if step % 50 == 0 or step == steps - 1:
+            print(f"  step {step + 1}/{steps}  loss (ema) {ema[-1]:.5f}", flush=True)
+
+    train_first_frame_clean(bundle, iter(_forever(dm)), steps, float(own.get("adapter_lr", 3e-3)),
+                            float(own.get("lr", 3e-4)), adapter_params, base_params, seed=int(cfg.seed),
+                            progress=progress)
+    after = eps_loss_by_timestep(bundle, videos, texts, timesteps, seed=noise_seed)
+    print(f"\nε-MSE on frames 2..F, frame 1 clean; {len(texts)} clips; backbone={cfg.backbone.name}")
+    print(format_ceiling(before, after, group))
+    if own.get("save"):
+        from safetensors.torch import save_file
+        save_file({k: v.detach().cpu().contiguous() for k, v in bundle.trainable.items()}, str(own["save"]))
+    result = {"group": group, "steps": steps, "base_params": n_base,
+              "before": {str(t): r for t, r in before.items()}, "after": {str(t): r for t, r in after.items()}}
+    if own.get("json"):
+        Path(str(own["json"])).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _forever(dm):
+    while True:
+        yield from dm.train_dataloader()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The ceiling check (i2v/training/ceiling.py, scripts/ceiling_check.py): each group unfreezes exactly its base
+parameters next to the I2V-Adapter, training moves those and nothing else, and the script prints its table."""
+import pytest
+import torch
+
+from i2v.data.synthetic import SyntheticVideos
+from i2v.toy.build import random_toy_bundle
+from i2v.training.ceiling import GROUPS, train_first_frame_clean, unfreeze
+
+
+def _names(bundle, params):
+    ids = {id(p) for p in params}
+    return {n for n, p in bundle.unet.named_parameters() if id(p) in ids}
+
+
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_unfreeze_selects_the_group(group):
+    bundle = random_toy_bundle(for_training=True)
+    adapter, base = unfreeze(bundle, group)
+    adapter_names = _names(bundle, adapter)
+    assert adapter_names == set(bundle.trainable) and adapter_names
+    base_names = _names(bundle, base)
+    trainable = {n for n, p in bundle.unet.named_parameters() if p.requires_grad}
+    assert trainable == adapter_names | base_names
+    others = {n for n, _ in bundle.unet.named_parameters()} - adapter_names
+    expected = {
+        "adapter": set(),
+        "attn1": {n for n in others if ".attn1." in n and "motion_modules." not in n},
+        "motion": {n for n in others if "motion_modules." in n},
+        "all": others,
+    }[group]
+    assert base_names == expected
+    if group == "attn1":   # the projections the branch reads are among them
+        assert any(n.endswith("attn1.to_k.weight") for n in base_names)
+        assert any(n.endswith("attn1.to_v.weight") for n in base_names)
+
+
+def test_unfreeze_rejects_unknown_group_and_adapterless_bundle():
+    with pytest.raises(ValueError, match="group must be one of"):
+        unfreeze(random_toy_bundle(for_training=True), "everything")
+    with pytest.raises(ValueError, match="no I2V-Adapter"):
+        unfreeze(random_toy_bundle(for_training=True, i2v=False), "all")
+
+
+def test_training_moves_the_group_and_nothing_else():
+    bundle = random_toy_bundle(for_training=True)
+    adapter, base = unfreeze(bundle, "attn1")
+    before = {n: p.detach().clone() for n, p in bundle.unet.named_parameters()}
+    data = SyntheticVideos(4, num_frames=4, size=32, seed=1)
+    batch = {"video": torch.stack([data[i]["video"] for i in range(2)]), "text": [data[i]["text"] for i in range(2)]}
+    losses = train_first_frame_clean(bundle, [batch], 2, 1e-2, 1e-2, adapter, base)
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    moved = {n for n, p in bundle.unet.named_parameters() if not torch.equal(p, before[n])}
+    assert moved <= _names(bundle, adapter + base)
+    assert any(".attn1.to_v." in n for n in moved)           # a base projection trained
+    assert any("to_out_ff" in n for n in moved)              # and the adapter
+    assert not any("motion_modules." in n or ".attn2." in n for n in moved)
+
+
+def test_script_prints_the_ceiling_table(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "ceiling_check.py"
+    spec = importlib.util.spec_from_file_location("ceiling_check", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    result = mod.main(["experiment=toy", "group=motion", "steps=2", "n_clips=2", "timesteps=[500,900]",
+                       "data.batch_size=2"])
+    out = capsys.readouterr().out
+    assert "| t | base (before) | trained: motion |" in out
+    assert set(result["after"]) == {"500", "900"}
+    # before training the adapter is zero: on == off; after, the motion modules changed the base itself
+    for t in ("500", "900"):
+        assert result["before"][t]["adapter_on"] == pytest.approx(result["before"][t]["adapter_off"], rel=1e-6)
+        assert result["after"][t]["adapter_off"] != result["before"][t]["adapter_off"]
+    with pytest.raises(ValueError, match="save= keeps"):
+        mod.main(["experiment=toy", "group=all", "steps=1", "save=x.safetensors"])
