@@ -67,7 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         if step % 50 == 0 or step == steps - 1:
             print(f"  step {step + 1}/{steps}  loss (ema) {ema[-1]:.5f}", flush=True)
 
-    train_first_frame_clean(bundle, iter(_forever(dm)), steps, float(own.get("adapter_lr", 3e-3)),
+    train_first_frame_clean(bundle, _forever(dm), steps, float(own.get("adapter_lr", 3e-3)),
                             float(own.get("lr", 3e-4)), adapter_params, base_params, seed=int(cfg.seed),
                             progress=progress)
     after = eps_loss_by_timestep(bundle, videos, texts, timesteps, seed=noise_seed)

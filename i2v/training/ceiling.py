@@ -16,8 +16,7 @@ Used by ``scripts/ceiling_check.py``.
 """
 from __future__ import annotations
 
-import itertools
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -52,12 +51,12 @@ def unfreeze(bundle, group: str) -> tuple[list[torch.nn.Parameter], list[torch.n
     return adapter, base
 
 
-def train_first_frame_clean(bundle, batches: Iterable[dict], steps: int, adapter_lr: float, base_lr: float,
+def train_first_frame_clean(bundle, batches: Iterator[dict], steps: int, adapter_lr: float, base_lr: float,
                             adapter_params: list, base_params: list, seed: int = 0,
                             progress: Callable[[int, float], None] | None = None) -> list[float]:
     """``steps`` AdamW steps of the training objective (DESIGN.md "Training", as ``I2VAdapterModule``: condition
     drops off) on the given parameters; the adapter and the base parameters get their own learning rates.
-    ``batches`` yields ``{"video": (B, F, 3, H, W), "text": [...]}`` (cycled when shorter). Returns the losses."""
+    ``batches`` yields ``{"video": (B, F, 3, H, W), "text": [...]}``, at least ``steps`` of them. Returns the losses."""
     groups = [{"params": adapter_params, "lr": adapter_lr}]
     if base_params:
         groups.append({"params": base_params, "lr": base_lr})
@@ -65,13 +64,12 @@ def train_first_frame_clean(bundle, batches: Iterable[dict], steps: int, adapter
     params = adapter_params + base_params
     g = torch.Generator().manual_seed(seed)
     dev = next(bundle.unet.parameters()).device
-    it: Iterator[dict] = itertools.cycle(batches) if not isinstance(batches, Iterator) else batches
     was_training = bundle.unet.training
     bundle.unet.train()
     losses = []
     try:
         for step in range(steps):
-            batch = next(it)
+            batch = next(batches)
             video = batch["video"].to(dev)
             with torch.no_grad():
                 z = bundle.encode_video(video)

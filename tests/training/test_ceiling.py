@@ -48,7 +48,7 @@ def test_training_moves_the_group_and_nothing_else():
     before = {n: p.detach().clone() for n, p in bundle.unet.named_parameters()}
     data = SyntheticVideos(4, num_frames=4, size=32, seed=1)
     batch = {"video": torch.stack([data[i]["video"] for i in range(2)]), "text": [data[i]["text"] for i in range(2)]}
-    losses = train_first_frame_clean(bundle, [batch], 2, 1e-2, 1e-2, adapter, base)
+    losses = train_first_frame_clean(bundle, iter([batch, batch]), 2, 1e-2, 1e-2, adapter, base)
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     moved = {n for n, p in bundle.unet.named_parameters() if not torch.equal(p, before[n])}
     assert moved <= _names(bundle, adapter + base)
