@@ -3,9 +3,10 @@ compare the frames-2..F ε-loss per timestep with the untouched base (see :mod:`
 
     python scripts/ceiling_check.py experiment=toy group=all                 # what the whole toy UNet can reach
     python scripts/ceiling_check.py experiment=toy group=attn1 steps=400     # + the base's self-attention projections
+    python scripts/ceiling_check.py experiment=toy group=up                  # + the decoder (up path, output)
 
 Arguments are the training config's overrides (backbone, adapter, data, stage, ...) plus ``group=`` (adapter |
-attn1 | motion | all; default all), ``steps=`` (400), ``lr=`` (the base parameters' lr, 3e-4), ``adapter_lr=``
+attn1 | motion | up | all; default all), ``steps=`` (400), ``lr=`` (the base parameters' lr, 3e-4), ``adapter_lr=``
 (3e-3), ``n_clips=`` (16, held-out clips as in ``diagnose_adapter.py``), ``timesteps=`` ([200,500,800,950]),
 ``noise_seed=`` (0, the diagnostic's noise), ``device=`` (auto), ``json=<path>``, ``save=<path>`` (the trained
 adapter tensors as safetensors; group=adapter only, since the others change the base). Nothing is written unless

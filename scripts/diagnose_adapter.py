@@ -1,5 +1,6 @@
 """Learning diagnostic for an I2V-Adapter: ε-loss per timestep with the adapter on / off and two network-free
-predictors ("copy frame 1", "signal is zero"); see :mod:`i2v.training.diagnose`. The first thing to run after a
+predictors ("copy frame 1", "signal is zero"), and the frame-1 oracle (frame 1 copied where the clip did not change,
+the base elsewhere: how far frame 1 can take this base); see :mod:`i2v.training.diagnose`. The first thing to run after a
 training run.
 
     python scripts/diagnose_adapter.py experiment=toy                       # the shipped toy adapter
@@ -13,7 +14,8 @@ Arguments are the training config's overrides (``configs/train.yaml``: backbone,
 ``focus_t=`` (500: the timestep of the attention-focus table, which shows per attn1 layer how close to uniform the
 base's self-attention and the adapter branch's attention to frame 1 are; ``focus_t=null`` skips it),
 ``probes=`` (true: two more passes per t with the adapter off -- every spatial self-attention zeroed, and every
-frame's self-attention reading frame 1's keys/values -- which tell whether the base gives the branch a route at all).
+frame's self-attention reading frame 1's keys/values -- which tell whether the base gives the branch a route at all),
+``static_tol=`` (1e-3: a latent element is "unchanged" for the oracle within this times the clip's latent RMS).
 Clips: the toy world's held-out scenes (``SyntheticVideos`` with the evaluation seed), else the data module's
 validation split (the training data when it has none).
 """
@@ -30,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-OWN_KEYS = ("ckpt", "n_clips", "timesteps", "noise_seed", "batch_size", "device", "json", "focus_t", "probes")
+OWN_KEYS = ("ckpt", "n_clips", "timesteps", "noise_seed", "batch_size", "device", "json", "focus_t", "probes",
+            "static_tol")
 
 
 def split_args(argv: Sequence[str], keys: Sequence[str] = OWN_KEYS) -> tuple[dict, list[str]]:
@@ -101,7 +104,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     videos, texts = held_out_clips(cfg, int(own.get("n_clips", 16)))
     timesteps = [int(t) for t in own.get("timesteps", DEFAULT_TIMESTEPS)]
     table = eps_loss_by_timestep(bundle, videos, texts, timesteps, seed=int(own.get("noise_seed", 0)),
-                                 batch_size=int(own.get("batch_size", 8)), probes=bool(own.get("probes", True)))
+                                 batch_size=int(own.get("batch_size", 8)), probes=bool(own.get("probes", True)),
+                                 static_tol=float(own.get("static_tol", 1e-3)))
     print(f"ε-MSE on frames 2..F, frame 1 clean; {len(texts)} clips; backbone={cfg.backbone.name} "
           f"adapter={cfg.adapter.name} ckpt={ckpt}")
     print(format_table(table))

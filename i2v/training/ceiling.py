@@ -9,6 +9,9 @@ base's parameters unfrozen, and the frames-2..F ε-loss per timestep is compared
 * ``attn1``   -- the adapter and every *spatial* self-attention's projections (to_q/to_k/to_v/to_out): the branch
   reads *these* keys and values of frame 0, so a large gain over ``adapter`` says the frozen features are the limit;
 * ``motion``  -- the adapter and the motion modules (the temporal route to frame 0);
+* ``up``      -- the adapter and the spatial layers of the up path and the output (up blocks without their motion
+  modules, ``conv_norm_out``, ``conv_out``): a large gain over ``adapter`` says the frozen decoder cannot turn what
+  the branch brings into the output;
 * ``all``     -- every UNet parameter: what the network can do with frame 0 at all in this budget.
 
 Only ``adapter`` is the method; the others change the base and exist to locate a bottleneck (README, toy section).
@@ -26,6 +29,8 @@ GROUPS: dict[str, Callable[[str], bool]] = {
     "adapter": lambda name: False,
     "attn1": lambda name: ".attentions." in name and ".attn1." in name,   # spatial only (motion modules have attn1 too)
     "motion": lambda name: "motion_modules." in name,
+    "up": lambda name: (name.startswith("up_blocks.") and "motion_modules." not in name)
+    or name.startswith(("conv_norm_out.", "conv_out.")),
     "all": lambda name: True,
 }
 
@@ -92,9 +97,13 @@ def train_first_frame_clean(bundle, batches: Iterator[dict], steps: int, adapter
 
 
 def format_ceiling(before: dict[int, dict[str, float]], after: dict[int, dict[str, float]], group: str) -> str:
-    """Markdown table: the untouched base, the trained model (adapter on) and its ratio, "copy frame 1"."""
-    lines = [f"| t | base (before) | trained: {group} | / base | \"copy frame 1\" | / base |", "|---|---|---|---|---|---|"]
+    """Markdown table: the untouched base, the trained model (adapter on) and its ratio, "copy frame 1", and the
+    frame-1 oracle of the untouched base (:mod:`i2v.training.diagnose`: how far frame 1 can take it)."""
+    lines = [f"| t | base (before) | trained: {group} | / base | \"copy frame 1\" | / base | frame-1 oracle / base |",
+             "|---|---|---|---|---|---|---|"]
     for t in sorted(before):
         base, now, copy = before[t]["adapter_off"], after[t]["adapter_on"], before[t]["copy_frame1"]
-        lines.append(f"| {t} | {base:.4g} | {now:.4g} | {now / base:.3f} | {copy:.4g} | {copy / base:.3f} |")
+        oracle = before[t]["static_oracle"]
+        lines.append(f"| {t} | {base:.4g} | {now:.4g} | {now / base:.3f} | {copy:.4g} | {copy / base:.3f} | "
+                     f"{oracle / base:.3f} |")
     return "\n".join(lines)

@@ -7,7 +7,12 @@ output is turned into the ε it stands for, ``schedule.to_eps``, so every backbo
 * ``adapter_on``  -- the bundle's UNet with the I2V-Adapter branch active (NaN when the bundle has none);
 * ``adapter_off`` -- the same UNet with the branch switched off (the frozen base + Content-Adapter);
 * ``copy_frame1`` -- ε̂ = (z_t − √ᾱ_t·z_1) / √(1−ᾱ_t): "every frame equals frame 1", no network;
-* ``signal_zero`` -- ε̂ = z_t / √(1−ᾱ_t): "there is no signal", no network.
+* ``signal_zero`` -- ε̂ = z_t / √(1−ᾱ_t): "there is no signal", no network;
+* ``static_oracle`` -- ``copy_frame1`` on the latent elements where frame i's clean latent equals frame 1's (within
+  ``static_tol`` × the clip's latent RMS), ``adapter_off`` everywhere else: a base plus a perfect reader of frame 1
+  that knows what did not change. Its ratio to ``adapter_off`` is how far frame 1 *can* take this base on these
+  clips, the yardstick for ``adapter_on`` (on the toy world a static background makes it small; on real video,
+  where few pixels stay exactly equal, it stays near ``adapter_off`` and says little).
 
 Each predictor also gets ``<name>_frame_mean``: the part of its ε-MSE carried by each frame's spatial mean (a
 colour shift of the whole frame; see :func:`_frames_mse`). On the toy world this part is a constant floor of the base
@@ -43,7 +48,7 @@ import torch
 
 from i2v.training.module import first_frame_clean_noising
 
-PREDICTORS = ("adapter_on", "adapter_off", "copy_frame1", "signal_zero")
+PREDICTORS = ("adapter_on", "adapter_off", "copy_frame1", "signal_zero", "static_oracle")
 PROBES = ("attn_zero", "cross_frame", "cross_frame_noisy")
 DEFAULT_TIMESTEPS = (200, 500, 800, 950)
 
@@ -88,7 +93,8 @@ def _frames_mse(eps_hat: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor,
 @torch.no_grad()
 def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
                          timesteps: Sequence[int] = DEFAULT_TIMESTEPS, seed: int = 0,
-                         batch_size: int = 8, probes: bool = False) -> dict[int, dict[str, float]]:
+                         batch_size: int = 8, probes: bool = False,
+                         static_tol: float = 1e-3) -> dict[int, dict[str, float]]:
     """``{t: {predictor: mean ε-MSE over the clips}}`` for the predictors in :data:`PREDICTORS` (and, with
     ``probes``, the attention probes in :data:`PROBES`, see the module docstring).
 
@@ -98,6 +104,8 @@ def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
         videos: ``(N, F, 3, H, W)`` pixels in [-1, 1]; ``texts``: their N captions.
         timesteps: DDPM indices in ``[0, num_train_timesteps)``.
         seed: the noise of clip ``n`` at timestep ``t`` is a function of (seed, t, n), the same for every predictor.
+        static_tol: a latent element of frame i counts as unchanged (``static_oracle``) when it differs from frame
+            1's by at most this times the clip's latent RMS.
     """
     from i2v.models.adapters import i2v_adapter_layers, set_i2v_adapter_enabled
 
@@ -122,6 +130,8 @@ def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
             b = video.shape[0]
             z = bundle.encode_video(video, generator=torch.Generator().manual_seed(seed))
             cond = bundle.condition(caps, video[:, 0], hw=tuple(video.shape[-2:]))
+            rms = z.float().pow(2).flatten(1).mean(1).sqrt().view(-1, *([1] * (z.dim() - 1)))
+            static = (z - z[:, :, :1]).abs() <= static_tol * rms.to(z.dtype)     # frame 0 all True, never scored
             for t in timesteps:
                 g = torch.Generator().manual_seed(seed * 1_000_003 + int(t) * 1009 + start)
                 eps = torch.randn(z.shape, generator=g, dtype=torch.float32).to(dev, dtype)
@@ -135,7 +145,8 @@ def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
                     row[name] += float(total.sum())
                     row[f"{name}_frame_mean"] += float(frame_mean.sum())
 
-                add("copy_frame1", (z_t - a * z[:, :, :1]) / s)
+                copy = (z_t - a * z[:, :, :1]) / s
+                add("copy_frame1", copy)
                 add("signal_zero", z_t / s)
                 for name, on in (("adapter_on", True), ("adapter_off", False)):
                     if not layers:
@@ -145,7 +156,10 @@ def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
                     else:
                         set_i2v_adapter_enabled(bundle.unet, on)
                     out = bundle.unet(z_t, tt, cond["context"], added_cond=cond.get("added_cond"))
-                    add(name, bundle.schedule.to_eps(out, z_t, tt))
+                    eps_hat = bundle.schedule.to_eps(out, z_t, tt)
+                    add(name, eps_hat)
+                    if not on:
+                        add("static_oracle", torch.where(static, copy, eps_hat))
                 probe_inputs = (z_t, z_t, bundle.schedule.add_noise(z, eps, tt))   # the last: frame 1 noised too
                 for name, mode, x_in in zip(PROBES if probes else (), ("zero", "cross_frame", "cross_frame"),
                                             probe_inputs):
@@ -162,14 +176,15 @@ def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
 def format_table(table: dict[int, dict[str, float]]) -> str:
     """Markdown table with the on/off ratio and the two network-free baselines."""
     lines = ["| t | adapter on | adapter off | on / off | \"copy frame 1\" | \"signal is zero\" "
-             "| off: per-frame mean part |",
-             "|---|---|---|---|---|---|---|"]
+             "| off: per-frame mean part | frame-1 oracle / off |",
+             "|---|---|---|---|---|---|---|---|"]
     for t, row in table.items():
         ratio = row["adapter_on"] / row["adapter_off"] if row["adapter_off"] > 0 else float("nan")
         share = row["adapter_off_frame_mean"] / row["adapter_off"] if row["adapter_off"] > 0 else float("nan")
+        oracle = row["static_oracle"] / row["adapter_off"] if row["adapter_off"] > 0 else float("nan")
         lines.append(f"| {t} | {row['adapter_on']:.4g} | {row['adapter_off']:.4g} | {ratio:.3f} | "
                      f"{row['copy_frame1']:.4g} | {row['signal_zero']:.4g} | "
-                     f"{row['adapter_off_frame_mean']:.3g} ({100 * share:.0f}%) |")
+                     f"{row['adapter_off_frame_mean']:.3g} ({100 * share:.0f}%) | {oracle:.3f} |")
     return "\n".join(lines)
 
 
@@ -223,6 +238,12 @@ def findings(table: dict[int, dict[str, float]]) -> list[str]:
     flat = [t for t, r in table.items() if r["adapter_on"] > 0.9 * r["adapter_off"]]
     if flat:
         out.append(f"adapter barely helps (on > 0.9 x off) at t={flat}: it does not read frame 1 there")
+    room = {t: (r["static_oracle"] / r["adapter_off"], r["adapter_on"] / r["adapter_off"]) for t, r in table.items()
+            if r["adapter_off"] > 0 and r.get("static_oracle", math.inf) < 0.9 * r["adapter_off"]}
+    if room:
+        shown = ", ".join(f"t={t}: {o:.2f} (adapter {a:.2f})" for t, (o, a) in room.items())
+        out.append(f"frame 1 holds more than the adapter takes: copying it where the clip did not change takes the "
+                   f"base to {shown} x its loss")
     beaten = [t for t, r in table.items() if r["copy_frame1"] < r["adapter_on"]]
     if beaten:
         out.append(f"copying frame 1 without any network beats the adapter at t={beaten}")

@@ -27,9 +27,14 @@ def test_unfreeze_selects_the_group(group):
         "adapter": set(),
         "attn1": {n for n in others if ".attn1." in n and "motion_modules." not in n},
         "motion": {n for n in others if "motion_modules." in n},
+        "up": {n for n in others if (n.startswith("up_blocks.") and "motion_modules." not in n)
+               or n.startswith(("conv_norm_out.", "conv_out."))},
         "all": others,
     }[group]
     assert base_names == expected
+    if group == "up":      # the decoder's resnets and the output layer, none of the down path
+        assert any(".resnets." in n for n in base_names) and "conv_out.weight" in base_names
+        assert not any(n.startswith(("down_blocks.", "mid_block.", "conv_in.")) for n in base_names)
     if group == "attn1":   # the projections the branch reads are among them
         assert any(n.endswith("attn1.to_k.weight") for n in base_names)
         assert any(n.endswith("attn1.to_v.weight") for n in base_names)

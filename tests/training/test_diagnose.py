@@ -190,3 +190,41 @@ def test_attention_probes_zero_and_cross_frame(clips):
     assert probe_findings({800: {"adapter_off": 1.0, "attn_zero": 2.0, "cross_frame": 1.1,
                                  "cross_frame_noisy": 1.0}}) == []
     assert "attn_zero" not in eps_loss_by_timestep(bundle, videos[:1], texts[:1], timesteps=[600])[600]
+
+
+def test_static_oracle_copies_frame1_only_where_nothing_changed():
+    """On a clip whose frames all equal frame 1 the oracle is "copy frame 1" (exact: zero error); on a clip where
+    every element changes it is the base; on a half-static clip it mixes the two element by element."""
+    bundle = random_toy_bundle(for_training=False)
+    data = SyntheticVideos(2, num_frames=4, size=32, seed=11)
+    moving = torch.stack([data[i]["video"] for i in range(2)])
+    frozen = moving[:, :1].expand_as(moving).clone()                      # every frame = frame 1
+    changed = moving.clone()                                              # every later latent element differs
+    changed[:, 1:] += 0.1 + 0.2 * torch.rand(changed[:, 1:].shape, generator=torch.Generator().manual_seed(0))
+    texts = [data[i]["text"] for i in range(2)]
+    t = 800
+    st = eps_loss_by_timestep(bundle, frozen, texts, timesteps=[t])[t]
+    assert st["static_oracle"] == pytest.approx(0.0, abs=1e-10) and st["copy_frame1"] == pytest.approx(0.0, abs=1e-10)
+    assert st["adapter_off"] > 1e-4
+    ch = eps_loss_by_timestep(bundle, changed, texts, timesteps=[t], static_tol=0.0)[t]   # exact equality only
+    assert ch["static_oracle"] == pytest.approx(ch["adapter_off"], rel=1e-6)
+    # half static: the right half of every later frame replaced, the left half kept (the codec is 2x2 patches)
+    half = frozen.clone()
+    half[:, 1:, :, :, 16:] = changed[:, 1:, :, :, 16:]
+    hf = eps_loss_by_timestep(bundle, half, texts, timesteps=[t], static_tol=0.0)[t]
+    z = bundle.encode_video(half)
+    abar = float(bundle.schedule.alphas_cumprod[t])
+    # recompute the base on this input with the documented noise and mix by the same mask
+    eps = torch.randn(z.shape, generator=torch.Generator().manual_seed(0 * 1_000_003 + t * 1009 + 0))
+    zt = math.sqrt(abar) * z + math.sqrt(1 - abar) * eps
+    zt[:, :, 0] = z[:, :, 0]
+    cond = bundle.condition(texts, half[:, 0], hw=(32, 32))
+    tt = torch.full((2,), t)
+    with torch.no_grad():
+        base = bundle.schedule.to_eps(bundle.unet(zt, tt, cond["context"]), zt, tt)
+    copy = (zt - math.sqrt(abar) * z[:, :, :1]) / math.sqrt(1 - abar)
+    static = torch.zeros_like(z, dtype=torch.bool)
+    static[..., :8] = True                                                 # left half of the 16-wide latent
+    want = (torch.where(static, copy, base) - eps)[:, :, 1:].pow(2).flatten(1).mean(1).mean()
+    assert hf["static_oracle"] == pytest.approx(float(want), rel=1e-4)
+    assert 0 < hf["static_oracle"] < hf["adapter_off"]
