@@ -61,12 +61,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     n_base = sum(p.numel() for p in base_params)
     print(f"group={group}: training the I2V-Adapter ({sum(p.numel() for p in adapter_params):,} parameters) and "
           f"{n_base:,} base parameters for {steps} steps")
-    ema = []
+    ema = None
 
     def progress(step: int, loss: float) -> None:
-        ema.append(loss if not ema else 0.98 * ema[-1] + 0.02 * loss)
+        nonlocal ema
+        ema = loss if ema is None else 0.98 * ema + 0.02 * loss
         if step % 50 == 0 or step == steps - 1:
-            print(f"  step {step + 1}/{steps}  loss (ema) {ema[-1]:.5f}", flush=True)
+            print(f"  step {step + 1}/{steps}  loss (ema) {ema:.5f}", flush=True)
 
     train_first_frame_clean(bundle, _forever(dm), steps, float(own.get("adapter_lr", 3e-3)),
                             float(own.get("lr", 3e-4)), adapter_params, base_params, seed=int(cfg.seed),

@@ -84,11 +84,19 @@ def test_bad_arguments(clips):
 
 
 def test_frame_mean_finding_names_the_drift():
-    row = {"adapter_on": 1.0, "adapter_off": 1.0, "copy_frame1": 0.5, "signal_zero": 2.0,
+    row = {"adapter_on": 1.0, "adapter_off": 1.0, "copy_frame1": 0.5, "signal_zero": 2.0, "static_oracle": 1.0,
            "adapter_on_frame_mean": 0.4, "adapter_off_frame_mean": 0.4}
     assert any("each frame's mean" in line for line in findings({950: row}))
     row = {**row, "adapter_off_frame_mean": 0.1}
     assert not any("each frame's mean" in line for line in findings({950: row}))
+
+
+def test_oracle_finding_reports_the_room_frame1_leaves():
+    row = {"adapter_on": 0.95, "adapter_off": 1.0, "copy_frame1": 2.0, "signal_zero": 3.0, "static_oracle": 0.3,
+           "adapter_on_frame_mean": 0.0, "adapter_off_frame_mean": 0.0}
+    lines = [line for line in findings({800: row}) if "frame 1 holds more" in line]
+    assert lines and "t=800: 0.30 (adapter 0.95)" in lines[0]
+    assert not any("frame 1 holds more" in line for line in findings({800: {**row, "static_oracle": 0.95}}))
 
 
 def test_attention_focus_measures_sharpness(clips):
