@@ -18,6 +18,7 @@ Same arguments and ``--threads`` give byte-identical safetensors files. Usage (f
 
     PYTHONPATH=. python scripts/make_toy_checkpoint.py --overwrite          # the shipped files
     PYTHONPATH=. python scripts/make_toy_checkpoint.py --quick --out /tmp/toy
+    PYTHONPATH=. python scripts/make_toy_checkpoint.py <the same arguments> --peek /tmp/now   # a run in progress
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ from i2v.checkpoints.ip_adapter import ip_adapter_key_map  # noqa: E402
 from i2v.utils.io import atomic_write, save_json  # noqa: E402
 from i2v.models.toy import toy_state_dict  # noqa: E402
 from i2v.toy.pretrain import (CODEC_SCALE, MOTION, RESAMPLER, SCHEDULE, ClipStream, PretrainConfig,  # noqa: E402
-                              ToyModels, base_file_metadata, build_base, pretrain_base,
+                              ToyModels, base_file_metadata, build_base, peek_base, pretrain_base,
                               train_content_adapter, unet_build_overrides)
 
 FILES = ("base_unet.safetensors", "text_encoder.safetensors", "image_encoder.safetensors", "ip_adapter.safetensors")
@@ -88,6 +89,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--overwrite", action="store_true", help="replace existing files")
     ap.add_argument("--quick", action="store_true", help=f"tiny run for tests ({QUICK}; overrides step flags)")
     ap.add_argument("--no-progress", action="store_true", help="no tqdm bar (log lines only)")
+    ap.add_argument("--peek", metavar="DIR", default=None,
+                    help="do not train: write the base UNet and text encoder (EMA weights) of the run with these "
+                         "same arguments, as of its last saved state, to DIR and exit -- to check a long run "
+                         "while it trains (python scripts/diagnose_adapter.py experiment=toy adapter=none "
+                         "backbone.unet=DIR/base_unet.safetensors backbone.text_encoder=DIR/text_encoder.safetensors)")
     args = ap.parse_args(argv)
     if min(args.base_steps, args.ip_steps, args.batch_size, args.threads) < 1:
         ap.error("--base-steps, --ip-steps, --batch-size and --threads must be >= 1")
@@ -138,18 +144,44 @@ def ip_adapter_tensors(models: ToyModels) -> dict[str, torch.Tensor]:
     return flat
 
 
+def peek(args: argparse.Namespace, cfg: PretrainConfig) -> dict:
+    """``--peek DIR``: the base UNet and text encoder of the run in progress (same arguments) into ``DIR``, plus
+    ``PEEK.json`` (step, state file, the run's command). Returns ``{"paths": {name: Path}, "step": int}``."""
+    out = Path(args.peek)
+    existing = [str(out / n) for n in ("base_unet.safetensors", "text_encoder.safetensors", "PEEK.json")
+                if (out / n).exists()]
+    if existing and not args.overwrite:
+        raise FileExistsError(f"refusing to overwrite {existing}; pass --overwrite")
+    models, step = peek_base(cfg)
+    files = export(models, cfg.unet_overrides, cfg.prediction_type, cfg.codec_scale, cfg.position_channels,
+                   base_only=True)
+    paths = {name: write_safetensors(out / name, tensors, meta, args.overwrite) for name, (tensors, meta) in files.items()}
+    info = {"step": step, "of_steps": cfg.base_steps, "state_dir": str(cfg.state_dir), "run": command_line(args, cfg),
+            "files": {name: {"sha256": sha256(p)} for name, p in paths.items()}}
+    paths["PEEK.json"] = save_json(info, out / "PEEK.json", overwrite=args.overwrite)
+    print(f"[make_toy_checkpoint] base phase at step {step}/{cfg.base_steps}: wrote {', '.join(sorted(files))} to "
+          f"{out}")
+    return {"paths": paths, "step": step}
+
+
 def export(models: ToyModels, unet_overrides: Optional[dict] = None, prediction_type: str = "epsilon",
-           codec_scale: float = CODEC_SCALE, position_channels: int = 0
+           codec_scale: float = CODEC_SCALE, position_channels: int = 0, base_only: bool = False
            ) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]]:
-    """file name -> (tensors, safetensors metadata). The base UNet excludes the phase-B ip layers."""
+    """file name -> (tensors, safetensors metadata). The base UNet excludes the phase-B ip layers. ``base_only``:
+    the phase-A files (base UNet, text encoder) alone."""
     ip_keys = ("to_k_ip.weight", "to_v_ip.weight")
     unet = {k: v for k, v in toy_state_dict(models.unet).items() if not k.endswith(ip_keys)}
     # One metadata key per file: safetensors writes its header's metadata map in hash order, so several keys
     # would make the bytes (and the MANIFEST sha256) differ between identical runs.
-    return {
+    files = {
         "base_unet.safetensors": (unet, base_file_metadata(unet_overrides, prediction_type, codec_scale,
                                                              position_channels)),
         "text_encoder.safetensors": (toy_state_dict(models.text), {"format": "i2v ToyTextEncoder"}),
+    }
+    if base_only:
+        return files
+    return {
+        **files,
         "image_encoder.safetensors": (toy_state_dict(models.image_encoder), {"format": "i2v ToyImageEncoder"}),
         "ip_adapter.safetensors": (ip_adapter_tensors(models), {"format": "IP-Adapter Plus (flat), toy"}),
     }
@@ -178,11 +210,13 @@ def loss_summary(hist: dict, n: int = 20) -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    """Run both phases and write the files.
+    """Run both phases and write the files (``--peek``: only export the base phase of a run in progress).
 
     Returns ``{"paths": {name: Path}, "manifest": dict, "models": ToyModels}``."""
     args = parse_args(argv)
     cfg = pretrain_config(args)
+    if args.peek:
+        return peek(args, cfg)
     out = Path(args.out)
     targets = [out / name for name in FILES + ("MANIFEST.json",)]
     existing = [str(p) for p in targets if p.exists()]

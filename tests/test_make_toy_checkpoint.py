@@ -115,6 +115,49 @@ def test_interrupted_run_resumes_to_identical_files(runs, tmp_path, monkeypatch)
         toy_pretrain.PhaseState("base", toy_pretrain.PretrainConfig(state_dir=str(tmp_path / "s"), lr=1.0)).load()
 
 
+def test_peek_exports_the_base_of_a_run_in_progress(runs, tmp_path, monkeypatch):
+    """--peek with a run's own arguments writes its base phase as of the last saved state: after phase A the bytes
+    an uninterrupted run exports; mid-phase A the EMA of that step (loadable, and not yet the final weights)."""
+    from i2v.toy import pretrain as toy_pretrain
+
+    mod, (ref, _), _ = runs
+    out = tmp_path / "run"
+    args = ["--quick", "--no-progress", "--out", str(out), "--checkpoint-every", "1"]
+    with pytest.raises(FileNotFoundError, match="no saved base-phase state"):
+        mod.main(args + ["--peek", str(tmp_path / "none")])
+    calls, real_next = [], toy_pretrain.ClipStream.next
+
+    def dying_next(self, stop):
+        calls.append(1)
+        if len(calls) == stop:
+            raise KeyboardInterrupt
+        return real_next(self)
+
+    monkeypatch.setattr(toy_pretrain.ClipStream, "next", lambda self: dying_next(self, 3))  # 2 of 3 base steps
+    with pytest.raises(KeyboardInterrupt):
+        mod.main(args)
+    mid = mod.main(args + ["--peek", str(tmp_path / "mid")])
+    assert mid["step"] == 2
+    assert json.loads((tmp_path / "mid" / "PEEK.json").read_text())["of_steps"] == 3
+    peeked, final = (load_file(str(d / "base_unet.safetensors")) for d in (tmp_path / "mid", ref))
+    assert peeked.keys() == final.keys() and any(not torch.equal(peeked[k], final[k]) for k in final)
+    raw = torch.load(out / ".pretrain_state" / "base.pt", weights_only=True)["models"]["unet"]   # not the EMA
+    assert any(not torch.equal(peeked[k], raw[k]) for k in peeked)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        mod.main(args + ["--peek", str(tmp_path / "mid")])
+
+    calls.clear()
+    monkeypatch.setattr(toy_pretrain.ClipStream, "next", lambda self: dying_next(self, 2))  # dies in phase B
+    with pytest.raises(KeyboardInterrupt):
+        mod.main(args)
+    done = mod.main(args + ["--peek", str(tmp_path / "done")])
+    assert done["step"] == 3
+    for name in ("base_unet.safetensors", "text_encoder.safetensors"):
+        assert (tmp_path / "done" / name).read_bytes() == (ref / name).read_bytes(), name
+    assert sorted(p.name for p in (tmp_path / "done").iterdir()) == ["PEEK.json", "base_unet.safetensors",
+                                                                      "text_encoder.safetensors"]
+
+
 def test_stored_settings_with_the_old_frame_key_still_match(tmp_path):
     """The shipped MANIFEST.json (and states saved before the rename) say ``n_frames``; read back, they name the
     fields of today's PretrainConfig, and a saved state with the old key is resumed, not refused."""

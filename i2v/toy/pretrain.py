@@ -349,6 +349,27 @@ def _train_loop(name: str, models: ToyModels, params: list[nn.Parameter], steps:
     return {"losses": losses, "log": log}
 
 
+def peek_base(cfg: PretrainConfig) -> tuple[ToyModels, int]:
+    """The phase-A models of a run still in progress, from its saved state (``cfg`` = that run's settings):
+    UNet and text encoder with the EMA weights it would export, and the step they are from. Lets a run of hours
+    be checked (e.g. with the learning diagnostic) while it trains; the state is only read."""
+    saved = PhaseState("base", cfg).load()
+    if saved is None:
+        raise FileNotFoundError(f"no saved base-phase state in {cfg.state_dir} (a run saves one every "
+                                f"{cfg.checkpoint_every} steps; the state is removed once the files are written)")
+    models = build_base(cfg.seed, cfg.attn_init_scale, cfg.unet_overrides, cfg.prediction_type, cfg.codec_scale,
+                        cfg.position_channels)
+    models.unet.load_state_dict(saved["models"]["unet"], strict=True)
+    models.text.load_state_dict(saved["models"]["text"], strict=True)
+    params = list(models.unet.parameters()) + list(models.text.parameters())
+    if len(params) != len(saved["ema"]):
+        raise ValueError(f"{cfg.state_dir}: the saved EMA holds {len(saved['ema'])} tensors, the base has {len(params)}")
+    with torch.no_grad():
+        for p, e in zip(params, saved["ema"]):
+            p.copy_(e)
+    return models, int(saved["step"])
+
+
 def pretrain_base(models: ToyModels, stream: ClipStream, cfg: PretrainConfig, g: torch.Generator) -> dict:
     """Phase A: train UNet (spatial + motion) + text encoder with the ε-MSE on all frames."""
     params = list(models.unet.parameters()) + list(models.text.parameters())
