@@ -56,33 +56,54 @@ def headline(metrics: dict) -> str:
 
 @torch.no_grad()
 def score_pipeline(pipe: I2VPipeline, n_videos: int, num_frames: int, size: int, out_dir: Path | None = None,
-                   seed: int = 0, overwrite: bool = False, write_videos: bool = True, scenes: dict | None = None
-                   ) -> dict:
+                   seed: int = 0, overwrite: bool = False, write_videos: bool = True, scenes: dict | None = None,
+                   oracle: str | None = None) -> dict:
     """Sample ``n_videos`` held-out clips (``num_frames`` ground-truth frames each) with ``pipe``; returns
     {"model": metrics, "ground_truth": metrics, "videos": [...]}.
 
     With ``out_dir``: ``clipNNN.png`` (the sampled frames side by side, lossless; the contact sheets of
     ``scripts/make_toy_tables.py`` are built from them) and ``clipNNN_gt.png`` (the ground-truth clip) for every
-    clip, plus ``clipNNN.mp4|gif`` when ``write_videos``. ``scenes``: :func:`scene_options` of the backbone."""
+    clip, plus ``clipNNN.mp4|gif`` when ``write_videos``. ``scenes``: :func:`scene_options` of the backbone.
+    ``oracle``: sample through :class:`i2v.toy.oracle.FrameOneOracle` in that mode (``static``: a perfect reader of
+    frame 1's unchanged content on this base; ``ground_truth``), a diagnostic bound, not a model."""
     data = held_out_scenes(n_videos, num_frames, size, scenes)
     model_m, gt_m = ToyMetrics(), ToyMetrics()
     written = []
-    for i in tqdm(range(n_videos), desc="toy eval", leave=False):
-        item = data[i]
-        image, prompt = item["video"][0], item["text"]
-        out = pipe(image, prompt, seed=seed * 1000 + i)
-        video = out.video.cpu()
-        model_m.update(video[None], image[None], [item["meta"]])
-        gt_m.update(item["video"][None], image[None], [item["meta"]])
-        if out_dir is not None:
-            stem = Path(out_dir) / f"clip{i:03d}"
-            save_strip(video, stem.with_suffix(".png"), overwrite=overwrite)
-            save_strip(item["video"], stem.with_name(stem.name + "_gt.png"), overwrite=overwrite)
-        if out_dir is not None and write_videos:
-            save_mp4(video, stem.with_suffix(".mp4"), fps=pipe.settings.fps, overwrite=overwrite)
-            save_gif(video, stem.with_suffix(".gif"), fps=pipe.settings.fps, overwrite=overwrite)
-            written.append({"video": str(stem.with_suffix(".mp4")), "prompt": prompt, "nfe": out.nfe})
+    denoiser, wrapper = pipe.denoiser, None
+    if oracle is not None:
+        from i2v.toy.oracle import FrameOneOracle
+
+        pipe.denoiser = wrapper = FrameOneOracle(denoiser, pipe.bundle.schedule, oracle)
+    try:
+        for i in tqdm(range(n_videos), desc="toy eval", leave=False):
+            written += _score_clip(pipe, data[i], i, model_m, gt_m, out_dir, seed, overwrite, write_videos, wrapper)
+    finally:
+        pipe.denoiser = denoiser
     return {"model": _plain(model_m.compute()), "ground_truth": _plain(gt_m.compute()), "videos": written}
+
+
+def _score_clip(pipe: I2VPipeline, item: dict, i: int, model_m: ToyMetrics, gt_m: ToyMetrics,
+                out_dir: Path | None, seed: int, overwrite: bool, write_videos: bool, oracle=None) -> list[dict]:
+    """Sample held-out clip ``i`` (``item``) with ``pipe``, add it to both metrics, write its files; the written
+    videos' entries. ``oracle``: the pipeline's :class:`~i2v.toy.oracle.FrameOneOracle`, given this clip's latents."""
+    image, prompt = item["video"][0], item["text"]
+    if oracle is not None:
+        param = next(pipe.bundle.unet.parameters())
+        oracle.set_clip(pipe.bundle.encode_video(item["video"][None].to(param.device, param.dtype)))
+    out = pipe(image, prompt, seed=seed * 1000 + i)
+    video = out.video.cpu()
+    model_m.update(video[None], image[None], [item["meta"]])
+    gt_m.update(item["video"][None], image[None], [item["meta"]])
+    if out_dir is None:
+        return []
+    stem = Path(out_dir) / f"clip{i:03d}"
+    save_strip(video, stem.with_suffix(".png"), overwrite=overwrite)
+    save_strip(item["video"], stem.with_name(stem.name + "_gt.png"), overwrite=overwrite)
+    if not write_videos:
+        return []
+    save_mp4(video, stem.with_suffix(".mp4"), fps=pipe.settings.fps, overwrite=overwrite)
+    save_gif(video, stem.with_suffix(".gif"), fps=pipe.settings.fps, overwrite=overwrite)
+    return [{"video": str(stem.with_suffix(".mp4")), "prompt": prompt, "nfe": out.nfe}]
 
 
 def sample_and_score(cfg: DictConfig, bundle: Bundle, out_dir: Path) -> dict:
@@ -112,17 +133,20 @@ def evaluate_toy(cfg: DictConfig, out_dir: Path) -> dict:
     settings = SamplingSettings.from_config(cfg.sampling)
     torch.manual_seed(int(cfg.seed))
     pipe = I2VPipeline(load_bundle_for_sampling(cfg, torch.device("cpu"), torch.float32), settings)
-    n_videos = int(cfg.get("toy_eval", {}).get("n_videos", 8))
+    toy_eval = cfg.get("toy_eval") or {}
+    n_videos = int(toy_eval.get("n_videos", 8))
+    oracle = toy_eval.get("oracle")
     frames = settings.num_frames
     res = score_pipeline(pipe, n_videos, frames, int(cfg.backbone.resolution), out_dir / "samples",
                          seed=int(cfg.seed), overwrite=bool(cfg.overwrite),
-                         write_videos=bool(cfg.get("toy_eval", {}).get("write_videos", False)),
-                         scenes=scene_options(cfg.backbone))
-    summary = {"table": cfg.get("table"), "adapter": cfg.adapter.name, "seed": int(cfg.seed),
+                         write_videos=bool(toy_eval.get("write_videos", False)),
+                         scenes=scene_options(cfg.backbone), oracle=oracle)
+    summary = {"table": cfg.get("table"), "adapter": cfg.adapter.name, "oracle": oracle, "seed": int(cfg.seed),
                "t0": float(cfg.sampling.t0), "p": float(cfg.sampling.p), "steps": int(cfg.sampling.steps),
                "cfg": float(cfg.sampling.guidance_scale), "n_videos": n_videos,
                "frames": frames, **res}
     save_json(summary, out_dir / "metrics.json", overwrite=bool(cfg.overwrite))
-    print(f"toy metrics (t0={cfg.sampling.t0}, p={cfg.sampling.p}, seed={cfg.seed}): {headline(res['model'])}; "
+    tag = f", frame-1 oracle={oracle}" if oracle else ""
+    print(f"toy metrics (t0={cfg.sampling.t0}, p={cfg.sampling.p}, seed={cfg.seed}{tag}): {headline(res['model'])}; "
           f"all in {out_dir / 'metrics.json'}")
     return summary

@@ -53,6 +53,13 @@ PROBES = ("attn_zero", "cross_frame", "cross_frame_noisy")
 DEFAULT_TIMESTEPS = (200, 500, 800, 950)
 
 
+def static_mask(z: torch.Tensor, tol: float = 1e-3) -> torch.Tensor:
+    """Clean latents ``(B, C, F, H, W)`` -> bool, same shape: True where an element equals frame 1's within ``tol`` ×
+    the clip's latent RMS (what did not change from frame 1; frame 0 all True)."""
+    rms = z.pow(2).mean(dim=tuple(range(1, z.dim())), keepdim=True).sqrt()    # per clip
+    return (z - z[:, :, :1]).abs() <= tol * rms
+
+
 def _probe_processor(mode: str):
     """attn1 processor of the probes: ``zero`` -> no self-attention output; ``cross_frame`` -> every frame attends
     to frame 0's keys/values through the base's own ``to_q``/``to_out`` (eq. 5 with W_Q in place of W'_Q)."""
@@ -130,8 +137,7 @@ def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
             b = video.shape[0]
             z = bundle.encode_video(video, generator=torch.Generator().manual_seed(seed))
             cond = bundle.condition(caps, video[:, 0], hw=tuple(video.shape[-2:]))
-            rms = z.pow(2).mean(dim=tuple(range(1, z.dim())), keepdim=True).sqrt()    # per clip
-            static = (z - z[:, :, :1]).abs() <= static_tol * rms     # frame 0 all True, never scored
+            static = static_mask(z, static_tol)     # frame 0 all True, never scored
             for t in timesteps:
                 g = torch.Generator().manual_seed(seed * 1_000_003 + int(t) * 1009 + start)
                 eps = torch.randn(z.shape, generator=g, dtype=torch.float32).to(dev, dtype)

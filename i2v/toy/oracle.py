@@ -1,0 +1,69 @@
+"""Sampling-time frame-1 oracle: how good can a base's *samples* get when frame 1 is read perfectly?
+
+The learning diagnostic (:mod:`i2v.training.diagnose`) bounds the ε-loss a perfect reader of frame 1 leaves on a
+base (its ``static_oracle`` column). This module asks the same question of the sampled videos, which is what the toy
+metrics score: :class:`FrameOneOracle` wraps the sampler's denoiser and, at every step, replaces the network's
+prediction by the one that lands on the ground-truth clip, at the latent elements chosen by ``mode``:
+
+* ``static`` -- where the held-out clip's clean latent equals frame 1's (within ``static_tol`` × its RMS): "copy
+  frame 1" exactly where copying is right, the network everywhere else (the moving object and its trail). What a
+  perfect I2V-Adapter could add to this base at most, by reading what stays put; the rest of the video (the object)
+  is the base's own rendering.
+* ``ground_truth`` -- everywhere: the sampler then reproduces the ground-truth clip (a check of the wrapper, the
+  sampler and the metrics: its scores are the ground-truth row's).
+
+The prediction is formed in the network's output space (ε, or v for a v-prediction base) at the sampler's timestep,
+for the frames the sampler steps (frame 0 is the clamped input image). It needs the ground-truth latents of the clip
+being sampled (:meth:`FrameOneOracle.set_clip`), so it exists for the toy world's held-out clips:
+``python evaluate.py mode=toy experiment=toy_table2 toy_eval.oracle=static``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+ORACLES = ("static", "ground_truth")
+
+
+class FrameOneOracle:
+    """``denoise(x, t, cond, uncond)`` with the network's output replaced by the ground-truth clip's where ``mode``
+    says (see the module docstring). ``schedule``: the bundle's :class:`~i2v.diffusion.schedule.NoiseSchedule`."""
+
+    def __init__(self, denoise: Callable, schedule, mode: str = "static", static_tol: float = 1e-3):
+        if mode not in ORACLES:
+            raise ValueError(f"oracle must be one of {ORACLES}, got {mode!r}")
+        self.denoise, self.schedule, self.mode, self.static_tol = denoise, schedule, mode, float(static_tol)
+        self.source: Optional[torch.Tensor] = None
+        self.where: Optional[torch.Tensor] = None
+
+    def set_clip(self, z: torch.Tensor) -> None:
+        """``z`` ``(B, C, F, H, W)``: the clean latents of the ground-truth clip(s) about to be sampled."""
+        if z.dim() != 5 or z.shape[2] < 2:
+            raise ValueError(f"expected clean latents (B, C, F>=2, H, W), got {tuple(z.shape)}")
+        if self.mode == "static":
+            from i2v.training.diagnose import static_mask
+
+            where, source = static_mask(z, self.static_tol), z[:, :, :1].expand_as(z)
+        else:
+            where, source = torch.ones_like(z, dtype=torch.bool), z
+        where[:, :, 0] = False           # frame 0 is the sampler's clamped input: the network's output stays
+        self.where, self.source = where, source
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: dict, uncond: Optional[dict]) -> torch.Tensor:
+        out = self.denoise(x, t, cond, uncond)
+        if self.source is None:
+            raise RuntimeError("FrameOneOracle: call set_clip(ground-truth latents) before sampling")
+        if self.source.shape[1:] != x.shape[1:] or self.source.shape[0] not in (1, x.shape[0]):
+            raise ValueError(f"ground-truth latents {tuple(self.source.shape)} do not match the sampled "
+                             f"latents {tuple(x.shape)}")
+        t_val = float(torch.as_tensor(t).reshape(-1)[0])
+        if t_val != round(t_val):
+            raise ValueError(f"the frame-1 oracle needs a sampler on integer training timesteps (ddim, ddpm, "
+                             f"dpm++), got t = {t_val}")
+        tt = torch.full((x.shape[0],), int(round(t_val)), dtype=torch.long, device=x.device)
+        source = self.source.to(x).expand_as(x)
+        a, s = self.schedule.alpha_sigma(tt)
+        a, s = (v.to(x).view(-1, *([1] * (x.dim() - 1))) for v in (a, s))
+        eps = (x - a * source) / s
+        return torch.where(self.where.to(x.device).expand_as(x), self.schedule.target(source, eps, tt), out)

@@ -1,0 +1,90 @@
+"""The sampling-time frame-1 oracle (i2v/toy/oracle.py): the bound on a base's samples that a perfect reader of
+frame 1 gives. Its prediction must land on the ground truth (checked in ε and v space against the forward process),
+touch only the elements its mode names, and, through the real sampler, reproduce the ground-truth clip."""
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from i2v.cli.config import CONFIGS
+from i2v.diffusion.schedule import NoiseSchedule
+from i2v.toy.oracle import FrameOneOracle
+
+
+def _net(x, t, cond, uncond):            # a stand-in network whose output is recognisable
+    return torch.full_like(x, 7.0)
+
+
+def _clip(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(1, 4, 5, 6, 6, generator=g)
+    z[:, :, 2:] = z[:, :, :1]                 # frames 2..4 equal frame 0 ...
+    z[:, :, 2:, :3, :3] += 1.0                # ... except a moved corner
+    z[:, :, 1] = torch.randn(1, 4, 6, 6, generator=g)    # frame 1 changed everywhere
+    return z, g
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_static_oracle_copies_frame_1_exactly_where_the_clip_did_not_change(prediction_type):
+    sched = NoiseSchedule(prediction_type=prediction_type)
+    z, g = _clip()
+    oracle = FrameOneOracle(_net, sched, "static")
+    oracle.set_clip(z)
+    t = 700
+    eps = torch.randn(z.shape, generator=g)
+    a, s = (float(v) for v in sched.alpha_sigma(torch.tensor(t)))
+    x = a * z + s * eps
+    out = oracle(x, torch.tensor(t), {}, None)
+    # where frame i equals frame 0, the oracle's output stands for the noise that makes x_t a noised frame 0
+    eps_hat = sched.to_eps(out, x, torch.full((1,), t))
+    static = torch.zeros_like(z, dtype=torch.bool)
+    static[:, :, 2:] = True
+    static[:, :, 2:, :3, :3] = False
+    assert torch.allclose(eps_hat[static], ((x - a * z[:, :, :1]) / s).expand_as(z)[static], atol=1e-5)
+    # frames 2..4 of this clip equal frame 0 there, so that is the true noise
+    assert torch.allclose(eps_hat[static], eps[static], atol=1e-4)
+    # everything else (frame 0, the changed frame 1, the moved corner) is the network's output, untouched
+    assert (out[~static] == 7.0).all()
+
+
+def test_ground_truth_oracle_replaces_every_sampled_frame_and_checks_its_inputs():
+    sched = NoiseSchedule()
+    z, g = _clip(1)
+    oracle = FrameOneOracle(_net, sched, "ground_truth")
+    with pytest.raises(RuntimeError, match="set_clip"):
+        oracle(z, torch.tensor(500), {}, None)
+    oracle.set_clip(z)
+    eps = torch.randn(z.shape, generator=g)
+    a, s = (float(v) for v in sched.alpha_sigma(torch.tensor(500)))
+    out = oracle(a * z + s * eps, torch.tensor(500), {}, None)
+    assert torch.allclose(out[:, :, 1:], eps[:, :, 1:], atol=1e-4)
+    assert (out[:, :, 0] == 7.0).all()
+    with pytest.raises(ValueError, match="integer training timesteps"):
+        oracle(z, torch.tensor(500.5), {}, None)
+    with pytest.raises(ValueError, match="do not match"):
+        oracle(z[:, :, :3], torch.tensor(500), {}, None)
+    with pytest.raises(ValueError, match="oracle must be one of"):
+        FrameOneOracle(_net, sched, "copy")
+
+
+def test_ground_truth_oracle_through_the_sampler_reproduces_the_held_out_clip(tmp_path):
+    """Shipped toy files, 2 held-out clips, the real DDIM sampler and metrics: with the ground-truth oracle the
+    sampled videos score as the ground-truth clips do; with the static oracle the background is frame 1's."""
+    from i2v.pipeline.bundle import load_bundle_for_sampling
+    from i2v.pipeline.sampling import I2VPipeline, SamplingSettings
+    from i2v.toy.evaluate import held_out_scenes, score_pipeline
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="sample", overrides=["experiment=toy", "sampling.steps=4"])
+    pipe = I2VPipeline(load_bundle_for_sampling(cfg, torch.device("cpu"), torch.float32),
+                       SamplingSettings.from_config(cfg.sampling))
+    frames = int(cfg.sampling.num_frames)
+    gt = score_pipeline(pipe, 2, frames, 32, tmp_path / "gt", oracle="ground_truth")
+    for key in ("identity", "bg_err", "obj_err", "step_px", "flicker"):
+        assert gt["model"][key] == pytest.approx(gt["ground_truth"][key], abs=2e-3), key
+    from i2v.utils.io import read_strip
+    clip = held_out_scenes(1, frames, 32)[0]["video"]
+    assert (read_strip(tmp_path / "gt" / "clip000.png", frames) - clip).abs().max() < 0.02
+    assert pipe.denoiser.__class__.__name__ == "Denoiser"          # the pipeline's own denoiser is put back
+    plain = score_pipeline(pipe, 2, frames, 32)
+    static = score_pipeline(pipe, 2, frames, 32, oracle="static")
+    assert static["model"]["bg_err"] < 0.02 < plain["model"]["bg_err"], (static["model"], plain["model"])
