@@ -11,6 +11,8 @@ For Table 2 it also prints the Spearman rank correlation of each sweep (t0 at p 
 flicker, per seed and averaged over seeds. ``--sheets DIR`` writes contact sheets (``toy_table3.png``,
 ``toy_table2_t0.png``, ``toy_table2_p.png``): per row one held-out clip of the lowest seed, input frame first, frames
 upscaled nearest-neighbour, from the lossless ``samples/clipNNN.png`` strips the runs write.
+Runs sampled through the frame-1 oracle (``evaluate.py mode=toy toy_eval.oracle=...``) are bounds, not models: they
+get a table of their own (by adapter and oracle) and stay out of Tables 2/3, the trends and the sheets.
 """
 from __future__ import annotations
 
@@ -64,7 +66,13 @@ def table(groups: dict, label, title: str, gt: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def split_oracle(runs: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(model runs, frame-1 oracle runs): the runs whose metrics.json names an ``oracle`` are bounds, not models."""
+    return [r for r in runs if not r.get("oracle")], [r for r in runs if r.get("oracle")]
+
+
 def render(runs: list[dict]) -> str:
+    runs, oracle_runs = split_oracle(runs)
     out = []
     t3 = defaultdict(list)
     t2 = defaultdict(list)
@@ -81,6 +89,14 @@ def render(runs: list[dict]) -> str:
         keys = sorted(t2, key=lambda k: (-(k[1] == 1.0), -k[0], -k[1]))
         out.append(table({k: t2[k] for k in keys}, lambda k: f"t0={k[0]:g} p={k[1]:g}",
                          "Toy Table 2: Frame Similarity Prior", gt))
+    if oracle_runs:
+        bound = defaultdict(list)
+        for r in oracle_runs:
+            bound[(r["adapter"], r["oracle"], r["t0"], r["p"])].append(r)
+        keys = sorted(bound, key=lambda k: (k[1], ADAPTER_ORDER.index(k[0]) if k[0] in ADAPTER_ORDER else 99, k))
+        out.append(table({k: bound[k] for k in keys},
+                         lambda k: f"{ADAPTER_LABEL.get(k[0], k[0])}, oracle={k[1]} (t0={k[2]:g} p={k[3]:g})",
+                         "Sampling-time frame-1 oracle (a bound, not a model)", [r["ground_truth"] for r in oracle_runs]))
     return "\n".join(out)
 
 
@@ -113,7 +129,7 @@ def spearman(x: list[float], y: list[float]) -> float:
 def sweeps(runs: list[dict]) -> dict:
     """``{(sweep, metric): {"per_seed": {seed: rho}, "mean": rho}}`` for the t0 sweep at p = 1 and the p sweep at
     t0 = 1 of Table 2, metric in (step_px, flicker)."""
-    t2 = [r for r in runs if r.get("table") == "toy_table2"]
+    t2 = [r for r in split_oracle(runs)[0] if r.get("table") == "toy_table2"]
     out = {}
     for sweep, fixed, var in (("t0 (p=1)", "p", "t0"), ("p (t0=1)", "t0", "p")):
         for metric in ("step_px", "flicker"):
@@ -161,7 +177,7 @@ def write_sheets(runs: list[dict], out_dir: str, clip: int = 0, scale: int = 4) 
 
     written = []
     t3, t2 = defaultdict(list), defaultdict(list)
-    for r in runs:
+    for r in split_oracle(runs)[0]:
         (t2[(r["t0"], r["p"])] if r.get("table") == "toy_table2" else t3[r["adapter"]]).append(r)
     if t3:
         rows = [(label(ADAPTER_LABEL.get(a, a).replace(" and ", " and\n"), first_seed(t3[a])),

@@ -74,6 +74,9 @@ def test_tables_trends_and_sheets(tmp_path, capsys):
                  model={"step_px": 2.0 - i, "flicker": 0.3})
     for a in ("full", "none"):
         _run(tmp_path / "t3", a, 0, 0.9 if a == "full" else -0.9, adapter=a, t0=1.0, p=0.5)
+    # a frame-1 oracle run in the Table 2 folder: a bound, reported apart, never averaged into a row or a sweep
+    _run(tmp_path, "oracle_s0", 0, 0.0, table="toy_table2", adapter="none", t0=1.0, p=1.0, oracle="static",
+         model={"identity": 0.9, "step_px": -50.0, "flicker": 9.0})
     runs = mod.load_runs([str(tmp_path)])
     res = mod.sweeps(runs)
     assert res[("t0 (p=1)", "step_px")]["mean"] == pytest.approx(1.0)      # ρ(t0, motion) over t0 = .6, .8, 1
@@ -81,6 +84,10 @@ def test_tables_trends_and_sheets(tmp_path, capsys):
     assert res[("t0 (p=1)", "flicker")]["per_seed"] == {0: pytest.approx(1.0), 1: pytest.approx(1.0)}
     text = mod.render(runs) + mod.render_sweeps(runs)
     assert "Full model" in text and "t0=0.6 p=1" in text and "| t0 (p=1) | step_px |" in text
+    t1_row = next(line for line in text.splitlines() if line.startswith("| t0=1 p=1 |"))
+    assert "| 2 |" in t1_row and "0.500 ± 0.000" in t1_row                 # the two seeds, not the oracle's 0.9
+    oracle_row = next(line for line in text.splitlines() if "oracle=static" in line)
+    assert oracle_row.startswith("| w/o I2V-Adapter and Content-Adapter, oracle=static (t0=1 p=1) | 1 | 0.900 |")
     written = mod.write_sheets(runs, str(tmp_path / "docs"), scale=2)
     assert sorted(p.name for p in written) == ["toy_table2_p.png", "toy_table2_t0.png", "toy_table3.png"]
     t3 = Image.open(tmp_path / "docs" / "toy_table3.png")
