@@ -26,6 +26,14 @@ import torch
 ORACLES = ("static", "ground_truth")
 
 
+def static_mask(z: torch.Tensor, tol: float = 1e-3) -> torch.Tensor:
+    """Clean latents ``(B, C, F, H, W)`` -> bool, same shape: True where an element equals frame 1's within ``tol`` ×
+    the clip's latent RMS (what did not change from frame 1; frame 0 all True). Also the learning diagnostic's
+    ``static_oracle`` mask (:mod:`i2v.training.diagnose`)."""
+    rms = z.pow(2).mean(dim=tuple(range(1, z.dim())), keepdim=True).sqrt()    # per clip
+    return (z - z[:, :, :1]).abs() <= tol * rms
+
+
 class FrameOneOracle:
     """``denoise(x, t, cond, uncond)`` with the network's output replaced by the ground-truth clip's where ``mode``
     says (see the module docstring). ``schedule``: the bundle's :class:`~i2v.diffusion.schedule.NoiseSchedule`."""
@@ -42,8 +50,6 @@ class FrameOneOracle:
         if z.dim() != 5 or z.shape[2] < 2:
             raise ValueError(f"expected clean latents (B, C, F>=2, H, W), got {tuple(z.shape)}")
         if self.mode == "static":
-            from i2v.training.diagnose import static_mask
-
             where, source = static_mask(z, self.static_tol), z[:, :, :1].expand_as(z)
         else:
             where, source = torch.ones_like(z, dtype=torch.bool), z

@@ -46,18 +46,12 @@ from typing import Sequence
 
 import torch
 
+from i2v.toy.oracle import static_mask
 from i2v.training.module import first_frame_clean_noising
 
 PREDICTORS = ("adapter_on", "adapter_off", "copy_frame1", "signal_zero", "static_oracle")
 PROBES = ("attn_zero", "cross_frame", "cross_frame_noisy")
 DEFAULT_TIMESTEPS = (200, 500, 800, 950)
-
-
-def static_mask(z: torch.Tensor, tol: float = 1e-3) -> torch.Tensor:
-    """Clean latents ``(B, C, F, H, W)`` -> bool, same shape: True where an element equals frame 1's within ``tol`` ×
-    the clip's latent RMS (what did not change from frame 1; frame 0 all True)."""
-    rms = z.pow(2).mean(dim=tuple(range(1, z.dim())), keepdim=True).sqrt()    # per clip
-    return (z - z[:, :, :1]).abs() <= tol * rms
 
 
 def _probe_processor(mode: str):
