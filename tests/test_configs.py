@@ -71,7 +71,7 @@ def test_one_sampling_config_for_every_entry():
     for name in ("train", "sample", "evaluate"):
         cfg = _compose(name, ["experiment=toy", "sampling.guidance_scale=2.5"])
         s = OmegaConf.to_container(cfg.sampling, resolve=True)
-        assert (s["steps"], s["guidance_scale"], s["t0"], s["p"], s["num_frames"]) == (20, 2.5, 1.0, 0.5, 8)
+        assert (s["steps"], s["guidance_scale"], s["t0"], s["p"], s["num_frames"]) == (20, 2.5, 1.0, 0.0, 8)
         assert s["fsp"] == {"enabled": True, "kernel_size": 9, "sigma": 18.0}
         assert not {"t0", "p", "steps", "cfg", "frames", "sample"} & set(cfg)
     s = _compose("sample", []).sampling

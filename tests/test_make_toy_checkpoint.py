@@ -36,8 +36,20 @@ def _layout(path: Path) -> dict:
         return {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
 
 
-def test_quick_files_have_the_shipped_layout(runs):
-    mod, (out, _), _ = runs
+def _shipped_world_args() -> list[str]:
+    """The shipped base's world and UNet options, read from its MANIFEST.json (the regenerate command's flags)."""
+    cfg = json.loads((SHIPPED / "MANIFEST.json").read_text())["config"]
+    return ["--texture", str(cfg["texture"]), "--texture-cells", str(cfg["texture_cells"]),
+            "--texture-tiles", str(cfg["texture_tiles"]), "--unet-overrides", json.dumps(cfg["unet_overrides"])]
+
+
+def test_quick_files_have_the_shipped_layout(tmp_path):
+    """A --quick run with the shipped command's world and UNet options writes the shipped files' key layout, and the
+    base file's metadata rebuilds the shipped UNet (the deeper four-level layout)."""
+    mod = _script()
+    torch.set_num_threads(1)
+    out = tmp_path / "quick"
+    mod.main(["--quick", "--no-progress", "--out", str(out), *_shipped_world_args()])
     for name in mod.FILES:
         shipped, made = SHIPPED / name, out / name
         assert shipped.is_file(), f"shipped toy checkpoint missing: {shipped}"
@@ -49,12 +61,36 @@ def test_quick_files_have_the_shipped_layout(runs):
         shipped_over = read_base_file_metadata(f.metadata())["build_overrides"]
     with safe_open(str(out / "base_unet.safetensors"), "pt") as f:
         made = read_base_file_metadata(f.metadata())
-    assert made["build_overrides"] == shipped_over == {"in_channels": 12, "out_channels": 12}
+    assert made["build_overrides"] == shipped_over == {
+        "in_channels": 12, "out_channels": 12, "block_out_channels": [32, 64, 64, 64],
+        "attention_levels": [True, True, True, False], "transformer_layers_per_block": [1, 1, 1, 1],
+        "num_attention_heads": [1, 2, 2, 2]}
     keys = _layout(out / "ip_adapter.safetensors")
     assert {k.split(".")[0] for k in keys} == {"image_proj", "ip_adapter"}
     assert not any("_ip" in k for k in _layout(out / "base_unet.safetensors"))
     manifest = json.loads((SHIPPED / "MANIFEST.json").read_text())
     assert set(manifest["files"]) == set(mod.FILES)
+
+
+def test_shipped_manifest_command_is_canonical_and_gives_its_config():
+    """The shipped MANIFEST.json's command, parsed by the script, is the script's own canonical command for the
+    shipped directory and yields the settings the MANIFEST records (so running it regenerates these files)."""
+    import dataclasses
+    import shlex
+
+    from i2v.toy.pretrain import upgrade_settings
+
+    mod = _script()
+    manifest = json.loads((SHIPPED / "MANIFEST.json").read_text())
+    argv = shlex.split(manifest["command"])
+    assert argv[:4] == ["PYTHONPATH=.", "python", "scripts/make_toy_checkpoint.py", "--out"]
+    assert argv[4] == "i2v/assets/toy"
+    args = mod.parse_args(["--out", str(SHIPPED), *argv[5:]])
+    cfg = mod.pretrain_config(args)
+    assert mod.command_line(args, cfg) == manifest["command"]
+    stored = upgrade_settings(manifest["config"])
+    made = dataclasses.asdict(cfg)
+    assert {k: made[k] for k in stored} == stored
 
 
 def test_shipped_manifest_hashes_match_files():
@@ -159,14 +195,14 @@ def test_peek_exports_the_base_of_a_run_in_progress(runs, tmp_path, monkeypatch)
 
 
 def test_stored_settings_with_the_old_frame_key_still_match(tmp_path):
-    """The shipped MANIFEST.json (and states saved before the rename) say ``n_frames``; read back, they name the
+    """MANIFEST.json files (and states) saved before the rename say ``n_frames``; read back, they name the
     fields of today's PretrainConfig, and a saved state with the old key is resumed, not refused."""
     import dataclasses
 
     from i2v.toy import pretrain as toy_pretrain
 
     stored = json.loads((SHIPPED / "MANIFEST.json").read_text())["config"]
-    assert "n_frames" in stored   # the shipped file is not rewritten
+    stored = {("n_frames" if k == "num_frames" else k): v for k, v in stored.items()}   # as written before the rename
     cfg = toy_pretrain.PretrainConfig(**toy_pretrain.upgrade_settings(stored))
     assert cfg.num_frames == stored["n_frames"]
     assert set(toy_pretrain.upgrade_settings(stored)) <= {f.name for f in dataclasses.fields(cfg)}
