@@ -32,6 +32,10 @@ def test_readme_sample_snippet_prompt_is_the_scenes_caption(tmp_path):
     caption = SyntheticVideos(1, num_frames=1, size=32, seed=int(seed))[0]["text"]
     prompt = re.search(r'prompt="([^"]*)"', command).group(1)
     assert prompt == caption, f"seed {seed} shows {caption!r}, the README prompts {prompt!r}"
+    from omegaconf import OmegaConf
+
+    scenes = OmegaConf.load(ROOT / "configs" / "backbone" / "toy.yaml").scenes   # the input is from the base's world
+    assert f"texture={scenes.texture:g}" in code and f"texture_cells={scenes.texture_cells}" in code, code
 
 
 def test_missing_image_is_reported_before_any_model_loads(tmp_path, monkeypatch):

@@ -117,7 +117,8 @@ def test_readme_toy_commands_run(tmp_path):
 
     toy = sorted({c for c in COMMANDS if "experiment=toy " in c + " " and " -m " not in c})
     assert {c.split()[1] for c in toy} == {"train.py", "sample.py"}
-    save_frames(SyntheticVideos(1, num_frames=1, size=32, seed=7)[0]["video"], tmp_path / "toy_input")
+    save_frames(SyntheticVideos(1, num_frames=1, size=32, seed=7, texture=0.5, texture_cells=16)[0]["video"],
+                tmp_path / "toy_input")
     tiny = {"train": ["trainer.max_steps=2", "after_train.n_videos=1", "sampling.steps=2", "logger=csv"],
             "sample": ["sampling.steps=2", f"out={tmp_path / 'samples'}"]}
     for i, command in enumerate(toy):
