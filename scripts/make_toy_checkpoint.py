@@ -64,6 +64,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--clean-distractor", type=float, default=d.clean_distractor,
                     help="probability that a clip's frame 1 is a clean frame of another clip, no loss on it "
                          "(see PretrainConfig)")
+    ap.add_argument("--object-weight", type=float, default=d.object_weight,
+                    help="extra ε-loss weight where the moving object is (1 + this there; see PretrainConfig)")
     ap.add_argument("--texture", type=float, default=d.texture,
                     help="amplitude of the clips' static background pattern (0 = flat backgrounds)")
     ap.add_argument("--texture-cells", type=int, default=d.texture_cells,
@@ -103,7 +105,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
     cfg = PretrainConfig(seed=args.seed, base_steps=args.base_steps, ip_steps=args.ip_steps,
                          batch_size=args.batch_size, lr=args.lr, ip_lr=args.ip_lr, offset_noise=args.offset_noise,
-                         clean_distractor=args.clean_distractor,
+                         clean_distractor=args.clean_distractor, object_weight=args.object_weight,
                          texture=args.texture, texture_cells=args.texture_cells, texture_tiles=args.texture_tiles,
                          prediction_type=args.prediction_type, codec_scale=args.codec_scale,
                          position_channels=args.position_channels,
@@ -122,6 +124,7 @@ def command_line(args: argparse.Namespace, cfg: PretrainConfig) -> str:
             f"--base-steps {cfg.base_steps} --ip-steps {cfg.ip_steps} --batch-size {cfg.batch_size} "
             f"--lr {cfg.lr:g} --ip-lr {cfg.ip_lr:g} --offset-noise {cfg.offset_noise:g} "
             + (f"--clean-distractor {cfg.clean_distractor:g} " if cfg.clean_distractor else "")
+            + (f"--object-weight {cfg.object_weight:g} " if cfg.object_weight else "")
             + (f"--texture {cfg.texture:g} --texture-cells {cfg.texture_cells} --texture-tiles {cfg.texture_tiles} "
                if cfg.texture else "")
             + (f"--prediction-type {cfg.prediction_type} " if cfg.prediction_type != "epsilon" else "")

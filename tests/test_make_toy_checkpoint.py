@@ -288,9 +288,11 @@ def test_scene_and_attention_options_reach_the_run_and_its_manifest(tmp_path):
     over = {"transformer_layers_per_block": [2, 1]}
     mod.main(["--quick", "--no-progress", "--out", str(tmp_path), "--texture", "0.2", "--texture-tiles", "2",
               "--attn-init-scale", "3", "--unet-overrides", json.dumps(over), "--prediction-type", "v_prediction",
-              "--codec-scale", "2", "--position-channels", "4", "--clean-distractor", "0.5"])
+              "--codec-scale", "2", "--position-channels", "4", "--clean-distractor", "0.5",
+              "--object-weight", "3"])
     manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
     assert manifest["config"]["clean_distractor"] == 0.5 and "--clean-distractor 0.5 " in manifest["command"]
+    assert manifest["config"]["object_weight"] == 3.0 and "--object-weight 3 " in manifest["command"]
     assert (manifest["config"]["texture"], manifest["config"]["texture_tiles"]) == (0.2, 2)
     assert manifest["config"]["attn_init_scale"] == 3.0
     assert ("--texture 0.2 --texture-cells 8 --texture-tiles 2 --prediction-type v_prediction --codec-scale 2 "
@@ -368,3 +370,42 @@ def test_masked_mse_drops_the_weighted_out_frames():
     assert masked_mse(out, target, weight) == pytest.approx(float(kept.pow(2).mean()), rel=1e-6)
     target[0, :, 0] += 100.0                      # a dropped frame cannot move the loss
     assert masked_mse(out, target, weight) == pytest.approx(float(kept.pow(2).mean()), rel=1e-6)
+
+
+def test_object_masks_mark_the_moving_object_in_every_frame():
+    """ClipStream.object_masks: 1 at the latent positions the object covers in that frame (its centre's position
+    always; nothing farther than its radius + one latent cell), 0 elsewhere, per clip and frame, on a textured world."""
+    from i2v.toy.pretrain import ClipStream, PretrainConfig
+
+    stream = ClipStream(PretrainConfig(batch_size=3, base_steps=2, ip_steps=1, texture=0.5, texture_cells=16))
+    video, _ = stream.next()
+    masks = stream.object_masks(16)
+    assert masks.shape == (3, 1, 8, 16, 16) and set(masks.unique().tolist()) == {0.0, 1.0}
+    # pixel centres sit at integer coordinates; latent cell j holds pixels 2j, 2j + 1, so its centre is at 2j + 0.5
+    ys, xs = torch.meshgrid(torch.arange(16) * 2 + 0.5, torch.arange(16) * 2 + 0.5, indexing="ij")
+    for b, i in enumerate(stream.last[0]):
+        meta = stream.data[i]["meta"]
+        radius = meta["radius"]
+        for f in range(8):
+            cx, cy = (float(v) for v in meta["centers"][f])
+            m = masks[b, 0, f]
+            assert m[int(round(cy)) // 2, int(round(cx)) // 2] == 1
+            # a shape of radius r reaches at most r·sqrt(2) from its centre (a square's corner), a cell sqrt(2)
+            far = ((xs - cx) ** 2 + (ys - cy) ** 2).sqrt() > (radius + 1) * 2 ** 0.5 + 0.1
+            assert m[far].sum() == 0
+            assert 0 < m.sum() < 0.5 * m.numel()
+        assert not torch.equal(masks[b, 0, 0], masks[b, 0, -1])   # it moves
+
+
+def test_object_weight_raises_the_loss_share_of_the_object():
+    """With object_weight w the base loss is sum((1 + w·mask)·err²) / sum(1 + w·mask): an error on the object
+    counts (1 + w)× an equal error on the background."""
+    from i2v.toy.pretrain import masked_mse
+
+    out, target = torch.zeros(1, 2, 1, 2, 2), torch.zeros(1, 2, 1, 2, 2)
+    mask = torch.zeros(1, 1, 1, 2, 2)
+    mask[..., 0, 0] = 1
+    target[..., 0, 0] = 1.0                              # error 1 on the object only
+    assert masked_mse(out, target, 1 + 3 * mask) == pytest.approx(2 * 4 / (2 * (4 + 3)))
+    target[..., 0, 0], target[..., 1, 1] = 0.0, 1.0      # the same error on the background instead
+    assert masked_mse(out, target, 1 + 3 * mask) == pytest.approx(2 * 1 / (2 * (4 + 3)))
