@@ -1,0 +1,84 @@
+"""What one toy pretraining step sees (used by :mod:`i2v.toy.pretrain`): batches of synthetic clips in a seeded
+order, their noised latents and targets, caption dropping, and the per-element loss weights (clean-distractor
+frames, the moving object's positions)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from i2v.data.synthetic import SyntheticVideos, background_image
+
+if TYPE_CHECKING:
+    from i2v.pipeline.bundle import Bundle
+    from i2v.toy.pretrain import PretrainConfig
+
+
+class ClipStream:
+    """Batches of distinct :class:`SyntheticVideos` clips in a seeded random order.
+
+    ``next()`` -> ``(video (B, F, 3, H, W) in [-1, 1], captions list[str])``.
+    """
+
+    def __init__(self, cfg: PretrainConfig):
+        n = max(cfg.n_items, (cfg.base_steps + cfg.ip_steps) * cfg.batch_size)
+        self.data = SyntheticVideos(n, num_frames=cfg.num_frames, size=cfg.size, seed=cfg.seed,
+                                    texture=cfg.texture, texture_cells=cfg.texture_cells,
+                                    texture_tiles=cfg.texture_tiles)
+        self.order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
+        self.batch, self.pos = cfg.batch_size, 0
+
+    def next(self) -> tuple[torch.Tensor, list[str]]:
+        idx = [int(self.order[(self.pos + j) % len(self.order)]) for j in range(self.batch)]
+        self.pos += self.batch
+        items = [self.data[i] for i in idx]
+        self.last = (idx, torch.stack([it["video"] for it in items]))
+        return self.last[1], [it["text"] for it in items]
+
+    def object_masks(self, latent_size: int) -> torch.Tensor:
+        """Where the moving object is in each frame of the last batch ``next()`` returned, ``(B, 1, F, h, w)`` in
+        {0, 1} at the latent size ``h = w = latent_size``: a latent position counts when any pixel it encodes
+        differs from the clip's background image (the object, anti-aliased edges included)."""
+        idx, video = self.last
+        bg = torch.stack([background_image(self.data.scene(i)) for i in idx])        # (B, 3, H, W)
+        diff = (video - bg[:, None]).abs().amax(2)                                     # (B, F, H, W)
+        return F.adaptive_max_pool2d((diff > 1e-3).float(), latent_size)[:, None]
+
+
+def _drop_captions(captions: list[str], p: float, g: torch.Generator) -> list[str]:
+    keep = torch.rand(len(captions), generator=g) >= p
+    return [c if k else "" for c, k in zip(captions, keep.tolist())]
+
+
+def _with_clean_distractor(z: torch.Tensor, z_t: torch.Tensor, p: float, g: torch.Generator):
+    """Frame 0 of each video, with probability ``p``, replaced by the clean frame 0 of the next video of the batch
+    -> (z_t, loss weights ``(B, 1, F, 1, 1)``: 0 on those frames, 1 elsewhere)."""
+    b, f = z.shape[0], z.shape[2]
+    weight = torch.ones(b, 1, f, 1, 1)
+    if p <= 0 or b < 2:
+        return z_t, weight
+    pick = torch.rand(b, generator=g) < p
+    if bool(pick.any()):
+        z_t = z_t.clone()
+        z_t[pick, :, 0] = z.roll(1, dims=0)[pick, :, 0]
+        weight[pick, :, 0] = 0.0
+    return z_t, weight
+
+
+def masked_mse(out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean squared error weighted by ``weight`` (broadcast to ``out``): sum(w·err²) / sum(w); 0 drops an element."""
+    weight = weight.to(out.dtype).expand_as(out)
+    return ((out - target).pow(2) * weight).sum() / weight.sum()
+
+
+def _noised(models: Bundle, video: torch.Tensor, offset: float, g: torch.Generator):
+    """(z, z_t, t, target) for a batch (target = ``schedule.target``: ε or v): t ~ U{0..N-1} per video (shared by its frames), ε ~ N(0, I) plus ``offset`` x
+    (one N(0, 1) per video and channel + one per frame and channel), see :class:`PretrainConfig`."""
+    z = models.encode_video(video)
+    b, c, f = z.shape[:3]
+    t = torch.randint(0, models.schedule.num_train_timesteps, (b,), generator=g)
+    eps = torch.randn(z.shape, generator=g)
+    if offset:
+        eps = eps + offset * (torch.randn(b, c, 1, 1, 1, generator=g) + torch.randn(b, c, f, 1, 1, generator=g))
+    return z, models.schedule.add_noise(z, eps, t), t, models.schedule.target(z, eps, t)
