@@ -71,21 +71,21 @@ def test_ground_truth_oracle_through_the_sampler_reproduces_the_held_out_clip(tm
     sampled videos score as the ground-truth clips do; with the static oracle the background is frame 1's."""
     from i2v.pipeline.bundle import load_bundle_for_sampling
     from i2v.pipeline.sampling import I2VPipeline, SamplingSettings
-    from i2v.toy.evaluate import held_out_scenes, score_pipeline
+    from i2v.toy.evaluate import held_out_scenes, scene_options, score_pipeline
 
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose(config_name="sample", overrides=["experiment=toy", "sampling.steps=4"])
     pipe = I2VPipeline(load_bundle_for_sampling(cfg, torch.device("cpu"), torch.float32),
                        SamplingSettings.from_config(cfg.sampling))
     own = pipe.denoiser
-    frames = int(cfg.sampling.num_frames)
-    gt = score_pipeline(pipe, 2, frames, 32, tmp_path / "gt", oracle="ground_truth")
+    frames, scenes = int(cfg.sampling.num_frames), scene_options(cfg.backbone)   # the shipped base's world
+    gt = score_pipeline(pipe, 2, frames, 32, tmp_path / "gt", oracle="ground_truth", scenes=scenes)
     for key in ("identity", "bg_err", "obj_err", "step_px", "flicker"):
         assert gt["model"][key] == pytest.approx(gt["ground_truth"][key], abs=2e-3), key
     from i2v.utils.io import read_strip
-    clip = held_out_scenes(1, frames, 32)[0]["video"]
+    clip = held_out_scenes(1, frames, 32, scenes)[0]["video"]
     assert (read_strip(tmp_path / "gt" / "clip000.png", frames) - clip).abs().max() < 0.02
     assert pipe.denoiser is own                                     # the pipeline's own denoiser is put back
-    plain = score_pipeline(pipe, 2, frames, 32)
-    static = score_pipeline(pipe, 2, frames, 32, oracle="static")
+    plain = score_pipeline(pipe, 2, frames, 32, scenes=scenes)
+    static = score_pipeline(pipe, 2, frames, 32, oracle="static", scenes=scenes)
     assert static["model"]["bg_err"] < 0.02 < plain["model"]["bg_err"], (static["model"], plain["model"])
