@@ -14,29 +14,27 @@ The models are one toy :class:`~i2v.pipeline.bundle.Bundle` (its encode/decode a
 one sampler (:func:`i2v.diffusion.sampler.sample_video`). Latents are :class:`PatchCodec` (2x2 space-to-depth, 12
 channels at 16² for 32² pixels). Everything random
 (init, data order, t, ε, drops, frame choice) derives from ``seed``: equal arguments and thread count give
-bit-identical weights. What each step sees (clips, noise, loss weights) lives in :mod:`i2v.toy.batches`.
+bit-identical weights. What each step sees (clips, noise, loss weights) lives in :mod:`i2v.toy.batches`, the resumable
+optimisation loop of a phase in :mod:`i2v.toy.loop`.
 """
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from i2v.diffusion.sampler import Denoiser, sample_video
 from i2v.diffusion.schedule import NoiseSchedule, make_scheduler
-from i2v.utils.io import atomic_write
 from i2v.models.content import Resampler, attach_ip_adapter
 from i2v.models.toy import PatchCodec, ToyImageEncoder, ToyTextEncoder
 from i2v.models.unet import build_video_unet
 from i2v.pipeline.bundle import Bundle
 from i2v.toy.batches import ClipStream, _drop_captions, _noised, _with_clean_distractor, masked_mse
+from i2v.toy.loop import PhaseState, _train_loop, lr_lambda, upgrade_settings  # noqa: F401 (importable from here)
 
 # build_video_unet("toy", motion=MOTION, **UNET_OVERRIDES) = the shipped base UNet (stored in the file's metadata)
 MOTION = "v2"
@@ -168,130 +166,6 @@ def build_base(seed: int, attn_init_scale: float = 1.0, unet_overrides: Optional
     schedule = NoiseSchedule(**SCHEDULE, prediction_type=prediction_type)
     codec = PatchCodec(codec_scale, position_channels=position_channels)
     return Bundle("toy", unet, codec, ToyTextEncoder(), schedule, resolution=32)
-
-
-def lr_lambda(step: int, total: int, warmup: int, min_ratio: float) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine from 1 to ``min_ratio`` at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    frac = (step - warmup) / max(1, total - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
-
-
-def _parts(models: ToyModels) -> dict[str, nn.Module]:
-    """The trained modules by name (image encoder and resampler only after phase B starts)."""
-    parts = {"unet": models.unet, "text": models.text, "image_encoder": models.image_encoder,
-             "resampler": models.image_proj}
-    return {k: m for k, m in parts.items() if m is not None}
-
-
-def _model_states(models: ToyModels) -> dict[str, dict[str, torch.Tensor]]:
-    return {k: {n: v.detach().clone() for n, v in m.state_dict().items()} for k, m in _parts(models).items()}
-
-
-def _resume_key(cfg: PretrainConfig) -> dict:
-    """The settings a saved state must match to be resumed (everything but logging and the state folder)."""
-    d = {k: v for k, v in cfg.__dict__.items() if k not in ("progress", "state_dir", "log_every", "checkpoint_every")}
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
-
-
-# Settings renamed since states and MANIFEST.json files were written (the shipped MANIFEST says "n_frames"):
-# old name -> new name, applied when a stored settings dict is read.
-RENAMED = {"n_frames": "num_frames"}
-
-
-def upgrade_settings(d: dict) -> dict:
-    """A stored settings dict (a saved state's resume key, a MANIFEST ``config``) with old names mapped to new."""
-    return {RENAMED.get(k, k): v for k, v in d.items()}
-
-
-class PhaseState:
-    """Resumable training state of one phase in ``<state_dir>/<name>.pt`` (``torch.load(weights_only=True)``):
-    all model weights, the EMA, optimiser, lr schedule, RNG, data position and loss history."""
-
-    def __init__(self, name: str, cfg: PretrainConfig):
-        self.path = Path(cfg.state_dir) / f"{name}.pt" if cfg.state_dir else None
-        self.key = _resume_key(cfg)
-
-    def load(self) -> Optional[dict]:
-        if self.path is None or not self.path.is_file():
-            return None
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
-        if state.get("key") is not None:
-            state["key"] = upgrade_settings(state["key"])
-        if state.get("key") != self.key:
-            raise ValueError(f"{self.path} was written with other settings ({state.get('key')}); delete the "
-                             f"folder {self.path.parent} to start over")
-        return state
-
-    def save(self, state: dict) -> None:
-        if self.path is None:
-            return
-        atomic_write(self.path, lambda tmp: torch.save({**state, "key": self.key}, tmp), overwrite=True)
-
-
-def _train_loop(name: str, models: ToyModels, params: list[nn.Parameter], steps: int, lr: float,
-                cfg: PretrainConfig, stream: "ClipStream", g: torch.Generator,
-                loss_fn: Callable[[], torch.Tensor]) -> dict:
-    """AdamW + warm-up/cosine + grad clip + EMA of ``params`` (copied into them at the end); resumable through
-    :class:`PhaseState`. Returns ``{"losses": [...], "log": [[step, ema_loss], ...]}``."""
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    warmup = min(cfg.warmup, max(1, steps // 10))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, steps, warmup, cfg.min_lr_ratio))
-    ema = [p.detach().clone() for p in params]
-    losses, log, ema_loss, step = [], [], None, 0
-    store = PhaseState(name, cfg)
-    saved = store.load()
-    if saved is not None:
-        parts = _parts(models)
-        for k, sd in saved["models"].items():
-            parts[k].load_state_dict(sd, strict=True)
-        if saved["done"]:
-            stream.pos = saved["stream_pos"]
-            g.set_state(saved["rng"])
-            print(f"[{name}] finished earlier; loaded from {store.path}")
-            return {"losses": saved["losses"], "log": saved["log"]}
-        opt.load_state_dict(saved["opt"])
-        sched.load_state_dict(saved["sched"])
-        for e, v in zip(ema, saved["ema"]):
-            e.copy_(v)
-        losses, log, ema_loss, step = saved["losses"], saved["log"], saved["ema_loss"], saved["step"]
-        stream.pos = saved["stream_pos"]
-        g.set_state(saved["rng"])
-        print(f"[{name}] resuming at step {step}/{steps} from {store.path}")
-
-    def snapshot(done: bool) -> dict:
-        return {"models": _model_states(models), "ema": [e.clone() for e in ema], "opt": opt.state_dict(),
-                "sched": sched.state_dict(), "losses": losses, "log": log, "ema_loss": ema_loss, "step": step,
-                "stream_pos": stream.pos, "rng": g.get_state(), "done": done}
-
-    bar = tqdm(range(step, steps), desc=name, disable=not cfg.progress, mininterval=5.0, initial=step, total=steps)
-    for step_i in bar:
-        loss = loss_fn()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        sched.step()
-        decay = min(cfg.ema_decay, (1 + step_i) / (10 + step_i))
-        with torch.no_grad():
-            for e, p in zip(ema, params):
-                e.lerp_(p.detach(), 1 - decay)
-        value = loss.item()
-        losses.append(value)
-        ema_loss = value if ema_loss is None else 0.98 * ema_loss + 0.02 * value
-        step = step_i + 1
-        bar.set_postfix(loss=f"{ema_loss:.4f}", refresh=False)
-        if step % cfg.log_every == 0 or step == steps:
-            log.append([step, round(ema_loss, 5)])
-            tqdm.write(f"[{name}] step {step}/{steps} loss(ema) {ema_loss:.4f} lr {sched.get_last_lr()[0]:.2e}")
-        if step % cfg.checkpoint_every == 0 and step < steps:
-            store.save(snapshot(False))
-    with torch.no_grad():
-        for e, p in zip(ema, params):
-            p.copy_(e)
-    store.save(snapshot(True))
-    return {"losses": losses, "log": log}
 
 
 def peek_base(cfg: PretrainConfig) -> tuple[ToyModels, int]:
