@@ -3,7 +3,7 @@
 One step::
 
     z   = codec.encode(video)                      # (B, C, F, h, w)
-    t   ~ U{0..T-1} per video,  ε ~ N(0, I)
+    t   ~ U{0..T-1} per video,  ε ~ N(0, I)        # train.timestep_skew > 0 leans t to high noise
     z_t = add_noise(z, ε, t);  z_t[:, :, 0] = z[:, :, 0]     # frame 0 clean, set AFTER noising
     ε̂   = unet(z_t, t, context(text, first frame))
     loss = mse(ε̂[:, :, 1:], ε[:, :, 1:])                      # frames 2..F only
@@ -32,6 +32,19 @@ def first_frame_clean_noising(z: torch.Tensor, eps: torch.Tensor, t: torch.Tenso
     z_t = schedule.add_noise(z, eps, t)
     z_t[:, :, 0] = z[:, :, 0]
     return z_t
+
+
+def sample_timesteps(b: int, num_train_timesteps: int, skew: float = 0.0,
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """``b`` training timesteps on the CPU. ``skew`` = 0: uniform on {0..T-1} (the paper). ``skew`` = s > 0: density
+    proportional to (t/T)^s, i.e. t = floor(T·u^(1/(1+s))) with u ~ U(0, 1), so the draws lean to the high-noise
+    end where sampling from pure noise decides the layout (mean t/T = (1+s)/(2+s): 2/3 at s = 1)."""
+    if skew < 0:
+        raise ValueError(f"train.timestep_skew must be >= 0 (0 = uniform), got {skew}")
+    if skew == 0:
+        return torch.randint(0, num_train_timesteps, (b,), generator=generator, device="cpu")
+    u = torch.rand(b, generator=generator, device="cpu", dtype=torch.float64)
+    return (u.pow(1.0 / (1.0 + skew)) * num_train_timesteps).long().clamp(max=num_train_timesteps - 1)
 
 
 def masked_frame_loss(eps_hat: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -99,7 +112,8 @@ class I2VAdapterModule(L.LightningModule):
             texts = ["" if d else s for s, d in zip(texts, drop_text.tolist())]
             drop_img = torch.rand(b, generator=generator, device="cpu") < self.train_cfg.get("image_drop_prob", 0.0)
             cond = self.bundle.condition(texts, video[:, 0], drop_image=drop_img.to(dev))
-        t = torch.randint(0, self.bundle.schedule.num_train_timesteps, (b,), generator=generator, device="cpu").to(dev)
+        skew = float(self.train_cfg.get("timestep_skew", 0.0))
+        t = sample_timesteps(b, self.bundle.schedule.num_train_timesteps, skew, generator).to(dev)
         eps = torch.randn(z.shape, generator=generator, device="cpu", dtype=z.dtype).to(dev)
         z_t = first_frame_clean_noising(z, eps, t, self.bundle.schedule)
         out = self.unet(z_t, t, cond["context"], added_cond=cond.get("added_cond"))

@@ -127,3 +127,31 @@ def test_v_prediction_backbone_regresses_v():
     torch.testing.assert_close(out["target"], v, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out["loss"], ((out["eps_hat"] - v)[:, :, 1:] ** 2).mean(), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(out["target"], out["eps"])
+
+
+def test_timestep_skew_zero_is_the_uniform_draw_and_skew_leans_to_high_noise():
+    from i2v.training.module import sample_timesteps
+    g = torch.Generator().manual_seed(3)
+    uniform = sample_timesteps(20_000, 1000, 0.0, g)
+    expected = torch.randint(0, 1000, (20_000,), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(uniform, expected)          # skew 0 = the paper's draw, bit for bit
+    for skew in (1.0, 3.0):
+        t = sample_timesteps(20_000, 1000, skew, torch.Generator().manual_seed(4))
+        assert int(t.min()) >= 0 and int(t.max()) <= 999
+        # density ~ (t/T)^s: mean t/T = (1+s)/(2+s); P(t < T/2) = 0.5^(1+s)
+        assert abs(float(t.double().mean()) / 1000 - (1 + skew) / (2 + skew)) < 0.01
+        assert abs(float((t < 500).double().mean()) - 0.5 ** (1 + skew)) < 0.01
+    with pytest.raises(ValueError, match="timestep_skew"):
+        sample_timesteps(4, 1000, -1.0)
+
+
+def test_compute_loss_draws_its_timesteps_with_train_timestep_skew():
+    from i2v.training.module import sample_timesteps
+    mod = I2VAdapterModule(random_toy_bundle(seed=0), OPTIM, {**TRAIN, "timestep_skew": 3.0}, config={"seed": 0})
+    t = mod.compute_loss(_batch(b=8), generator=torch.Generator().manual_seed(5))["t"]
+    g = torch.Generator().manual_seed(5)
+    torch.rand(8, generator=g), torch.rand(8, generator=g)    # the caption and image drops come first
+    assert torch.equal(t.cpu(), sample_timesteps(8, 1000, 3.0, g))
+    g = torch.Generator().manual_seed(5)
+    torch.rand(8, generator=g), torch.rand(8, generator=g)
+    assert not torch.equal(t.cpu(), sample_timesteps(8, 1000, 0.0, g))   # the config is not ignored
