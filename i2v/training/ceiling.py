@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from i2v.training.module import first_frame_clean_noising, masked_frame_loss
+from i2v.training.module import first_frame_clean_loss
 
 GROUPS: dict[str, Callable[[str], bool]] = {
     "adapter": lambda name: False,
@@ -79,11 +79,7 @@ def train_first_frame_clean(bundle, batches: Iterator[dict], steps: int, adapter
             with torch.no_grad():
                 z = bundle.encode_video(video)
                 cond = bundle.condition(list(batch["text"]), video[:, 0])
-            t = torch.randint(0, bundle.schedule.num_train_timesteps, (z.shape[0],), generator=g).to(dev)
-            eps = torch.randn(z.shape, generator=g, dtype=z.dtype).to(dev)
-            z_t = first_frame_clean_noising(z, eps, t, bundle.schedule)
-            out = bundle.unet(z_t, t, cond["context"], added_cond=cond.get("added_cond"))
-            loss = masked_frame_loss(out, bundle.schedule.target(z, eps, t))
+            loss = first_frame_clean_loss(bundle.unet, bundle.schedule, z, cond, g)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

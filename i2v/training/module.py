@@ -53,6 +53,20 @@ def masked_frame_loss(eps_hat: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(eps_hat[:, :, 1:].float(), eps[:, :, 1:].float())
 
 
+def first_frame_clean_loss(unet, schedule, z: torch.Tensor, cond: dict, generator: Optional[torch.Generator] = None,
+                           timestep_skew: float = 0.0) -> dict[str, torch.Tensor]:
+    """The objective of one step on clean latents ``z`` (B, C, F, h, w) and their condition (``Bundle.condition``):
+    t then ε drawn from ``generator`` on the CPU, frame 0 kept clean, loss on frames 2..F. Returns the loss and the
+    tensors tests inspect (``z``, ``z_t``, ``eps``, ``eps_hat``, ``target``, ``t``)."""
+    t = sample_timesteps(z.shape[0], schedule.num_train_timesteps, timestep_skew, generator).to(z.device)
+    eps = torch.randn(z.shape, generator=generator, device="cpu", dtype=z.dtype).to(z.device)
+    z_t = first_frame_clean_noising(z, eps, t, schedule)
+    out = unet(z_t, t, cond["context"], added_cond=cond.get("added_cond"))
+    target = schedule.target(z, eps, t)
+    return {"loss": masked_frame_loss(out, target), "z": z, "z_t": z_t, "eps": eps, "eps_hat": out,
+            "target": target, "t": t}
+
+
 class I2VAdapterModule(L.LightningModule):
     """Trains only ``bundle.trainable`` (the I2V-Adapter's ``to_q_ff``/``to_out_ff`` tensors)."""
 
@@ -113,13 +127,7 @@ class I2VAdapterModule(L.LightningModule):
             drop_img = torch.rand(b, generator=generator, device="cpu") < self.train_cfg.get("image_drop_prob", 0.0)
             cond = self.bundle.condition(texts, video[:, 0], drop_image=drop_img.to(dev))
         skew = float(self.train_cfg.get("timestep_skew", 0.0))
-        t = sample_timesteps(b, self.bundle.schedule.num_train_timesteps, skew, generator).to(dev)
-        eps = torch.randn(z.shape, generator=generator, device="cpu", dtype=z.dtype).to(dev)
-        z_t = first_frame_clean_noising(z, eps, t, self.bundle.schedule)
-        out = self.unet(z_t, t, cond["context"], added_cond=cond.get("added_cond"))
-        target = self.bundle.schedule.target(z, eps, t)
-        return {"loss": masked_frame_loss(out, target), "z": z, "z_t": z_t, "eps": eps, "eps_hat": out,
-                "target": target, "t": t}
+        return first_frame_clean_loss(self.unet, self.bundle.schedule, z, cond, generator, skew)
 
     def step_generator(self) -> torch.Generator:
         """Noise, timesteps and condition drops of a step are a pure function of (seed, rank, global step), so a
