@@ -73,8 +73,9 @@ def masked_mse(out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) ->
 
 
 def _noised(models: Bundle, video: torch.Tensor, offset: float, g: torch.Generator):
-    """(z, z_t, t, target) for a batch (target = ``schedule.target``: ε or v): t ~ U{0..N-1} per video (shared by its frames), ε ~ N(0, I) plus ``offset`` x
-    (one N(0, 1) per video and channel + one per frame and channel), see :class:`PretrainConfig`."""
+    """(z, z_t, t, target) for a batch (target = ``schedule.target``: ε or v): t ~ U{0..N-1} per video (shared by
+    its frames), ε ~ N(0, I) plus ``offset`` x (one N(0, 1) per video and channel + one per frame and channel), see
+    :class:`PretrainConfig`."""
     z = models.encode_video(video)
     b, c, f = z.shape[:3]
     t = torch.randint(0, models.schedule.num_train_timesteps, (b,), generator=g)
