@@ -1,5 +1,6 @@
-"""Every ``python train.py|sample.py|evaluate.py|app.py ...`` command in README.md composes with Hydra exactly as written
-(placeholder paths swapped for temp files), and the toy-world ones run for real with tiny step counts."""
+"""Every ``python train.py|sample.py|evaluate.py|app.py ...`` command in README.md and in the toy world's record
+(docs/toy_world.md) composes with Hydra exactly as written (placeholder paths swapped for temp files), and the
+README's toy-world ones run for real with tiny step counts."""
 import re
 import shlex
 from pathlib import Path
@@ -13,6 +14,7 @@ from omegaconf import OmegaConf
 from i2v.cli.config import CONFIGS, expand_sampling_aliases, quote_numeric_choices
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+TOY_RECORD = README.parent / "docs" / "toy_world.md"
 ENTRIES = {"train.py": "train", "sample.py": "sample", "evaluate.py": "evaluate", "app.py": "app"}
 COMMAND = re.compile(r"python (train|sample|evaluate|app)\.py\b")
 
@@ -72,6 +74,7 @@ def _compose(name: str, overrides: list[str], hydra_node: bool = True):
 
 
 COMMANDS = readme_commands(README.read_text())
+RECORD_COMMANDS = readme_commands(TOY_RECORD.read_text())
 
 
 def test_the_readme_has_the_headline_commands():
@@ -83,7 +86,11 @@ def test_the_readme_has_the_headline_commands():
     assert len(COMMANDS) >= 12
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+def test_the_toy_record_has_commands():
+    assert len(RECORD_COMMANDS) >= 4 and all("experiment=toy" in c for c in RECORD_COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS + RECORD_COMMANDS)
 def test_readme_command_composes(command, tmp_path):
     name, multirun, overrides = split_command(command, tmp_path)
     for job in jobs(name, overrides, multirun):
