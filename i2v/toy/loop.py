@@ -82,7 +82,7 @@ class PhaseState:
         atomic_write(self.path, lambda tmp: torch.save({**state, "key": self.key}, tmp), overwrite=True)
 
 
-def _train_loop(name: str, models: ToyModels, params: list[nn.Parameter], steps: int, lr: float,
+def train_loop(name: str, models: ToyModels, params: list[nn.Parameter], steps: int, lr: float,
                 cfg: PretrainConfig, stream: "ClipStream", g: torch.Generator,
                 loss_fn: Callable[[], torch.Tensor]) -> dict:
     """AdamW + warm-up/cosine + grad clip + EMA of ``params`` (copied into them at the end); resumable through

@@ -34,7 +34,7 @@ from i2v.models.toy import PatchCodec, ToyImageEncoder, ToyTextEncoder
 from i2v.models.unet import build_video_unet
 from i2v.pipeline.bundle import Bundle
 from i2v.toy.batches import ClipStream, _drop_captions, _noised, _with_clean_distractor, masked_mse
-from i2v.toy.loop import PhaseState, _train_loop, lr_lambda, upgrade_settings  # noqa: F401 (importable from here)
+from i2v.toy.loop import PhaseState, train_loop, lr_lambda, upgrade_settings  # noqa: F401 (importable from here)
 
 # build_video_unet("toy", motion=MOTION, **UNET_OVERRIDES) = the shipped base UNet (stored in the file's metadata)
 MOTION = "v2"
@@ -208,7 +208,7 @@ def pretrain_base(models: ToyModels, stream: ClipStream, cfg: PretrainConfig, g:
             weight = weight * (1 + cfg.object_weight * stream.object_masks(z.shape[-1]))
         return masked_mse(models.unet(zt, t, ctx), target, weight)
 
-    return _train_loop("base", models, params, cfg.base_steps, cfg.lr, cfg, stream, g, loss_fn)
+    return train_loop("base", models, params, cfg.base_steps, cfg.lr, cfg, stream, g, loss_fn)
 
 
 def add_content_adapter(models: ToyModels, seed: int) -> list[nn.Parameter]:
@@ -248,7 +248,7 @@ def train_content_adapter(models: ToyModels, stream: ClipStream, cfg: PretrainCo
                                drop_image=drop_img)["context"]
         return F.mse_loss(models.unet(zt, t, ctx), target)
 
-    return _train_loop("content", models, params, cfg.ip_steps, cfg.ip_lr, cfg, stream, g, loss_fn)
+    return train_loop("content", models, params, cfg.ip_steps, cfg.ip_lr, cfg, stream, g, loss_fn)
 
 
 @torch.no_grad()
