@@ -89,7 +89,7 @@ def test_shipped_manifest_command_is_canonical_and_gives_its_config():
     cfg = mod.pretrain_config(args)
     assert mod.command_line(args, cfg) == manifest["command"]
     stored = upgrade_settings(manifest["config"])
-    made = dataclasses.asdict(cfg)
+    made = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}   # as JSON has it
     assert {k: made[k] for k in stored} == stored
 
 
@@ -195,19 +195,22 @@ def test_peek_exports_the_base_of_a_run_in_progress(runs, tmp_path, monkeypatch)
 
 
 def test_stored_settings_with_the_old_frame_key_still_match(tmp_path):
-    """MANIFEST.json files (and states) saved before the rename say ``n_frames``; read back, they name the
-    fields of today's PretrainConfig, and a saved state with the old key is resumed, not refused."""
+    """MANIFEST.json files (and states) saved before the rename say ``n_frames`` and have no ``radius_range``; read
+    back, they name the fields of today's PretrainConfig with the value those runs used, and a saved state with the
+    old key is resumed, not refused."""
     import dataclasses
 
     from i2v.toy import pretrain as toy_pretrain
 
     stored = json.loads((SHIPPED / "MANIFEST.json").read_text())["config"]
     stored = {("n_frames" if k == "num_frames" else k): v for k, v in stored.items()}   # as written before the rename
+    stored.pop("radius_range", None)                                                    # ... and before it existed
     cfg = toy_pretrain.PretrainConfig(**toy_pretrain.upgrade_settings(stored))
-    assert cfg.num_frames == stored["n_frames"]
+    assert cfg.num_frames == stored["n_frames"] and tuple(cfg.radius_range) == (0.1, 0.18)
     assert set(toy_pretrain.upgrade_settings(stored)) <= {f.name for f in dataclasses.fields(cfg)}
     cfg = toy_pretrain.PretrainConfig(state_dir=str(tmp_path))
-    old_key = {("n_frames" if k == "num_frames" else k): v for k, v in toy_pretrain.PhaseState("base", cfg).key.items()}
+    old_key = {("n_frames" if k == "num_frames" else k): v for k, v in toy_pretrain.PhaseState("base", cfg).key.items()
+               if k != "radius_range"}
     torch.save({"step": 3, "key": old_key}, tmp_path / "base.pt")
     assert toy_pretrain.PhaseState("base", cfg).load()["step"] == 3
 
@@ -274,6 +277,40 @@ def test_bundle_build_toy_loads_the_files(runs):
     video = torch.rand(1, 8, 3, 32, 32) * 2 - 1
     z = parts["codec"].encode(video[0])
     torch.testing.assert_close(parts["codec"].decode(z), video[0], rtol=0, atol=1e-5)
+
+
+def test_radius_range_reaches_the_clips_the_manifest_and_the_configs(tmp_path):
+    """--radius-range sets the pretraining clips' object sizes and is recorded in MANIFEST.json's config and its
+    regenerate command (absent from the command at the default); ``backbone.scenes.radius_range`` sets the same
+    for held-out clips (scene_options) and for the adapter's training data."""
+    from hydra import compose, initialize_config_dir
+
+    from i2v.cli.config import CONFIGS
+    from i2v.data.synthetic import SyntheticVideos
+    from i2v.toy.evaluate import scene_options
+    from i2v.toy.pretrain import ClipStream, PretrainConfig
+
+    mod = _script()
+    torch.set_num_threads(1)
+    args = mod.parse_args(["--out", str(tmp_path), "--radius-range", "0.13", "0.2"])
+    cfg = mod.pretrain_config(args)
+    assert tuple(cfg.radius_range) == (0.13, 0.2) and "--radius-range 0.13 0.2 " in mod.command_line(args, cfg)
+    default = mod.parse_args(["--out", str(tmp_path)])
+    assert "--radius-range" not in mod.command_line(default, mod.pretrain_config(default))
+    radii = [ClipStream(PretrainConfig(radius_range=(0.15, 0.16), base_steps=1, ip_steps=1)).data.scene(i)
+             .objects[0].radius for i in range(20)]
+    assert min(radii) >= 0.15 * 32 - 1e-6 and max(radii) <= 0.16 * 32 + 1e-6
+    mod.main(["--quick", "--no-progress", "--out", str(tmp_path), "--radius-range", "0.13", "0.2"])
+    manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
+    assert manifest["config"]["radius_range"] == [0.13, 0.2] and "--radius-range 0.13 0.2 " in manifest["command"]
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        shipped = compose(config_name="train", overrides=["experiment=toy"])
+        other = compose(config_name="train", overrides=["experiment=toy", "backbone.scenes.radius_range=[0.13,0.2]"])
+    assert list(shipped.data.dataset.radius_range) == [0.1, 0.18] == list(PretrainConfig.radius_range)
+    assert list(other.data.dataset.radius_range) == [0.13, 0.2]
+    assert scene_options(other.backbone)["radius_range"] == (0.13, 0.2)
+    held_out = SyntheticVideos(4, num_frames=2, size=32, seed=10_000, **scene_options(other.backbone))
+    assert all(0.13 * 32 - 1e-6 <= held_out.scene(i).objects[0].radius <= 0.2 * 32 + 1e-6 for i in range(4))
 
 
 def test_scene_and_attention_options_reach_the_run_and_its_manifest(tmp_path):

@@ -29,8 +29,11 @@ def scene_options(backbone_cfg) -> dict:
     scenes = backbone_cfg.get("scenes") if backbone_cfg is not None else None
     if not scenes:
         return {}
-    return {"texture": float(scenes.get("texture", 0.0)), "texture_cells": int(scenes.get("texture_cells", 8)),
-            "texture_tiles": int(scenes.get("texture_tiles", 1))}
+    out = {"texture": float(scenes.get("texture", 0.0)), "texture_cells": int(scenes.get("texture_cells", 8)),
+           "texture_tiles": int(scenes.get("texture_tiles", 1))}
+    if scenes.get("radius_range") is not None:
+        out["radius_range"] = tuple(float(r) for r in scenes.get("radius_range"))
+    return out
 
 
 def held_out_scenes(n_items: int, num_frames: int, size, scenes: dict | None = None) -> SyntheticVideos:

@@ -52,9 +52,14 @@ def _resume_key(cfg: PretrainConfig) -> dict:
 RENAMED = {"n_frames": "num_frames"}
 
 
+# Settings added since: their value in runs made before they existed.
+ADDED = {"radius_range": [0.1, 0.18]}
+
+
 def upgrade_settings(d: dict) -> dict:
-    """A stored settings dict (a saved state's resume key, a MANIFEST ``config``) with old names mapped to new."""
-    return {RENAMED.get(k, k): v for k, v in d.items()}
+    """A stored settings dict (a saved state's resume key, a MANIFEST ``config``) with old names mapped to new and
+    settings added since filled in with the value those runs used."""
+    return {**ADDED, **{RENAMED.get(k, k): v for k, v in d.items()}}
 
 
 class PhaseState:
