@@ -2,6 +2,7 @@
 function as ``sample.py``; ``handlers.py`` checks inputs and writes each request's files; ``ui.py`` is the page."""
 from __future__ import annotations
 
+import faulthandler
 import signal
 from pathlib import Path
 
@@ -45,6 +46,8 @@ def serve(cfg: DictConfig, overrides: list[str] | None = None, experiment: str |
     srv = cfg.server
     launch(build_demo(app), host=str(srv.host), port=srv.port, allowed_paths=[str(out_dir.resolve())],
            max_file_size=srv.get("max_file_size"), open_browser=bool(srv.get("open_browser", False)))
+    # Closed. Should something still hold the process open, say what (every thread's stack, to the log) after 20 s.
+    faulthandler.dump_traceback_later(20, exit=False)
 
 
 def _interrupt(signum, frame):

@@ -76,7 +76,10 @@ def app_server(args: list[str], log: Path, port: Optional[int] = None, timeout: 
             time.sleep(0.5)
         yield url
     finally:
-        stop_process_group(proc)
+        try:
+            stop_process_group(proc)
+        except RuntimeError as err:
+            raise RuntimeError(f"{err}\n--- {log} (last lines) ---\n{log.read_text()[-4000:]}") from None
 
 
 def stop_process_group(proc: subprocess.Popen, timeout: float = 30.0) -> None:

@@ -183,6 +183,11 @@ def launch(demo: gr.Blocks, host: str, port, allowed_paths: list[str], max_file_
            open_browser: bool = False) -> None:
     """Serve ``demo`` until interrupted (Ctrl-C or SIGTERM close the server cleanly)."""
     demo.queue(default_concurrency_limit=1, max_size=32)
-    demo.launch(server_name=host, server_port=None if port in (None, "null") else int(port), show_error=True,
-                allowed_paths=allowed_paths, max_file_size=max_file_size, inbrowser=open_browser, ssr_mode=False,
-                theme=THEME, css=CSS, footer_links=[], quiet=False)
+    try:
+        demo.launch(server_name=host, server_port=None if port in (None, "null") else int(port), show_error=True,
+                    allowed_paths=allowed_paths, max_file_size=max_file_size, inbrowser=open_browser,
+                    ssr_mode=False, theme=THEME, css=CSS, footer_links=[], quiet=False)
+    finally:
+        # Gradio's Ctrl-C path closes only the HTTP server; close() also stops the queue, its heartbeats and the
+        # static-file worker pool, whose threads the interpreter would otherwise wait for on exit.
+        demo.close(verbose=False)
