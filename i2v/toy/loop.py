@@ -88,8 +88,8 @@ class PhaseState:
 
 
 def train_loop(name: str, models: ToyModels, params: list[nn.Parameter], steps: int, lr: float,
-                cfg: PretrainConfig, stream: "ClipStream", g: torch.Generator,
-                loss_fn: Callable[[], torch.Tensor]) -> dict:
+               cfg: PretrainConfig, stream: "ClipStream", g: torch.Generator,
+               loss_fn: Callable[[], torch.Tensor]) -> dict:
     """AdamW + warm-up/cosine + grad clip + EMA of ``params`` (copied into them at the end); resumable through
     :class:`PhaseState`. Returns ``{"losses": [...], "log": [[step, ema_loss], ...]}``."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
