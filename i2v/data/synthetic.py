@@ -29,6 +29,7 @@ COLOURS = {
 }
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
+RADIUS_RANGE = (0.1, 0.18)  # default object radius range, fractions of the image side (the shipped toy world)
 
 
 @dataclass
@@ -84,7 +85,7 @@ def make_scene(
     num_frames: int = 16,
     size: Size = 32,
     speed_range: Sequence[float] = (0.015, 0.04),
-    radius_range: Sequence[float] = (0.1, 0.18),
+    radius_range: Sequence[float] = RADIUS_RANGE,
     second_object_prob: float = 0.0,
     shapes: Sequence[str] = SHAPES,
     colours: Sequence[str] = tuple(COLOURS),
@@ -192,7 +193,7 @@ class SyntheticVideos(Dataset):
         size: Size = 32,
         seed: int = 0,
         speed_range: Sequence[float] = (0.015, 0.04),
-        radius_range: Sequence[float] = (0.1, 0.18),
+        radius_range: Sequence[float] = RADIUS_RANGE,
         second_object_prob: float = 0.0,
         shapes: Sequence[str] = SHAPES,
         colours: Sequence[str] = tuple(COLOURS),

@@ -52,7 +52,7 @@ def _resume_key(cfg: PretrainConfig) -> dict:
 RENAMED = {"n_frames": "num_frames"}
 
 
-# Settings added since: their value in runs made before they existed.
+# Settings added since: the value runs made before they existed used (history: stays as written if a default moves).
 ADDED = {"radius_range": [0.1, 0.18]}
 
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from i2v.data.synthetic import RADIUS_RANGE
 from i2v.diffusion.sampler import Denoiser, sample_video
 from i2v.diffusion.schedule import NoiseSchedule, make_scheduler
 from i2v.models.content import Resampler, attach_ip_adapter
@@ -98,7 +99,7 @@ class PretrainConfig:
     # Radius of the moving object, as fractions of the image side (SyntheticVideos ``radius_range``; at least
     # 2.5 px). On the 2x2 codec the smallest objects (radius < 4 px: 2-4 latent positions) are what the shipped base
     # renders worst (docs/toy_world.md, "What the frame-1 oracle's identity is made of").
-    radius_range: tuple = (0.1, 0.18)
+    radius_range: tuple = RADIUS_RANGE
     # What the base UNet outputs: "v_prediction" (v = α_t ε − σ_t z, SD2-style) or "epsilon" (SD1.5/SDXL). A
     # 1.2M-parameter eps-predictor has to pass its input noise through the whole UNet at high t and does so only to
     # an eps-MSE of ~5e-3 (measured), a floor that at t = 950 is the *whole* error of the base: with frame 1 clean
