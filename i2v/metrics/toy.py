@@ -12,8 +12,11 @@ centre are coverage-weighted over the dilated mask, so sub-pixel motion is measu
 * identity (frames 2..F vs frame 1): ``bg_err`` mean |pixel - reference| on the background, the reference being
   frame 1's pixel where frame 1 shows background and the background colour under frame 1's object, so a textured
   background (``SyntheticVideos(texture=...)``) must be kept pixel for pixel, not just its colour (a second object
-  counts as an error: the metric assumes one object); ``obj_err`` mean |pixel - object colour| on the mask shrunk by one
-  pixel; ``area_ratio`` min(a_i, a_1) / max(a_i, a_1); ``identity`` = mean_i exp(-bg_err_i / tau) *
+  counts as an error: the metric assumes one object); ``bg_err_affine`` the same after refitting each later frame's
+  colour and contrast, channel by channel (the larger residual of the two least-squares affine fits, frame on
+  reference and reference on frame): a frame that keeps the pattern in other colours or at another contrast scores
+  ~0, one that flattens, loses or replaces it scores about its amplitude; ``obj_err`` mean |pixel - object colour| on the
+  mask shrunk by one pixel; ``area_ratio`` min(a_i, a_1) / max(a_i, a_1); ``identity`` = mean_i exp(-bg_err_i / tau) *
   exp(-obj_err_i / tau) * area_ratio_i in [0, 1], tau = 0.25 (a frame that lost the object scores 0; without an
   object in frame 1 only the background factor is used).
 * motion: ``step_px`` mean |c_{i+1} - c_i| over consecutive frames where both centres exist; ``total_px`` =
@@ -33,8 +36,8 @@ from torchmetrics import Metric
 
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 Colors = tuple[torch.Tensor, torch.Tensor]  # (bg (B, 3), obj (B, 3)) in [-1, 1]
-KEYS = ("identity", "bg_err", "obj_err", "area_ratio", "step_px", "total_px", "direction_agree", "traj_err_px",
-        "flicker", "bg_drift", "lost_frac")
+KEYS = ("identity", "bg_err", "bg_err_affine", "obj_err", "area_ratio", "step_px", "total_px", "direction_agree",
+        "traj_err_px", "flicker", "bg_drift", "lost_frac")
 
 
 def _check_video(video: torch.Tensor, first: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,6 +109,19 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(n > 0, s / n.clamp(min=1), torch.full_like(s, float("nan")))
 
 
+def _affine_residual(values: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """values, ref ``(B, F, C, H, W)``, mask ``(B, F, H, W)`` -> ``(B, F)``: mean |values - (a ref + b)| over the mask
+    and channels, with a, b per (B, F, C) the masked least-squares fit (a = 0 where ref is flat)."""
+    m = mask[:, :, None].to(values.dtype)
+    n = m.flatten(-2).sum(-1).clamp(min=1)[..., None, None]
+    mx, my = (ref * m).flatten(-2).sum(-1)[..., None, None] / n, (values * m).flatten(-2).sum(-1)[..., None, None] / n
+    dx = ref - mx
+    var = (dx * dx * m).flatten(-2).sum(-1)[..., None, None] / n
+    cov = (dx * (values - my) * m).flatten(-2).sum(-1)[..., None, None] / n
+    gain = torch.where(var > 1e-8, cov / var.clamp(min=1e-8), torch.zeros_like(var))
+    return _masked_mean((values - my - gain * dx).abs().mean(2), mask)
+
+
 def _soft_area(masks: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """Object area ``(B, F)`` in pixels: coverage summed over the 1-px dilated mask (exact for anti-aliased renders)."""
     return (alpha * _dilate(masks)).flatten(2).sum(-1)
@@ -134,14 +150,18 @@ def reference_background(first: torch.Tensor, ref_mask: torch.Tensor, bg: torch.
 
 def identity_consistency(video: torch.Tensor, first: Optional[torch.Tensor] = None, tau: float = 0.25,
                          min_contrast: float = 0.2, colors: Optional[Colors] = None) -> dict[str, torch.Tensor]:
-    """video ``(B, F, 3, H, W)``, first ``(B, 3, H, W)`` (default ``video[:, 0]``) -> ``bg_err``, ``obj_err``,
-    ``area_ratio``, ``identity``: each ``(B,)``, averaged over frames 2..F (see the module docstring)."""
+    """video ``(B, F, 3, H, W)``, first ``(B, 3, H, W)`` (default ``video[:, 0]``) -> ``bg_err``, ``bg_err_affine``,
+    ``obj_err``, ``area_ratio``, ``identity``: each ``(B,)``, averaged over frames 2..F (see the module docstring)."""
     video, first = _check_video(video, first)
     bg, obj, has_obj = _reference(first, colors, min_contrast)
     masks = object_masks(video[:, 1:], bg, obj, has_obj)                            # (B, F-1, H, W)
     ref = object_masks(first[:, None], bg, obj, has_obj)[:, 0]                       # (B, H, W)
-    bg_err = _masked_mean((video[:, 1:] - reference_background(first, ref, bg)[:, None]).abs().mean(2),
-                          _background(masks))
+    ref_bg, bg_mask = reference_background(first, ref, bg)[:, None], _background(masks)
+    bg_err = _masked_mean((video[:, 1:] - ref_bg).abs().mean(2), bg_mask)
+    ref_bg = ref_bg.expand_as(video[:, 1:])
+    # both ways round: frame on reference forgives colour and contrast; reference on frame keeps a lost pattern lost
+    bg_err_affine = torch.maximum(_affine_residual(video[:, 1:], ref_bg, bg_mask),
+                                  _affine_residual(ref_bg, video[:, 1:], bg_mask))
     obj_err = _masked_mean((video[:, 1:] - obj[:, None, :, None, None]).abs().mean(2), _core(masks))
     area = _soft_area(masks, coverage(video[:, 1:], bg, obj))                       # (B, F-1)
     area_ref = _soft_area(ref[:, None], coverage(first[:, None], bg, obj))          # (B, 1)
@@ -150,7 +170,7 @@ def identity_consistency(video: torch.Tensor, first: Optional[torch.Tensor] = No
     obj_factor = torch.where(has_obj[:, None], obj_factor, torch.ones_like(obj_factor))
     per_frame = torch.exp(-bg_err / tau) * obj_factor
     nan = torch.full_like(ratio[:, 0], float("nan"))
-    return {"bg_err": bg_err.mean(1), "obj_err": obj_err.nanmean(1),
+    return {"bg_err": bg_err.mean(1), "bg_err_affine": bg_err_affine.mean(1), "obj_err": obj_err.nanmean(1),
             "area_ratio": torch.where(has_obj, ratio.mean(1), nan), "identity": per_frame.mean(1)}
 
 

@@ -237,6 +237,16 @@ def test_textured_background_must_be_kept_pixel_for_pixel():
     clamp_free = amp * 0.5                       # cells clamped at -1/1 move less than amp
     assert bad["bg_err"].item() > clamp_free, bad
     assert bad["identity"].item() < good["identity"].item() - 0.2
+    # bg_err_affine forgives a per-frame, per-channel gain and offset, never a lost pattern
+    assert good["bg_err_affine"].item() < 0.01 and bad["bg_err_affine"].item() > clamp_free, (good, bad)
+    cast = kept.clone()
+    gains = torch.tensor([0.5, 1.3, 0.8])[None, :, None, None]
+    offsets = torch.tensor([0.1, -0.05, 0.2])[None, :, None, None]
+    for f in range(1, cast.shape[1]):
+        cast[:, f] = cast[:, f] * gains * (1 + 0.1 * f) + offsets * f / cast.shape[1]
+    recoloured = identity_consistency(cast, kept[:, 0], colors=colors)
+    assert recoloured["bg_err"].item() > 0.05, recoloured
+    assert recoloured["bg_err_affine"].item() < 0.1 * recoloured["bg_err"].item(), recoloured
 
 
 def _rgb(name):
