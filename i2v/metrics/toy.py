@@ -16,9 +16,9 @@ centre are coverage-weighted over the dilated mask, so sub-pixel motion is measu
   colour and contrast, channel by channel (the larger residual of the two least-squares affine fits, frame on
   reference and reference on frame): a frame that keeps the pattern in other colours or at another contrast scores
   ~0, one that flattens, loses or replaces it scores about its amplitude; ``obj_err`` mean |pixel - object colour| on
-  the mask shrunk by one pixel; ``area_ratio`` min(a_i, a_1) / max(a_i, a_1); ``identity`` = mean_i exp(-bg_err_i / tau) *
-  exp(-obj_err_i / tau) * area_ratio_i in [0, 1], tau = 0.25 (a frame that lost the object scores 0; without an
-  object in frame 1 only the background factor is used).
+  the mask shrunk by one pixel; ``area_ratio`` min(a_i, a_1) / max(a_i, a_1); ``identity`` = mean_i
+  exp(-bg_err_i / tau) * exp(-obj_err_i / tau) * area_ratio_i in [0, 1], tau = 0.25 (a frame that lost the object
+  scores 0; without an object in frame 1 only the background factor is used).
 * motion: ``step_px`` mean |c_{i+1} - c_i| over consecutive frames where both centres exist; ``total_px`` =
   |c_last - c_first| between the first and last frames with an object; ``direction_agree`` = cosine between that
   net motion and the given direction (0 when the net motion is under 0.5 px); ``traj_err_px`` mean |c_i - gt_i|.
