@@ -109,17 +109,21 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(n > 0, s / n.clamp(min=1), torch.full_like(s, float("nan")))
 
 
-def _affine_residual(values: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """values, ref ``(B, F, C, H, W)``, mask ``(B, F, H, W)`` -> ``(B, F)``: mean |values - (a ref + b)| over the mask
-    and channels, with a, b per (B, F, C) the masked least-squares fit (a = 0 where ref is flat)."""
-    m = mask[:, :, None].to(values.dtype)
-    n = m.flatten(-2).sum(-1).clamp(min=1)[..., None, None]
-    mx, my = (ref * m).flatten(-2).sum(-1)[..., None, None] / n, (values * m).flatten(-2).sum(-1)[..., None, None] / n
-    dx = ref - mx
-    var = (dx * dx * m).flatten(-2).sum(-1)[..., None, None] / n
-    cov = (dx * (values - my) * m).flatten(-2).sum(-1)[..., None, None] / n
-    gain = torch.where(var > 1e-8, cov / var.clamp(min=1e-8), torch.zeros_like(var))
-    return _masked_mean((values - my - gain * dx).abs().mean(2), mask)
+def _affine_residual(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x, y ``(B, F, C, H, W)``, mask ``(B, F, H, W)`` -> ``(B, F)``: the larger of the two masked least-squares
+    affine-fit residuals, mean |y - (a x + b)| and mean |x - (a' y + b')| over the mask and channels, with a, b per
+    (B, F, C) (a = 0 where the regressor is flat)."""
+    def mean(t):  # (B, F, C, 1, 1)
+        return _masked_mean(t, mask[:, :, None])[..., None, None]
+
+    dx, dy = x - mean(x), y - mean(y)
+    var_x, var_y, cov = mean(dx * dx), mean(dy * dy), mean(dx * dy)
+
+    def residual(d_out, d_in, var_in):
+        gain = torch.where(var_in > 1e-8, cov / var_in.clamp(min=1e-8), torch.zeros_like(var_in))
+        return _masked_mean((d_out - gain * d_in).abs().mean(2), mask)
+
+    return torch.maximum(residual(dy, dx, var_x), residual(dx, dy, var_y))
 
 
 def _soft_area(masks: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -158,10 +162,8 @@ def identity_consistency(video: torch.Tensor, first: Optional[torch.Tensor] = No
     ref = object_masks(first[:, None], bg, obj, has_obj)[:, 0]                       # (B, H, W)
     ref_bg, bg_mask = reference_background(first, ref, bg)[:, None], _background(masks)
     bg_err = _masked_mean((video[:, 1:] - ref_bg).abs().mean(2), bg_mask)
-    ref_bg = ref_bg.expand_as(video[:, 1:])
     # both ways round: frame on reference forgives colour and contrast; reference on frame keeps a lost pattern lost
-    bg_err_affine = torch.maximum(_affine_residual(video[:, 1:], ref_bg, bg_mask),
-                                  _affine_residual(ref_bg, video[:, 1:], bg_mask))
+    bg_err_affine = _affine_residual(ref_bg.expand_as(video[:, 1:]), video[:, 1:], bg_mask)
     obj_err = _masked_mean((video[:, 1:] - obj[:, None, :, None, None]).abs().mean(2), _core(masks))
     area = _soft_area(masks, coverage(video[:, 1:], bg, obj))                       # (B, F-1)
     area_ref = _soft_area(ref[:, None], coverage(first[:, None], bg, obj))          # (B, 1)
