@@ -72,6 +72,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                     help="the background pattern has n x n cells over the image")
     ap.add_argument("--texture-tiles", type=int, default=d.texture_tiles,
                     help="the background pattern is one random tile repeated k x k times")
+    ap.add_argument("--texture-smooth", type=float, default=d.texture_smooth,
+                    help="amplitude of a smooth colour field on the backgrounds, per channel (0 = none)")
+    ap.add_argument("--texture-smooth-knots", type=int, default=d.texture_smooth_knots,
+                    help="the smooth colour field is bilinear between n x n random knots")
     ap.add_argument("--radius-range", type=float, nargs=2, metavar=("LO", "HI"), default=list(d.radius_range),
                     help="the moving object's radius range, as fractions of the image side")
     ap.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=d.prediction_type,
@@ -109,6 +113,7 @@ def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
                          batch_size=args.batch_size, lr=args.lr, ip_lr=args.ip_lr, offset_noise=args.offset_noise,
                          clean_distractor=args.clean_distractor, object_weight=args.object_weight,
                          texture=args.texture, texture_cells=args.texture_cells, texture_tiles=args.texture_tiles,
+                         texture_smooth=args.texture_smooth, texture_smooth_knots=args.texture_smooth_knots,
                          radius_range=tuple(args.radius_range),
                          prediction_type=args.prediction_type, codec_scale=args.codec_scale,
                          position_channels=args.position_channels,
@@ -130,6 +135,8 @@ def command_line(args: argparse.Namespace, cfg: PretrainConfig) -> str:
             + (f"--object-weight {cfg.object_weight:g} " if cfg.object_weight else "")
             + (f"--texture {cfg.texture:g} --texture-cells {cfg.texture_cells} --texture-tiles {cfg.texture_tiles} "
                if cfg.texture else "")
+            + (f"--texture-smooth {cfg.texture_smooth:g} --texture-smooth-knots {cfg.texture_smooth_knots} "
+               if cfg.texture_smooth else "")
             + ("--radius-range {:g} {:g} ".format(*cfg.radius_range)
                if tuple(cfg.radius_range) != PretrainConfig.radius_range else "")
             + (f"--prediction-type {cfg.prediction_type} " if cfg.prediction_type != "epsilon" else "")

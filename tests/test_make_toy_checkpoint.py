@@ -5,6 +5,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -311,6 +312,45 @@ def test_radius_range_reaches_the_clips_the_manifest_and_the_configs(tmp_path):
     assert scene_options(other.backbone)["radius_range"] == (0.13, 0.2)
     held_out = SyntheticVideos(4, num_frames=2, size=32, seed=10_000, **scene_options(other.backbone))
     assert all(0.13 * 32 - 1e-6 <= held_out.scene(i).objects[0].radius <= 0.2 * 32 + 1e-6 for i in range(4))
+
+
+def test_smooth_colour_field_reaches_the_clips_the_manifest_and_the_configs(tmp_path):
+    """--texture-smooth/--texture-smooth-knots give the pretraining clips a smooth colour field and are recorded in
+    the regenerate command (absent at the default, 0); ``backbone.scenes.texture_smooth`` sets the same for
+    held-out clips (scene_options) and for the adapter's training data; a state saved before the setting existed
+    resumes as a run without it."""
+    from hydra import compose, initialize_config_dir
+
+    from i2v.cli.config import CONFIGS
+    from i2v.data.synthetic import SyntheticVideos
+    from i2v.toy.evaluate import scene_options
+    from i2v.toy.loop import upgrade_settings
+    from i2v.toy.pretrain import ClipStream, PretrainConfig
+
+    mod = _script()
+    args = mod.parse_args(["--out", str(tmp_path), "--texture-smooth", "0.4", "--texture-smooth-knots", "4"])
+    cfg = mod.pretrain_config(args)
+    assert (cfg.texture_smooth, cfg.texture_smooth_knots) == (0.4, 4)
+    assert "--texture-smooth 0.4 --texture-smooth-knots 4 " in mod.command_line(args, cfg)
+    default = mod.parse_args(["--out", str(tmp_path)])
+    assert "--texture-smooth" not in mod.command_line(default, mod.pretrain_config(default))
+    scene = ClipStream(PretrainConfig(texture_smooth=0.4, texture_smooth_knots=4, base_steps=1, ip_steps=1)
+                       ).data.scene(0)
+    assert scene.smooth.shape == (3, 4, 4) and np.abs(scene.smooth).max() <= 0.4
+    assert ClipStream(PretrainConfig(base_steps=1, ip_steps=1)).data.scene(0).smooth is None
+    old = {k: v for k, v in vars(PretrainConfig()).items() if not k.startswith("texture_smooth")}
+    up = upgrade_settings(old)
+    assert (up["texture_smooth"], up["texture_smooth_knots"]) == (0.0, 3)
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        shipped = compose(config_name="train", overrides=["experiment=toy"])
+        other = compose(config_name="train", overrides=["experiment=toy", "backbone.scenes.texture_smooth=0.4",
+                                                        "backbone.scenes.texture_smooth_knots=4"])
+    assert shipped.data.dataset.texture_smooth == 0.0 and scene_options(shipped.backbone)["texture_smooth"] == 0.0
+    assert (other.data.dataset.texture_smooth, other.data.dataset.texture_smooth_knots) == (0.4, 4)
+    opts = scene_options(other.backbone)
+    assert (opts["texture_smooth"], opts["texture_smooth_knots"]) == (0.4, 4)
+    held_out = SyntheticVideos(2, num_frames=2, size=32, seed=10_000, **opts)
+    assert held_out.scene(1).smooth.shape == (3, 4, 4)
 
 
 def test_scene_and_attention_options_reach_the_run_and_its_manifest(tmp_path):

@@ -1,5 +1,6 @@
-"""Synthetic moving-shapes clips for the toy world: a solid background and one (optionally two) coloured
-shapes (circle, square, triangle) moving left/right/up/down at constant speed, fully inside the frame.
+"""Synthetic moving-shapes clips for the toy world: a static background (one colour, optionally with a random cell
+pattern and a smooth colour field: ``make_scene``) and one (optionally two) coloured shapes (circle, square,
+triangle) moving left/right/up/down at constant speed, fully inside the frame.
 
 Item i is a pure function of (seed, i). Coordinates: pixel (row r, column c) has its centre at (x=c, y=r);
 `meta["centers"]` is (F, 2) float32 (x, y) of the main object, which is drawn last (on top), so the pixel
@@ -50,6 +51,7 @@ class Scene:
     caption: str = field(default="")
     texture: float = 0.0  # amplitude of the background's static pattern ([-1, 1] units; 0 = flat background)
     pattern: Optional[np.ndarray] = None  # (cells, cells) of +-1: the background pattern, fixed over the clip
+    smooth: Optional[np.ndarray] = None  # (3, k, k) in [-smooth amplitude, +]: knots of the smooth colour field
 
 
 def _trajectory(rng, num_frames: int, hw: tuple, radius: float, direction: str, speed: float):
@@ -73,10 +75,13 @@ def _trajectory(rng, num_frames: int, hw: tuple, radius: float, direction: str, 
     return np.stack([xs, ys], axis=1).astype(np.float32), float(speed)
 
 
-def _check_texture(texture: float, cells: int, tiles: int) -> None:
+def _check_texture(texture: float, cells: int, tiles: int, smooth: float = 0.0, knots: int = 3) -> None:
     if texture < 0 or cells < 1 or tiles < 1 or cells % tiles:
         raise ValueError(f"texture must be >= 0 and texture_cells a positive multiple of texture_tiles, got "
                          f"texture={texture}, texture_cells={cells}, texture_tiles={tiles}")
+    if smooth < 0 or knots < 2:
+        raise ValueError(f"texture_smooth must be >= 0 and texture_smooth_knots >= 2, got "
+                         f"texture_smooth={smooth}, texture_smooth_knots={knots}")
 
 
 def make_scene(
@@ -92,6 +97,8 @@ def make_scene(
     texture: float = 0.0,
     texture_cells: int = 8,
     texture_tiles: int = 1,
+    texture_smooth: float = 0.0,
+    texture_smooth_knots: int = 3,
 ) -> Scene:
     """Scene for item `index`: a pure function of the arguments. speed/radius ranges are fractions of the image
     side (speed per frame); radius is at least 2.5 px (so the centre pixel lies well inside the shape) and at most
@@ -99,8 +106,11 @@ def make_scene(
     ``texture_cells`` grid of cells, each brighter or darker by ``texture`` (the caption does not describe it, so
     only the first frame tells it). With ``texture_tiles`` = k > 1 the pattern is a random tile of
     ``texture_cells / k`` cells repeated k x k times (a wallpaper: matching far-apart places is what a model's
-    self-attention learns from it). It is drawn after everything else, so a scene's shapes, colours and motion do
-    not depend on it."""
+    self-attention learns from it). ``texture_smooth`` > 0 adds a smooth colour field: each channel bilinear
+    between random values in [-texture_smooth, texture_smooth] on a ``texture_smooth_knots`` x
+    ``texture_smooth_knots`` grid of knots (corners included), so every place of the background has its own colour
+    that survives heavy noise (a place code that content-matching attention can use). Both are drawn after
+    everything else (the field last), so a scene's shapes, colours, motion and cell pattern do not depend on them."""
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index)])
     hw = as_hw(size)
     side = min(hw)
@@ -119,26 +129,33 @@ def make_scene(
         objects.append(ShapeObject(shape, str(colour), direction, speed, float(radius), centers))
     parts = [f"a {o.colour} {o.shape} moving {o.direction}" for o in objects]
     pattern = None
-    _check_texture(texture, texture_cells, texture_tiles)
+    _check_texture(texture, texture_cells, texture_tiles, texture_smooth, texture_smooth_knots)
     if texture > 0:
         tile = texture_cells // texture_tiles
         pattern = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=(tile, tile))
         pattern = np.tile(pattern, (texture_tiles, texture_tiles))
-    return Scene(bg, objects, hw, " and ".join(parts) + f" on a {bg} background", float(texture), pattern)
+    smooth = None
+    if texture_smooth > 0:
+        k = int(texture_smooth_knots)
+        smooth = (rng.uniform(-1.0, 1.0, size=(3, k, k)) * texture_smooth).astype(np.float32)
+    return Scene(bg, objects, hw, " and ".join(parts) + f" on a {bg} background", float(texture), pattern, smooth)
 
 
 def background_image(scene: Scene) -> torch.Tensor:
     """The scene's background (3, H, W) in [-1, 1]: its colour, plus the static pattern when it has one (each cell
-    covers the pixels whose centres fall in it)."""
+    covers the pixels whose centres fall in it), plus the smooth colour field when it has one (bilinear between its
+    knots, the outer knots on the outer pixel centres)."""
     h, w = scene.size
     img = _colour(scene.background).expand(3, h, w).clone()
-    if scene.pattern is None or scene.texture <= 0:
-        return img
-    cells_y, cells_x = scene.pattern.shape
-    rows = (torch.arange(h) * cells_y) // h
-    cols = (torch.arange(w) * cells_x) // w
-    pat = torch.from_numpy(scene.pattern)[rows][:, cols]
-    return (img + scene.texture * pat).clamp(-1.0, 1.0)
+    if scene.pattern is not None and scene.texture > 0:
+        cells_y, cells_x = scene.pattern.shape
+        rows = (torch.arange(h) * cells_y) // h
+        cols = (torch.arange(w) * cells_x) // w
+        img = img + scene.texture * torch.from_numpy(scene.pattern)[rows][:, cols]
+    if scene.smooth is not None:
+        img = img + torch.nn.functional.interpolate(torch.from_numpy(scene.smooth)[None], size=(h, w),
+                                                    mode="bilinear", align_corners=True)[0]
+    return img.clamp(-1.0, 1.0)
 
 
 def _coverage(shape: str, x: torch.Tensor, y: torch.Tensor, cx: float, cy: float, r: float) -> torch.Tensor:
@@ -201,6 +218,8 @@ class SyntheticVideos(Dataset):
         texture: float = 0.0,
         texture_cells: int = 8,
         texture_tiles: int = 1,
+        texture_smooth: float = 0.0,
+        texture_smooth_knots: int = 3,
         clip: ClipSpec | Mapping | None = None,
         deterministic: bool = True,
     ):
@@ -214,14 +233,15 @@ class SyntheticVideos(Dataset):
         if n_items < 1 or num_frames < 1:
             raise ValueError(f"n_items and num_frames must be >= 1, got {n_items}, {num_frames}")
         bad = [s for s in shapes if s not in SHAPES] + [c for c in colours if c not in COLOURS]
-        _check_texture(texture, texture_cells, texture_tiles)
+        _check_texture(texture, texture_cells, texture_tiles, texture_smooth, texture_smooth_knots)
         if bad or len(colours) < 3:
             raise ValueError(f"bad shapes/colours {bad}: shapes from {SHAPES}, >= 3 colours from {list(COLOURS)}")
         self.n_items, self.num_frames, self.size, self.seed = int(n_items), int(num_frames), as_hw(size), int(seed)
         self.scene_kwargs = dict(speed_range=tuple(speed_range), radius_range=tuple(radius_range),
                                  second_object_prob=float(second_object_prob), shapes=tuple(shapes),
                                  colours=tuple(colours), texture=float(texture),
-                                 texture_cells=int(texture_cells), texture_tiles=int(texture_tiles))
+                                 texture_cells=int(texture_cells), texture_tiles=int(texture_tiles),
+                                 texture_smooth=float(texture_smooth), texture_smooth_knots=int(texture_smooth_knots))
         self.supersample = int(supersample)
 
     def __len__(self) -> int:

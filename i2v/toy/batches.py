@@ -25,7 +25,9 @@ class ClipStream:
         n = max(cfg.n_items, (cfg.base_steps + cfg.ip_steps) * cfg.batch_size)
         self.data = SyntheticVideos(n, num_frames=cfg.num_frames, size=cfg.size, seed=cfg.seed,
                                     texture=cfg.texture, texture_cells=cfg.texture_cells,
-                                    texture_tiles=cfg.texture_tiles, radius_range=tuple(cfg.radius_range))
+                                    texture_tiles=cfg.texture_tiles, texture_smooth=cfg.texture_smooth,
+                                    texture_smooth_knots=cfg.texture_smooth_knots,
+                                    radius_range=tuple(cfg.radius_range))
         self.order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
         self.batch, self.pos = cfg.batch_size, 0
 

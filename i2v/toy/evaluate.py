@@ -30,7 +30,9 @@ def scene_options(backbone_cfg) -> dict:
     if not scenes:
         return {}
     out = {"texture": float(scenes.get("texture", 0.0)), "texture_cells": int(scenes.get("texture_cells", 8)),
-           "texture_tiles": int(scenes.get("texture_tiles", 1))}
+           "texture_tiles": int(scenes.get("texture_tiles", 1)),
+           "texture_smooth": float(scenes.get("texture_smooth", 0.0)),
+           "texture_smooth_knots": int(scenes.get("texture_smooth_knots", 3))}
     if scenes.get("radius_range") is not None:
         out["radius_range"] = tuple(float(r) for r in scenes.get("radius_range"))
     return out

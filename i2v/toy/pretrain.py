@@ -96,6 +96,10 @@ class PretrainConfig:
     texture: float = 0.0
     texture_cells: int = 8
     texture_tiles: int = 1
+    # Smooth colour field on the backgrounds (SyntheticVideos ``texture_smooth``/``texture_smooth_knots``): every
+    # place gets its own colour, visible through heavy noise, so attention that matches content also matches place.
+    texture_smooth: float = 0.0
+    texture_smooth_knots: int = 3
     # Radius of the moving object, as fractions of the image side (SyntheticVideos ``radius_range``; at least
     # 2.5 px). On the 2x2 codec the smallest objects (radius < 4 px: 2-4 latent positions) are what the shipped base
     # renders worst (docs/toy_world.md, "What the frame-1 oracle's identity is made of").

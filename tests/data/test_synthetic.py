@@ -1,5 +1,6 @@
 """SyntheticVideos: pure function of (seed, i); ground-truth centres, motion and caption agree with the pixels."""
 
+import dataclasses
 import re
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from i2v.data import SyntheticVideos, make_scene, render_frame
-from i2v.data.synthetic import COLOURS, DIRECTIONS
+from i2v.data.synthetic import COLOURS, DIRECTIONS, background_image
 
 CAPTION = re.compile(r"^a (\w+) (circle|square|triangle) moving (left|right|up|down)"
                      r"( and a (\w+) (circle|square|triangle) moving (left|right|up|down))? on a (\w+) background$")
@@ -128,6 +129,52 @@ def test_texture_is_a_static_pattern_that_leaves_the_scene_unchanged():
         assert (spread[ok] == 0).all()
     with pytest.raises(ValueError, match="texture"):
         SyntheticVideos(1, texture=-0.1)
+
+
+def test_smooth_colour_field_is_bilinear_between_its_knots_and_leaves_the_scene_unchanged():
+    """texture_smooth > 0 adds a static colour field: each channel bilinear between random knots in [-a, a] (the
+    outer knots on the outer pixel centres); shapes, motion, caption and the cell pattern are those of the scene
+    without it (the field is drawn last), and the field differs from place to place and from scene to scene."""
+    amp, k = 0.3, 3
+    base = SyntheticVideos(3, num_frames=4, size=32, seed=5, texture=0.2, texture_cells=8)
+    smooth = SyntheticVideos(3, num_frames=4, size=32, seed=5, texture=0.2, texture_cells=8,
+                             texture_smooth=amp, texture_smooth_knots=k)
+    knots = []
+    for i in range(3):
+        a, b = base[i], smooth[i]
+        assert a["text"] == b["text"]
+        torch.testing.assert_close(a["meta"]["centers"], b["meta"]["centers"])
+        sa, sb = base.scene(i), smooth.scene(i)
+        np.testing.assert_array_equal(sa.pattern, sb.pattern)
+        assert sa.smooth is None and sb.smooth.shape == (3, k, k)
+        assert np.abs(sb.smooth).max() <= amp and np.abs(sb.smooth).max() > amp / 4
+        knots.append(sb.smooth)
+        assert not np.allclose(sb.smooth[0], sb.smooth[1]) and not np.allclose(sb.smooth[1], sb.smooth[2])  # colour
+        # the field on a magenta background without cells (no channel clamps: |colour| + amp < 1)
+        plain = dataclasses.replace(sb, pattern=None, texture=0.0, background="magenta")
+        field = background_image(plain) - background_image(dataclasses.replace(plain, smooth=None))  # (3, H, W)
+        g = torch.from_numpy(sb.smooth)
+        for (y, x), (r, c) in {(0, 0): (0, 0), (0, 31): (0, 2), (31, 0): (2, 0), (31, 31): (2, 2)}.items():
+            torch.testing.assert_close(field[:, y, x], g[:, r, c])
+        # elsewhere bilinear: pixel p sits at knot coordinate p * (k - 1) / 31 along each axis
+        def lerp(v0, v1, f):
+            return (1 - f) * v0 + f * v1
+
+        for y, x in ((0, 7), (0, 15), (0, 16), (10, 20), (27, 3)):
+            (ry, fy), (rx, fx) = (divmod(p * (k - 1) / 31, 1) for p in (y, x))
+            ry, rx = int(ry), int(rx)
+            want = lerp(lerp(g[:, ry, rx], g[:, ry, rx + 1], fx), lerp(g[:, ry + 1, rx], g[:, ry + 1, rx + 1], fx), fy)
+            torch.testing.assert_close(field[:, y, x], want, atol=1e-5, rtol=0)
+        # static over the clip: background pixels that are background in every frame agree across frames
+        always = (a["video"] == background_image(sa)).all(1).all(0)       # background in every frame
+        assert always.float().mean() > 0.5
+        assert torch.equal(b["video"][0][:, always], b["video"][-1][:, always])
+        torch.testing.assert_close(b["video"][0][:, always], background_image(sb)[:, always])
+    assert len({kn.tobytes() for kn in knots}) == 3
+    with pytest.raises(ValueError, match="texture_smooth"):
+        SyntheticVideos(1, texture_smooth=-0.1)
+    with pytest.raises(ValueError, match="texture_smooth_knots"):
+        SyntheticVideos(1, texture_smooth=0.2, texture_smooth_knots=1)
 
 
 def test_texture_tiles_repeat_one_random_tile():
