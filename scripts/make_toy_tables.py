@@ -28,8 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-COLUMNS = [("identity", "identity ↑"), ("bg_err", "bg err ↓"), ("obj_err", "obj err ↓"), ("step_px", "motion px/frame"),
-           ("direction_agree", "direction ↑"), ("flicker", "flicker ↓")]
+# bg_err_affine: the background error left after refitting each frame's colour and contrast (i2v/metrics/toy.py);
+# "n/a" for runs written before the metric existed
+COLUMNS = [("identity", "identity ↑"), ("bg_err", "bg err ↓"), ("bg_err_affine", "bg pattern err ↓"),
+           ("obj_err", "obj err ↓"), ("step_px", "motion px/frame"), ("direction_agree", "direction ↑"),
+           ("flicker", "flicker ↓")]
 ADAPTER_ORDER = ["none", "no_i2v", "no_content", "full"]
 ADAPTER_LABEL = {"none": "w/o I2V-Adapter and Content-Adapter", "no_i2v": "w/o I2V-Adapter",
                  "no_content": "w/o Content-Adapter", "full": "Full model"}

@@ -73,7 +73,8 @@ def test_tables_trends_and_sheets(tmp_path, capsys):
             _run(tmp_path, f"p{p}_s{seed}", seed, 0.2 + i * 0.1, table="toy_table2", adapter="full", t0=1.0, p=p,
                  model={"step_px": 2.0 - i, "flicker": 0.3})
     for a in ("full", "none"):
-        _run(tmp_path / "t3", a, 0, 0.9 if a == "full" else -0.9, adapter=a, t0=1.0, p=0.5)
+        _run(tmp_path / "t3", a, 0, 0.9 if a == "full" else -0.9, adapter=a, t0=1.0, p=0.5,
+             model={"bg_err_affine": 0.03 if a == "full" else 0.07})
     # a frame-1 oracle run in the Table 2 folder: a bound, reported apart, never averaged into a row or a sweep
     _run(tmp_path, "oracle_s0", 0, 0.0, table="toy_table2", adapter="none", t0=1.0, p=1.0, oracle="static",
          model={"identity": 0.9, "step_px": -50.0, "flicker": 9.0})
@@ -86,6 +87,11 @@ def test_tables_trends_and_sheets(tmp_path, capsys):
     assert "Full model" in text and "t0=0.6 p=1" in text and "| t0 (p=1) | step_px |" in text
     t1_row = next(line for line in text.splitlines() if line.startswith("| t0=1 p=1 |"))
     assert "| 2 |" in t1_row and "0.500 ± 0.000" in t1_row                 # the two seeds, not the oracle's 0.9
+    header = next(line for line in text.splitlines() if line.startswith("| row |"))
+    assert header.split(" | ")[3:5] == ["bg err ↓", "bg pattern err ↓"]
+    assert t1_row.split(" | ")[3:5] == ["0.100 ± 0.000", "n/a"]                # runs without bg_err_affine
+    full_row = next(line for line in text.splitlines() if line.startswith("| Full model |"))
+    assert full_row.split(" | ")[3:5] == ["0.100", "0.030"]
     oracle_row = next(line for line in text.splitlines() if "oracle=static" in line)
     assert oracle_row.startswith("| w/o I2V-Adapter and Content-Adapter, oracle=static (t0=1 p=1) | 1 | 0.900 |")
     written = mod.write_sheets(runs, str(tmp_path / "docs"), scale=2)
