@@ -21,11 +21,12 @@ from i2v.diffusion.color import color_match
 from i2v.diffusion.fsp import initial_latents
 from i2v.diffusion.guidance import negative_prompt
 from i2v.diffusion.sampler import Denoiser, check_scheduler, sample_video
-from i2v.diffusion.schedule import make_scheduler
+from i2v.diffusion.schedule import SamplerConfig, make_scheduler
 from i2v.utils.io import RESIZE_MODES
 from i2v.pipeline.bundle import Bundle
 
 SCHEDULERS = ("ddim", "euler", "dpmpp", "ddpm")
+SPACINGS = ("leading", "trailing", "linspace")   # diffusers' timestep_spacing
 
 
 def resolve_device(device: Optional[str] = "auto", dtype: Optional[str] = "auto") -> tuple[torch.device, torch.dtype]:
@@ -77,6 +78,7 @@ class SamplingSettings:
     width: Optional[int] = None
     resize: str = "crop"
     fps: int = 8
+    timestep_spacing: str = "leading"       # official/AnimateDiff: leading (S steps start at T - T/S + 1)
 
     def __post_init__(self):
         for key in ("t0", "p", "guidance_scale"):
@@ -96,6 +98,8 @@ class SamplingSettings:
             raise ValueError(f"sampling.resize must be one of {RESIZE_MODES}, got {self.resize!r}")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"sampling.scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+        if self.timestep_spacing not in SPACINGS:
+            raise ValueError(f"sampling.timestep_spacing must be one of {SPACINGS}, got {self.timestep_spacing!r}")
 
     @classmethod
     def from_config(cls, sampling: Union[DictConfig, Mapping]) -> "SamplingSettings":
@@ -110,7 +114,7 @@ class SamplingSettings:
                    fsp=FSPSettings(bool(s.fsp.enabled), int(s.fsp.kernel_size), float(s.fsp.sigma)),
                    negative_prompt=str(s.get("negative_prompt") or ""), color_match=color_match_settings(s),
                    height=opt("height"), width=opt("width"), resize=str(s.get("resize", "crop")),
-                   fps=int(s.get("fps", 8)))
+                   fps=int(s.get("fps", 8)), timestep_spacing=str(s.get("timestep_spacing", "leading")))
 
 
 @dataclass
@@ -148,7 +152,8 @@ class I2VPipeline:
         self.bundle, self.settings = bundle, settings
         bundle.check_num_frames(settings.num_frames)
         self.negative = negative_prompt(settings.negative_prompt)
-        self.scheduler = make_scheduler(settings.scheduler, bundle.schedule)
+        self.scheduler = make_scheduler(settings.scheduler, bundle.schedule,
+                                        SamplerConfig(timestep_spacing=settings.timestep_spacing))
         check_scheduler(self.scheduler, bundle.schedule)
         self.denoiser = Denoiser(bundle.unet, settings.guidance_scale, controlnet, control)
 

@@ -10,7 +10,7 @@ from PIL import Image
 from i2v.data.synthetic import SyntheticVideos
 from i2v.diffusion.fsp import frame_similarity_prior, fsp_start_index, pure_noise_init
 from i2v.diffusion.guidance import negative_prompt
-from i2v.diffusion.schedule import make_scheduler
+from i2v.diffusion.schedule import SamplerConfig, make_scheduler
 from i2v.models.content import image_tokens, uncond_image_tokens
 from i2v.pipeline.sampling import I2VPipeline, SamplingSettings
 from i2v.pipeline.bundle import load_bundle_for_sampling
@@ -32,7 +32,8 @@ def _reference_latents(bundle, s, image, prompt, seed):
 
     cond, uncond = context(prompt, img), context(negative_prompt(s.get("negative_prompt")), None)
     cfg, steps, n = float(s.guidance_scale), int(s.steps), int(s.num_frames)
-    scheduler = make_scheduler(str(s.scheduler), bundle.schedule)
+    scheduler = make_scheduler(str(s.scheduler), bundle.schedule,
+                               SamplerConfig(timestep_spacing=str(s.get("timestep_spacing", "leading"))))
     guided = cfg != 1.0
     context = torch.cat([uncond, cond]) if guided else cond
     scheduler.set_timesteps(steps, device=first.device)
@@ -73,6 +74,7 @@ def toy(tmp_path_factory):
     ["sampling.t0=0.8", "sampling.steps=4", "sampling.num_frames=4"],
     ["sampling.scheduler=euler", "sampling.guidance_scale=1.0", "sampling.negative_prompt=official"],
     ["sampling.scheduler=dpmpp", "sampling.fsp.enabled=false", "sampling.steps=3"],
+    ["sampling.timestep_spacing=trailing", "sampling.steps=4", "sampling.num_frames=3"],
 ])
 def test_pipeline_latents_equal_the_old_loop_bitwise(toy, tmp_path, over):
     from omegaconf import OmegaConf
@@ -105,7 +107,8 @@ def test_pipeline_takes_a_pil_image(toy):
 @pytest.mark.parametrize("key,value,match", [("t0", 0.0, "t0 must lie"), ("p", 1.5, "p must lie"),
                                              ("num_frames", 1, "num_frames must be >= 2"),
                                              ("guidance_scale", float("nan"), "finite"), ("t0", None, "is null"),
-                                             ("scheduler", "heun", "scheduler must be one of")])
+                                             ("scheduler", "heun", "scheduler must be one of"),
+                                             ("timestep_spacing", "uniform", "timestep_spacing must be one of")])
 def test_settings_are_checked_once_when_built(toy, key, value, match):
     from omegaconf import OmegaConf
 
@@ -113,3 +116,23 @@ def test_settings_are_checked_once_when_built(toy, key, value, match):
     s = OmegaConf.merge(cfg.sampling, {key: value})
     with pytest.raises(ValueError, match=match):
         SamplingSettings.from_config(s)
+
+
+@pytest.mark.parametrize("spacing,first", [("leading", 951), ("trailing", 999), ("linspace", 999)])
+def test_timestep_spacing_sets_where_sampling_starts(toy, spacing, first):
+    """sampling.timestep_spacing reaches the scheduler: 20 steps at t0 = 1 start at t = 951 with the official
+    leading spacing (1000 - 1000/20 + 1) and at 999 with trailing or linspace; the default is leading."""
+    from omegaconf import OmegaConf
+
+    cfg, bundle = toy
+    assert SamplingSettings.from_config(cfg.sampling).timestep_spacing == "leading"
+    s = OmegaConf.merge(cfg.sampling, {"timestep_spacing": spacing, "steps": 20, "num_frames": 2})
+    pipe = I2VPipeline(bundle, SamplingSettings.from_config(s))
+    seen = []
+    unet = bundle.unet
+    hook = unet.register_forward_pre_hook(lambda mod, args: seen.append(int(args[1].reshape(-1)[0])))
+    try:
+        pipe(SyntheticVideos(1, num_frames=1, size=32, seed=5)[0]["video"][0], "a", seed=0)
+    finally:
+        hook.remove()
+    assert seen[0] == first and len(seen) == 20
