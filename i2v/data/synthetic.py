@@ -31,6 +31,10 @@ COLOURS = {
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 RADIUS_RANGE = (0.1, 0.18)  # default object radius range, fractions of the image side (the shipped toy world)
+# The background options of a world (make_scene / SyntheticVideos keywords) and their defaults: what a toy base's
+# pretraining clips, the adapter's clips and the held-out clips must agree on (with the radius range).
+BACKGROUND_DEFAULTS = {"texture": 0.0, "texture_cells": 8, "texture_tiles": 1, "texture_smooth": 0.0,
+                       "texture_smooth_knots": 3}
 
 
 @dataclass

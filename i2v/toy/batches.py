@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from i2v.data.synthetic import SyntheticVideos, background_image
+from i2v.data.synthetic import BACKGROUND_DEFAULTS, SyntheticVideos, background_image
 
 if TYPE_CHECKING:
     from i2v.pipeline.bundle import Bundle
@@ -23,11 +23,9 @@ class ClipStream:
 
     def __init__(self, cfg: PretrainConfig):
         n = max(cfg.n_items, (cfg.base_steps + cfg.ip_steps) * cfg.batch_size)
+        background = {k: getattr(cfg, k) for k in BACKGROUND_DEFAULTS}
         self.data = SyntheticVideos(n, num_frames=cfg.num_frames, size=cfg.size, seed=cfg.seed,
-                                    texture=cfg.texture, texture_cells=cfg.texture_cells,
-                                    texture_tiles=cfg.texture_tiles, texture_smooth=cfg.texture_smooth,
-                                    texture_smooth_knots=cfg.texture_smooth_knots,
-                                    radius_range=tuple(cfg.radius_range))
+                                    radius_range=tuple(cfg.radius_range), **background)
         self.order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
         self.batch, self.pos = cfg.batch_size, 0
 

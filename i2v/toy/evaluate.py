@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from i2v.data.synthetic import SyntheticVideos
+from i2v.data.synthetic import BACKGROUND_DEFAULTS, SyntheticVideos
 from i2v.utils.io import save_gif, save_json, save_mp4, save_strip
 from i2v.metrics.toy import ToyMetrics
 from i2v.pipeline.bundle import Bundle
@@ -29,10 +29,7 @@ def scene_options(backbone_cfg) -> dict:
     scenes = backbone_cfg.get("scenes") if backbone_cfg is not None else None
     if not scenes:
         return {}
-    out = {"texture": float(scenes.get("texture", 0.0)), "texture_cells": int(scenes.get("texture_cells", 8)),
-           "texture_tiles": int(scenes.get("texture_tiles", 1)),
-           "texture_smooth": float(scenes.get("texture_smooth", 0.0)),
-           "texture_smooth_knots": int(scenes.get("texture_smooth_knots", 3))}
+    out = {k: type(d)(scenes.get(k, d)) for k, d in BACKGROUND_DEFAULTS.items()}
     if scenes.get("radius_range") is not None:
         out["radius_range"] = tuple(float(r) for r in scenes.get("radius_range"))
     return out
