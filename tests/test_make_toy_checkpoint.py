@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from toy_script import make_toy_checkpoint_script as _script
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "i2v" / "assets" / "toy"
@@ -18,7 +18,7 @@ SHIPPED = ROOT / "i2v" / "assets" / "toy"
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    mod = _script()
+    mod = load_script("make_toy_checkpoint")
     torch.set_num_threads(1)
     outs = [tmp_path_factory.mktemp(f"toy{i}") for i in range(2)]
     results = [mod.main(["--quick", "--no-progress", "--out", str(o)]) for o in outs]
@@ -40,7 +40,7 @@ def _shipped_world_args() -> list[str]:
 def test_quick_files_have_the_shipped_layout(tmp_path):
     """A --quick run with the shipped command's world and UNet options writes the shipped files' key layout, and the
     base file's metadata rebuilds the shipped UNet (the deeper four-level layout)."""
-    mod = _script()
+    mod = load_script("make_toy_checkpoint")
     torch.set_num_threads(1)
     out = tmp_path / "quick"
     mod.main(["--quick", "--no-progress", "--out", str(out), *_shipped_world_args()])
@@ -74,7 +74,7 @@ def test_shipped_manifest_command_is_canonical_and_gives_its_config():
 
     from i2v.toy.pretrain import upgrade_settings
 
-    mod = _script()
+    mod = load_script("make_toy_checkpoint")
     manifest = json.loads((SHIPPED / "MANIFEST.json").read_text())
     argv = shlex.split(manifest["command"])
     assert argv[:4] == ["PYTHONPATH=.", "python", "scripts/make_toy_checkpoint.py", "--out"]

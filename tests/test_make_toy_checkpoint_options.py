@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors import safe_open
 
-from toy_script import make_toy_checkpoint_script as _script
+from script_loader import load_script
 
 
 def test_radius_range_reaches_the_clips_the_manifest_and_the_configs(tmp_path):
@@ -23,7 +23,7 @@ def test_radius_range_reaches_the_clips_the_manifest_and_the_configs(tmp_path):
     from i2v.toy.evaluate import scene_options
     from i2v.toy.pretrain import ClipStream, PretrainConfig
 
-    mod = _script()
+    mod = load_script("make_toy_checkpoint")
     torch.set_num_threads(1)
     args = mod.parse_args(["--out", str(tmp_path), "--radius-range", "0.13", "0.2"])
     cfg = mod.pretrain_config(args)
@@ -59,7 +59,7 @@ def test_smooth_colour_field_reaches_the_clips_the_manifest_and_the_configs(tmp_
     from i2v.toy.loop import upgrade_settings
     from i2v.toy.pretrain import ClipStream, PretrainConfig
 
-    mod = _script()
+    mod = load_script("make_toy_checkpoint")
     args = mod.parse_args(["--out", str(tmp_path), "--texture-smooth", "0.4", "--texture-smooth-knots", "4"])
     cfg = mod.pretrain_config(args)
     assert (cfg.texture_smooth, cfg.texture_smooth_knots) == (0.4, 4)
@@ -92,7 +92,7 @@ def test_scene_and_attention_options_reach_the_run_and_its_manifest(tmp_path):
     from i2v.models.attention import spatial_attention_layers
     from i2v.toy.pretrain import ClipStream, PretrainConfig, build_base
 
-    mod = _script()
+    mod = load_script("make_toy_checkpoint")
     torch.set_num_threads(1)
     over = {"transformer_layers_per_block": [2, 1]}
     mod.main(["--quick", "--no-progress", "--out", str(tmp_path), "--texture", "0.2", "--texture-tiles", "2",

@@ -1,6 +1,5 @@
 """scripts/make_toy_tables.py: markdown tables, Spearman trends of Table 2's sweeps, and contact sheets built from
 the lossless per-clip strips the toy runs write (i2v.utils.io.save_strip)."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,15 +8,11 @@ import torch
 from PIL import Image
 
 from i2v.utils.io import read_strip, save_contact_sheet, save_strip
-
-ROOT = Path(__file__).resolve().parents[1]
+from script_loader import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("make_toy_tables", ROOT / "scripts" / "make_toy_tables.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("make_toy_tables")
 
 
 def _clip(value: float, frames: int = 3) -> torch.Tensor:
