@@ -1,19 +1,14 @@
 """``scripts/diagnose_adapter.py`` on a tiny SD1.5 backbone in the real file layouts (single file, AnimateDiff
 motion file, VAE folder, tokenizer, IP-Adapter + CLIP vision folder, an I2V-Adapter checkpoint)."""
-import importlib.util
 import math
 
+from script_loader import load_script
 from test_real_backbone_e2e import _adapter, _files
 
-from i2v.cli.config import CONFIGS
 
 
 def _script():
-    path = CONFIGS.parent / "scripts" / "diagnose_adapter.py"
-    spec = importlib.util.spec_from_file_location("diagnose_adapter", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("diagnose_adapter")
 
 
 def test_diagnose_script_on_a_tiny_sd15_backbone(tmp_path, capsys):

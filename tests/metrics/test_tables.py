@@ -1,6 +1,5 @@
 """experiment=table1/2/3 multiruns expand to exactly the paper's rows (real Hydra multirun in a subprocess), the
 transcribed paper numbers are consistent, and make_tables renders a small fixture."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -8,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER = json.loads((ROOT / "i2v" / "assets" / "paper_tables.json").read_text())
@@ -67,10 +67,7 @@ def test_paper_numbers_are_consistent():
 
 
 def load_make_tables():
-    spec = importlib.util.spec_from_file_location("make_tables", ROOT / "scripts" / "make_tables.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("make_tables")
 
 
 def fake_run(root, name, run, clip, dover=None):

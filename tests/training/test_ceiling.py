@@ -2,6 +2,7 @@
 parameters next to the I2V-Adapter, training moves those and nothing else, and the script prints its table."""
 import pytest
 import torch
+from script_loader import load_script
 
 from i2v.data.synthetic import SyntheticVideos
 from i2v.toy.build import random_toy_bundle
@@ -63,13 +64,7 @@ def test_training_moves_the_group_and_nothing_else():
 
 
 def test_script_prints_the_ceiling_table(capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "scripts" / "ceiling_check.py"
-    spec = importlib.util.spec_from_file_location("ceiling_check", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("ceiling_check")
     result = mod.main(["experiment=toy", "group=motion", "steps=2", "n_clips=2", "timesteps=[500,900]",
                        "data.batch_size=2"])
     out = capsys.readouterr().out
