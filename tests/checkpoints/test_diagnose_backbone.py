@@ -6,7 +6,6 @@ from script_loader import load_script
 from test_real_backbone_e2e import _adapter, _files
 
 
-
 def _script():
     return load_script("diagnose_adapter")
 
