@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from i2v.pipeline.bundle import build_bundle, check_paths
 from i2v.pipeline.sampling import SamplingSettings
-from i2v.training.callbacks import AdapterCheckpoint, SampleVideos, StepProgress
+from i2v.training.callbacks import AdapterCheckpoint, RunLengthCheck, SampleVideos, StepProgress
 from i2v.training.module import I2VAdapterModule
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ def build_trainer(cfg: DictConfig, out_dir: Path, extra_callbacks: list | None =
     # the adapter-only safetensors are always written; Lightning's resumable checkpoints unless
     # trainer.enable_checkpointing=false
     callbacks = [AdapterCheckpoint(out_dir, every_n_steps=cfg.train.save_every_n_steps, config=cfg,
-                                   overwrite=cfg.overwrite)]
+                                   overwrite=cfg.overwrite), RunLengthCheck()]
     if cfg.trainer.get("enable_checkpointing", True):
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir / "lightning", save_last=True,
                                                              every_n_train_steps=cfg.train.save_every_n_steps))

@@ -79,6 +79,18 @@ class SampleVideos(L.Callback):
                 lg.log_video("samples/video", [video.numpy()], step=step, fps=[8])
 
 
+class RunLengthCheck(L.Callback):
+    """Says so when ``trainer.max_steps`` cannot be reached: the epoch limit (``max_epochs`` × the batches of an
+    epoch) ends the run first, e.g. ``trainer.max_steps=1600`` on the toy's one epoch of 996 batches."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        asked, reachable = trainer.max_steps, trainer.estimated_stepping_batches
+        if trainer.global_rank == 0 and asked > 0 and math.isfinite(reachable) and reachable < asked:
+            log.warning(f"trainer.max_steps={asked} is not reached: trainer.max_epochs={trainer.max_epochs} ends the "
+                        f"run at step {int(reachable)}; raise trainer.max_epochs (-1: max_steps alone decides) or "
+                        "the dataset's size")
+
+
 class StepProgress(ProgressBar):
     """The training progress of the whole run, in optimizer steps (``trainer.estimated_stepping_batches``: the
     smaller of ``max_steps`` and epochs × batches), so its total and ETA say when the run ends. On a terminal: one

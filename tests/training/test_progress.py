@@ -61,3 +61,54 @@ def test_lightning_lines_reach_the_console_once_under_hydra_logging():
             assert lg.propagate and not [h for h in lg.handlers if type(h) is logging.StreamHandler], name
     finally:
         root.removeHandler(hydra_like)
+
+
+def _fit(tmp_path, **trainer_kwargs):
+    import lightning as L
+    import torch
+
+    from i2v.training.callbacks import RunLengthCheck
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            return (self.w - batch[0]).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(5, 1)), batch_size=1)
+
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, callbacks=[RunLengthCheck()],
+                        **trainer_kwargs)
+    trainer.fit(Tiny())
+    return trainer
+
+
+def test_a_max_steps_the_epoch_limit_cuts_short_is_reported(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="i2v.training.callbacks"):
+        trainer = _fit(tmp_path, max_epochs=1, max_steps=8)   # one epoch of 5 batches ends the run at step 5
+    assert trainer.global_step == 5
+    [msg] = [r.getMessage() for r in caplog.records if "max_steps" in r.getMessage()]
+    assert "trainer.max_steps=8" in msg and "step 5" in msg and "max_epochs=1" in msg
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="i2v.training.callbacks"):
+        trainer = _fit(tmp_path, max_epochs=-1, max_steps=8)  # no epoch limit: the run reaches max_steps, no warning
+    assert trainer.global_step == 8
+    assert not [r for r in caplog.records if "max_steps" in r.getMessage()]
+
+
+def test_the_toy_experiment_runs_as_long_as_its_max_steps():
+    from hydra import compose, initialize_config_dir
+
+    from i2v.cli.config import CONFIGS
+
+    with initialize_config_dir(str(CONFIGS), version_base=None):
+        cfg = compose("train", overrides=["experiment=toy", "trainer.max_steps=1600"])
+    per_epoch = cfg.data.dataset.n_items // cfg.data.batch_size
+    assert per_epoch < 1600 and cfg.trainer.max_steps == 1600 and cfg.trainer.max_epochs == -1
