@@ -28,11 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# bg_err_affine: the background error left after refitting each frame's colour and contrast (i2v/metrics/toy.py);
-# "n/a" for runs written before the metric existed
+# bg_err_affine: the background error left after refitting each frame's colour and contrast; net_px: the object's
+# net speed while tracked (both in i2v/metrics/toy.py); "n/a" for runs written before a metric existed
 COLUMNS = [("identity", "identity ↑"), ("bg_err", "bg err ↓"), ("bg_err_affine", "bg pattern err ↓"),
-           ("obj_err", "obj err ↓"), ("step_px", "motion px/frame"), ("direction_agree", "direction ↑"),
-           ("flicker", "flicker ↓")]
+           ("obj_err", "obj err ↓"), ("step_px", "motion px/frame"), ("net_px", "net px/frame"),
+           ("direction_agree", "direction ↑"), ("flicker", "flicker ↓")]
+# Table 2's trends: the tracked path per step (step_px, jitter included), the net speed while tracked (net_px), the
+# net travel (total_px: shorter when the object is lost early) and the background's frame-to-frame change
+SWEEP_METRICS = ("step_px", "net_px", "total_px", "flicker")
 ADAPTER_ORDER = ["none", "no_i2v", "no_content", "full"]
 ADAPTER_LABEL = {"none": "w/o I2V-Adapter and Content-Adapter", "no_i2v": "w/o I2V-Adapter",
                  "no_content": "w/o Content-Adapter", "full": "Full model"}
@@ -131,11 +134,11 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 def sweeps(runs: list[dict]) -> dict:
     """``{(sweep, metric): {"per_seed": {seed: rho}, "mean": rho}}`` for the t0 sweep at p = 1 and the p sweep at
-    t0 = 1 of Table 2, metric in (step_px, flicker)."""
+    t0 = 1 of Table 2, metric in SWEEP_METRICS."""
     t2 = [r for r in split_oracle(runs)[0] if r.get("table") == "toy_table2"]
     out = {}
     for sweep, fixed, var in (("t0 (p=1)", "p", "t0"), ("p (t0=1)", "t0", "p")):
-        for metric in ("step_px", "flicker"):
+        for metric in SWEEP_METRICS:
             per_seed = {}
             for seed in sorted({r["seed"] for r in t2}):
                 rows = sorted((r for r in t2 if r["seed"] == seed and r[fixed] == 1.0), key=lambda r: r[var])

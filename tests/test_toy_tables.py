@@ -1,6 +1,7 @@
 """scripts/make_toy_tables.py: markdown tables, Spearman trends of Table 2's sweeps, and contact sheets built from
 the lossless per-clip strips the toy runs write (i2v.utils.io.save_strip)."""
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,7 @@ def test_tables_trends_and_sheets(tmp_path, capsys):
     for seed in (0, 1):
         for i, t0 in enumerate((1.0, 0.8, 0.6)):     # motion falls with t0 at p = 1
             _run(tmp_path, f"t0{t0}_s{seed}", seed, -0.5 + i * 0.1, table="toy_table2", adapter="full", t0=t0,
-                 p=1.0, model={"step_px": 3.0 - i, "flicker": 0.3 - 0.1 * i})
+                 p=1.0, model={"step_px": 3.0 - i, "net_px": 1.0 + i, "flicker": 0.3 - 0.1 * i})
         for i, p in enumerate((0.5, 0.1)):           # with p = 1 above: motion rises with p at t0 = 1
             _run(tmp_path, f"p{p}_s{seed}", seed, 0.2 + i * 0.1, table="toy_table2", adapter="full", t0=1.0, p=p,
                  model={"step_px": 2.0 - i, "flicker": 0.3})
@@ -78,6 +79,8 @@ def test_tables_trends_and_sheets(tmp_path, capsys):
     assert res[("t0 (p=1)", "step_px")]["mean"] == pytest.approx(1.0)      # ρ(t0, motion) over t0 = .6, .8, 1
     assert res[("p (t0=1)", "step_px")]["mean"] == pytest.approx(1.0)      # ρ(p, motion) over p = .1, .5, 1
     assert res[("t0 (p=1)", "flicker")]["per_seed"] == {0: pytest.approx(1.0), 1: pytest.approx(1.0)}
+    assert res[("t0 (p=1)", "net_px")]["mean"] == pytest.approx(-1.0)      # each metric its own ranks
+    assert math.isnan(res[("p (t0=1)", "net_px")]["mean"])                 # p rows without it: no trend, not 0
     text = mod.render(runs) + mod.render_sweeps(runs)
     assert "Full model" in text and "t0=0.6 p=1" in text and "| t0 (p=1) | step_px |" in text
     t1_row = next(line for line in text.splitlines() if line.startswith("| t0=1 p=1 |"))

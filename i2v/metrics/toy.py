@@ -20,7 +20,9 @@ centre are coverage-weighted over the dilated mask, so sub-pixel motion is measu
   exp(-bg_err_i / tau) * exp(-obj_err_i / tau) * area_ratio_i in [0, 1], tau = 0.25 (a frame that lost the object
   scores 0; without an object in frame 1 only the background factor is used).
 * motion: ``step_px`` mean |c_{i+1} - c_i| over consecutive frames where both centres exist; ``total_px`` =
-  |c_last - c_first| between the first and last frames with an object; ``direction_agree`` = cosine between that
+  |c_last - c_first| between the first and last frames with an object; ``net_px`` = ``total_px`` / the number of
+  frames between those two (the object's net speed while it is tracked: centroid jitter, which ``step_px`` adds
+  up, cancels, and frames where it is lost do not shorten it, as they do ``total_px``); ``direction_agree`` = cosine between that
   net motion and the given direction (0 when the net motion is under 0.5 px); ``traj_err_px`` mean |c_i - gt_i|.
 * stability: ``flicker`` mean |f_{i+1} - f_i| and ``bg_drift`` mean |f_i - f_1| over pixels outside both frames'
   object masks. ``lost_frac``: fraction of frames with an empty object mask.
@@ -36,8 +38,8 @@ from torchmetrics import Metric
 
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 Colors = tuple[torch.Tensor, torch.Tensor]  # (bg (B, 3), obj (B, 3)) in [-1, 1]
-KEYS = ("identity", "bg_err", "bg_err_affine", "obj_err", "area_ratio", "step_px", "total_px", "direction_agree",
-        "traj_err_px", "flicker", "bg_drift", "lost_frac")
+KEYS = ("identity", "bg_err", "bg_err_affine", "obj_err", "area_ratio", "step_px", "total_px", "net_px",
+        "direction_agree", "traj_err_px", "flicker", "bg_drift", "lost_frac")
 
 
 def _check_video(video: torch.Tensor, first: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,7 +196,7 @@ def motion_amplitude(video: torch.Tensor, first: Optional[torch.Tensor] = None,
                      direction: Optional[torch.Tensor] = None, centers: Optional[torch.Tensor] = None,
                      min_contrast: float = 0.2, colors: Optional[Colors] = None) -> dict[str, torch.Tensor]:
     """video ``(B, F, 3, H, W)``; direction unit ``(B, 2)`` (NaN rows = unknown); ground-truth centers ``(B, F, 2)``
-    -> ``step_px``, ``total_px``, ``direction_agree``, ``traj_err_px``, ``lost_frac``, each ``(B,)``."""
+    -> ``step_px``, ``total_px``, ``net_px``, ``direction_agree``, ``traj_err_px``, ``lost_frac``, each ``(B,)``."""
     video, first = _check_video(video, first)
     bg, obj, has_obj = _reference(first, colors, min_contrast)
     masks = object_masks(video, bg, obj, has_obj)
@@ -219,8 +221,8 @@ def motion_amplitude(video: torch.Tensor, first: Optional[torch.Tensor] = None,
     if centers is not None:
         gt = centers.float().to(c.device).reshape(c.shape)
         traj = (c - gt).norm(dim=-1).nanmean(1)
-    return {"step_px": step.nanmean(1), "total_px": total, "direction_agree": agree, "traj_err_px": traj,
-            "lost_frac": (~valid).float().mean(1)}
+    return {"step_px": step.nanmean(1), "total_px": total, "net_px": total / (last_i - first_i).clamp(min=1),
+            "direction_agree": agree, "traj_err_px": traj, "lost_frac": (~valid).float().mean(1)}
 
 
 def temporal_stability(video: torch.Tensor, first: Optional[torch.Tensor] = None, min_contrast: float = 0.2,

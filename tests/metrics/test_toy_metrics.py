@@ -42,6 +42,7 @@ def test_displacement_matches_known_speed(step):
     out = motion_amplitude(video, direction=torch.tensor([step], dtype=torch.float32), centers=centres)
     assert abs(out["step_px"].item() - speed) <= 0.5
     assert abs(out["total_px"].item() - 7 * speed) <= 0.5
+    assert abs(out["net_px"].item() - speed) <= 0.1
     assert out["direction_agree"].item() > 0.99
     assert out["traj_err_px"].item() < 0.5
     assert out["lost_frac"].item() == 0.0
@@ -145,8 +146,27 @@ def test_empty_object_frame_is_counted_not_fatal():
     gone = video.clone()
     gone[:, 1:] = torch.tensor(BLUE)[:, None, None]  # only frame 1 has the object
     out = toy_video_metrics(gone)
-    assert math.isnan(out["step_px"].item()) and math.isnan(out["total_px"].item())
+    assert all(math.isnan(out[k].item()) for k in ("step_px", "total_px", "net_px"))
     assert out["identity"].item() == 0.0 and out["lost_frac"].item() == pytest.approx(7 / 8)
+
+
+def test_net_speed_ignores_jitter_and_lost_frames():
+    # 2 px/frame to the right, the square 1 px up and down in turn: the path per step is longer than the travel
+    video, centres = render(step=(2, 0))
+    jitter = video.clone()
+    jitter[:] = torch.tensor(BLUE)[:, None, None]
+    for f in range(8):
+        x0, y0 = 4 + 2 * f, 12 + (1 if f % 2 else 0)
+        jitter[0, f, :, y0:y0 + 6, x0:x0 + 6] = torch.tensor(RED)[:, None, None]
+    out = motion_amplitude(jitter)
+    assert out["step_px"].item() == pytest.approx(math.sqrt(5), abs=0.05)    # |(2, ±1)| per step
+    assert out["net_px"].item() == pytest.approx(math.hypot(14, 1) / 7, abs=0.05)   # (14, 1) over 7 frames
+    # lost from frame 5 on: the travel shrinks with the tracked frames, the net speed does not
+    gone = video.clone()
+    gone[:, 4:] = torch.tensor(BLUE)[:, None, None]
+    out = motion_amplitude(gone)
+    assert out["total_px"].item() == pytest.approx(6.0, abs=0.05)
+    assert out["net_px"].item() == pytest.approx(2.0, abs=0.05)
 
 
 def test_toy_metrics_accumulates_batches():
