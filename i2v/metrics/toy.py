@@ -22,8 +22,9 @@ centre are coverage-weighted over the dilated mask, so sub-pixel motion is measu
 * motion: ``step_px`` mean |c_{i+1} - c_i| over consecutive frames where both centres exist; ``total_px`` =
   |c_last - c_first| between the first and last frames with an object; ``net_px`` = ``total_px`` / the number of
   frames between those two (the object's net speed while it is tracked: centroid jitter, which ``step_px`` adds
-  up, cancels, and frames where it is lost do not shorten it, as they do ``total_px``); ``direction_agree`` = cosine between that
-  net motion and the given direction (0 when the net motion is under 0.5 px); ``traj_err_px`` mean |c_i - gt_i|.
+  up, cancels, and frames where it is lost do not shorten it, as they do ``total_px``); ``direction_agree`` =
+  cosine between that net motion and the given direction (0 when the net motion is under 0.5 px); ``traj_err_px``
+  mean |c_i - gt_i|.
 * stability: ``flicker`` mean |f_{i+1} - f_i| and ``bg_drift`` mean |f_i - f_1| over pixels outside both frames'
   object masks. ``lost_frac``: fraction of frames with an empty object mask.
 """
