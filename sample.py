@@ -16,5 +16,6 @@ def main(cfg: DictConfig):
 
 if __name__ == "__main__":
     # stage=2 selects configs/stage/2.yaml; t0=0.8 p=0.5 steps=... cfg=... are the sampling.* keys
-    sys.argv[1:] = expand_sampling_aliases(quote_numeric_choices(refuse_renamed_keys(sys.argv[1:])))
+    # its run folder is `out` (train.py and evaluate.py: `out_dir`): out_dir=... stops with one line saying so
+    sys.argv[1:] = expand_sampling_aliases(quote_numeric_choices(refuse_renamed_keys(sys.argv[1:], {"out_dir": "out"})))
     main()

@@ -127,6 +127,21 @@ def test_old_frame_key_on_the_command_line_names_the_new_one():
     assert out.stderr.strip() == "error: data.n_frames is now data.num_frames (write data.num_frames=16)"
 
 
+def test_sample_py_names_its_run_folder_out_when_given_out_dir():
+    """train.py/evaluate.py write to ``out_dir``, sample.py to ``out``: ``out_dir=`` on sample.py stops before Hydra
+    with one line naming ``out`` (Hydra's own message was "Key 'out_dir' is not in struct")."""
+    import subprocess
+    import sys
+
+    from i2v.cli.config import refuse_renamed_keys
+
+    assert refuse_renamed_keys(["out=/tmp/a"], {"out_dir": "out"}) == ["out=/tmp/a"]
+    out = subprocess.run([sys.executable, "sample.py", "experiment=toy", "out_dir=/tmp/run"], capture_output=True,
+                         text=True, cwd=CONFIGS.parent)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: out_dir is called out in this command (write out=/tmp/run)"
+
+
 def test_short_sampling_keys_on_the_sample_and_evaluate_command_line():
     """`python sample.py ckpt=... t0=0.8 p=0.5` (the design card's command) sets the sampling.* keys."""
     from i2v.cli.config import expand_sampling_aliases

@@ -55,15 +55,22 @@ def expand_sampling_aliases(overrides: list[str]) -> list[str]:
 RENAMED_KEYS = {"data.n_frames": "data.num_frames", "data.dataset.hflip": "data.dataset.clip.hflip"}
 
 
-def refuse_renamed_keys(overrides: list[str]) -> list[str]:
+def refuse_renamed_keys(overrides: list[str], entry_names: dict[str, str] | None = None) -> list[str]:
     """``overrides`` unchanged; exits (status 2) with one line when one of them sets a renamed key
-    (``data.n_frames=16`` -> ``error: data.n_frames is now data.num_frames``)."""
+    (``data.n_frames=16`` -> ``error: data.n_frames is now data.num_frames``) or a key that this entry names
+    otherwise (``entry_names``; sample.py: ``out_dir=...`` -> ``error: out_dir is called out in this command``)."""
     for arg in overrides:
         key = arg.partition("=")[0].lstrip("~+")
         if key in RENAMED_KEYS:
-            print(f"error: {key} is now {RENAMED_KEYS[key]} (write {arg.replace(key, RENAMED_KEYS[key], 1)})",
-                  file=sys.stderr, flush=True)
-            sys.exit(2)
+            new = RENAMED_KEYS[key]
+            said = f"{key} is now {new}"
+        elif key in (entry_names or {}):
+            new = entry_names[key]
+            said = f"{key} is called {new} in this command"
+        else:
+            continue
+        print(f"error: {said} (write {arg.replace(key, new, 1)})", file=sys.stderr, flush=True)
+        sys.exit(2)
     return overrides
 
 
