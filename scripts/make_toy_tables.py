@@ -155,9 +155,12 @@ def render_sweeps(runs: list[dict]) -> str:
         return ""
     lines = ["### Toy Table 2 trends (Spearman ρ of the swept value with the metric)", "",
              "| sweep | metric | ρ per seed | mean ρ |", "|---|---|---|---|"]
+    def rho(r: float) -> str:   # n/a: a constant side, or runs written before the metric existed
+        return "n/a" if math.isnan(r) else f"{r:+.2f}"
+
     for (sweep, metric), v in res.items():
-        per = ", ".join(f"{s}: {r:+.2f}" for s, r in v["per_seed"].items())
-        lines.append(f"| {sweep} | {metric} | {per} | {v['mean']:+.2f} |")
+        per = ", ".join(f"{s}: {rho(r)}" for s, r in v["per_seed"].items())
+        lines.append(f"| {sweep} | {metric} | {per} | {rho(v['mean'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -83,6 +83,7 @@ def test_tables_trends_and_sheets(tmp_path, capsys):
     assert math.isnan(res[("p (t0=1)", "net_px")]["mean"])                 # p rows without it: no trend, not 0
     text = mod.render(runs) + mod.render_sweeps(runs)
     assert "Full model" in text and "t0=0.6 p=1" in text and "| t0 (p=1) | step_px |" in text
+    assert "| p (t0=1) | net_px | 0: n/a, 1: n/a | n/a |" in text and "nan" not in text
     t1_row = next(line for line in text.splitlines() if line.startswith("| t0=1 p=1 |"))
     assert "| 2 |" in t1_row and "0.500 ± 0.000" in t1_row                 # the two seeds, not the oracle's 0.9
     header = next(line for line in text.splitlines() if line.startswith("| row |"))
