@@ -90,7 +90,8 @@ def closing_summary(result: dict, seconds: float) -> str:
         lines.append(f"videos:   {samples}/")
         lines.append(f"metrics:  {result['metrics_file']}")
         m = result.get("metrics") or {}
-        keys = [k for k in ("identity", "bg_err", "obj_err", "step_px", "direction_agree", "flicker") if k in m]
+        shown = ("identity", "bg_err", "obj_err", "step_px", "net_px", "direction_agree", "flicker")
+        keys = [k for k in shown if k in m]
         lines.append("          " + ", ".join(f"{k} {m[k]}" for k in keys))
     steps = f", {result['steps']} steps, final loss {result['final_loss']:.4f}" if "final_loss" in result else ""
     lines.append(f"run:      {result['out_dir']} ({_hms(seconds)} wall{steps})")

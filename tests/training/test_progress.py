@@ -43,11 +43,12 @@ def test_terminal_bar_total_is_the_runs_steps(capsys):
 
 def test_closing_summary_says_where_everything_went():
     text = closing_summary({"adapter": "run/adapter.safetensors", "out_dir": "run", "steps": 400, "final_loss": 0.5,
-                            "metrics_file": "run/metrics.json", "metrics": {"identity": 0.9, "flicker": 0.1}}, 125.4)
+                            "metrics_file": "run/metrics.json", "metrics": {"identity": 0.9, "flicker": 0.1,
+                                                                            "net_px": 0.8}}, 125.4)
     lines = text.splitlines()
     assert 3 <= len(lines) <= 6
     assert "run/adapter.safetensors" in lines[0] and "run/samples/" in text and "run/metrics.json" in text
-    assert "identity 0.9" in text and "0:02:05 wall" in text and "400 steps" in text
+    assert "identity 0.9" in text and "net_px 0.8" in text and "0:02:05 wall" in text and "400 steps" in text
 
 
 def test_lightning_lines_reach_the_console_once_under_hydra_logging():
