@@ -127,6 +127,12 @@ def test_old_frame_key_on_the_command_line_names_the_new_one():
     assert out.stderr.strip() == "error: data.n_frames is now data.num_frames (write data.num_frames=16)"
 
 
+def test_the_toy_experiment_runs_as_long_as_its_max_steps():
+    """experiment=toy has no epoch limit, so trainer.max_steps beyond one epoch of its clips is what runs."""
+    cfg = _compose("train", ["experiment=toy", "trainer.max_steps=1600"])
+    per_epoch = cfg.data.dataset.n_items // cfg.data.batch_size
+    assert per_epoch < 1600 and cfg.trainer.max_steps == 1600 and cfg.trainer.max_epochs == -1
+
 def test_sample_py_names_its_run_folder_out_when_given_out_dir():
     """train.py/evaluate.py write to ``out_dir``, sample.py to ``out``: ``out_dir=`` on sample.py stops before Hydra
     with one line naming ``out`` (Hydra's own message was "Key 'out_dir' is not in struct")."""

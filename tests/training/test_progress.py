@@ -103,13 +103,3 @@ def test_a_max_steps_the_epoch_limit_cuts_short_is_reported(tmp_path, caplog):
     assert trainer.global_step == 8
     assert not [r for r in caplog.records if "max_steps" in r.getMessage()]
 
-
-def test_the_toy_experiment_runs_as_long_as_its_max_steps():
-    from hydra import compose, initialize_config_dir
-
-    from i2v.cli.config import CONFIGS
-
-    with initialize_config_dir(str(CONFIGS), version_base=None):
-        cfg = compose("train", overrides=["experiment=toy", "trainer.max_steps=1600"])
-    per_epoch = cfg.data.dataset.n_items // cfg.data.batch_size
-    assert per_epoch < 1600 and cfg.trainer.max_steps == 1600 and cfg.trainer.max_epochs == -1
