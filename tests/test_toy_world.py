@@ -137,23 +137,26 @@ def test_train_rejects_a_clip_shape_the_backbone_cannot_take(tmp_path):
             train(cfg)
 
 
+def _score_shipped(overrides: list[str], bundle=None):
+    """Toy metrics of ``experiment=toy`` + ``overrides`` (the shipped files) on the first 8 held-out clips, seed 0,
+    and the bundle it sampled with (pass it back for overrides that change only ``sampling.*``)."""
+    from i2v.pipeline.bundle import load_bundle_for_sampling
+    from i2v.pipeline.sampling import I2VPipeline, SamplingSettings
+    from i2v.toy.evaluate import scene_options, score_pipeline
+
+    cfg = _compose("sample", ["experiment=toy", *overrides])
+    bundle = bundle or load_bundle_for_sampling(cfg, torch.device("cpu"), torch.float32)
+    pipe = I2VPipeline(bundle, SamplingSettings.from_config(cfg.sampling))
+    return score_pipeline(pipe, n_videos=8, num_frames=int(cfg.sampling.num_frames), size=32, seed=0,
+                          scenes=scene_options(cfg.backbone))["model"], bundle
+
 @pytest.mark.slow
 def test_shipped_toy_adapter_carries_frame_one_better_than_none():
     """The shipped toy files at the toy sampling settings on 8 held-out clips: the full model keeps frame 1's
     identity and background above floors set from the measured values with margin, and clearly better than the
     same base without the adapters (adapter=none). A shipped adapter that stops reading frame 1, or a base that
     regresses to sampling noise, fails here."""
-    from i2v.pipeline.bundle import load_bundle_for_sampling
-    from i2v.pipeline.sampling import I2VPipeline, SamplingSettings
-    from i2v.toy.evaluate import scene_options, score_pipeline
-
-    res = {}
-    for row, over in (("full", []), ("none", ["adapter=none"])):
-        cfg = _compose("sample", ["experiment=toy", *over])
-        bundle = load_bundle_for_sampling(cfg, torch.device("cpu"), torch.float32)
-        pipe = I2VPipeline(bundle, SamplingSettings.from_config(cfg.sampling))
-        res[row] = score_pipeline(pipe, n_videos=8, num_frames=int(cfg.sampling.num_frames), size=32, seed=0,
-                                  scenes=scene_options(cfg.backbone))["model"]
+    res = {"full": _score_shipped([])[0], "none": _score_shipped(["adapter=none"])[0]}
     full, none = res["full"], res["none"]
     assert full["identity"] >= IDENTITY_FLOOR, res
     assert full["lost_frac"] <= LOST_CEILING, res
@@ -172,17 +175,8 @@ def test_shipped_toy_motion_and_flicker_rise_with_p():
     """The Frame Similarity Prior's p at t0 = 1 with the shipped files (Table 2's trend, the paper's FlowScore
     0.69 -> 0.99): the object's net speed and the background's frame-to-frame change are clearly larger at p = 1
     than at p = 0.1 on the same clips and noise. A prior whose blur stops reaching x_T, or p read backwards, fails."""
-    from i2v.pipeline.bundle import load_bundle_for_sampling
-    from i2v.pipeline.sampling import I2VPipeline, SamplingSettings
-    from i2v.toy.evaluate import scene_options, score_pipeline
-
-    res = {}
-    for p in (0.1, 1.0):
-        cfg = _compose("sample", ["experiment=toy", "sampling.t0=1.0", f"sampling.p={p}"])
-        bundle = load_bundle_for_sampling(cfg, torch.device("cpu"), torch.float32)
-        pipe = I2VPipeline(bundle, SamplingSettings.from_config(cfg.sampling))
-        res[p] = score_pipeline(pipe, n_videos=8, num_frames=int(cfg.sampling.num_frames), size=32, seed=0,
-                                scenes=scene_options(cfg.backbone))["model"]
-    low, high = res[0.1], res[1.0]
+    low, bundle = _score_shipped(["sampling.t0=1.0", "sampling.p=0.1"])
+    high, _ = _score_shipped(["sampling.t0=1.0", "sampling.p=1.0"], bundle)   # same files: one load
+    res = {0.1: low, 1.0: high}
     assert high["net_px"] >= low["net_px"] + NET_SPEED_GAIN, res
     assert high["flicker"] >= low["flicker"] + FLICKER_GAIN, res
