@@ -15,5 +15,6 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = quote_numeric_choices(refuse_renamed_keys(sys.argv[1:]))   # stage=2 selects configs/stage/2.yaml
+    # stage=2 selects configs/stage/2.yaml; the run folder is `out_dir` (sample.py: `out`): out=... says so in a line
+    sys.argv[1:] = quote_numeric_choices(refuse_renamed_keys(sys.argv[1:], {"out": "out_dir"}))
     main()

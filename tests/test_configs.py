@@ -133,19 +133,20 @@ def test_the_toy_experiment_runs_as_long_as_its_max_steps():
     per_epoch = cfg.data.dataset.n_items // cfg.data.batch_size
     assert per_epoch < 1600 and cfg.trainer.max_steps == 1600 and cfg.trainer.max_epochs == -1
 
-def test_sample_py_names_its_run_folder_out_when_given_out_dir():
-    """train.py/evaluate.py write to ``out_dir``, sample.py to ``out``: ``out_dir=`` on sample.py stops before Hydra
-    with one line naming ``out`` (Hydra's own message was "Key 'out_dir' is not in struct")."""
+@pytest.mark.parametrize("entry,given,key", [("sample.py", "out_dir", "out"), ("train.py", "out", "out_dir")])
+def test_the_run_folder_key_of_the_other_entry_names_this_ones(entry, given, key):
+    """train.py writes to ``out_dir``, sample.py to ``out``: the other entry's key stops before Hydra with one line
+    naming this entry's (Hydra's own message was "Key 'out_dir' is not in struct")."""
     import subprocess
     import sys
 
     from i2v.cli.config import refuse_renamed_keys
 
     assert refuse_renamed_keys(["out=/tmp/a"], {"out_dir": "out"}) == ["out=/tmp/a"]
-    out = subprocess.run([sys.executable, "sample.py", "experiment=toy", "out_dir=/tmp/run"], capture_output=True,
+    out = subprocess.run([sys.executable, entry, "experiment=toy", f"{given}=/tmp/run"], capture_output=True,
                          text=True, cwd=CONFIGS.parent)
     assert out.returncode == 2
-    assert out.stderr.strip() == "error: out_dir is called out in this command (write out=/tmp/run)"
+    assert out.stderr.strip() == f"error: {given} is called {key} in this command (write {key}=/tmp/run)"
 
 
 def test_short_sampling_keys_on_the_sample_and_evaluate_command_line():
