@@ -1,6 +1,8 @@
 """The real configs compose for every backbone x stage x adapter with the README's data overrides, the stage group
-sizes the data, SDXL refuses stage 1, weight paths come from configs/local once, and missing inputs are named."""
+sizes the data, SDXL refuses stage 1, weight paths come from configs/local once, missing inputs are named, and the defaults the README states are the configs'."""
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -160,3 +162,36 @@ def test_short_sampling_keys_on_the_sample_and_evaluate_command_line():
     cfg = _compose("sample", expand_sampling_aliases(["experiment=toy", "t0=0.8", "p=0.5", "cfg=2.5", "frames=6"]))
     s = cfg.sampling
     assert (s.t0, s.p, s.guidance_scale, s.num_frames) == (0.8, 0.5, 2.5, 6)
+
+
+def _readme_text():
+    return " ".join((Path(CONFIGS).parent / "README.md").read_text().split())
+
+
+def _readme_defaults(sentence_start):
+    """The `key=value` pairs in backticks of the README sentence that starts with ``sentence_start``."""
+    text = _readme_text()
+    start = text.index(sentence_start)
+    sentence = text[start:text.index(".", text.index("(", start))]
+    return dict(re.findall(r"`([\w.]+)=([\w.]+)`", sentence))
+
+
+SHORT = {"steps": "steps", "cfg": "guidance_scale", "frames": "num_frames", "t0": "t0", "p": "p"}
+
+
+def test_the_readme_states_the_toy_sampling_defaults_the_config_has():
+    stated = _readme_defaults("`experiment=toy` sets the toy world's own sampling defaults")
+    stated.pop("experiment")
+    assert set(stated) == set(SHORT), stated
+    cfg = _compose("sample", ["experiment=toy"])
+    for key, value in stated.items():
+        assert float(cfg.sampling[SHORT[key]]) == float(value), (key, value, cfg.sampling[SHORT[key]])
+
+
+def test_the_readme_states_the_sampling_and_progress_defaults_the_configs_have():
+    stated = re.findall(r"`((?:sampling|train)\.[\w.]+)`(?: \(|=)([0-9.]+)", _readme_text())
+    assert {key for key, _ in stated} >= {"sampling.steps", "sampling.guidance_scale", "sampling.num_frames",
+                                          "train.progress_every_n_steps"}, stated
+    cfgs = {"sampling": _compose("sample", []), "train": _compose("train", ["stage=2", *DATA["2"]])}
+    for key, value in stated:
+        assert float(OmegaConf.select(cfgs[key.split(".")[0]], key)) == float(value), (key, value)
