@@ -1,5 +1,6 @@
 """The real configs compose for every backbone x stage x adapter with the README's data overrides, the stage group
-sizes the data, SDXL refuses stage 1, weight paths come from configs/local once, missing inputs are named, and the defaults the README states are the configs'."""
+sizes the data, SDXL refuses stage 1, weight paths come from configs/local once, missing inputs are named, and the
+defaults the README states are the configs'."""
 import re
 import shutil
 from pathlib import Path
