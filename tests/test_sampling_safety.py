@@ -110,3 +110,22 @@ def test_torch_file_named_safetensors_says_what_it_is(tmp_path, png):
     torch.save(load_file(asset_path("toy/adapter.safetensors")), fake)
     with pytest.raises(Exception, match="adapter.safetensors: this is a torch pickle"):
         sample(toy_sample_cfg(tmp_path, f"image={png}", "prompt=a", f"ckpt={fake}"))
+
+
+@pytest.mark.parametrize("over,message", [
+    ("ckpt={tmp}/missing.safetensors", "I2V-Adapter checkpoint not found"),
+    ("ckpt={tmp}/pickle.safetensors", "this is a torch pickle"),
+    ("lora=[{{path: {tmp}/style.safetensors, scale: 0.8}}]", "LoRA file not found"),
+])
+def test_adapter_and_lora_files_are_checked_before_the_base_loads(tmp_path, monkeypatch, over, message):
+    """A wrong ckpt= or lora= path is reported before the frozen base is built (a minute for SD/SDXL)."""
+    import i2v.pipeline.bundle as bundle_mod
+
+    torch.save({"w": torch.zeros(1)}, tmp_path / "pickle.safetensors")
+    built = []
+    real = bundle_mod.build_bundle
+    monkeypatch.setattr(bundle_mod, "build_bundle", lambda *a, **k: built.append(1) or real(*a, **k))
+    cfg = toy_sample_cfg(tmp_path, over.format(tmp=tmp_path))
+    with pytest.raises(Exception, match=message):
+        bundle_mod.load_bundle_for_sampling(cfg, torch.device("cpu"), torch.float32)
+    assert built == []

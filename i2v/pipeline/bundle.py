@@ -12,6 +12,7 @@ Each backbone config names its builder with ``_target_`` (a :class:`BackboneBuil
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -223,13 +224,18 @@ def build_bundle(backbone: DictConfig, adapter: DictConfig, *, device="cpu", dty
 def load_bundle_for_sampling(cfg: DictConfig, device, dtype) -> Bundle:
     """The frozen bundle of an entry's config (``backbone``, ``adapter``) with ``ckpt=`` (the I2V-Adapter) and
     ``lora=`` merged, built in fp32 on the CPU, then moved to ``device``/``dtype`` (sample.py, evaluate.py, the app)."""
-    from i2v.checkpoints.adapter_io import load_adapter
+    from i2v.checkpoints.adapter_io import load_adapter, read_adapter
 
-    bundle = build_bundle(cfg.backbone, cfg.adapter, device="cpu", dtype=torch.float32, for_training=False)
     ckpt = cfg.get("ckpt")
-    if cfg.adapter.i2v:
+    if cfg.adapter.i2v:   # the adapter file is read before the base loads: a wrong ckpt= fails in seconds
         if not ckpt:
             raise ValueError(f"adapter={cfg.adapter.name} uses the I2V-Adapter: give ckpt=<adapter.safetensors>")
+        read_adapter(str(ckpt))
+    for spec in cfg.get("lora") or []:
+        if not Path(str(spec["path"])).is_file():
+            raise FileNotFoundError(f"LoRA file not found: {spec['path']} (lora=[{{path: ..., scale: ...}}])")
+    bundle = build_bundle(cfg.backbone, cfg.adapter, device="cpu", dtype=torch.float32, for_training=False)
+    if cfg.adapter.i2v:
         load_adapter(bundle.unet, str(ckpt), backbone=cfg.backbone.name)
     for spec in cfg.get("lora") or []:
         from i2v.checkpoints.lora import merge_lora
