@@ -19,6 +19,7 @@ Same arguments and ``--threads`` give byte-identical safetensors files. Usage (f
     PYTHONPATH=. python scripts/make_toy_checkpoint.py --overwrite          # the shipped files
     PYTHONPATH=. python scripts/make_toy_checkpoint.py --quick --out /tmp/toy
     PYTHONPATH=. python scripts/make_toy_checkpoint.py <the same arguments> --peek /tmp/now   # a run in progress
+    PYTHONPATH=. python scripts/make_toy_checkpoint.py <arguments> --init-from i2v/assets/toy --out /tmp/more  # continue
 """
 from __future__ import annotations
 
@@ -89,6 +90,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--unet-overrides", type=json.loads, default={},
                     help='JSON of UNetConfig fields changed from the toy preset, e.g. \'{"transformer_layers_per_block": [2, 1]}\'')
     ap.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA of the weights that are exported")
+    ap.add_argument("--init-from", metavar="DIR", default=None,
+                    help="start phase A from the base UNet and text encoder in DIR (files this script wrote, e.g. "
+                         "i2v/assets/toy) instead of a fresh init: continue a base, e.g. on another world or with "
+                         "another GroupNorm mode ('{\"motion_spatial_norm\": \"across_frames\"}'); the UNet "
+                         "overrides must keep every parameter's shape")
     ap.add_argument("--state-dir", default=None,
                     help="resumable training state (default <out>/.pretrain_state); rerunning the same command "
                          "continues from it; removed after the files are written")
@@ -105,6 +111,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if min(args.base_steps, args.ip_steps, args.batch_size, args.threads) < 1:
         ap.error("--base-steps, --ip-steps, --batch-size and --threads must be >= 1")
+    if args.init_from and Path(args.init_from).resolve() == Path(args.out).resolve():
+        ap.error("--init-from and --out are one folder: write the continued base elsewhere (its source files must "
+                 "stay to regenerate it)")
     return args
 
 
@@ -124,11 +133,36 @@ def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
     return dataclasses.replace(cfg, **QUICK) if args.quick else cfg
 
 
+def _repo_relative(path: str) -> str:
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
+
+def init_from(models: ToyModels, folder: str) -> dict:
+    """Load the base UNet and text encoder of ``folder`` (strict: same keys and shapes) into fresh phase-A models;
+    returns what MANIFEST.json records: the folder, the two files' sha256 and the folder's own regenerate command."""
+    from safetensors.torch import load_file
+
+    src = Path(folder)
+    record = {"dir": _repo_relative(folder), "files": {}}
+    for name, module in (("base_unet.safetensors", models.unet), ("text_encoder.safetensors", models.text)):
+        path = src / name
+        if not path.is_file():
+            raise FileNotFoundError(f"--init-from {folder}: no {name} there (a folder this script wrote)")
+        try:
+            module.load_state_dict(load_file(str(path)), strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"--init-from {path} does not fit the base these arguments build (--unet-overrides "
+                             f"must keep every parameter's shape): {str(e).splitlines()[0]}") from e
+        record["files"][name] = sha256(path)
+    if (src / "MANIFEST.json").is_file():
+        record["command"] = json.loads((src / "MANIFEST.json").read_text()).get("command")
+    return record
+
+
 def command_line(args: argparse.Namespace, cfg: PretrainConfig) -> str:
     """The canonical command that regenerates the files (explicit values, not the defaults)."""
-    out = Path(args.out).resolve()
-    out_s = str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out)
-    return (f"PYTHONPATH=. python scripts/make_toy_checkpoint.py --out {out_s} --seed {cfg.seed} "
+    return (f"PYTHONPATH=. python scripts/make_toy_checkpoint.py --out {_repo_relative(args.out)} --seed {cfg.seed} "
             f"--base-steps {cfg.base_steps} --ip-steps {cfg.ip_steps} --batch-size {cfg.batch_size} "
             f"--lr {cfg.lr:g} --ip-lr {cfg.ip_lr:g} --offset-noise {cfg.offset_noise:g} "
             + (f"--clean-distractor {cfg.clean_distractor:g} " if cfg.clean_distractor else "")
@@ -145,7 +179,8 @@ def command_line(args: argparse.Namespace, cfg: PretrainConfig) -> str:
             + (f"--attn-init-scale {cfg.attn_init_scale:g} " if cfg.attn_init_scale != 1.0 else "")
             + (f"--unet-overrides '{json.dumps(cfg.unet_overrides)}' " if cfg.unet_overrides else "")
             + f"--ema-decay {cfg.ema_decay:g} "
-            f"--threads {args.threads}"
+            + (f"--init-from {_repo_relative(args.init_from)} " if args.init_from else "")
+            + f"--threads {args.threads}"
             + (" --quick" if args.quick else "") + " --overwrite")
 
 
@@ -242,6 +277,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     models = build_base(cfg.seed, cfg.attn_init_scale, cfg.unet_overrides, cfg.prediction_type, cfg.codec_scale,
                         cfg.position_channels)
+    source = init_from(models, args.init_from) if args.init_from else None
     stream = ClipStream(cfg)
     g = torch.Generator().manual_seed(cfg.seed + 12345)  # t, ε, caption/image drops, frame choice
     n_unet = sum(p.numel() for p in models.unet.parameters())
@@ -259,6 +295,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     manifest = {
         "command": command_line(args, cfg),
         "seed": cfg.seed, "threads": args.threads, "quick": args.quick,
+        **({"init_from": source} if source else {}),
         "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("state_dir", "progress")},
         "unet": {"preset": "toy", "motion": MOTION, **unet_build_overrides(cfg.unet_overrides, cfg.position_channels)},
         "resampler": RESAMPLER,

@@ -142,3 +142,36 @@ def test_scene_and_attention_options_reach_the_run_and_its_manifest(tmp_path):
         torch.testing.assert_close(b.to_q.weight, 3.0 * a.to_q.weight)
         torch.testing.assert_close(b.to_k.weight, 3.0 * a.to_k.weight)
         torch.testing.assert_close(b.to_v.weight, a.to_v.weight)
+
+
+def test_init_from_continues_a_base_and_is_recorded(tmp_path):
+    """--init-from DIR starts phase A from DIR's base UNet and text encoder: with lr 0 the continued base is DIR's
+    bit for bit (a fresh init of the same seed is not), also under a GroupNorm-mode override that keeps the shapes;
+    MANIFEST.json records the source files' sha256 and the regenerate command carries the flag. A base of another
+    shape, a folder without the files and --init-from equal to --out are refused with one clear message."""
+    from safetensors.torch import load_file
+
+    mod = load_script("make_toy_checkpoint")
+    torch.set_num_threads(1)
+    src, cont, fresh = tmp_path / "src", tmp_path / "cont", tmp_path / "fresh"
+    mod.main(["--quick", "--no-progress", "--out", str(src), "--seed", "3"])
+    frozen = ["--quick", "--no-progress", "--seed", "4", "--lr", "0", "--ip-lr", "0"]
+    across = ["--unet-overrides", '{"motion_spatial_norm": "across_frames"}']
+    mod.main([*frozen, *across, "--out", str(cont), "--init-from", str(src)])
+    mod.main([*frozen, "--out", str(fresh)])
+    a, b, c = (load_file(str(d / "base_unet.safetensors")) for d in (src, cont, fresh))
+    assert all(torch.equal(a[k], b[k]) for k in a) and not all(torch.equal(a[k], c[k]) for k in a)
+    with safe_open(str(cont / "base_unet.safetensors"), "pt") as f:
+        meta = json.loads(f.metadata()["toy_base"])
+    assert meta["build_overrides"]["motion_spatial_norm"] == "across_frames"
+    manifest = json.loads((cont / "MANIFEST.json").read_text())
+    source = json.loads((src / "MANIFEST.json").read_text())
+    assert manifest["init_from"]["files"]["base_unet.safetensors"] == source["files"]["base_unet.safetensors"]["sha256"]
+    assert manifest["init_from"]["command"] == source["command"] and f"--init-from {src} " in manifest["command"]
+    with pytest.raises(ValueError, match="does not fit the base"):
+        mod.main([*frozen, "--out", str(tmp_path / "wide"), "--init-from", str(src),
+                  "--unet-overrides", '{"transformer_layers_per_block": [2, 1]}'])
+    with pytest.raises(FileNotFoundError, match="no base_unet.safetensors"):
+        mod.main([*frozen, "--out", str(tmp_path / "x"), "--init-from", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        mod.parse_args(["--out", str(src), "--init-from", str(src)])
