@@ -128,6 +128,7 @@ def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
                          position_channels=args.position_channels,
                          attn_init_scale=args.attn_init_scale, unet_overrides=dict(args.unet_overrides),
                          ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every,
+                         init_sha256=source_digests(args.init_from) if args.init_from else None,
                          state_dir=args.state_dir or str(Path(args.out) / ".pretrain_state"),
                          progress=not args.no_progress)
     return dataclasses.replace(cfg, **QUICK) if args.quick else cfg
@@ -138,23 +139,35 @@ def _repo_relative(path: str) -> str:
     return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
 
 
-def init_from(models: ToyModels, folder: str) -> dict:
+INIT_FILES = ("base_unet.safetensors", "text_encoder.safetensors")   # what --init-from reads
+
+
+def source_digests(folder: str) -> dict:
+    """sha256 of the files ``--init-from folder`` reads (the resume key holds them); a clear error if one is missing."""
+    digests = {}
+    for name in INIT_FILES:
+        path = Path(folder) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"--init-from {folder}: no {name} there (a folder this script wrote)")
+        digests[name] = sha256(path)
+    return digests
+
+
+def init_from(models: ToyModels, folder: str, digests: dict) -> dict:
     """Load the base UNet and text encoder of ``folder`` (strict: same keys and shapes) into fresh phase-A models;
-    returns what MANIFEST.json records: the folder, the two files' sha256 and the folder's own regenerate command."""
+    returns what MANIFEST.json records: the folder, the two files' sha256 (``digests``: :func:`source_digests`)
+    and the folder's own regenerate command."""
     from safetensors.torch import load_file
 
     src = Path(folder)
-    record = {"dir": _repo_relative(folder), "files": {}}
-    for name, module in (("base_unet.safetensors", models.unet), ("text_encoder.safetensors", models.text)):
+    record = {"dir": _repo_relative(folder), "files": dict(digests)}
+    for name, module in zip(INIT_FILES, (models.unet, models.text)):
         path = src / name
-        if not path.is_file():
-            raise FileNotFoundError(f"--init-from {folder}: no {name} there (a folder this script wrote)")
         try:
             module.load_state_dict(load_file(str(path)), strict=True)
         except RuntimeError as e:
             raise ValueError(f"--init-from {path} does not fit the base these arguments build (--unet-overrides "
                              f"must keep every parameter's shape): {str(e).splitlines()[0]}") from e
-        record["files"][name] = sha256(path)
     if (src / "MANIFEST.json").is_file():
         record["command"] = json.loads((src / "MANIFEST.json").read_text()).get("command")
     return record
@@ -277,7 +290,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     models = build_base(cfg.seed, cfg.attn_init_scale, cfg.unet_overrides, cfg.prediction_type, cfg.codec_scale,
                         cfg.position_channels)
-    source = init_from(models, args.init_from) if args.init_from else None
+    source = init_from(models, args.init_from, cfg.init_sha256) if args.init_from else None
     stream = ClipStream(cfg)
     g = torch.Generator().manual_seed(cfg.seed + 12345)  # t, ε, caption/image drops, frame choice
     n_unet = sum(p.numel() for p in models.unet.parameters())

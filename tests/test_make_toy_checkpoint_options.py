@@ -175,3 +175,14 @@ def test_init_from_continues_a_base_and_is_recorded(tmp_path):
         mod.main([*frozen, "--out", str(tmp_path / "x"), "--init-from", str(tmp_path)])
     with pytest.raises(SystemExit):
         mod.parse_args(["--out", str(src), "--init-from", str(src)])
+    # a saved state is resumed only from the same source files: another --init-from (or none) starts over
+    from i2v.toy.loop import PhaseState
+
+    def cfg(*extra):
+        return mod.pretrain_config(mod.parse_args([*frozen, "--out", str(tmp_path / "r"), *extra]))
+
+    PhaseState("base", cfg("--init-from", str(src))).save({"step": 1})
+    assert PhaseState("base", cfg("--init-from", str(src))).load()["step"] == 1
+    for other in (("--init-from", str(fresh)), ()):
+        with pytest.raises(ValueError, match="other settings"):
+            PhaseState("base", cfg(*other)).load()

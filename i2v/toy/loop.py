@@ -53,7 +53,7 @@ RENAMED = {"n_frames": "num_frames"}
 
 
 # Settings added since: the value runs made before they existed used (history: stays as written if a default moves).
-ADDED = {"radius_range": [0.1, 0.18], "texture_smooth": 0.0, "texture_smooth_knots": 3}
+ADDED = {"radius_range": [0.1, 0.18], "texture_smooth": 0.0, "texture_smooth_knots": 3, "init_sha256": None}
 
 
 def upgrade_settings(d: dict) -> dict:

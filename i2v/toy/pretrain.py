@@ -114,6 +114,9 @@ class PretrainConfig:
     # Fixed sin/cos position codes appended to the latents (PatchCodec position_channels; 0 = none): see PatchCodec.
     position_channels: int = 0
     attn_init_scale: float = 1.0  # initial to_q/to_k of the spatial self-attentions x this (build_base)
+    # sha256 of the files phase A starts from (make_toy_checkpoint.py --init-from; None = a fresh init): part of
+    # the resume key, so a saved state is never continued from another source
+    init_sha256: Optional[dict] = None
     # UNetConfig fields changed from the "toy" preset (e.g. {"transformer_layers_per_block": [2, 1]}); stored in
     # the base file's metadata, from which i2v.toy.build rebuilds the same UNet
     unet_overrides: dict = field(default_factory=dict)
