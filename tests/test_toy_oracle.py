@@ -89,3 +89,60 @@ def test_ground_truth_oracle_through_the_sampler_reproduces_the_held_out_clip(tm
     plain = score_pipeline(pipe, 2, frames, 32, scenes=scenes)
     static = score_pipeline(pipe, 2, frames, 32, oracle="static", scenes=scenes)
     assert static["model"]["bg_err"] < 0.02 < plain["model"]["bg_err"], (static["model"], plain["model"])
+    zero_shot = score_pipeline(pipe, 2, frames, 32, oracle="first_frame_attention", scenes=scenes)
+    assert zero_shot["model"]["identity"] != plain["model"]["identity"] and pipe.denoiser is own
+
+
+def test_first_frame_attention_feeds_frame_1_noised_and_every_self_attention_reads_it():
+    """The zero-shot reference: the network sees frame 0 as the clean latent noised to the sampler's t with one noise
+    for the whole run (frames 1.. untouched); during the call every spatial attn1 attends to frame 0's keys/values
+    only (a frame's output ignores the other frames, follows frame 0, and is plain self-attention when all frames
+    are equal); the base's own processors are back afterwards."""
+    from i2v.models.attention import spatial_attention_layers
+    from i2v.toy.build import random_toy_bundle
+    from i2v.toy.oracle import FirstFrameAttention, sampling_reference
+
+    bundle = random_toy_bundle(content=False, i2v=False)
+    layers = list(spatial_attention_layers(bundle.unet, "attn1"))
+    own = [a.processor for _, a in layers]
+    attn = layers[0][1]
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(3, 5, attn.to_q.in_features, generator=g)       # one video of 3 frames, 5 tokens each
+    seen = []
+
+    def net(x, t, cond, uncond):
+        with torch.no_grad():
+            base = attn(h, num_frames=3)
+            moved2, moved0 = h.clone(), h.clone()
+            moved2[2] += 1.0
+            moved0[0] += 1.0
+            same = h[:1].expand(3, -1, -1)
+            seen.append({"x": x.clone(), "procs": [a.processor for _, a in layers],
+                         "other": (attn(moved2, num_frames=3)[1] - base[1]).abs().max(),
+                         "frame0": (attn(moved0, num_frames=3)[1] - base[1]).abs().max(),
+                         "same": (attn(same, num_frames=3) - attn.default_forward(same)).abs().max()})
+        return torch.full_like(x, 7.0)
+
+    sched = bundle.schedule
+    ref = sampling_reference("first_frame_attention", net, sched, bundle.unet)
+    assert isinstance(ref, FirstFrameAttention)
+    z = torch.randn(1, 12, 4, 8, 8, generator=g)
+    ref.set_clip(z)
+    x = z.clone()
+    x[:, :, 1:] = torch.randn(1, 12, 3, 8, 8, generator=g)
+    noises = []
+    for t in (900, 300):
+        out = ref(x, torch.tensor(t), {}, None)
+        assert (out == 7.0).all()
+        got = seen[-1]
+        assert torch.equal(got["x"][:, :, 1:], x[:, :, 1:])
+        a, s = (float(v) for v in sched.alpha_sigma(torch.tensor(t)))
+        noises.append((got["x"][:, :, :1] - a * z[:, :, :1]) / s)
+        assert all(p is not o for p, o in zip(got["procs"], own))
+        assert got["other"] < 1e-6 < got["frame0"] and got["same"] < 1e-5, got
+    torch.testing.assert_close(noises[0], noises[1], atol=1e-4, rtol=0)    # one noise for the whole run
+    assert noises[0].std() > 0.5
+    assert all(a.processor is o for (_, a), o in zip(layers, own))
+    assert torch.equal(x[:, :, :1], z[:, :, :1])                           # the caller's latent is not changed
+    with pytest.raises(ValueError, match="must be one of"):
+        sampling_reference("copy", net, sched, bundle.unet)

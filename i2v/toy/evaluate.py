@@ -19,6 +19,7 @@ from i2v.utils.io import save_gif, save_json, save_mp4, save_strip
 from i2v.metrics.toy import ToyMetrics
 from i2v.pipeline.bundle import Bundle
 from i2v.pipeline.sampling import I2VPipeline, SamplingSettings
+from i2v.toy.oracle import ORACLES
 
 EVAL_SEED = 10_000  # held-out scenes: training uses SyntheticVideos(seed=0)
 
@@ -67,15 +68,17 @@ def score_pipeline(pipe: I2VPipeline, n_videos: int, num_frames: int, size: int,
     ``scripts/make_toy_tables.py`` are built from them) and ``clipNNN_gt.png`` (the ground-truth clip) for every
     clip, plus ``clipNNN.mp4|gif`` when ``write_videos``. ``scenes``: :func:`scene_options` of the backbone.
     ``oracle``: sample through :class:`i2v.toy.oracle.FrameOneOracle` in that mode (``static``: a perfect reader of
-    frame 1's unchanged content on this base; ``ground_truth``), a diagnostic bound, not a model."""
+    frame 1's unchanged content on this base; ``ground_truth``), a diagnostic bound, not a model; or
+    ``first_frame_attention``: the base with zero-shot first-frame attention, a reference
+    (:class:`~i2v.toy.oracle.FirstFrameAttention`)."""
     data = held_out_scenes(n_videos, num_frames, size, scenes)
     model_m, gt_m = ToyMetrics(), ToyMetrics()
     written = []
     denoiser, wrapper = pipe.denoiser, None
     if oracle is not None:
-        from i2v.toy.oracle import FrameOneOracle
+        from i2v.toy.oracle import sampling_reference
 
-        pipe.denoiser = wrapper = FrameOneOracle(denoiser, pipe.bundle.schedule, oracle)
+        pipe.denoiser = wrapper = sampling_reference(oracle, denoiser, pipe.bundle.schedule, pipe.bundle.unet)
     try:
         for i in tqdm(range(n_videos), desc="toy eval", leave=False):
             written += _score_clip(pipe, data[i], i, model_m, gt_m, out_dir, seed, overwrite, write_videos, wrapper)
@@ -87,7 +90,8 @@ def score_pipeline(pipe: I2VPipeline, n_videos: int, num_frames: int, size: int,
 def _score_clip(pipe: I2VPipeline, item: dict, i: int, model_m: ToyMetrics, gt_m: ToyMetrics,
                 out_dir: Path | None, seed: int, overwrite: bool, write_videos: bool, oracle=None) -> list[dict]:
     """Sample held-out clip ``i`` (``item``) with ``pipe``, add it to both metrics, write its files; the written
-    videos' entries. ``oracle``: the pipeline's :class:`~i2v.toy.oracle.FrameOneOracle`, given this clip's latents."""
+    videos' entries. ``oracle``: the pipeline's wrapper (:func:`~i2v.toy.oracle.sampling_reference`), given this
+    clip's latents."""
     image, prompt = item["video"][0], item["text"]
     if oracle is not None:
         param = next(pipe.bundle.unet.parameters())
@@ -148,7 +152,7 @@ def evaluate_toy(cfg: DictConfig, out_dir: Path) -> dict:
                "cfg": float(cfg.sampling.guidance_scale), "n_videos": n_videos,
                "frames": frames, **res}
     save_json(summary, out_dir / "metrics.json", overwrite=bool(cfg.overwrite))
-    tag = f", frame-1 oracle={oracle}" if oracle else ""
+    tag = "" if not oracle else f", frame-1 oracle={oracle}" if oracle in ORACLES else f", reference={oracle}"
     print(f"toy metrics (t0={cfg.sampling.t0}, p={cfg.sampling.p}, seed={cfg.seed}{tag}): {headline(res['model'])}; "
           f"all in {out_dir / 'metrics.json'}")
     return summary

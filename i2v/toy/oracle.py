@@ -12,9 +12,14 @@ prediction by the one that lands on the ground-truth clip, at the latent element
 * ``ground_truth`` -- everywhere: the sampler then reproduces the ground-truth clip (a check of the wrapper, the
   sampler and the metrics: its scores are the ground-truth row's).
 
-The prediction is formed in the network's output space (ε, or v for a v-prediction base) at the sampler's timestep,
-for the frames the sampler steps (frame 0 is the clamped input image). It needs the ground-truth latents of the clip
-being sampled (:meth:`FrameOneOracle.set_clip`), so it exists for the toy world's held-out clips:
+:class:`FirstFrameAttention` (``first_frame_attention``) is a reference of another kind, not an oracle: it reads
+only the input frame, with no trained part -- frame 1 enters the network noised to the sampler's t (one fixed noise
+for the whole run), and every spatial self-attention reads frame 1's keys/values in place of its own (zero-shot
+first-frame attention; the learning diagnostic's ``cross_frame_noisy`` probe, as a sampler).
+
+The oracles' prediction is formed in the network's output space (ε, or v for a v-prediction base) at the sampler's
+timestep, for the frames the sampler steps (frame 0 is the clamped input image). It needs the ground-truth latents of
+the clip being sampled (:meth:`FrameOneOracle.set_clip`), so it exists for the toy world's held-out clips:
 ``python evaluate.py mode=toy experiment=toy_table2 toy_eval.oracle=static``.
 """
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Callable, Optional
 import torch
 
 ORACLES = ("static", "ground_truth")
+REFERENCES = ORACLES + ("first_frame_attention",)     # toy_eval.oracle: what sampling_reference builds
 
 
 def static_mask(z: torch.Tensor, tol: float = 1e-3) -> torch.Tensor:
@@ -32,6 +38,15 @@ def static_mask(z: torch.Tensor, tol: float = 1e-3) -> torch.Tensor:
     ``static_oracle`` mask (:mod:`i2v.training.diagnose`)."""
     rms = z.pow(2).mean(dim=tuple(range(1, z.dim())), keepdim=True).sqrt()    # per clip
     return (z - z[:, :, :1]).abs() <= tol * rms
+
+
+def _training_timestep(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The sampler's ``t`` as ``(B,)`` long training timesteps for ``x``; refused when it is not one (Euler σ)."""
+    t_val = float(torch.as_tensor(t).reshape(-1)[0])
+    if t_val != round(t_val):
+        raise ValueError(f"the toy sampling references need a sampler on integer training timesteps (ddim, ddpm, "
+                         f"dpm++), got t = {t_val}")
+    return torch.full((x.shape[0],), int(round(t_val)), dtype=torch.long, device=x.device)
 
 
 class FrameOneOracle:
@@ -63,13 +78,43 @@ class FrameOneOracle:
         if self.source.shape[1:] != x.shape[1:] or self.source.shape[0] not in (1, x.shape[0]):
             raise ValueError(f"ground-truth latents {tuple(self.source.shape)} do not match the sampled "
                              f"latents {tuple(x.shape)}")
-        t_val = float(torch.as_tensor(t).reshape(-1)[0])
-        if t_val != round(t_val):
-            raise ValueError(f"the frame-1 oracle needs a sampler on integer training timesteps (ddim, ddpm, "
-                             f"dpm++), got t = {t_val}")
-        tt = torch.full((x.shape[0],), int(round(t_val)), dtype=torch.long, device=x.device)
+        tt = _training_timestep(t, x)
         source = self.source.to(x).expand_as(x)
         a, s = self.schedule.alpha_sigma(tt)
         a, s = (v.to(x).view(-1, *([1] * (x.dim() - 1))) for v in (a, s))
         eps = (x - a * source) / s
         return torch.where(self.where.to(x.device).expand_as(x), self.schedule.target(source, eps, tt), out)
+
+
+class FirstFrameAttention:
+    """``denoise(x, t, cond, uncond)`` of a base with zero-shot first-frame attention (module docstring): frame 0 of
+    ``x`` (the sampler's clean input latent) is replaced by ``z_1`` noised to ``t`` with one fixed noise, and the call
+    runs with every attn1 of ``unet`` reading frame 0's keys/values. ``seed``: that noise."""
+
+    def __init__(self, denoise: Callable, schedule, unet, seed: int = 0):
+        self.denoise, self.schedule, self.unet, self.seed = denoise, schedule, unet, int(seed)
+        self.noise: Optional[torch.Tensor] = None
+
+    def set_clip(self, z: torch.Tensor) -> None:
+        """``z`` ``(B, C, F, H, W)``: the clip's clean latents; only frame 0 (the input image) is kept."""
+        self.noise = torch.randn(z[:, :, :1].shape, generator=torch.Generator().manual_seed(self.seed))
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: dict, uncond: Optional[dict]) -> torch.Tensor:
+        from i2v.training.diagnose import probe_attn1
+
+        if self.noise is None:
+            raise RuntimeError("FirstFrameAttention: call set_clip(latents) before sampling")
+        tt = _training_timestep(t, x)
+        x = x.clone()
+        x[:, :, :1] = self.schedule.add_noise(x[:, :, :1], self.noise.to(x).expand_as(x[:, :, :1]), tt)
+        with probe_attn1(self.unet, "cross_frame"):
+            return self.denoise(x, t, cond, uncond)
+
+
+def sampling_reference(mode: str, denoise: Callable, schedule, unet):
+    """The wrapper of ``toy_eval.oracle=<mode>`` (:data:`REFERENCES`) around the sampler's ``denoise``."""
+    if mode not in REFERENCES:
+        raise ValueError(f"toy_eval.oracle must be one of {REFERENCES}, got {mode!r}")
+    if mode == "first_frame_attention":
+        return FirstFrameAttention(denoise, schedule, unet)
+    return FrameOneOracle(denoise, schedule, mode)

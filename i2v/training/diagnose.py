@@ -67,8 +67,9 @@ def _probe_processor(mode: str):
 
 
 @contextmanager
-def _probe_attn1(unet, mode: str):
-    """Every spatial attn1 of ``unet`` runs :func:`_probe_processor` (``mode``) inside the block; restored after."""
+def probe_attn1(unet, mode: str):
+    """Every spatial attn1 of ``unet`` runs :func:`_probe_processor` (``mode``: ``zero`` | ``cross_frame``) inside
+    the block; the processors are restored after (also used by :class:`i2v.toy.oracle.FirstFrameAttention`)."""
     from i2v.models.attention import set_processor, spatial_attention_layers
 
     layers = list(spatial_attention_layers(unet, "attn1"))
@@ -163,7 +164,7 @@ def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
                 probe_inputs = (z_t, z_t, bundle.schedule.add_noise(z, eps, tt))   # the last: frame 1 noised too
                 for name, mode, x_in in zip(PROBES if probes else (), ("zero", "cross_frame", "cross_frame"),
                                             probe_inputs):
-                    with _probe_attn1(bundle.unet, mode):
+                    with probe_attn1(bundle.unet, mode):
                         out = bundle.unet(x_in, tt, cond["context"], added_cond=cond.get("added_cond"))
                     add(name, bundle.schedule.to_eps(out, x_in, tt))
     finally:
