@@ -89,8 +89,9 @@ def test_ground_truth_oracle_through_the_sampler_reproduces_the_held_out_clip(tm
     plain = score_pipeline(pipe, 2, frames, 32, scenes=scenes)
     static = score_pipeline(pipe, 2, frames, 32, oracle="static", scenes=scenes)
     assert static["model"]["bg_err"] < 0.02 < plain["model"]["bg_err"], (static["model"], plain["model"])
-    zero_shot = score_pipeline(pipe, 2, frames, 32, oracle="first_frame_attention", scenes=scenes)
-    assert zero_shot["model"]["identity"] != plain["model"]["identity"] and pipe.denoiser is own
+    for mode in ("first_frame_attention", "noised_first_frame_kv"):
+        zero_shot = score_pipeline(pipe, 2, frames, 32, oracle=mode, scenes=scenes)
+        assert zero_shot["model"]["identity"] != plain["model"]["identity"] and pipe.denoiser is own, mode
 
 
 def test_first_frame_attention_feeds_frame_1_noised_and_every_self_attention_reads_it():
@@ -146,3 +147,56 @@ def test_first_frame_attention_feeds_frame_1_noised_and_every_self_attention_rea
     assert torch.equal(x[:, :, :1], z[:, :, :1])                           # the caller's latent is not changed
     with pytest.raises(ValueError, match="must be one of"):
         sampling_reference("copy", net, sched, bundle.unet)
+
+
+def test_noised_first_frame_kv_swaps_only_the_finest_self_attention_term_of_frames_2_on():
+    """The two-pass reference: a one-frame pass on frame 0 noised to t, then the clip with frame 0 clean; in the
+    second pass the finest attn1 gives frames 1.. attention to the first pass's keys/values (a frame's output ignores
+    the other frames; equals plain self-attention when every frame equals the noised frame 0), frame 0 and coarser
+    layers keep their own, and a layer's processor (an adapter branch) is kept on top; processors restored."""
+    from i2v.models.attention import spatial_attention_layers
+    from i2v.toy.build import random_toy_bundle
+    from i2v.toy.oracle import NoisedFirstFrameKV, sampling_reference
+
+    bundle = random_toy_bundle(content=False, i2v=False)
+    layers = list(spatial_attention_layers(bundle.unet, "attn1"))
+    fine, coarse = layers[0][1], layers[-1][1]
+    g = torch.Generator().manual_seed(2)
+    h1f, h1c = (torch.randn(1, n, a.to_q.in_features, generator=g) for n, a in ((16, fine), (4, coarse)))
+    hf = torch.randn(3, 16, fine.to_q.in_features, generator=g)
+    hc = torch.randn(3, 4, coarse.to_q.in_features, generator=g)
+    seen = []
+
+    def net(x, t, cond, uncond):
+        with torch.no_grad():
+            if x.shape[2] == 1:                         # the one-frame pass stores the noised frame's keys/values
+                seen.append({"x1": x.clone()})
+                fine(h1f, num_frames=1), coarse(h1c, num_frames=1)
+                return torch.zeros_like(x)
+            moved = hf.clone()
+            moved[2] += 1.0
+            seen[-1].update(x=x.clone(), out=fine(hf, num_frames=3), moved=fine(moved, num_frames=3),
+                            same=fine(h1f.expand(3, -1, -1), num_frames=3), coarse=coarse(hc, num_frames=3))
+        return torch.full_like(x, 7.0)
+
+    sched = bundle.schedule
+    ref = sampling_reference("noised_first_frame_kv", net, sched, bundle.unet)
+    assert isinstance(ref, NoisedFirstFrameKV)
+    z = torch.randn(1, 12, 3, 8, 8, generator=g)
+    ref.set_clip(z)
+    assert (ref(z, torch.tensor(600), {}, None) == 7.0).all()
+    got = seen[-1]
+    a, s = (float(v) for v in sched.alpha_sigma(torch.tensor(600)))
+    assert torch.equal(got["x"], z) and ((got["x1"] - a * z[:, :, :1]) / s).std() > 0.5
+    plain = fine.default_forward(hf)
+    assert torch.allclose(got["out"][0], plain[0], atol=1e-6) and not torch.allclose(got["out"][1], plain[1])
+    assert torch.allclose(got["moved"][1], got["out"][1], atol=1e-6)
+    assert torch.allclose(got["same"], fine.default_forward(h1f.expand(3, -1, -1)), atol=1e-5)
+    assert torch.allclose(got["coarse"], coarse.default_forward(hc), atol=1e-6)
+    assert all(a.processor is None for _, a in layers)
+    fine.processor = lambda attn, h, context=None, num_frames=None: attn.default_forward(h) + 1.0   # a "branch"
+    try:
+        ref(z, torch.tensor(600), {}, None)
+    finally:
+        fine.processor = None
+    torch.testing.assert_close(seen[-1]["out"] - got["out"], torch.ones_like(got["out"]), atol=1e-5, rtol=0)

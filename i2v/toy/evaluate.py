@@ -69,8 +69,8 @@ def score_pipeline(pipe: I2VPipeline, n_videos: int, num_frames: int, size: int,
     clip, plus ``clipNNN.mp4|gif`` when ``write_videos``. ``scenes``: :func:`scene_options` of the backbone.
     ``oracle``: sample through :class:`i2v.toy.oracle.FrameOneOracle` in that mode (``static``: a perfect reader of
     frame 1's unchanged content on this base; ``ground_truth``), a diagnostic bound, not a model; or
-    ``first_frame_attention``: the base with zero-shot first-frame attention, a reference
-    (:class:`~i2v.toy.oracle.FirstFrameAttention`)."""
+    ``first_frame_attention`` / ``noised_first_frame_kv``: zero-shot references that read frame 1 noised to t
+    (:class:`~i2v.toy.oracle.FirstFrameAttention`, :class:`~i2v.toy.oracle.NoisedFirstFrameKV`)."""
     data = held_out_scenes(n_videos, num_frames, size, scenes)
     model_m, gt_m = ToyMetrics(), ToyMetrics()
     written = []

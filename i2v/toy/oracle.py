@@ -16,6 +16,9 @@ prediction by the one that lands on the ground-truth clip, at the latent element
 only the input frame, with no trained part -- frame 1 enters the network noised to the sampler's t (one fixed noise
 for the whole run), and every spatial self-attention reads frame 1's keys/values in place of its own (zero-shot
 first-frame attention; the learning diagnostic's ``cross_frame_noisy`` probe, as a sampler).
+:class:`NoisedFirstFrameKV` (``noised_first_frame_kv``) keeps frame 1 clean in the input, as the method does, and
+swaps only the self-attention term of frames 2..F in the finest-resolution attn1 layers for one reading the
+keys/values of frame 1 noised to t (from a second, one-frame pass); any I2V-Adapter branch stays.
 
 The oracles' prediction is formed in the network's output space (ε, or v for a v-prediction base) at the sampler's
 timestep, for the frames the sampler steps (frame 0 is the clamped input image). It needs the ground-truth latents of
@@ -29,7 +32,7 @@ from typing import Callable, Optional
 import torch
 
 ORACLES = ("static", "ground_truth")
-REFERENCES = ORACLES + ("first_frame_attention",)     # toy_eval.oracle: what sampling_reference builds
+REFERENCES = ORACLES + ("first_frame_attention", "noised_first_frame_kv")   # toy_eval.oracle: sampling_reference
 
 
 def static_mask(z: torch.Tensor, tol: float = 1e-3) -> torch.Tensor:
@@ -111,10 +114,63 @@ class FirstFrameAttention:
             return self.denoise(x, t, cond, uncond)
 
 
+class NoisedFirstFrameKV(FirstFrameAttention):
+    """``denoise(x, t, cond, uncond)`` with frame 0 clean in the input; in every attn1 at the finest resolution (the
+    most tokens), frames 1.. have their self-attention term ``Attn(Q_i, K_i, V_i)W_O`` replaced by
+    ``Attn(Q_i, K̃_1, Ṽ_1)W_O``, K̃_1/Ṽ_1 the keys/values of that layer in a pass on frame 0 alone noised to ``t``
+    (one fixed noise); the layer's processor (e.g. the I2V-Adapter branch) otherwise runs as it is. Two network
+    calls per step (the second on one frame)."""
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: dict, uncond: Optional[dict]) -> torch.Tensor:
+        from i2v.models.attention import spatial_attention_layers
+
+        if self.noise is None:
+            raise RuntimeError("NoisedFirstFrameKV: call set_clip(latents) before sampling")
+        tt = _training_timestep(t, x)
+        x1 = self.schedule.add_noise(x[:, :, :1], self.noise.to(x).expand_as(x[:, :, :1]), tt)
+        layers = [a for _, a in spatial_attention_layers(self.unet, "attn1")]
+        saved = [a.processor for a in layers]
+        store: dict[int, tuple] = {}
+
+        def own(i, attn, h, context, num_frames):
+            p = saved[i]
+            return attn.default_forward(h) if p is None else p(attn, h, context, num_frames)
+
+        def capture(i):
+            def run(attn, h, context=None, num_frames=None):
+                store[i] = (attn.to_k(h), attn.to_v(h))
+                return own(i, attn, h, context, num_frames)
+            return run
+
+        def read(i):
+            def run(attn, h, context=None, num_frames=None):
+                out = own(i, attn, h, context, num_frames)
+                k, v = (u.repeat_interleave(num_frames, 0) for u in store[i])
+                if k.shape[1] < finest:
+                    return out
+                swapped = out - attn.default_forward(h) + attn.project_out(attn.attend(attn.to_q(h), k, v))
+                first = (torch.arange(h.shape[0], device=h.device) % num_frames == 0).view(-1, 1, 1)
+                return torch.where(first, out, swapped)
+            return run
+        try:
+            for i, a in enumerate(layers):
+                a.processor = capture(i)
+            self.denoise(x1, t, cond, uncond)
+            finest = max(k.shape[1] for k, _ in store.values())
+            for i, a in enumerate(layers):
+                a.processor = read(i)
+            return self.denoise(x, t, cond, uncond)
+        finally:
+            for a, p in zip(layers, saved):
+                a.processor = p
+
+
 def sampling_reference(mode: str, denoise: Callable, schedule, unet):
     """The wrapper of ``toy_eval.oracle=<mode>`` (:data:`REFERENCES`) around the sampler's ``denoise``."""
     if mode not in REFERENCES:
         raise ValueError(f"toy_eval.oracle must be one of {REFERENCES}, got {mode!r}")
     if mode == "first_frame_attention":
         return FirstFrameAttention(denoise, schedule, unet)
+    if mode == "noised_first_frame_kv":
+        return NoisedFirstFrameKV(denoise, schedule, unet)
     return FrameOneOracle(denoise, schedule, mode)
