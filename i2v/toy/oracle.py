@@ -145,9 +145,9 @@ class NoisedFirstFrameKV(FirstFrameAttention):
         def read(i):
             def run(attn, h, context=None, num_frames=None):
                 out = own(i, attn, h, context, num_frames)
-                k, v = (u.repeat_interleave(num_frames, 0) for u in store[i])
-                if k.shape[1] < finest:
+                if store[i][0].shape[1] < finest:
                     return out
+                k, v = (u.repeat_interleave(num_frames, 0) for u in store[i])
                 swapped = out - attn.default_forward(h) + attn.project_out(attn.attend(attn.to_q(h), k, v))
                 first = (torch.arange(h.shape[0], device=h.device) % num_frames == 0).view(-1, 1, 1)
                 return torch.where(first, out, swapped)
