@@ -15,6 +15,7 @@ self-attention, ``num_frames`` the frame count ``F`` so that a processor can reg
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable, Iterator, Optional, Protocol
 
 import torch
@@ -87,3 +88,19 @@ def set_processor(layers: Iterator[tuple[str, Attention]], factory: Callable[[st
         attn.processor = factory(qual, attn)
         n += 1
     return n
+
+
+@contextmanager
+def swapped_processors(model: nn.Module, factory: Callable[["Attention", Optional[AttnProcessor]], AttnProcessor],
+                       name: str = "attn1"):
+    """Inside the block every spatial ``name`` layer of ``model`` runs ``factory(attn, own)`` (``own``: the processor
+    it had, ``None`` = plain attention); the layers' own processors are back afterwards, also after an error."""
+    layers = [a for _, a in spatial_attention_layers(model, name)]
+    own = [a.processor for a in layers]
+    for attn, proc in zip(layers, own):
+        attn.processor = factory(attn, proc)
+    try:
+        yield
+    finally:
+        for attn, proc in zip(layers, own):
+            attn.processor = proc

@@ -19,7 +19,7 @@ from i2v.utils.io import save_gif, save_json, save_mp4, save_strip
 from i2v.metrics.toy import ToyMetrics
 from i2v.pipeline.bundle import Bundle
 from i2v.pipeline.sampling import I2VPipeline, SamplingSettings
-from i2v.toy.oracle import ORACLES
+from i2v.toy.oracle import ORACLES, sampling_reference
 
 EVAL_SEED = 10_000  # held-out scenes: training uses SyntheticVideos(seed=0)
 
@@ -76,8 +76,6 @@ def score_pipeline(pipe: I2VPipeline, n_videos: int, num_frames: int, size: int,
     written = []
     denoiser, wrapper = pipe.denoiser, None
     if oracle is not None:
-        from i2v.toy.oracle import sampling_reference
-
         pipe.denoiser = wrapper = sampling_reference(oracle, denoiser, pipe.bundle.schedule, pipe.bundle.unet)
     try:
         for i in tqdm(range(n_videos), desc="toy eval", leave=False):

@@ -114,6 +114,11 @@ class FirstFrameAttention:
             return self.denoise(x, t, cond, uncond)
 
 
+def _run_own(own, attn, h: torch.Tensor, context, num_frames) -> torch.Tensor:
+    """What a layer computes with its own processor ``own`` (``None``: plain attention)."""
+    return attn.default_forward(h, context) if own is None else own(attn, h, context, num_frames)
+
+
 class NoisedFirstFrameKV(FirstFrameAttention):
     """``denoise(x, t, cond, uncond)`` with frame 0 clean in the input; in every attn1 at the finest resolution (the
     most tokens), frames 1.. have their self-attention term ``Attn(Q_i, K_i, V_i)W_O`` replaced by
@@ -122,47 +127,37 @@ class NoisedFirstFrameKV(FirstFrameAttention):
     calls per step (the second on one frame)."""
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: dict, uncond: Optional[dict]) -> torch.Tensor:
-        from i2v.models.attention import spatial_attention_layers
+        from i2v.models.attention import swapped_processors
 
         if self.noise is None:
             raise RuntimeError("NoisedFirstFrameKV: call set_clip(latents) before sampling")
         tt = _training_timestep(t, x)
         x1 = self.schedule.add_noise(x[:, :, :1], self.noise.to(x).expand_as(x[:, :, :1]), tt)
-        layers = [a for _, a in spatial_attention_layers(self.unet, "attn1")]
-        saved = [a.processor for a in layers]
-        store: dict[int, tuple] = {}
+        store: dict = {}                 # attn -> keys/values of the noised frame
 
-        def own(i, attn, h, context, num_frames):
-            p = saved[i]
-            return attn.default_forward(h) if p is None else p(attn, h, context, num_frames)
-
-        def capture(i):
+        def capture(attn, own):
             def run(attn, h, context=None, num_frames=None):
-                store[i] = (attn.to_k(h), attn.to_v(h))
-                return own(i, attn, h, context, num_frames)
+                store[attn] = (attn.to_k(h), attn.to_v(h))
+                return _run_own(own, attn, h, context, num_frames)
             return run
 
-        def read(i):
+        def read(attn, own):
             def run(attn, h, context=None, num_frames=None):
-                out = own(i, attn, h, context, num_frames)
-                if store[i][0].shape[1] < finest:
-                    return out
-                k, v = (u.repeat_interleave(num_frames, 0) for u in store[i])
-                swapped = out - attn.default_forward(h) + attn.project_out(attn.attend(attn.to_q(h), k, v))
+                if store[attn][0].shape[1] < finest:
+                    return _run_own(own, attn, h, context, num_frames)
+                plain = attn.default_forward(h)
+                out = plain if own is None else own(attn, h, context, num_frames)
+                k, v = (u.repeat_interleave(num_frames, 0) for u in store[attn])
+                swapped = out - plain + attn.project_out(attn.attend(attn.to_q(h), k, v))
                 first = (torch.arange(h.shape[0], device=h.device) % num_frames == 0).view(-1, 1, 1)
                 return torch.where(first, out, swapped)
             return run
-        try:
-            for i, a in enumerate(layers):
-                a.processor = capture(i)
+
+        with swapped_processors(self.unet, capture):
             self.denoise(x1, t, cond, uncond)
-            finest = max(k.shape[1] for k, _ in store.values())
-            for i, a in enumerate(layers):
-                a.processor = read(i)
+        finest = max(k.shape[1] for k, _ in store.values())
+        with swapped_processors(self.unet, read):
             return self.denoise(x, t, cond, uncond)
-        finally:
-            for a, p in zip(layers, saved):
-                a.processor = p
 
 
 def sampling_reference(mode: str, denoise: Callable, schedule, unet):

@@ -41,7 +41,6 @@ The attention probes (``probes=True``) ask whether the branch has a route at all
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from typing import Sequence
 
 import torch
@@ -66,20 +65,12 @@ def _probe_processor(mode: str):
     return run
 
 
-@contextmanager
 def probe_attn1(unet, mode: str):
-    """Every spatial attn1 of ``unet`` runs :func:`_probe_processor` (``mode``: ``zero`` | ``cross_frame``) inside
-    the block; the processors are restored after (also used by :class:`i2v.toy.oracle.FirstFrameAttention`)."""
-    from i2v.models.attention import set_processor, spatial_attention_layers
+    """Context manager: every spatial attn1 of ``unet`` runs :func:`_probe_processor` (``mode``: ``zero`` |
+    ``cross_frame``) inside the block, restored after (also used by :class:`i2v.toy.oracle.FirstFrameAttention`)."""
+    from i2v.models.attention import swapped_processors
 
-    layers = list(spatial_attention_layers(unet, "attn1"))
-    saved = [a.processor for _, a in layers]
-    set_processor(iter(layers), lambda name, attn: _probe_processor(mode))
-    try:
-        yield
-    finally:
-        for (_, a), proc in zip(layers, saved):
-            a.processor = proc
+    return swapped_processors(unet, lambda attn, own: _probe_processor(mode))
 
 
 def _frames_mse(eps_hat: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
