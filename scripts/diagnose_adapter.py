@@ -81,7 +81,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     import i2v.cli.config  # noqa: F401  (resolvers)
     from i2v.pipeline.bundle import build_bundle
-    from i2v.checkpoints.adapter_io import load_adapter
     from i2v.training.diagnose import (DEFAULT_TIMESTEPS, attention_focus, eps_loss_by_timestep, findings,
                                        focus_findings, format_focus, format_probes, format_table,
                                        probe_findings)
@@ -97,7 +96,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if bundle.trainable:
         if not ckpt:
             raise ValueError(f"adapter={cfg.adapter.name} has an I2V-Adapter: give ckpt=<adapter.safetensors>")
-        load_adapter(bundle.unet, str(ckpt), backbone=cfg.backbone.name)
+        bundle.load_i2v_adapter(str(ckpt))
     else:
         ckpt = None   # no I2V-Adapter in this adapter config: nothing is loaded
     bundle = bundle.to(device)
@@ -107,7 +106,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                                  batch_size=int(own.get("batch_size", 8)), probes=bool(own.get("probes", True)),
                                  static_tol=float(own.get("static_tol", 1e-3)))
     print(f"ε-MSE on frames 2..F, frame 1 clean; {len(texts)} clips; backbone={cfg.backbone.name} "
-          f"adapter={cfg.adapter.name} ckpt={ckpt}")
+          f"adapter={cfg.adapter.name} ckpt={ckpt}" + (" noised_kv=true ('adapter on' is that forward)"
+                                                        if bundle.noised_kv else ""))
     print(format_table(table))
     if own.get("probes", True):
         print("\nattention probes (adapter off): does the base use its spatial self-attention, and what do frame 1's "
@@ -123,6 +123,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     for line in findings(table) + probe_findings(table) + focus_findings(focus):
         print("-", line)
     result = {"backbone": cfg.backbone.name, "adapter": cfg.adapter.name, "ckpt": str(ckpt) if ckpt else None,
+              "noised_kv": bundle.noised_kv,
               "n_clips": len(texts), "table": {str(t): row for t, row in table.items()}, "attention_focus": focus}
     if own.get("json"):
         Path(str(own["json"])).write_text(json.dumps(result, indent=2))

@@ -36,9 +36,29 @@ COLUMNS = [("identity", "identity ↑"), ("bg_err", "bg err ↓"), ("bg_err_affi
 # Table 2's trends: the tracked path per step (step_px, jitter included), the net speed while tracked (net_px), the
 # net travel (total_px: shorter when the object is lost early) and the background's frame-to-frame change
 SWEEP_METRICS = ("step_px", "net_px", "total_px", "flicker")
-ADAPTER_ORDER = ["none", "no_i2v", "no_content", "full"]
+ADAPTER_ORDER = ["none", "no_i2v", "no_content", "full", "no_content+noised_kv", "full+noised_kv"]
 ADAPTER_LABEL = {"none": "w/o I2V-Adapter and Content-Adapter", "no_i2v": "w/o I2V-Adapter",
-                 "no_content": "w/o Content-Adapter", "full": "Full model"}
+                 "no_content": "w/o Content-Adapter", "full": "Full model",
+                 "no_content+noised_kv": "w/o Content-Adapter, noised first-frame K/V (not the paper's)",
+                 "full+noised_kv": "Full model, noised first-frame K/V (not the paper's)"}
+
+
+def noised_kv(run: dict) -> bool:
+    """Whether a run sampled with ``adapter.noised_kv`` (metrics.json's key; runs written before it existed: their
+    ``.hydra/config.yaml``)."""
+    if "noised_kv" in run:
+        return bool(run["noised_kv"])
+    cfg = Path(run["dir"]) / ".hydra" / "config.yaml"
+    if not cfg.is_file():
+        return False
+    from omegaconf import OmegaConf
+
+    return bool(OmegaConf.select(OmegaConf.load(cfg), "adapter.noised_kv", default=False))
+
+
+def row_adapter(run: dict) -> str:
+    """Table 3's row of a run: its adapter config, ``+noised_kv`` when it sampled that way."""
+    return run["adapter"] + ("+noised_kv" if noised_kv(run) else "")
 
 
 def load_runs(paths: list[str]) -> list[dict]:
@@ -86,8 +106,10 @@ def render(runs: list[dict]) -> str:
         if r.get("table") == "toy_table2":
             t2[(r["t0"], r["p"])].append(r)
         else:
-            t3[r["adapter"]].append(r)
+            t3[row_adapter(r)].append(r)
     gt = [r["ground_truth"] for r in runs]
+    if len({noised_kv(r) for v in t2.values() for r in v}) > 1:
+        raise ValueError("these Table 2 runs mix adapter.noised_kv on and off; collect each kind on its own")
     if t3:
         groups = {a: t3[a] for a in ADAPTER_ORDER if a in t3}
         out.append(table(groups, lambda a: ADAPTER_LABEL.get(a, a), "Toy Table 3: model design", gt))
@@ -98,7 +120,7 @@ def render(runs: list[dict]) -> str:
     if oracle_runs:
         bound = defaultdict(list)
         for r in oracle_runs:
-            bound[(r["adapter"], r["oracle"], r["t0"], r["p"])].append(r)
+            bound[(row_adapter(r), r["oracle"], r["t0"], r["p"])].append(r)
         keys = sorted(bound, key=lambda k: (k[1], ADAPTER_ORDER.index(k[0]) if k[0] in ADAPTER_ORDER else 99, k))
         out.append(table({k: bound[k] for k in keys},
                          lambda k: f"{ADAPTER_LABEL.get(k[0], k[0])}, oracle={k[1]} (t0={k[2]:g} p={k[3]:g})",
@@ -187,7 +209,7 @@ def write_sheets(runs: list[dict], out_dir: str, clip: int = 0, scale: int = 4) 
     written = []
     t3, t2 = defaultdict(list), defaultdict(list)
     for r in split_oracle(runs)[0]:
-        (t2[(r["t0"], r["p"])] if r.get("table") == "toy_table2" else t3[r["adapter"]]).append(r)
+        (t2[(r["t0"], r["p"])] if r.get("table") == "toy_table2" else t3[row_adapter(r)]).append(r)
     if t3:
         rows = [(label(ADAPTER_LABEL.get(a, a).replace(" and ", " and\n"), first_seed(t3[a])),
                  _strip(first_seed(t3[a]), clip)) for a in ADAPTER_ORDER if a in t3]

@@ -58,7 +58,7 @@ def test_ground_truth_oracle_replaces_every_sampled_frame_and_checks_its_inputs(
     out = oracle(a * z + s * eps, torch.tensor(500), {}, None)
     assert torch.allclose(out[:, :, 1:], eps[:, :, 1:], atol=1e-4)
     assert (out[:, :, 0] == 7.0).all()
-    with pytest.raises(ValueError, match="integer training timesteps"):
+    with pytest.raises(ValueError, match="not an integer training timestep"):
         oracle(z, torch.tensor(500.5), {}, None)
     with pytest.raises(ValueError, match="do not match"):
         oracle(z[:, :, :3], torch.tensor(500), {}, None)

@@ -101,3 +101,18 @@ def test_tables_trends_and_sheets(tmp_path, capsys):
     assert [v[1] for v in pix] == [round((-0.9 + 1) * 127.5), round((0.9 + 1) * 127.5), 255]
     t0_sheet = Image.open(tmp_path / "docs" / "toy_table2_t0.png")
     assert t0_sheet.size[1] == 4 * (8 + 2)                               # t0 = 1, .8, .6 + ground truth
+
+
+def test_noised_kv_runs_get_rows_of_their_own(tmp_path):
+    """Runs that sampled with adapter.noised_kv (metrics.json's key, or the run's .hydra/config.yaml for runs
+    written before the key existed) are a row of their own, never averaged into the paper's full model."""
+    for seed in (0, 1):
+        _run(tmp_path, f"full_{seed}", seed, 0.0, adapter="full", model={"identity": 0.2}, noised_kv=False)
+    _run(tmp_path, "full_kv_0", 0, 0.0, adapter="full", model={"identity": 0.3}, noised_kv=True)
+    _run(tmp_path, "full_kv_1", 1, 0.0, adapter="full", model={"identity": 0.4})
+    (tmp_path / "full_kv_1" / ".hydra").mkdir()
+    (tmp_path / "full_kv_1" / ".hydra" / "config.yaml").write_text("adapter:\n  name: full\n  noised_kv: true\n")
+    md = _script().render(_script().load_runs([str(tmp_path)]))
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines() if line.startswith("| ")}
+    assert "| 2 | 0.200 ± 0.000 |" in rows["Full model"]
+    assert "| 2 | 0.350 ± 0.071 |" in rows["Full model, noised first-frame K/V (not the paper's)"]

@@ -133,6 +133,13 @@ def save_official_adapter(path: Union[str, Path], tensors: Mapping[str, torch.Te
 
 
 
+def trained_with_noised_kv(info: Mapping[str, Any]) -> bool:
+    """Whether the run that wrote an adapter file (``info`` from :func:`read_adapter`) trained it with
+    ``adapter.noised_kv=true`` (:mod:`i2v.models.noised_kv`); such an adapter is meant to be sampled that way too."""
+    adapter = (info.get("config") or {}).get("adapter") or {}
+    return bool(adapter.get("noised_kv", False)) if isinstance(adapter, Mapping) else False
+
+
 def load_adapter(unet: nn.Module, path: Union[str, Path], backbone: str) -> dict[str, Any]:
     """Load an adapter checkpoint into ``unet`` (attaching the adapter first if needed); returns the info dict.
 
@@ -171,6 +178,9 @@ def export_adapter(ckpt: Union[str, Path], to: str, out: Union[str, Path], *, ba
     cast = getattr(torch, str(dtype), None) if dtype else None
     if cast is not None and not isinstance(cast, torch.dtype):
         raise ValueError(f"dtype must be float16, float32 or bfloat16, got {dtype!r}")
+    if to == OFFICIAL and trained_with_noised_kv(info):
+        raise ValueError(f"{ckpt} was trained with adapter.noised_kv=true, a forward the official code does not "
+                         f"have: it would sample wrongly there (keep it in our .safetensors layout)")
     if to == OFFICIAL:
         return save_official_adapter(out, tensors, overwrite=overwrite, dtype=cast), info
     if to != "ours":

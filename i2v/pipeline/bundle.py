@@ -11,6 +11,7 @@ Each backbone config names its builder with ``_target_`` (a :class:`BackboneBuil
 """
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Optional
@@ -26,6 +27,8 @@ from i2v.diffusion.schedule import NoiseSchedule
 from i2v.models.adapters import attach_i2v_adapter
 from i2v.models.content import image_tokens, uncond_image_tokens
 from i2v.models.text import sdxl_time_ids
+
+log = logging.getLogger(__name__)
 
 
 class BackboneBuilder(ABC):
@@ -94,7 +97,8 @@ class Bundle(nn.Module):
     def __init__(self, name: str, unet: nn.Module, codec: nn.Module, text: nn.Module, schedule: NoiseSchedule,
                  image_encoder: Optional[nn.Module] = None, image_proj: Optional[nn.Module] = None,
                  trainable: Optional[dict[str, nn.Parameter]] = None,
-                 resolution: int = 512, config: Optional[dict] = None, micro_conditioning: bool = False):
+                 resolution: int = 512, config: Optional[dict] = None, micro_conditioning: bool = False,
+                 noised_kv: bool = False):
         super().__init__()
         self.name = name
         self.unet, self.codec, self.text = unet, codec, text
@@ -104,6 +108,19 @@ class Bundle(nn.Module):
         self.resolution = resolution
         self.config = config or {}
         self.micro_conditioning = micro_conditioning
+        self.noised_kv = bool(noised_kv)     # adapter.noised_kv: see i2v.models.noised_kv (training and sampling)
+
+    def load_i2v_adapter(self, path) -> dict:
+        """Load an I2V-Adapter file into the UNet (:func:`~i2v.checkpoints.adapter_io.load_adapter`; returns its
+        info). A file trained with ``adapter.noised_kv=true`` switches :attr:`noised_kv` on: it is meant to be
+        sampled that way."""
+        from i2v.checkpoints.adapter_io import load_adapter, trained_with_noised_kv
+
+        info = load_adapter(self.unet, path, backbone=self.name)
+        if trained_with_noised_kv(info) and not self.noised_kv:
+            log.info("%s was trained with adapter.noised_kv=true: sampling uses it too", path)
+            self.noised_kv = True
+        return info
 
     @property
     def content_enabled(self) -> bool:
@@ -188,9 +205,10 @@ class Bundle(nn.Module):
 
 def freeze_and_attach(name: str, parts: dict, schedule: NoiseSchedule, *, i2v: bool, for_training: bool,
                       resolution: int, config: Optional[dict] = None, micro_conditioning: bool = False,
-                      query_init: str = "to_q", query_init_scale: float = 1.0) -> Bundle:
+                      query_init: str = "to_q", query_init_scale: float = 1.0, noised_kv: bool = False) -> Bundle:
     """Freeze every part, attach the I2V-Adapter when ``i2v`` (trainable only ``for_training``; ``query_init`` /
-    ``query_init_scale``: how its ``W'_Q`` starts, see :func:`~i2v.models.adapters.attach_i2v_adapter`) -> Bundle."""
+    ``query_init_scale``: how its ``W'_Q`` starts, see :func:`~i2v.models.adapters.attach_i2v_adapter`;
+    ``noised_kv``: the opt-in variant of :mod:`i2v.models.noised_kv`) -> Bundle."""
     unet = parts["unet"]
     for m in parts.values():
         if isinstance(m, nn.Module):
@@ -201,7 +219,7 @@ def freeze_and_attach(name: str, parts: dict, schedule: NoiseSchedule, *, i2v: b
             p.requires_grad_(False)
     return Bundle(name, unet, parts["codec"], parts["text"], schedule, image_encoder=parts.get("image_encoder"),
                   image_proj=parts.get("image_proj"), trainable=trainable, resolution=resolution, config=config,
-                  micro_conditioning=micro_conditioning)
+                  micro_conditioning=micro_conditioning, noised_kv=noised_kv)
 
 
 def build_bundle(backbone: DictConfig, adapter: DictConfig, *, device="cpu", dtype=torch.float32,
@@ -217,14 +235,15 @@ def build_bundle(backbone: DictConfig, adapter: DictConfig, *, device="cpu", dty
                                        "adapter": OmegaConf.to_container(adapter, resolve=True)},
                                micro_conditioning=builder.micro_conditioning,
                                query_init=str(adapter.get("query_init", "to_q")),
-                               query_init_scale=float(adapter.get("query_init_scale", 1.0)))
+                               query_init_scale=float(adapter.get("query_init_scale", 1.0)),
+                               noised_kv=bool(adapter.get("noised_kv", False)))
     return bundle.to(device=device, dtype=dtype).eval()
 
 
 def load_bundle_for_sampling(cfg: DictConfig, device, dtype) -> Bundle:
     """The frozen bundle of an entry's config (``backbone``, ``adapter``) with ``ckpt=`` (the I2V-Adapter) and
     ``lora=`` merged, built in fp32 on the CPU, then moved to ``device``/``dtype`` (sample.py, evaluate.py, the app)."""
-    from i2v.checkpoints.adapter_io import load_adapter, read_adapter
+    from i2v.checkpoints.adapter_io import read_adapter
 
     ckpt = cfg.get("ckpt")
     if cfg.adapter.i2v:   # the adapter file is read before the base loads: a wrong ckpt= fails in seconds
@@ -236,7 +255,7 @@ def load_bundle_for_sampling(cfg: DictConfig, device, dtype) -> Bundle:
             raise FileNotFoundError(f"LoRA file not found: {spec['path']} (lora=[{{path: ..., scale: ...}}])")
     bundle = build_bundle(cfg.backbone, cfg.adapter, device="cpu", dtype=torch.float32, for_training=False)
     if cfg.adapter.i2v:
-        load_adapter(bundle.unet, str(ckpt), backbone=cfg.backbone.name)
+        bundle.load_i2v_adapter(str(ckpt))
     for spec in cfg.get("lora") or []:
         from i2v.checkpoints.lora import merge_lora
 

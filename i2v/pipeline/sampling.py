@@ -22,6 +22,7 @@ from i2v.diffusion.fsp import initial_latents
 from i2v.diffusion.guidance import negative_prompt
 from i2v.diffusion.sampler import Denoiser, check_scheduler, sample_video
 from i2v.diffusion.schedule import SamplerConfig, make_scheduler
+from i2v.models.noised_kv import NoisedKVDenoiser
 from i2v.utils.io import RESIZE_MODES
 from i2v.pipeline.bundle import Bundle
 
@@ -144,7 +145,9 @@ class I2VPipeline:
 
     Owns the bundle, the diffusers scheduler (on the backbone's schedule), the prior's settings and the guided
     :class:`~i2v.diffusion.sampler.Denoiser` (with the optional ControlNet and its per-frame ``control``
-    ``(1, F, 3, H', W')``). The image is used at its own size (a multiple of ``bundle.pixel_multiple``).
+    ``(1, F, 3, H', W')``). The image is used at its own size (a multiple of ``bundle.pixel_multiple``). With
+    ``bundle.noised_kv`` (``adapter.noised_kv``, :mod:`i2v.models.noised_kv`) every step also runs the network on
+    frame 1 noised to t (one noise drawn from the seed's generator after the start latents).
     """
 
     def __init__(self, bundle: Bundle, settings: SamplingSettings, controlnet=None,
@@ -174,8 +177,12 @@ class I2VPipeline:
         x, timesteps, _ = initial_latents(first, s.num_frames, self.scheduler, s.steps, t0=s.t0, p=s.p,
                                           fsp=s.fsp.enabled, generator=g, kernel_size=s.fsp.kernel_size,
                                           sigma=s.fsp.sigma)
+        denoise = self.denoiser
+        if bundle.noised_kv:   # adapter.noised_kv: frame 1 noised with one draw for the whole video
+            noise = torch.randn(first[:, :, None].shape, generator=g, dtype=torch.float32).to(first)
+            denoise = NoisedKVDenoiser(self.denoiser, bundle.schedule, bundle.unet, noise)
         step_cb = None if callback is None else (lambda i, t, lat: callback(i + 1, len(timesteps)))
-        res = sample_video(self.denoiser, x, cond, uncond, timesteps, scheduler=self.scheduler, generator=g,
+        res = sample_video(denoise, x, cond, uncond, timesteps, scheduler=self.scheduler, generator=g,
                            callback=step_cb, progress=progress)
         latents = res["latents"]
         if not torch.isfinite(latents).all():

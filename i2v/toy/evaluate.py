@@ -75,6 +75,9 @@ def score_pipeline(pipe: I2VPipeline, n_videos: int, num_frames: int, size: int,
     model_m, gt_m = ToyMetrics(), ToyMetrics()
     written = []
     denoiser, wrapper = pipe.denoiser, None
+    if oracle is not None and pipe.bundle.noised_kv:
+        raise ValueError(f"toy_eval.oracle={oracle} wraps the network as trained; it does not combine with "
+                         f"adapter.noised_kv (the file or the config asks for it)")
     if oracle is not None:
         pipe.denoiser = wrapper = sampling_reference(oracle, denoiser, pipe.bundle.schedule, pipe.bundle.unet)
     try:
@@ -119,7 +122,7 @@ def sample_and_score(cfg: DictConfig, bundle: Bundle, out_dir: Path) -> dict:
     res = score_pipeline(pipe, int(cfg.after_train.n_videos), int(cfg.data.num_frames), int(cfg.data.size),
                          out_dir / "samples", seed=int(cfg.seed), overwrite=bool(cfg.overwrite),
                          scenes=scene_options(cfg.backbone))
-    summary = {"adapter": cfg.adapter.name, "seed": int(cfg.seed), "t0": float(cfg.sampling.t0),
+    summary = {"adapter": cfg.adapter.name, "noised_kv": bundle.noised_kv, "seed": int(cfg.seed), "t0": float(cfg.sampling.t0),
                "p": float(cfg.sampling.p), "steps": int(cfg.sampling.steps), "cfg": float(cfg.sampling.guidance_scale),
                "n_videos": int(cfg.after_train.n_videos), "frames": int(cfg.data.num_frames), **res}
     save_json(summary, out_dir / "metrics.json", overwrite=bool(cfg.overwrite))
@@ -136,7 +139,8 @@ def evaluate_toy(cfg: DictConfig, out_dir: Path) -> dict:
         raise ValueError("mode=toy scores synthetic clips with the toy backbone (experiment=toy_table2)")
     settings = SamplingSettings.from_config(cfg.sampling)
     torch.manual_seed(int(cfg.seed))
-    pipe = I2VPipeline(load_bundle_for_sampling(cfg, torch.device("cpu"), torch.float32), settings)
+    bundle = load_bundle_for_sampling(cfg, torch.device("cpu"), torch.float32)
+    pipe = I2VPipeline(bundle, settings)
     toy_eval = cfg.get("toy_eval") or {}
     n_videos = int(toy_eval.get("n_videos", 8))
     oracle = toy_eval.get("oracle")
@@ -145,7 +149,8 @@ def evaluate_toy(cfg: DictConfig, out_dir: Path) -> dict:
                          seed=int(cfg.seed), overwrite=bool(cfg.overwrite),
                          write_videos=bool(toy_eval.get("write_videos", False)),
                          scenes=scene_options(cfg.backbone), oracle=oracle)
-    summary = {"table": cfg.get("table"), "adapter": cfg.adapter.name, "oracle": oracle, "seed": int(cfg.seed),
+    summary = {"table": cfg.get("table"), "adapter": cfg.adapter.name, "noised_kv": bundle.noised_kv,
+               "oracle": oracle, "seed": int(cfg.seed),
                "t0": float(cfg.sampling.t0), "p": float(cfg.sampling.p), "steps": int(cfg.sampling.steps),
                "cfg": float(cfg.sampling.guidance_scale), "n_videos": n_videos,
                "frames": frames, **res}

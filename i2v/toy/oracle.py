@@ -31,6 +31,8 @@ from typing import Callable, Optional
 
 import torch
 
+from i2v.models.noised_kv import NoisedKVDenoiser, training_timesteps
+
 ORACLES = ("static", "ground_truth")
 REFERENCES = ORACLES + ("first_frame_attention", "noised_first_frame_kv")   # toy_eval.oracle: sampling_reference
 
@@ -41,15 +43,6 @@ def static_mask(z: torch.Tensor, tol: float = 1e-3) -> torch.Tensor:
     ``static_oracle`` mask (:mod:`i2v.training.diagnose`)."""
     rms = z.pow(2).mean(dim=tuple(range(1, z.dim())), keepdim=True).sqrt()    # per clip
     return (z - z[:, :, :1]).abs() <= tol * rms
-
-
-def _training_timestep(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The sampler's ``t`` as ``(B,)`` long training timesteps for ``x``; refused when it is not one (Euler σ)."""
-    t_val = float(torch.as_tensor(t).reshape(-1)[0])
-    if t_val != round(t_val):
-        raise ValueError(f"the toy sampling references need a sampler on integer training timesteps (ddim, ddpm, "
-                         f"dpm++), got t = {t_val}")
-    return torch.full((x.shape[0],), int(round(t_val)), dtype=torch.long, device=x.device)
 
 
 class FrameOneOracle:
@@ -81,7 +74,7 @@ class FrameOneOracle:
         if self.source.shape[1:] != x.shape[1:] or self.source.shape[0] not in (1, x.shape[0]):
             raise ValueError(f"ground-truth latents {tuple(self.source.shape)} do not match the sampled "
                              f"latents {tuple(x.shape)}")
-        tt = _training_timestep(t, x)
+        tt = training_timesteps(t, x)
         source = self.source.to(x).expand_as(x)
         a, s = self.schedule.alpha_sigma(tt)
         a, s = (v.to(x).view(-1, *([1] * (x.dim() - 1))) for v in (a, s))
@@ -107,16 +100,11 @@ class FirstFrameAttention:
 
         if self.noise is None:
             raise RuntimeError("FirstFrameAttention: call set_clip(latents) before sampling")
-        tt = _training_timestep(t, x)
+        tt = training_timesteps(t, x)
         x = x.clone()
         x[:, :, :1] = self.schedule.add_noise(x[:, :, :1], self.noise.to(x).expand_as(x[:, :, :1]), tt)
         with probe_attn1(self.unet, "cross_frame"):
             return self.denoise(x, t, cond, uncond)
-
-
-def _run_own(own, attn, h: torch.Tensor, context, num_frames) -> torch.Tensor:
-    """What a layer computes with its own processor ``own`` (``None``: plain attention)."""
-    return attn.default_forward(h, context) if own is None else own(attn, h, context, num_frames)
 
 
 class NoisedFirstFrameKV(FirstFrameAttention):
@@ -124,40 +112,13 @@ class NoisedFirstFrameKV(FirstFrameAttention):
     most tokens), frames 1.. have their self-attention term ``Attn(Q_i, K_i, V_i)W_O`` replaced by
     ``Attn(Q_i, K̃_1, Ṽ_1)W_O``, K̃_1/Ṽ_1 the keys/values of that layer in a pass on frame 0 alone noised to ``t``
     (one fixed noise); the layer's processor (e.g. the I2V-Adapter branch) otherwise runs as it is. Two network
-    calls per step (the second on one frame)."""
+    calls per step (the second on one frame). The sampling half of ``adapter.noised_kv``
+    (:mod:`i2v.models.noised_kv`) applied to any adapter, e.g. one trained without it, with the noise of seed 0."""
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: dict, uncond: Optional[dict]) -> torch.Tensor:
-        from i2v.models.attention import swapped_processors
-
         if self.noise is None:
             raise RuntimeError("NoisedFirstFrameKV: call set_clip(latents) before sampling")
-        tt = _training_timestep(t, x)
-        x1 = self.schedule.add_noise(x[:, :, :1], self.noise.to(x).expand_as(x[:, :, :1]), tt)
-        store: dict = {}                 # attn -> keys/values of the noised frame
-
-        def capture(attn, own):
-            def run(attn, h, context=None, num_frames=None):
-                store[attn] = (attn.to_k(h), attn.to_v(h))
-                return _run_own(own, attn, h, context, num_frames)
-            return run
-
-        def read(attn, own):
-            def run(attn, h, context=None, num_frames=None):
-                if store[attn][0].shape[1] < finest:
-                    return _run_own(own, attn, h, context, num_frames)
-                plain = attn.default_forward(h)
-                out = plain if own is None else own(attn, h, context, num_frames)
-                k, v = (u.repeat_interleave(num_frames, 0) for u in store[attn])
-                swapped = out - plain + attn.project_out(attn.attend(attn.to_q(h), k, v))
-                first = (torch.arange(h.shape[0], device=h.device) % num_frames == 0).view(-1, 1, 1)
-                return torch.where(first, out, swapped)
-            return run
-
-        with swapped_processors(self.unet, capture):
-            self.denoise(x1, t, cond, uncond)
-        finest = max(k.shape[1] for k, _ in store.values())
-        with swapped_processors(self.unet, read):
-            return self.denoise(x, t, cond, uncond)
+        return NoisedKVDenoiser(self.denoise, self.schedule, self.unet, self.noise)(x, t, cond, uncond)
 
 
 def sampling_reference(mode: str, denoise: Callable, schedule, unet):

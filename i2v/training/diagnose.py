@@ -4,7 +4,8 @@ For held-out clips, every frame noised to one timestep ``t`` and frame 0 put bac
 input), the ε-MSE on frames 2..F (0-based 1..F-1) of four predictors on the *same* noise (a v-prediction network's
 output is turned into the ε it stands for, ``schedule.to_eps``, so every backbone is scored alike):
 
-* ``adapter_on``  -- the bundle's UNet with the I2V-Adapter branch active (NaN when the bundle has none);
+* ``adapter_on``  -- the bundle's UNet with the I2V-Adapter branch active (NaN when the bundle has none; through
+  :func:`~i2v.models.noised_kv.with_noised_first_frame_kv` when ``bundle.noised_kv``);
 * ``adapter_off`` -- the same UNet with the branch switched off (the frozen base + Content-Adapter);
 * ``copy_frame1`` -- ε̂ = (z_t − √ᾱ_t·z_1) / √(1−ᾱ_t): "every frame equals frame 1", no network;
 * ``signal_zero`` -- ε̂ = z_t / √(1−ᾱ_t): "there is no signal", no network;
@@ -101,6 +102,7 @@ def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
             1's by at most this times the clip's latent RMS.
     """
     from i2v.models.adapters import i2v_adapter_layers, set_i2v_adapter_enabled
+    from i2v.models.noised_kv import with_noised_first_frame_kv
 
     if videos.dim() != 5 or videos.shape[1] < 2 or len(texts) != videos.shape[0]:
         raise ValueError(f"videos must be (N, F>=2, 3, H, W) with one caption each, got {tuple(videos.shape)} "
@@ -147,7 +149,13 @@ def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
                             continue
                     else:
                         set_i2v_adapter_enabled(bundle.unet, on)
-                    out = bundle.unet(z_t, tt, cond["context"], added_cond=cond.get("added_cond"))
+                    def run(x: torch.Tensor) -> torch.Tensor:
+                        return bundle.unet(x, tt, cond["context"], added_cond=cond.get("added_cond"))
+                    if on and bundle.noised_kv:   # the adapter's own forward (frame 1 noised with its own ε)
+                        x1 = bundle.schedule.add_noise(z[:, :, :1], eps[:, :, :1], tt)
+                        out = with_noised_first_frame_kv(bundle.unet, run, z_t, x1)
+                    else:
+                        out = run(z_t)
                     eps_hat = bundle.schedule.to_eps(out, z_t, tt)
                     add(name, eps_hat)
                     if not on:

@@ -11,6 +11,9 @@ One step::
 (for a v-prediction backbone the network output is compared with v = α_t ε − σ_t z instead of ε:
 ``schedule.target``).
 
+With ``adapter.noised_kv`` (not the paper's method) ε̂ comes from :func:`i2v.models.noised_kv.with_noised_first_frame_kv`:
+frame 1 noised with its own ε to t feeds the finest attn1 layers' keys/values for frames 2..F.
+
 Everything but the I2V-Adapter tensors is frozen (asserted at start, counts printed).
 """
 from __future__ import annotations
@@ -22,6 +25,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from i2v.models.noised_kv import with_noised_first_frame_kv
 from i2v.pipeline.bundle import Bundle
 
 log = logging.getLogger(__name__)
@@ -54,14 +58,22 @@ def masked_frame_loss(eps_hat: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
 
 
 def first_frame_clean_loss(unet, schedule, z: torch.Tensor, cond: dict, generator: Optional[torch.Generator] = None,
-                           timestep_skew: float = 0.0) -> dict[str, torch.Tensor]:
+                           timestep_skew: float = 0.0, noised_kv: bool = False) -> dict[str, torch.Tensor]:
     """The objective of one step on clean latents ``z`` (B, C, F, h, w) and their condition (``Bundle.condition``):
-    t then ε drawn from ``generator`` on the CPU, frame 0 kept clean, loss on frames 2..F. Returns the loss and the
-    tensors tests inspect (``z``, ``z_t``, ``eps``, ``eps_hat``, ``target``, ``t``)."""
+    t then ε drawn from ``generator`` on the CPU, frame 0 kept clean, loss on frames 2..F. ``noised_kv``: the
+    network runs through :func:`~i2v.models.noised_kv.with_noised_first_frame_kv`, frame 1 noised with its own ε
+    (``adapter.noised_kv``, not the paper's method). Returns the loss and the tensors tests inspect (``z``, ``z_t``,
+    ``eps``, ``eps_hat``, ``target``, ``t``)."""
     t = sample_timesteps(z.shape[0], schedule.num_train_timesteps, timestep_skew, generator).to(z.device)
     eps = torch.randn(z.shape, generator=generator, device="cpu", dtype=z.dtype).to(z.device)
     z_t = first_frame_clean_noising(z, eps, t, schedule)
-    out = unet(z_t, t, cond["context"], added_cond=cond.get("added_cond"))
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return unet(x, t, cond["context"], added_cond=cond.get("added_cond"))
+
+    if noised_kv:
+        out = with_noised_first_frame_kv(unet, run, z_t, schedule.add_noise(z[:, :, :1], eps[:, :, :1], t))
+    else:
+        out = run(z_t)
     target = schedule.target(z, eps, t)
     return {"loss": masked_frame_loss(out, target), "z": z, "z_t": z_t, "eps": eps, "eps_hat": out,
             "target": target, "t": t}
@@ -127,7 +139,8 @@ class I2VAdapterModule(L.LightningModule):
             drop_img = torch.rand(b, generator=generator, device="cpu") < self.train_cfg.get("image_drop_prob", 0.0)
             cond = self.bundle.condition(texts, video[:, 0], drop_image=drop_img.to(dev))
         skew = float(self.train_cfg.get("timestep_skew", 0.0))
-        return first_frame_clean_loss(self.unet, self.bundle.schedule, z, cond, generator, skew)
+        return first_frame_clean_loss(self.unet, self.bundle.schedule, z, cond, generator, skew,
+                                      noised_kv=self.bundle.noised_kv)
 
     def step_generator(self) -> torch.Generator:
         """Noise, timesteps and condition drops of a step are a pure function of (seed, rank, global step), so a
