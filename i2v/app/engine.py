@@ -128,9 +128,11 @@ class DemoEngine:
         i2v_on, content_on = ABLATIONS[name]
         unet, bundle = self.bundle.unet, self.bundle
         has_i2v = bool(i2v_adapter_layers(unet))
-        saved_content = None
+        saved_content, saved_kv = None, bundle.noised_kv
         if has_i2v:
             set_i2v_adapter_enabled(unet, i2v_on)
+        if not i2v_on:
+            bundle.noised_kv = False        # adapter.noised_kv belongs to the adapter: rows without it, as sample.py
         if bundle.content_enabled and not content_on:
             layers = [a for _, a in spatial_attention_layers(unet, "attn2")]
             saved_content = ([(a, a.processor) for a in layers], bundle.image_proj, bundle.image_encoder)
@@ -140,6 +142,7 @@ class DemoEngine:
         try:
             yield
         finally:
+            bundle.noised_kv = saved_kv
             if has_i2v:
                 set_i2v_adapter_enabled(unet, True)
             if saved_content is not None:

@@ -37,6 +37,20 @@ def test_ablation_switch_restores_the_model(toy_engine):
     assert all(a.processor.enabled for _, a in i2v_adapter_layers(bundle.unet))
 
 
+def test_ablation_rows_without_the_i2v_adapter_drop_noised_kv(toy_engine):
+    """A file trained with adapter.noised_kv samples that way in its own rows only: the no_i2v / none rows run as
+    ``sample.py adapter=none`` does (no noised-frame pass), and the switch is back afterwards."""
+    bundle = toy_engine.bundle
+    bundle.noised_kv = True
+    try:
+        for name, (i2v_on, _) in ABLATIONS.items():
+            with toy_engine.ablation(name):
+                assert bundle.noised_kv is i2v_on, name
+            assert bundle.noised_kv is True
+    finally:
+        bundle.noised_kv = False
+
+
 def test_ablations_differ(toy_engine, png):
     """The switches do something: full and none give different videos from the same image, prompt and seed."""
     img = toy_engine.load_image(png)
