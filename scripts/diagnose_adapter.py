@@ -120,7 +120,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         focus = attention_focus(bundle, videos[:n], texts[:n], int(focus_t), seed=int(own.get("noise_seed", 0)))
         print(f"\nattention focus at t={int(focus_t)} (spatial self-attention layers, frame 1 clean):")
         print(format_focus(focus))
-    for line in findings(table) + probe_findings(table) + focus_findings(focus):
+    notes = findings(table) + probe_findings(table) + focus_findings(focus)
+    if bundle.noised_kv:
+        notes.append("adapter.noised_kv: 'adapter on' is that forward; on the toy world its samples keep frame 1 "
+                     "far better than this one-step ε ratio suggests (docs/toy_world.md, 'Noised first-frame "
+                     "keys/values, trained'): judge it by its samples")
+    for line in notes:
         print("-", line)
     result = {"backbone": cfg.backbone.name, "adapter": cfg.adapter.name, "ckpt": str(ckpt) if ckpt else None,
               "noised_kv": bundle.noised_kv,

@@ -25,3 +25,21 @@ def test_diagnose_script_on_a_tiny_sd15_backbone(tmp_path, capsys):
         assert all(math.isfinite(v) and v > 0 for v in row.values())
         assert row["adapter_on"] != row["adapter_off"]
     assert (tmp_path / "diag.json").is_file()
+
+
+def test_diagnose_script_scores_a_noised_kv_adapter_through_its_forward(tmp_path, capsys):
+    """``adapter.noised_kv=true`` on the SD1.5 layout: 'adapter on' runs the variant's forward (another loss than
+    the paper's forward of the same file), the header and the notes say so, 'adapter off' is unchanged."""
+    backbone = _files(tmp_path, "sd15") + ["adapter=full"]
+    _adapter(tmp_path, backbone)
+    args = backbone + [f"ckpt={tmp_path / 'adapter.safetensors'}", "data=synthetic", "data.size=32",
+                       "data.num_frames=4", "n_clips=2", "timesteps=[500]", "device=cpu", "probes=false",
+                       "focus_t=null"]
+    paper = _script().main(args)
+    capsys.readouterr()
+    variant = _script().main(args + ["adapter.noised_kv=true"])
+    printed = capsys.readouterr().out
+    assert variant["noised_kv"] is True and paper["noised_kv"] is False
+    assert "noised_kv=true ('adapter on' is that forward)" in printed and "judge it by its samples" in printed
+    assert variant["table"]["500"]["adapter_off"] == paper["table"]["500"]["adapter_off"]
+    assert variant["table"]["500"]["adapter_on"] != paper["table"]["500"]["adapter_on"]
