@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from i2v.pipeline.bundle import build_bundle, check_paths
 from i2v.pipeline.sampling import SamplingSettings
 from i2v.training.callbacks import AdapterCheckpoint, RunLengthCheck, SampleVideos, StepProgress
-from i2v.training.module import I2VAdapterModule
+from i2v.training.module import I2VAdapterModule, check_noised_kv_training
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ def train(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_stage(cfg)
+    check_noised_kv_training(bool(cfg.adapter.get("noised_kv", False)), cfg.train)   # before the base loads
     check_run_inputs(cfg)
     final = out_dir / "adapter.safetensors"
     if final.exists() and not cfg.overwrite:

@@ -115,4 +115,4 @@ def test_noised_kv_runs_get_rows_of_their_own(tmp_path):
     md = _script().render(_script().load_runs([str(tmp_path)]))
     rows = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines() if line.startswith("| ")}
     assert "| 2 | 0.200 ± 0.000 |" in rows["Full model"]
-    assert "| 2 | 0.350 ± 0.071 |" in rows["Full model, noised first-frame K/V (not the paper's)"]
+    assert "| 2 | 0.350 ± 0.071 |" in rows["Full model + noised K/V (not the paper's)"]

@@ -38,6 +38,15 @@ def first_frame_clean_noising(z: torch.Tensor, eps: torch.Tensor, t: torch.Tenso
     return z_t
 
 
+def check_noised_kv_training(noised_kv: bool, train: dict) -> None:
+    """``adapter.noised_kv`` with ``train.gradient_checkpointing`` is refused: checkpointing recomputes the blocks
+    during backward, after the noised-K/V processors are restored, so the recomputed activations would not be the
+    forward's and the gradients would be silently wrong."""
+    if noised_kv and train.get("gradient_checkpointing"):
+        raise ValueError("adapter.noised_kv=true does not work with train.gradient_checkpointing=true yet; "
+                         "turn one of them off")
+
+
 def sample_timesteps(b: int, num_train_timesteps: int, skew: float = 0.0,
                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """``b`` training timesteps on the CPU. ``skew`` = 0: uniform on {0..T-1} (the paper). ``skew`` = s > 0: density
@@ -92,6 +101,7 @@ class I2VAdapterModule(L.LightningModule):
         self.nonfinite_in_a_row = 0
         self.skipped_steps = 0
         self._check_frozen()
+        check_noised_kv_training(bundle.noised_kv, self.train_cfg)
         if self.train_cfg.get("gradient_checkpointing"):
             self.unet.gradient_checkpointing = True
 

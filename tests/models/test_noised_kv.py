@@ -77,6 +77,31 @@ def test_training_loss_noises_frame_1_with_its_own_epsilon_and_t_and_trains_the_
     assert all(gr is not None and gr.abs().sum() > 0 for gr in grads)
 
 
+def test_training_refuses_gradient_checkpointing_with_noised_kv():
+    """Checkpointing recomputes blocks during backward, after the swapped processors are restored: refused."""
+    from i2v.training.module import I2VAdapterModule
+
+    bundle = _bundle()
+    bundle.noised_kv = True
+    with pytest.raises(ValueError, match="gradient_checkpointing"):
+        I2VAdapterModule(bundle, optim={"lr": 1e-3}, train={"gradient_checkpointing": True})
+    I2VAdapterModule(bundle, optim={"lr": 1e-3}, train={"gradient_checkpointing": False})
+
+
+def test_train_py_refuses_it_before_the_base_loads(tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    import i2v.train as entry
+    from i2v.cli.config import CONFIGS
+
+    monkeypatch.setattr(entry, "build_bundle", lambda *a, **k: pytest.fail("the base was built"))
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=toy", "adapter.noised_kv=true", "train.gradient_checkpointing=true",
+                                          f"out_dir={tmp_path}"])
+    with pytest.raises(ValueError, match="gradient_checkpointing"):
+        entry.train(cfg)
+
+
 def _pipe(bundle, steps=3, cfg=2.0):
     from i2v.pipeline.sampling import FSPSettings, I2VPipeline, SamplingSettings
 
