@@ -7,7 +7,9 @@
 Weights are random (timing only). The full model is timed: VideoUNet + motion module + I2V-Adapter on every attn1
 + IP-Adapter (16 image tokens) on every attn2. Printed ratios are measured in the same run:
 ``sampler / (NFE × one guided UNet forward)`` (sampler overhead: scheduler steps, FSP, concatenations) and
-``t0=x / t0=1.0`` (SDEdit truncation saving; expected ≈ round(S·t0)/S).
+``t0=x / t0=1.0`` (SDEdit truncation saving; expected ≈ round(S·t0)/S). ``--noised-kv`` also times each t0 with
+``adapter.noised_kv`` (i2v.models.noised_kv: one extra one-frame forward per step) and prints its ratio to the
+paper's sampler in the same run (expected ≈ 1 + 1/F of the UNet time).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from i2v.diffusion.sampler import Denoiser, sample_video
 from i2v.diffusion.schedule import NoiseSchedule, make_scheduler
 from i2v.models.adapters import attach_i2v_adapter
 from i2v.models.content import attach_ip_adapter
+from i2v.models.noised_kv import NoisedKVDenoiser
 from i2v.models.unet import build_video_unet
 
 # backbone -> (motion version, latent downscale, text tokens, schedule kwargs, SDXL added_cond)
@@ -67,6 +70,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=None, help="untimed runs first (default: 1 on cuda, 0 on cpu)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--noised-kv", action="store_true", help="also time adapter.noised_kv (ratio to the paper's)")
     args = ap.parse_args()
 
     if args.threads:
@@ -109,17 +113,25 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
     results = {}
+    noise = torch.randn(1, cfg.in_channels, 1, h, w, device=device, dtype=dtype)
     for t0 in args.t0:
-        def run():  # the pipeline's parts (I2VPipeline without the encoders): prior, guided denoiser, loop
+        def run(noised_kv: bool = False):  # the pipeline's parts (I2VPipeline without the encoders)
             scheduler = make_scheduler(args.scheduler, schedule)
             g = torch.Generator(device).manual_seed(42)
             x, timesteps, _ = initial_latents(first, args.frames, scheduler, args.steps, t0=t0, p=args.p, generator=g)
-            return sample_video(Denoiser(unet, args.cfg), x, {"context": cond, "added_cond": added},
+            denoise = Denoiser(unet, args.cfg)
+            if noised_kv:
+                denoise = NoisedKVDenoiser(denoise, schedule, unet, noise)
+            return sample_video(denoise, x, {"context": cond, "added_cond": added},
                                 {"context": uncond, "added_cond": None}, timesteps, scheduler=scheduler, generator=g)
         sec, out = _timed(run, device, args.repeats, warmup)
         results[t0] = sec
         print(f"t0={t0:.2f}: {sec:.3f} s/video  unet_calls={out['nfe']}  steps={out['steps']}  "
               f"sampler/(NFE×forward)={sec / (out['nfe'] * fwd):.3f}")
+        if args.noised_kv:
+            kv_sec, _ = _timed(lambda: run(True), device, args.repeats, warmup)
+            print(f"t0={t0:.2f} adapter.noised_kv: {kv_sec:.3f} s/video  ratio to the paper's sampler: "
+                  f"{kv_sec / sec:.3f} (1 + 1/F = {1 + 1 / args.frames:.3f})")
     if 1.0 in results:
         for t0, sec in results.items():
             if t0 != 1.0:

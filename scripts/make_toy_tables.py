@@ -39,8 +39,8 @@ SWEEP_METRICS = ("step_px", "net_px", "total_px", "flicker")
 ADAPTER_ORDER = ["none", "no_i2v", "no_content", "full", "no_content+noised_kv", "full+noised_kv"]
 ADAPTER_LABEL = {"none": "w/o I2V-Adapter and Content-Adapter", "no_i2v": "w/o I2V-Adapter",
                  "no_content": "w/o Content-Adapter", "full": "Full model",
-                 "no_content+noised_kv": "w/o Content-Adapter, noised first-frame K/V (not the paper's)",
-                 "full+noised_kv": "Full model, noised first-frame K/V (not the paper's)"}
+                 "no_content+noised_kv": "w/o Content-Adapter + noised K/V (not the paper's)",
+                 "full+noised_kv": "Full model + noised K/V (not the paper's)"}
 
 
 def noised_kv(run: dict) -> bool:
@@ -211,7 +211,8 @@ def write_sheets(runs: list[dict], out_dir: str, clip: int = 0, scale: int = 4) 
     for r in split_oracle(runs)[0]:
         (t2[(r["t0"], r["p"])] if r.get("table") == "toy_table2" else t3[row_adapter(r)]).append(r)
     if t3:
-        rows = [(label(ADAPTER_LABEL.get(a, a).replace(" and ", " and\n"), first_seed(t3[a])),
+        rows = [(label(ADAPTER_LABEL.get(a, a).replace(" and ", " and\n").replace(" + ", "\n+ ").replace(" (", "\n("),
+                       first_seed(t3[a])),
                  _strip(first_seed(t3[a]), clip)) for a in ADAPTER_ORDER if a in t3]
         anyrun = first_seed(next(iter(t3.values())))
         rows.append(("ground truth", _strip(anyrun, clip, gt=True)))

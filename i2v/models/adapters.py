@@ -51,8 +51,14 @@ def attend_first_frame(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: tor
     output projection); only frame 0's rows of k and v are read."""
     k1 = rearrange(k, "(b f) t c -> b f t c", f=num_frames)[:, 0]
     v1 = rearrange(v, "(b f) t c -> b f t c", f=num_frames)[:, 0]
-    # softmax is per query, so stacking the frames of one video along the query axis is exactly eq. 5 without
-    # repeating K_1/V_1 F times
+    return attend_per_video(attn, q, k1, v1, num_frames)
+
+
+def attend_per_video(attn: Attention, q: torch.Tensor, k1: torch.Tensor, v1: torch.Tensor,
+                     num_frames: int) -> torch.Tensor:
+    """Every frame's queries ``q`` ``(B·F, T, C)`` attend to their video's keys/values ``k1``, ``v1`` ``(B, S, C)``
+    -> ``(B·F, T, C)``. Softmax is per query, so stacking the frames of one video along the query axis is exact,
+    without repeating the keys/values F times."""
     q = rearrange(q, "(b f) t c -> b (f t) c", f=num_frames)
     return rearrange(attn.attend(q, k1, v1), "b (f t) c -> (b f) t c", f=num_frames)
 

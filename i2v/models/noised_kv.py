@@ -21,6 +21,7 @@ from typing import Callable, Optional
 
 import torch
 
+from i2v.models.adapters import I2VAdapterProcessor, attend_first_frame, attend_per_video
 from i2v.models.attention import swapped_processors
 
 
@@ -54,12 +55,21 @@ def with_noised_first_frame_kv(model, run: Callable[[torch.Tensor], torch.Tensor
             if num_frames is None or k1.shape[0] * num_frames != h.shape[0]:
                 raise ValueError(f"noised_kv: {h.shape[0]} frame rows do not match {k1.shape[0]} videos × "
                                  f"num_frames={num_frames}")
-            plain = attn.default_forward(h)
-            out = plain if own is None else own(attn, h, context, num_frames)
-            k, v = (u.repeat_interleave(num_frames, 0) for u in (k1, v1))
-            swapped = out - plain + attn.project_out(attn.attend(attn.to_q(h), k, v))
             first = (torch.arange(h.shape[0], device=h.device) % num_frames == 0).view(-1, 1, 1)
-            return torch.where(first, out, swapped)
+            q = attn.to_q(h)
+            swapped = attend_per_video(attn, q, k1, v1, num_frames)     # every frame reads the noised frame 1
+            if own is not None and not isinstance(own, I2VAdapterProcessor):
+                # another processor: keep its output, swap only its plain self-attention term (one more attention)
+                plain = attn.default_forward(h)
+                out = own(attn, h, context, num_frames)
+                return torch.where(first, out, out - plain + attn.project_out(swapped))
+            k, v = attn.to_k(h), attn.to_v(h)
+            own_term = attn.attend(q[::num_frames], k[::num_frames], v[::num_frames])   # frame 0 keeps its own
+            y = swapped.index_copy(0, torch.arange(0, h.shape[0], num_frames, device=h.device), own_term)
+            out = attn.project_out(y)
+            if isinstance(own, I2VAdapterProcessor) and own.enabled:      # the paper's branch, clean frame 1
+                out = out + attn.to_out_ff(attend_first_frame(attn, attn.to_q_ff(h), k, v, num_frames))
+            return out
         return proc
 
     with torch.no_grad(), swapped_processors(model, capture):

@@ -56,6 +56,38 @@ def test_frames_equal_to_the_noised_frame_read_their_own_keys_and_frame_0_is_unt
         with_noised_first_frame_kv(unet, run, x, x1.expand(-1, -1, 2, -1, -1))
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_adapter_fast_path_equals_swapping_the_self_attention_term_of_its_output(enabled):
+    """With the I2V-Adapter's processor the swap is computed directly (frame 0's own attention, every other frame's
+    attention to the noised frame 1, plus the branch); it must equal the generic route any other processor takes:
+    the processor's output with its plain self-attention term replaced (fp32, 1e-5)."""
+    bundle = _bundle(motion="v2")
+    unet = bundle.unet
+    layers = i2v_adapter_layers(unet)
+    for _, attn in layers:
+        attn.processor.enabled = enabled
+    g = torch.Generator().manual_seed(6)
+    x, x1 = torch.randn(2, 12, 3, 8, 8, generator=g), torch.randn(2, 12, 1, 8, 8, generator=g)
+    t, ctx = torch.full((2,), 400), _context(bundle, 2)
+
+    def run(z):
+        return unet(z, t, ctx)
+
+    with torch.no_grad():
+        fast = with_noised_first_frame_kv(unet, run, x, x1)
+        procs = [a.processor for _, a in layers]
+        for (_, attn), proc in zip(layers, procs):   # the same processor behind a plain function: generic route
+            attn.processor = lambda a, h, context=None, num_frames=None, p=proc: p(a, h, context, num_frames)
+        try:
+            generic = with_noised_first_frame_kv(unet, run, x, x1)
+        finally:
+            for (_, attn), proc in zip(layers, procs):
+                attn.processor = proc
+    scale = generic.abs().max()
+    torch.testing.assert_close(fast, generic, atol=1e-5 * float(scale), rtol=0)
+    assert (fast - run(x)).abs().max() > 1e-3 * scale
+
+
 def test_training_loss_noises_frame_1_with_its_own_epsilon_and_t_and_trains_the_branch():
     """The loss's network call is the two-pass forward with frame 1 noised as √ᾱ_t·z_1 + √(1−ᾱ_t)·ε_1 (its own
     training noise, its video's t), differs from the paper's forward, and the adapter branch gets gradient."""
