@@ -55,13 +55,13 @@ def with_noised_first_frame_kv(model, run: Callable[[torch.Tensor], torch.Tensor
             if num_frames is None or k1.shape[0] * num_frames != h.shape[0]:
                 raise ValueError(f"noised_kv: {h.shape[0]} frame rows do not match {k1.shape[0]} videos × "
                                  f"num_frames={num_frames}")
-            first = (torch.arange(h.shape[0], device=h.device) % num_frames == 0).view(-1, 1, 1)
             q = attn.to_q(h)
             swapped = attend_per_video(attn, q, k1, v1, num_frames)     # every frame reads the noised frame 1
             if own is not None and not isinstance(own, I2VAdapterProcessor):
                 # another processor: keep its output, swap only its plain self-attention term (one more attention)
                 plain = attn.default_forward(h)
                 out = own(attn, h, context, num_frames)
+                first = (torch.arange(h.shape[0], device=h.device) % num_frames == 0).view(-1, 1, 1)
                 return torch.where(first, out, out - plain + attn.project_out(swapped))
             k, v = attn.to_k(h), attn.to_v(h)
             own_term = attn.attend(q[::num_frames], k[::num_frames], v[::num_frames])   # frame 0 keeps its own
