@@ -66,7 +66,8 @@ def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optiona
         control = control.to(device, dtype)
     pipe = I2VPipeline(bundle, settings, controlnet=controlnet, control=control)
     extra = {"scheduler": settings.scheduler, "backbone": cfg.backbone.name, "adapter": cfg.adapter.name,
-             "noised_kv": bundle.noised_kv, "ckpt": cfg.get("ckpt"), "versions": package_versions(), "config": resolved_sampling_config(cfg)}
+             "noised_kv": bundle.noised_kv, "ckpt": cfg.get("ckpt"), "versions": package_versions(),
+             "config": resolved_sampling_config(cfg)}
     writes = {"overwrite": bool(cfg.get("overwrite", False)), "gif": bool(cfg.get("write_gif", True)),
               "frames": bool(cfg.get("write_frames")), "paths": lambda name: output_paths(cfg, out_dir, name)}
     results, failed = [], []

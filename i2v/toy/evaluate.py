@@ -122,8 +122,9 @@ def sample_and_score(cfg: DictConfig, bundle: Bundle, out_dir: Path) -> dict:
     res = score_pipeline(pipe, int(cfg.after_train.n_videos), int(cfg.data.num_frames), int(cfg.data.size),
                          out_dir / "samples", seed=int(cfg.seed), overwrite=bool(cfg.overwrite),
                          scenes=scene_options(cfg.backbone))
-    summary = {"adapter": cfg.adapter.name, "noised_kv": bundle.noised_kv, "seed": int(cfg.seed), "t0": float(cfg.sampling.t0),
-               "p": float(cfg.sampling.p), "steps": int(cfg.sampling.steps), "cfg": float(cfg.sampling.guidance_scale),
+    summary = {"adapter": cfg.adapter.name, "noised_kv": bundle.noised_kv, "seed": int(cfg.seed),
+               "t0": float(cfg.sampling.t0), "p": float(cfg.sampling.p), "steps": int(cfg.sampling.steps),
+               "cfg": float(cfg.sampling.guidance_scale),
                "n_videos": int(cfg.after_train.n_videos), "frames": int(cfg.data.num_frames), **res}
     save_json(summary, out_dir / "metrics.json", overwrite=bool(cfg.overwrite))
     print("toy metrics:", headline(res["model"]))

@@ -11,8 +11,9 @@ One step::
 (for a v-prediction backbone the network output is compared with v = α_t ε − σ_t z instead of ε:
 ``schedule.target``).
 
-With ``adapter.noised_kv`` (not the paper's method) ε̂ comes from :func:`i2v.models.noised_kv.with_noised_first_frame_kv`:
-frame 1 noised with its own ε to t feeds the finest attn1 layers' keys/values for frames 2..F.
+With ``adapter.noised_kv`` (not the paper's method) ε̂ comes from
+:func:`i2v.models.noised_kv.with_noised_first_frame_kv`: frame 1 noised with its own ε to t feeds the finest attn1
+layers' keys/values for frames 2..F.
 
 Everything but the I2V-Adapter tensors is frozen (asserted at start, counts printed).
 """

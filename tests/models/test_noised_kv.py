@@ -128,8 +128,8 @@ def test_train_py_refuses_it_before_the_base_loads(tmp_path, monkeypatch):
 
     monkeypatch.setattr(entry, "build_bundle", lambda *a, **k: pytest.fail("the base was built"))
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=toy", "adapter.noised_kv=true", "train.gradient_checkpointing=true",
-                                          f"out_dir={tmp_path}"])
+        cfg = compose("train", overrides=["experiment=toy", "adapter.noised_kv=true",
+                                          "train.gradient_checkpointing=true", f"out_dir={tmp_path}"])
     with pytest.raises(ValueError, match="gradient_checkpointing"):
         entry.train(cfg)
 
