@@ -160,7 +160,7 @@ def bench_case(args, case: str) -> None:
     cfg, version, batch, size = CASES[case]
     batch = batch if args.batch is None else args.batch
     size = size if args.size is None else args.size
-    dtype = torch.float16 if args.device == "cuda" else torch.float32
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if args.device == "cuda" else torch.float32)
     ours, ref = build_pair(cfg, version, args.device, dtype)
     if args.channels_last:
         ours, ref = ours.to(memory_format=torch.channels_last), ref.to(memory_format=torch.channels_last)
@@ -198,6 +198,8 @@ def main() -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--case", choices=sorted(CASES), default=None,
                    help="default: medium on cpu; sd15 and sdxl on cuda")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                   help="default: float16 on cuda (timing), float32 on cpu; float32 on cuda checks parity at full size")
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--size", type=int, default=None, help="latent height = width")
