@@ -161,6 +161,8 @@ def bench_case(args, case: str) -> None:
     batch = batch if args.batch is None else args.batch
     size = size if args.size is None else args.size
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if args.device == "cuda" else torch.float32)
+    if args.device == "cuda" and dtype == torch.float32:   # a parity check: true fp32, no TF32 convs or matmuls
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     ours, ref = build_pair(cfg, version, args.device, dtype)
     if args.channels_last:
         ours, ref = ours.to(memory_format=torch.channels_last), ref.to(memory_format=torch.channels_last)

@@ -17,8 +17,10 @@ export PYTHONPATH=".:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
-  echo "== parity fp32 (sd15 + v2, 1x16x64^2)"
+  echo "== parity fp32, TF32 off (sd15 + v2 and sdxl + sdxl_beta, 1x16x64^2)"
   python3 scripts/bench_unet.py --device cuda --case sd15 --dtype float32 --batch 1 --warmup 1 --repeats 3
+  python3 scripts/bench_unet.py --device cuda --case sdxl --dtype float32 --batch 1 --warmup 1 --repeats 3
+  [ "${PARITY_ONLY:-0}" = 1 ] && exit 0
   echo "== timing fp16 (sd15 + v2, sdxl + sdxl_beta; 2x16x64^2)"
   python3 scripts/bench_unet.py --device cuda --warmup 2 --repeats 5
   echo "== sampling, 16x512^2, 25 DDIM steps, the paper's sampler and adapter.noised_kv"
