@@ -81,15 +81,6 @@ def spatial_attention_layers(model: nn.Module, name: str = "attn1") -> Iterator[
             yield qual, mod
 
 
-def set_processor(layers: Iterator[tuple[str, Attention]], factory: Callable[[str, Attention], Optional[AttnProcessor]]):
-    """Set ``attn.processor = factory(name, attn)`` for each layer; return the number of layers touched."""
-    n = 0
-    for qual, attn in layers:
-        attn.processor = factory(qual, attn)
-        n += 1
-    return n
-
-
 @contextmanager
 def swapped_processors(model: nn.Module, factory: Callable[["Attention", Optional[AttnProcessor]], AttnProcessor],
                        name: str = "attn1"):
