@@ -129,3 +129,21 @@ def test_adapter_and_lora_files_are_checked_before_the_base_loads(tmp_path, monk
     with pytest.raises(Exception, match=message):
         bundle_mod.load_bundle_for_sampling(cfg, torch.device("cpu"), torch.float32)
     assert built == []
+
+
+def test_the_adapter_file_is_read_once(monkeypatch):
+    """load_bundle_for_sampling reads ckpt= before the base loads and loads that same read (an SDXL adapter is
+    ~0.8 GB: not read twice)."""
+    import i2v.checkpoints.adapter_io as adapter_io
+    from hydra import compose, initialize_config_dir
+
+    from i2v.cli.config import CONFIGS
+    from i2v.pipeline.bundle import load_bundle_for_sampling
+
+    reads = []
+    real = adapter_io.read_adapter
+    monkeypatch.setattr(adapter_io, "read_adapter", lambda path: (reads.append(str(path)), real(path))[1])
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("sample", overrides=["experiment=toy"])
+    bundle = load_bundle_for_sampling(cfg, torch.device("cpu"), torch.float32)
+    assert reads == [str(cfg.ckpt)] and bundle.trainable

@@ -140,13 +140,15 @@ def trained_with_noised_kv(info: Mapping[str, Any]) -> bool:
     return bool(adapter.get("noised_kv", False)) if isinstance(adapter, Mapping) else False
 
 
-def load_adapter(unet: nn.Module, path: Union[str, Path], backbone: str) -> dict[str, Any]:
+def load_adapter(unet: nn.Module, path: Union[str, Path], backbone: str,
+                 read: Optional[tuple[dict[str, torch.Tensor], dict[str, Any]]] = None) -> dict[str, Any]:
     """Load an adapter checkpoint into ``unet`` (attaching the adapter first if needed); returns the info dict.
+    ``read``: what :func:`read_adapter` already returned for ``path`` (the file is then not read again).
 
     Raises ValueError naming both backbones if the file was trained on another backbone (an official-layout file
     whose layer names are no release backbone's is checked by keys and shapes only), KeyError listing
     missing/unexpected keys, ValueError on shape mismatch."""
-    tensors, info = read_adapter(path)
+    tensors, info = read if read is not None else read_adapter(path)
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise ValueError(f"{path}: {len(bad)} adapter tensor(s) hold NaN/Inf (a damaged file or a diverged run), "

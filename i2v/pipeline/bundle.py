@@ -110,13 +110,13 @@ class Bundle(nn.Module):
         self.micro_conditioning = micro_conditioning
         self.noised_kv = bool(noised_kv)     # adapter.noised_kv: see i2v.models.noised_kv (training and sampling)
 
-    def load_i2v_adapter(self, path) -> dict:
-        """Load an I2V-Adapter file into the UNet (:func:`~i2v.checkpoints.adapter_io.load_adapter`; returns its
-        info). A file trained with ``adapter.noised_kv=true`` switches :attr:`noised_kv` on: it is meant to be
-        sampled that way."""
+    def load_i2v_adapter(self, path, read: Optional[tuple] = None) -> dict:
+        """Load an I2V-Adapter file into the UNet (:func:`~i2v.checkpoints.adapter_io.load_adapter`, ``read`` passed
+        on; returns its info). A file trained with ``adapter.noised_kv=true`` switches :attr:`noised_kv` on: it is
+        meant to be sampled that way."""
         from i2v.checkpoints.adapter_io import load_adapter, trained_with_noised_kv
 
-        info = load_adapter(self.unet, path, backbone=self.name)
+        info = load_adapter(self.unet, path, backbone=self.name, read=read)
         if trained_with_noised_kv(info) and not self.noised_kv:
             log.info("%s was trained with adapter.noised_kv=true: sampling uses it too", path)
             self.noised_kv = True
@@ -245,17 +245,17 @@ def load_bundle_for_sampling(cfg: DictConfig, device, dtype) -> Bundle:
     ``lora=`` merged, built in fp32 on the CPU, then moved to ``device``/``dtype`` (sample.py, evaluate.py, the app)."""
     from i2v.checkpoints.adapter_io import read_adapter
 
-    ckpt = cfg.get("ckpt")
+    ckpt, adapter_file = cfg.get("ckpt"), None
     if cfg.adapter.i2v:   # the adapter file is read before the base loads: a wrong ckpt= fails in seconds
         if not ckpt:
             raise ValueError(f"adapter={cfg.adapter.name} uses the I2V-Adapter: give ckpt=<adapter.safetensors>")
-        read_adapter(str(ckpt))
+        adapter_file = read_adapter(str(ckpt))
     for spec in cfg.get("lora") or []:
         if not Path(str(spec["path"])).is_file():
             raise FileNotFoundError(f"LoRA file not found: {spec['path']} (lora=[{{path: ..., scale: ...}}])")
     bundle = build_bundle(cfg.backbone, cfg.adapter, device="cpu", dtype=torch.float32, for_training=False)
     if cfg.adapter.i2v:
-        bundle.load_i2v_adapter(str(ckpt))
+        bundle.load_i2v_adapter(str(ckpt), read=adapter_file)      # the file is not read a second time
     for spec in cfg.get("lora") or []:
         from i2v.checkpoints.lora import merge_lora
 
