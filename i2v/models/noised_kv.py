@@ -39,11 +39,14 @@ def with_noised_first_frame_kv(model, run: Callable[[torch.Tensor], torch.Tensor
     if x1.dim() != 5 or x1.shape[2] != 1 or x1.shape[:2] != x.shape[:2] or x1.shape[3:] != x.shape[3:]:
         raise ValueError(f"x1 must be one frame (B, C, 1, h, w) matching x {tuple(x.shape)}, got {tuple(x1.shape)}")
     store: dict = {}
-    finest = 0
+    finest = 0           # during the one-frame pass: the most tokens seen so far; after it: the finest layers'
 
     def capture(attn, own):
         def proc(attn, h, context=None, num_frames=None):
-            store[attn] = (attn.to_k(h), attn.to_v(h))
+            nonlocal finest
+            if h.shape[1] >= finest:      # coarser layers are never read: their keys/values are not computed
+                finest = h.shape[1]
+                store[attn] = (attn.to_k(h), attn.to_v(h))
             return run_own(own, attn, h, context, num_frames)
         return proc
 
