@@ -94,6 +94,18 @@ def test_ground_truth_oracle_through_the_sampler_reproduces_the_held_out_clip(tm
         assert zero_shot["model"]["identity"] != plain["model"]["identity"] and pipe.denoiser is own, mode
 
 
+def _reference(mode, cls, net, bundle, frames, g):
+    """``toy_eval.oracle=<mode>`` around the stand-in ``net`` (checked to be ``cls``), set up for a random clip of
+    ``frames`` 8² latents; returns it and the clip."""
+    from i2v.toy.oracle import sampling_reference
+
+    ref = sampling_reference(mode, net, bundle.schedule, bundle.unet)
+    assert isinstance(ref, cls)
+    z = torch.randn(1, 12, frames, 8, 8, generator=g)
+    ref.set_clip(z)
+    return ref, z
+
+
 def test_first_frame_attention_feeds_frame_1_noised_and_every_self_attention_reads_it():
     """The zero-shot reference: the network sees frame 0 as the clean latent noised to the sampler's t with one noise
     for the whole run (frames 1.. untouched); during the call every spatial attn1 attends to frame 0's keys/values
@@ -125,10 +137,7 @@ def test_first_frame_attention_feeds_frame_1_noised_and_every_self_attention_rea
         return torch.full_like(x, 7.0)
 
     sched = bundle.schedule
-    ref = sampling_reference("first_frame_attention", net, sched, bundle.unet)
-    assert isinstance(ref, FirstFrameAttention)
-    z = torch.randn(1, 12, 4, 8, 8, generator=g)
-    ref.set_clip(z)
+    ref, z = _reference("first_frame_attention", FirstFrameAttention, net, bundle, 4, g)
     x = z.clone()
     x[:, :, 1:] = torch.randn(1, 12, 3, 8, 8, generator=g)
     noises = []
@@ -156,7 +165,7 @@ def test_noised_first_frame_kv_swaps_only_the_finest_self_attention_term_of_fram
     layers keep their own, and a layer's processor (an adapter branch) is kept on top; processors restored."""
     from i2v.models.attention import spatial_attention_layers
     from i2v.toy.build import random_toy_bundle
-    from i2v.toy.oracle import NoisedFirstFrameKV, sampling_reference
+    from i2v.toy.oracle import NoisedFirstFrameKV
 
     bundle = random_toy_bundle(content=False, i2v=False)
     layers = list(spatial_attention_layers(bundle.unet, "attn1"))
@@ -180,10 +189,7 @@ def test_noised_first_frame_kv_swaps_only_the_finest_self_attention_term_of_fram
         return torch.full_like(x, 7.0)
 
     sched = bundle.schedule
-    ref = sampling_reference("noised_first_frame_kv", net, sched, bundle.unet)
-    assert isinstance(ref, NoisedFirstFrameKV)
-    z = torch.randn(1, 12, 3, 8, 8, generator=g)
-    ref.set_clip(z)
+    ref, z = _reference("noised_first_frame_kv", NoisedFirstFrameKV, net, bundle, 3, g)
     assert (ref(z, torch.tensor(600), {}, None) == 7.0).all()
     got = seen[-1]
     a, s = (float(v) for v in sched.alpha_sigma(torch.tensor(600)))
