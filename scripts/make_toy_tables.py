@@ -23,6 +23,7 @@ import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -54,6 +55,20 @@ def noised_kv(run: dict) -> bool:
     from omegaconf import OmegaConf
 
     return bool(OmegaConf.select(OmegaConf.load(cfg), "adapter.noised_kv", default=False))
+
+
+def blur(run: dict) -> Optional[tuple]:
+    """The Frame Similarity Prior's blur ``(kernel_size, sigma)`` a run sampled with (metrics.json's ``fsp_blur``;
+    runs written before it existed: their ``.hydra/config.yaml``; None when neither says)."""
+    if run.get("fsp_blur") is not None:
+        return tuple(run["fsp_blur"])
+    cfg = Path(run["dir"]) / ".hydra" / "config.yaml"
+    if not cfg.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    fsp = OmegaConf.select(OmegaConf.load(cfg), "sampling.fsp")
+    return None if fsp is None else (int(fsp.kernel_size), float(fsp.sigma))
 
 
 def row_adapter(run: dict) -> str:
@@ -110,6 +125,10 @@ def render(runs: list[dict]) -> str:
     gt = [r["ground_truth"] for r in runs]
     if len({noised_kv(r) for v in t2.values() for r in v}) > 1:
         raise ValueError("these Table 2 runs mix adapter.noised_kv on and off; collect each kind on its own")
+    blurs = {blur(r) for v in t2.values() for r in v} - {None}
+    if len(blurs) > 1:   # the prior's blur is what Table 2 sweeps: rows of different blurs are different tables
+        raise ValueError(f"these Table 2 runs mix the prior's blur (kernel_size, sigma) {sorted(blurs)}; "
+                         f"collect each kind on its own")
     if t3:
         groups = {a: t3[a] for a in ADAPTER_ORDER if a in t3}
         out.append(table(groups, lambda a: ADAPTER_LABEL.get(a, a), "Toy Table 3: model design", gt))

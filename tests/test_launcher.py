@@ -24,8 +24,9 @@ def test_local_launcher_runs_a_two_row_toy_sweep_through_submitit(tmp_path):
     rows = {}
     for folder in ("t0_1.0_p_1.0_seed42", "t0_1.0_p_0.7_seed42"):     # Table 2 rows 0 and 6, named by (t0, p)
         metrics = json.loads((sweep / folder / "metrics.json").read_text())
-        rows[folder] = (metrics["t0"], metrics["p"], metrics["steps"], metrics["n_videos"])
+        rows[folder] = (metrics["t0"], metrics["p"], metrics["steps"], metrics["n_videos"], metrics["fsp_blur"])
         assert 0.0 <= metrics["model"]["identity"] <= 1.0
-    assert rows == {"t0_1.0_p_1.0_seed42": (1.0, 1.0, 2, 1), "t0_1.0_p_0.7_seed42": (1.0, 0.7, 2, 1)}
+    blur = [5, 10.0]                                                     # the toy's prior blur, recorded
+    assert rows == {"t0_1.0_p_1.0_seed42": (1.0, 1.0, 2, 1, blur), "t0_1.0_p_0.7_seed42": (1.0, 0.7, 2, 1, blur)}
     results = sorted((sweep / ".submitit").glob("*/*_result.pkl"))    # two submitit jobs, each finished
     assert len(results) == 2

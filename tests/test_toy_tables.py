@@ -116,3 +116,18 @@ def test_noised_kv_runs_get_rows_of_their_own(tmp_path):
     rows = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines() if line.startswith("| ")}
     assert "| 2 | 0.200 ± 0.000 |" in rows["Full model"]
     assert "| 2 | 0.350 ± 0.071 |" in rows["Full model + noised K/V (not the paper's)"]
+
+
+def test_table2_runs_of_different_blurs_are_not_averaged(tmp_path):
+    """The prior's blur (metrics.json's fsp_blur, or the run's .hydra/config.yaml for runs written before the key
+    existed) is part of what Table 2 measures: runs of two blurs are refused, one blur is collected."""
+    script = _script()
+    _run(tmp_path / "a", "r0", 0, 0.0, table="toy_table2", t0=1.0, p=1.0, fsp_blur=[5, 10.0])
+    _run(tmp_path / "a", "r1", 1, 0.0, table="toy_table2", t0=1.0, p=1.0, fsp_blur=[5, 10.0])
+    assert "t0=1 p=1 | 2 |" in script.render(script.load_runs([str(tmp_path / "a")]))
+    _run(tmp_path / "b", "old", 2, 0.0, table="toy_table2", t0=1.0, p=1.0)
+    (tmp_path / "b" / "old" / ".hydra").mkdir()
+    (tmp_path / "b" / "old" / ".hydra" / "config.yaml").write_text(
+        "sampling:\n  fsp:\n    enabled: true\n    kernel_size: 9\n    sigma: 18.0\n")
+    with pytest.raises(ValueError, match="blur"):
+        script.render(script.load_runs([str(tmp_path / "a"), str(tmp_path / "b")]))

@@ -102,6 +102,7 @@ def test_toy_experiment_fast_dev_run(tmp_path):
     assert (tmp_path / "adapter.safetensors").exists() and (tmp_path / "metrics.json").exists()
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["n_videos"] == 1 and 0.0 <= metrics["model"]["identity"] <= 1.0
+    assert metrics["fsp_blur"] == [5, 10.0] and metrics["steps"] == 3       # what make_toy_tables groups by
     assert res["adapter"] == str(tmp_path / "adapter.safetensors")
 
 

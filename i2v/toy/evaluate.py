@@ -113,6 +113,14 @@ def _score_clip(pipe: I2VPipeline, item: dict, i: int, model_m: ToyMetrics, gt_m
     return [{"video": str(stem.with_suffix(".mp4")), "prompt": prompt, "nfe": out.nfe}]
 
 
+def sampling_record(sampling) -> dict:
+    """What a toy ``metrics.json`` records of the sampler: t0, p, steps, guidance (``cfg``) and the prior's blur
+    (``fsp_blur``: [kernel_size, sigma]; scripts/make_toy_tables.py will not average runs of different blurs)."""
+    return {"t0": float(sampling.t0), "p": float(sampling.p), "steps": int(sampling.steps),
+            "cfg": float(sampling.guidance_scale),
+            "fsp_blur": [int(sampling.fsp.kernel_size), float(sampling.fsp.sigma)]}
+
+
 def sample_and_score(cfg: DictConfig, bundle: Bundle, out_dir: Path) -> dict:
     """The after-training step of ``train.py``: writes ``samples/*.mp4|gif`` and ``metrics.json`` in the run dir."""
     if bundle.name != "toy":
@@ -123,8 +131,7 @@ def sample_and_score(cfg: DictConfig, bundle: Bundle, out_dir: Path) -> dict:
                          out_dir / "samples", seed=int(cfg.seed), overwrite=bool(cfg.overwrite),
                          scenes=scene_options(cfg.backbone))
     summary = {"adapter": cfg.adapter.name, "noised_kv": bundle.noised_kv, "seed": int(cfg.seed),
-               "t0": float(cfg.sampling.t0), "p": float(cfg.sampling.p), "steps": int(cfg.sampling.steps),
-               "cfg": float(cfg.sampling.guidance_scale),
+               **sampling_record(cfg.sampling),
                "n_videos": int(cfg.after_train.n_videos), "frames": int(cfg.data.num_frames), **res}
     save_json(summary, out_dir / "metrics.json", overwrite=bool(cfg.overwrite))
     print("toy metrics:", headline(res["model"]))
@@ -151,9 +158,7 @@ def evaluate_toy(cfg: DictConfig, out_dir: Path) -> dict:
                          write_videos=bool(toy_eval.get("write_videos", False)),
                          scenes=scene_options(cfg.backbone), oracle=oracle)
     summary = {"table": cfg.get("table"), "adapter": cfg.adapter.name, "noised_kv": bundle.noised_kv,
-               "oracle": oracle, "seed": int(cfg.seed),
-               "t0": float(cfg.sampling.t0), "p": float(cfg.sampling.p), "steps": int(cfg.sampling.steps),
-               "cfg": float(cfg.sampling.guidance_scale), "n_videos": n_videos,
+               "oracle": oracle, "seed": int(cfg.seed), **sampling_record(cfg.sampling), "n_videos": n_videos,
                "frames": frames, **res}
     save_json(summary, out_dir / "metrics.json", overwrite=bool(cfg.overwrite))
     tag = "" if not oracle else f", frame-1 oracle={oracle}" if oracle in ORACLES else f", reference={oracle}"
