@@ -13,6 +13,8 @@ flicker, per seed and averaged over seeds. ``--sheets DIR`` writes contact sheet
 upscaled nearest-neighbour, from the lossless ``samples/clipNNN.png`` strips the runs write.
 Runs sampled through the frame-1 oracle (``evaluate.py mode=toy toy_eval.oracle=...``) are bounds, not models: they
 get a table of their own (by adapter and oracle) and stay out of Tables 2/3, the trends and the sheets.
+Runs that sampled with ``adapter.noised_kv`` get Table 3 rows of their own; Table 2 runs that mix it on and off, or
+mix the prior's blur (``sampling.fsp.kernel_size``/``sigma``: the toy's changed from 9x9 to 5x5), are refused.
 """
 from __future__ import annotations
 
