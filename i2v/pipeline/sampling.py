@@ -60,6 +60,12 @@ class FSPSettings:
     kernel_size: int
     sigma: float
 
+    def __post_init__(self):
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"sampling.fsp.kernel_size must be a positive odd integer, got {self.kernel_size}")
+        if not (math.isfinite(self.sigma) and self.sigma > 0):
+            raise ValueError(f"sampling.fsp.sigma must be a number > 0, got {self.sigma}")
+
 
 @dataclass(frozen=True)
 class SamplingSettings:

@@ -108,7 +108,9 @@ def test_pipeline_takes_a_pil_image(toy):
                                              ("num_frames", 1, "num_frames must be >= 2"),
                                              ("guidance_scale", float("nan"), "finite"), ("t0", None, "is null"),
                                              ("scheduler", "heun", "scheduler must be one of"),
-                                             ("timestep_spacing", "uniform", "timestep_spacing must be one of")])
+                                             ("timestep_spacing", "uniform", "timestep_spacing must be one of"),
+                                             ("fsp", {"kernel_size": 4}, "fsp.kernel_size must be a positive odd"),
+                                             ("fsp", {"sigma": 0.0}, "fsp.sigma must be a number > 0")])
 def test_settings_are_checked_once_when_built(toy, key, value, match):
     from omegaconf import OmegaConf
 
