@@ -46,17 +46,23 @@ ADAPTER_LABEL = {"none": "w/o I2V-Adapter and Content-Adapter", "no_i2v": "w/o I
                  "full+noised_kv": "Full model + noised K/V (not the paper's)"}
 
 
+def _hydra_config(run: dict):
+    """The run's ``.hydra/config.yaml`` (what runs written before a metrics.json key existed still tell), or None."""
+    cfg = Path(run["dir"]) / ".hydra" / "config.yaml"
+    if not cfg.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    return OmegaConf.load(cfg)
+
+
 def noised_kv(run: dict) -> bool:
     """Whether a run sampled with ``adapter.noised_kv`` (metrics.json's key; runs written before it existed: their
     ``.hydra/config.yaml``)."""
     if "noised_kv" in run:
         return bool(run["noised_kv"])
-    cfg = Path(run["dir"]) / ".hydra" / "config.yaml"
-    if not cfg.is_file():
-        return False
-    from omegaconf import OmegaConf
-
-    return bool(OmegaConf.select(OmegaConf.load(cfg), "adapter.noised_kv", default=False))
+    cfg = _hydra_config(run)
+    return bool(cfg is not None and cfg.get("adapter", {}).get("noised_kv", False))
 
 
 def blur(run: dict) -> Optional[tuple]:
@@ -64,12 +70,8 @@ def blur(run: dict) -> Optional[tuple]:
     runs written before it existed: their ``.hydra/config.yaml``; None when neither says)."""
     if run.get("fsp_blur") is not None:
         return tuple(run["fsp_blur"])
-    cfg = Path(run["dir"]) / ".hydra" / "config.yaml"
-    if not cfg.is_file():
-        return None
-    from omegaconf import OmegaConf
-
-    fsp = OmegaConf.select(OmegaConf.load(cfg), "sampling.fsp")
+    cfg = _hydra_config(run)
+    fsp = None if cfg is None else cfg.get("sampling", {}).get("fsp")
     return None if fsp is None else (int(fsp.kernel_size), float(fsp.sigma))
 
 
