@@ -41,12 +41,17 @@ def rand_like_gen(kind: str, shape: Sequence[int], generator: Optional[torch.Gen
     return out.to(device=device, dtype=dtype)
 
 
-def gaussian_kernel2d(kernel_size: int, sigma: float, dtype=torch.float32, device=None) -> torch.Tensor:
-    """Normalised ``(k, k)`` Gaussian kernel, built like torchvision's ``_get_gaussian_kernel2d``."""
+def check_blur(kernel_size: int, sigma: float) -> None:
+    """Refuse a blur that :func:`gaussian_kernel2d` cannot build (the messages name the two settings)."""
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
-    if sigma <= 0:
-        raise ValueError(f"sigma must be > 0, got {sigma}")
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be a number > 0, got {sigma}")
+
+
+def gaussian_kernel2d(kernel_size: int, sigma: float, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Normalised ``(k, k)`` Gaussian kernel, built like torchvision's ``_get_gaussian_kernel2d``."""
+    check_blur(kernel_size, sigma)
     half = (kernel_size - 1) * 0.5
     x = torch.linspace(-half, half, steps=kernel_size, dtype=torch.float32)
     pdf = torch.exp(-0.5 * (x / sigma).pow(2))

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from i2v.diffusion.color import color_match
-from i2v.diffusion.fsp import initial_latents
+from i2v.diffusion.fsp import check_blur, initial_latents
 from i2v.diffusion.guidance import negative_prompt
 from i2v.diffusion.sampler import Denoiser, check_scheduler, sample_video
 from i2v.diffusion.schedule import SamplerConfig, make_scheduler
@@ -61,10 +61,10 @@ class FSPSettings:
     sigma: float
 
     def __post_init__(self):
-        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            raise ValueError(f"sampling.fsp.kernel_size must be a positive odd integer, got {self.kernel_size}")
-        if not (math.isfinite(self.sigma) and self.sigma > 0):
-            raise ValueError(f"sampling.fsp.sigma must be a number > 0, got {self.sigma}")
+        try:
+            check_blur(self.kernel_size, self.sigma)
+        except ValueError as e:   # the same check as the blur's own, named by its config keys
+            raise ValueError(f"sampling.fsp.{e}") from None
 
 
 @dataclass(frozen=True)
