@@ -19,6 +19,7 @@ mix the prior's blur (``sampling.fsp.kernel_size``/``sigma``: the toy's changed 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -48,12 +49,16 @@ ADAPTER_LABEL = {"none": "w/o I2V-Adapter and Content-Adapter", "no_i2v": "w/o I
 
 def _hydra_config(run: dict):
     """The run's ``.hydra/config.yaml`` (what runs written before a metrics.json key existed still tell), or None."""
-    cfg = Path(run["dir"]) / ".hydra" / "config.yaml"
-    if not cfg.is_file():
+    return _load_config(str(Path(run["dir"]) / ".hydra" / "config.yaml"))
+
+
+@functools.lru_cache(maxsize=None)
+def _load_config(path: str):   # each run's file read once, however many of its keys are asked for
+    if not Path(path).is_file():
         return None
     from omegaconf import OmegaConf
 
-    return OmegaConf.load(cfg)
+    return OmegaConf.load(path)
 
 
 def noised_kv(run: dict) -> bool:
@@ -127,12 +132,11 @@ def render(runs: list[dict]) -> str:
         else:
             t3[row_adapter(r)].append(r)
     gt = [r["ground_truth"] for r in runs]
-    if len({noised_kv(r) for v in t2.values() for r in v}) > 1:
-        raise ValueError("these Table 2 runs mix adapter.noised_kv on and off; collect each kind on its own")
-    blurs = {blur(r) for v in t2.values() for r in v} - {None}
-    if len(blurs) > 1:   # the prior's blur is what Table 2 sweeps: rows of different blurs are different tables
-        raise ValueError(f"these Table 2 runs mix the prior's blur (kernel_size, sigma) {sorted(blurs)}; "
-                         f"collect each kind on its own")
+    # rows sampled another way are another table (the prior's blur is what Table 2 sweeps); unknown (None) is no kind
+    for what, kind in (("adapter.noised_kv", noised_kv), ("the prior's blur (kernel_size, sigma)", blur)):
+        kinds = {kind(r) for v in t2.values() for r in v} - {None}
+        if len(kinds) > 1:
+            raise ValueError(f"these Table 2 runs mix {what}: {sorted(kinds)}; collect each kind on its own")
     if t3:
         groups = {a: t3[a] for a in ADAPTER_ORDER if a in t3}
         out.append(table(groups, lambda a: ADAPTER_LABEL.get(a, a), "Toy Table 3: model design", gt))

@@ -131,3 +131,11 @@ def test_table2_runs_of_different_blurs_are_not_averaged(tmp_path):
         "sampling:\n  fsp:\n    enabled: true\n    kernel_size: 9\n    sigma: 18.0\n")
     with pytest.raises(ValueError, match="blur"):
         script.render(script.load_runs([str(tmp_path / "a"), str(tmp_path / "b")]))
+
+
+def test_table2_runs_with_and_without_noised_kv_are_not_averaged(tmp_path):
+    script = _script()
+    _run(tmp_path, "paper", 0, 0.0, table="toy_table2", t0=1.0, p=1.0, noised_kv=False)
+    _run(tmp_path, "variant", 1, 0.0, table="toy_table2", t0=1.0, p=1.0, noised_kv=True)
+    with pytest.raises(ValueError, match="noised_kv"):
+        script.render(script.load_runs([str(tmp_path)]))
