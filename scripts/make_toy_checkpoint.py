@@ -100,6 +100,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                          "continues from it; removed after the files are written")
     ap.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between saved states")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (part of the determinism contract)")
+    ap.add_argument("--device", default="cpu",
+                    help="where the models train (e.g. cuda; the random draws stay on the CPU, so a GPU run sees the "
+                         "same clips, timesteps and noise, but its arithmetic differs in the last bits)")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="processes that render the clips ahead (same clips, same order; for --device cuda)")
     ap.add_argument("--overwrite", action="store_true", help="replace existing files")
     ap.add_argument("--quick", action="store_true", help=f"tiny run for tests ({QUICK}; overrides step flags)")
     ap.add_argument("--no-progress", action="store_true", help="no tqdm bar (log lines only)")
@@ -111,6 +116,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if min(args.base_steps, args.ip_steps, args.batch_size, args.threads) < 1:
         ap.error("--base-steps, --ip-steps, --batch-size and --threads must be >= 1")
+    if args.workers < 0:
+        ap.error("--workers must be >= 0")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        ap.error(f"--device {args.device}: {e}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: torch sees no CUDA device here")
     if args.init_from and Path(args.init_from).resolve() == Path(args.out).resolve():
         ap.error("--init-from and --out are one folder: write the continued base elsewhere (its source files must "
                  "stay to regenerate it)")
@@ -194,6 +207,8 @@ def command_line(args: argparse.Namespace, cfg: PretrainConfig) -> str:
             + f"--ema-decay {cfg.ema_decay:g} "
             + (f"--init-from {_repo_relative(args.init_from)} " if args.init_from else "")
             + f"--threads {args.threads}"
+            + (f" --device {args.device}" if args.device != "cpu" else "")
+            + (f" --workers {args.workers}" if args.workers else "")
             + (" --quick" if args.quick else "") + " --overwrite")
 
 
@@ -291,16 +306,19 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     models = build_base(cfg.seed, cfg.attn_init_scale, cfg.unet_overrides, cfg.prediction_type, cfg.codec_scale,
                         cfg.position_channels)
     source = init_from(models, args.init_from, cfg.init_sha256) if args.init_from else None
-    stream = ClipStream(cfg)
+    models.to(args.device)
+    stream = ClipStream(cfg, workers=args.workers)
     g = torch.Generator().manual_seed(cfg.seed + 12345)  # t, ε, caption/image drops, frame choice
     n_unet = sum(p.numel() for p in models.unet.parameters())
     print(f"[make_toy_checkpoint] phase A: UNet {n_unet:,} + text encoder "
           f"{sum(p.numel() for p in models.text.parameters()):,} parameters, {cfg.base_steps} steps x "
-          f"batch {cfg.batch_size} x {cfg.num_frames} frames, {args.threads} thread(s)")
+          f"batch {cfg.batch_size} x {cfg.num_frames} frames, {args.threads} thread(s), on {args.device}"
+          + (f", {args.workers} clip workers" if args.workers else ""))
     base = pretrain_base(models, stream, cfg, g)
     t_base = time.time() - start
     content = train_content_adapter(models, stream, cfg, g)
     t_train = time.time() - start
+    models.to("cpu")
 
     paths = {name: write_safetensors(out / name, tensors, meta, args.overwrite)
              for name, (tensors, meta) in export(models, cfg.unet_overrides, cfg.prediction_type, cfg.codec_scale,
@@ -319,6 +337,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "wall_time_s": {"base": round(t_base, 1), "content": round(t_train - t_base, 1),
                         "total": round(time.time() - start, 1)},
         "torch": torch.__version__,
+        "device": str(torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"),
     }
     paths["MANIFEST.json"] = save_json(manifest, out / "MANIFEST.json", overwrite=args.overwrite)
     paths["MANIFEST.json"].chmod(0o644)

@@ -347,3 +347,38 @@ def test_object_weight_raises_the_loss_share_of_the_object():
     assert masked_mse(out, target, 1 + 3 * mask) == pytest.approx(2 * 4 / (2 * (4 + 3)))
     target[..., 0, 0], target[..., 1, 1] = 0.0, 1.0      # the same error on the background instead
     assert masked_mse(out, target, 1 + 3 * mask) == pytest.approx(2 * 1 / (2 * (4 + 3)))
+
+
+def test_clip_workers_render_the_same_batches(runs, tmp_path):
+    """--workers N renders the clips ahead in N processes: the same batches in the same order as the plain stream,
+    so the files are bitwise those of a run without workers; a stream resumed at a saved position continues there."""
+    from i2v.toy.batches import ClipStream
+    from i2v.toy.pretrain import PretrainConfig
+
+    mod, (ref, _), _ = runs
+    out = tmp_path / "workers"
+    res = mod.main(["--quick", "--no-progress", "--out", str(out), "--workers", "2"])
+    for name in mod.FILES:
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+    assert "--workers 2" in res["manifest"]["command"] and "--device" not in res["manifest"]["command"]
+    assert res["manifest"]["device"] == "cpu"
+
+    cfg = PretrainConfig(batch_size=3, n_items=50, base_steps=4, ip_steps=0)
+    plain, ahead = ClipStream(cfg), ClipStream(cfg, workers=2)
+    plain.pos = ahead.pos = 7                      # as set from a saved state when a run resumes
+    for _ in range(3):
+        (va, ca), (vb, cb) = plain.next(), ahead.next()
+        assert torch.equal(va, vb) and ca == cb and plain.last[0] == ahead.last[0]
+    assert plain.pos == ahead.pos == 7 + 3 * 3
+
+
+@pytest.mark.parametrize("argv, message", [(["--workers", "-1"], "--workers"),
+                                           (["--device", "nonsense"], "--device nonsense"),
+                                           (["--device", "cuda"], "no CUDA device")])
+def test_device_and_workers_are_checked(argv, message, capsys):
+    if argv[-1] == "cuda" and torch.cuda.is_available():
+        pytest.skip("this check is for machines without CUDA")
+    mod = load_script("make_toy_checkpoint")
+    with pytest.raises(SystemExit):
+        mod.parse_args(["--quick", *argv])
+    assert message in capsys.readouterr().err

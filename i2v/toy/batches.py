@@ -21,20 +21,36 @@ class ClipStream:
     ``next()`` -> ``(video (B, F, 3, H, W) in [-1, 1], captions list[str])``.
     """
 
-    def __init__(self, cfg: PretrainConfig):
+    def __init__(self, cfg: PretrainConfig, workers: int = 0):
         n = max(cfg.n_items, (cfg.base_steps + cfg.ip_steps) * cfg.batch_size)
         background = {k: getattr(cfg, k) for k in BACKGROUND_DEFAULTS}
         self.data = SyntheticVideos(n, num_frames=cfg.num_frames, size=cfg.size, seed=cfg.seed,
                                     radius_range=tuple(cfg.radius_range), **background)
         self.order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
         self.batch, self.pos = cfg.batch_size, 0
+        # workers > 0: batches are rendered ahead in that many processes (the same batches in the same order; for a
+        # GPU, where rendering clips one by one would leave it waiting). The loader starts at the current ``pos``
+        # on the first ``next()``, so a resumed run (``pos`` set from its saved state) continues where it was.
+        self.workers, self._batches = int(workers), None
+
+    def batch_at(self, pos: int) -> tuple[list[int], torch.Tensor, list[str]]:
+        """The clips ``pos .. pos + batch - 1`` of the order: (dataset indices, videos, captions)."""
+        idx = [int(self.order[(pos + j) % len(self.order)]) for j in range(self.batch)]
+        items = [self.data[i] for i in idx]
+        return idx, torch.stack([it["video"] for it in items]), [it["text"] for it in items]
 
     def next(self) -> tuple[torch.Tensor, list[str]]:
-        idx = [int(self.order[(self.pos + j) % len(self.order)]) for j in range(self.batch)]
+        if self.workers:
+            if self._batches is None:
+                self._batches = iter(torch.utils.data.DataLoader(
+                    _BatchesFrom(self, self.pos), batch_size=None, num_workers=self.workers, prefetch_factor=4,
+                    collate_fn=lambda b: b))
+            idx, video, texts = next(self._batches)
+        else:
+            idx, video, texts = self.batch_at(self.pos)
         self.pos += self.batch
-        items = [self.data[i] for i in idx]
-        self.last = (idx, torch.stack([it["video"] for it in items]))
-        return self.last[1], [it["text"] for it in items]
+        self.last = (idx, video)
+        return video, texts
 
     def object_masks(self, latent_size: int) -> torch.Tensor:
         """Where the moving object is in each frame of the last batch ``next()`` returned, ``(B, 1, F, h, w)`` in
@@ -44,6 +60,19 @@ class ClipStream:
         bg = torch.stack([background_image(self.data.scene(i)) for i in idx])        # (B, 3, H, W)
         diff = (video - bg[:, None]).abs().amax(2)                                     # (B, F, H, W)
         return F.adaptive_max_pool2d((diff > 1e-3).float(), latent_size)[:, None]
+
+
+class _BatchesFrom(torch.utils.data.Dataset):
+    """Batch ``j`` = the stream's ``batch_at(start + j * batch)`` (what ``ClipStream`` workers render)."""
+
+    def __init__(self, stream: ClipStream, start: int):
+        self.stream, self.start = stream, start
+
+    def __len__(self) -> int:
+        return 1 << 40   # endless, like the stream (the order wraps round)
+
+    def __getitem__(self, j: int):
+        return self.stream.batch_at(self.start + j * self.stream.batch)
 
 
 def _drop_captions(captions: list[str], p: float, g: torch.Generator) -> list[str]:
@@ -68,7 +97,7 @@ def _with_clean_distractor(z: torch.Tensor, z_t: torch.Tensor, p: float, g: torc
 
 def masked_mse(out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Mean squared error weighted by ``weight`` (broadcast to ``out``): sum(w·err²) / sum(w); 0 drops an element."""
-    weight = weight.to(out.dtype).expand_as(out)
+    weight = weight.to(out.device, out.dtype).expand_as(out)
     return ((out - target).pow(2) * weight).sum() / weight.sum()
 
 
@@ -76,10 +105,12 @@ def _noised(models: Bundle, video: torch.Tensor, offset: float, g: torch.Generat
     """(z, z_t, t, target) for a batch (target = ``schedule.target``: ε or v): t ~ U{0..N-1} per video (shared by
     its frames), ε ~ N(0, I) plus ``offset`` x (one N(0, 1) per video and channel + one per frame and channel), see
     :class:`PretrainConfig`."""
-    z = models.encode_video(video)
+    z = models.encode_video(video.to(next(models.unet.parameters()).device))
     b, c, f = z.shape[:3]
+    # drawn on the CPU generator wherever the models are (the same draws on every device)
     t = torch.randint(0, models.schedule.num_train_timesteps, (b,), generator=g)
     eps = torch.randn(z.shape, generator=g)
     if offset:
         eps = eps + offset * (torch.randn(b, c, 1, 1, 1, generator=g) + torch.randn(b, c, f, 1, 1, generator=g))
+    t, eps = t.to(z.device), eps.to(z.device)
     return z, models.schedule.add_noise(z, eps, t), t, models.schedule.target(z, eps, t)

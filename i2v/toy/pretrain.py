@@ -229,8 +229,9 @@ def add_content_adapter(models: ToyModels, seed: int) -> list[nn.Parameter]:
     models.unet.requires_grad_(False)
     models.text.requires_grad_(False)
     torch.manual_seed(seed + 1)
-    models.image_encoder = ToyImageEncoder()
-    models.image_proj = Resampler(**RESAMPLER)
+    dev = next(models.unet.parameters()).device   # built on the CPU (same init on every device), then moved
+    models.image_encoder = ToyImageEncoder().to(dev)
+    models.image_proj = Resampler(**RESAMPLER).to(dev)
     attach_ip_adapter(models.unet, num_tokens=RESAMPLER["num_queries"])
     ip = [p for n, p in models.unet.named_parameters() if n.endswith(("to_k_ip.weight", "to_v_ip.weight"))]
     params = list(models.image_encoder.parameters()) + list(models.image_proj.parameters()) + ip
@@ -256,8 +257,9 @@ def train_content_adapter(models: ToyModels, stream: ClipStream, cfg: PretrainCo
         drop_img = torch.rand(b, generator=g) < cfg.image_drop
         _, zt, t, target = _noised(models, video, cfg.offset_noise, g)
         # text encoder frozen (no graph); image tokens of the dropped rows = the unconditional tokens
-        ctx = models.condition(_drop_captions(captions, cfg.text_drop, g), video[torch.arange(b), frame],
-                               drop_image=drop_img)["context"]
+        dev = zt.device
+        ctx = models.condition(_drop_captions(captions, cfg.text_drop, g), video[torch.arange(b), frame].to(dev),
+                               drop_image=drop_img.to(dev))["context"]
         return F.mse_loss(models.unet(zt, t, ctx), target)
 
     return train_loop("content", models, params, cfg.ip_steps, cfg.ip_lr, cfg, stream, g, loss_fn)
