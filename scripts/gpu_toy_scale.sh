@@ -28,14 +28,17 @@ export PYTHONPATH=".:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 WANDB_
 elapsed() { echo $(( $(date +%s) - T_START )); }
 CAL=${CAL_STEPS:-100}; MIN=${MIN_STEPS:-500}   # (a dry run here: CAL_STEPS=2 MIN_STEPS=4 BATCH=2)
 BASE="--seed 0 --batch-size ${BATCH:-64} --lr 0.003 --ip-lr 0.003 --offset-noise 0 --texture 0.5 --texture-cells 16 --texture-tiles 1"
-UNET='{"block_out_channels": [32, 64, 64, 64], "attention_levels": [true, true, true, false], "transformer_layers_per_block": [1, 1, 1, 1], "num_attention_heads": [1, 2, 2, 2]}'
+# the shipped base's UNet unless UNET (a JSON of --unet-overrides) says otherwise; PARTS=A or B runs one part alone
+UNET=${UNET:-'{"block_out_channels": [32, 64, 64, 64], "attention_levels": [true, true, true, false], "transformer_layers_per_block": [1, 1, 1, 1], "num_attention_heads": [1, 2, 2, 2]}'}
+PARTS=${PARTS:-AB}
 
 # B: long I2V-Adapter training on the shipped base (killed at the budget; checkpoints every 1,000 steps survive)
-( timeout $(( BUDGET_S - 40 - $(elapsed) )) python3 train.py experiment=toy trainer=$TRAINER trainer.precision=32-true \
+[[ $PARTS == *B* ]] && ( timeout $(( BUDGET_S - 40 - $(elapsed) )) python3 train.py experiment=toy trainer=$TRAINER trainer.precision=32-true \
     trainer.max_steps=40000 data.batch_size=16 data.num_workers=5 data.dataset.n_items=640000 \
     train.save_every_n_steps=1000 trainer.val_check_interval=5000 trainer.log_every_n_steps=200 \
     after_train.n_videos=8 out_dir=$W/B hydra.run.dir=$W/B > $W/B.log 2>&1; echo "B exit $?" >> $W/B.log ) &
 PID_B=$!
+[[ $PARTS == *A* ]] || { wait $PID_B; tail -c 3000 $W/B.log; cd $W && tar czf $OUT/rest.tar.gz B.log B/checkpoints B/train.log; exit 0; }
 
 # A: calibration (100 steps), then the run sized to what is left
 python3 scripts/make_toy_checkpoint.py --out $W/cal $BASE --base-steps $CAL --ip-steps 2 --unet-overrides "$UNET" \
