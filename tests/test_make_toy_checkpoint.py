@@ -370,6 +370,9 @@ def test_clip_workers_render_the_same_batches(runs, tmp_path):
         (va, ca), (vb, cb) = plain.next(), ahead.next()
         assert torch.equal(va, vb) and ca == cb and plain.last[0] == ahead.last[0]
     assert plain.pos == ahead.pos == 7 + 3 * 3
+    plain.pos = ahead.pos = 30                     # moved after batches were rendered ahead: they are not used
+    (va, _), (vb, _) = plain.next(), ahead.next()
+    assert torch.equal(va, vb)
 
 
 @pytest.mark.parametrize("argv, message", [(["--workers", "-1"], "--workers"),

@@ -30,7 +30,8 @@ class ClipStream:
         self.batch, self.pos = cfg.batch_size, 0
         # workers > 0: batches are rendered ahead in that many processes (the same batches in the same order; for a
         # GPU, where rendering clips one by one would leave it waiting). The loader starts at the current ``pos``
-        # on the first ``next()``, so a resumed run (``pos`` set from its saved state) continues where it was.
+        # on the first ``next()`` and again whenever ``pos`` was set from outside (a run resumed from its saved
+        # state), so it always continues where the stream is. ``_batches``: (the pos it is at, its iterator).
         self.workers, self._batches = int(workers), None
 
     def batch_at(self, pos: int) -> tuple[list[int], torch.Tensor, list[str]]:
@@ -41,11 +42,12 @@ class ClipStream:
 
     def next(self) -> tuple[torch.Tensor, list[str]]:
         if self.workers:
-            if self._batches is None:
-                self._batches = iter(torch.utils.data.DataLoader(
+            if self._batches is None or self._batches[0] != self.pos:   # first call, or ``pos`` was set since
+                self._batches = (self.pos, iter(torch.utils.data.DataLoader(
                     _BatchesFrom(self, self.pos), batch_size=None, num_workers=self.workers, prefetch_factor=4,
-                    collate_fn=lambda b: b))
-            idx, video, texts = next(self._batches)
+                    collate_fn=lambda b: b)))
+            idx, video, texts = next(self._batches[1])
+            self._batches = (self.pos + self.batch, self._batches[1])
         else:
             idx, video, texts = self.batch_at(self.pos)
         self.pos += self.batch
