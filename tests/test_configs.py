@@ -139,6 +139,14 @@ def test_the_toy_experiment_runs_as_long_as_its_max_steps():
     per_epoch = cfg.data.dataset.n_items // cfg.data.batch_size
     assert per_epoch < 1600 and cfg.trainer.max_steps == 1600 and cfg.trainer.max_epochs == -1
 
+def test_the_toy_trains_in_fp32_on_a_gpu_too():
+    """trainer=gpu's bf16-mixed is for SD-sized models; the toy experiment keeps fp32 on either trainer."""
+    assert _compose("train", ["trainer=gpu"]).trainer.precision == "bf16-mixed"
+    for trainer in ("cpu", "gpu"):
+        cfg = _compose("train", ["experiment=toy", f"trainer={trainer}"])
+        assert cfg.trainer.precision == "32-true" and cfg.trainer.accelerator == trainer
+
+
 @pytest.mark.parametrize("entry,given,key", [("sample.py", "out_dir", "out"), ("train.py", "out", "out_dir")])
 def test_the_run_folder_key_of_the_other_entry_names_this_ones(entry, given, key):
     """train.py writes to ``out_dir``, sample.py to ``out``: the other entry's key stops before Hydra with one line
