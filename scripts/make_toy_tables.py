@@ -147,10 +147,11 @@ def render(runs: list[dict]) -> str:
     if oracle_runs:
         bound = defaultdict(list)
         for r in oracle_runs:
-            bound[(row_adapter(r), r["oracle"], r["t0"], r["p"])].append(r)
+            bound[(row_adapter(r), r["oracle"], r["t0"], r["p"], tuple(r.get("oracle_steps") or ()))].append(r)
         keys = sorted(bound, key=lambda k: (k[1], ADAPTER_ORDER.index(k[0]) if k[0] in ADAPTER_ORDER else 99, k))
         out.append(table({k: bound[k] for k in keys},
-                         lambda k: f"{ADAPTER_LABEL.get(k[0], k[0])}, oracle={k[1]} (t0={k[2]:g} p={k[3]:g})",
+                         lambda k: f"{ADAPTER_LABEL.get(k[0], k[0])}, oracle={k[1]}"
+                                   + (" at t {:g}..{:g}".format(*k[4]) if k[4] else "") + f" (t0={k[2]:g} p={k[3]:g})",
                          "Sampling-time frame-1 oracle (a bound, not a model)", [r["ground_truth"] for r in oracle_runs]))
     return "\n".join(out)
 

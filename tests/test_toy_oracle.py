@@ -66,6 +66,30 @@ def test_ground_truth_oracle_replaces_every_sampled_frame_and_checks_its_inputs(
         FrameOneOracle(_net, sched, "copy")
 
 
+def test_oracle_steps_window_the_oracle_to_those_timesteps():
+    """toy_eval.oracle_steps=[lo, hi]: the oracle's prediction at sampler timesteps lo..hi (inclusive), the network's
+    own everywhere at the other steps; bad windows and windows on a non-oracle reference are refused."""
+    from i2v.toy.oracle import sampling_reference
+
+    sched = NoiseSchedule()
+    z, g = _clip(2)
+    oracle = FrameOneOracle(_net, sched, "ground_truth", steps=[300, 699])
+    oracle.set_clip(z)
+    eps = torch.randn(z.shape, generator=g)
+    for t, inside in ((299, False), (300, True), (500, True), (699, True), (700, False), (951, False)):
+        a, s = (float(v) for v in sched.alpha_sigma(torch.tensor(t)))
+        out = oracle(a * z + s * eps, torch.tensor(t), {}, None)
+        if inside:
+            assert torch.allclose(out[:, :, 1:], eps[:, :, 1:], atol=1e-4), t
+        else:
+            assert (out == 7.0).all(), t
+    for bad in ([700, 300], [5], ["a", 3], [True, 3]):
+        with pytest.raises(ValueError, match="oracle_steps"):
+            FrameOneOracle(_net, sched, "static", steps=bad)
+    with pytest.raises(ValueError, match="oracle_steps windows the frame-1 oracle"):
+        sampling_reference("first_frame_attention", _net, sched, None, steps=[0, 10])
+
+
 def test_ground_truth_oracle_through_the_sampler_reproduces_the_held_out_clip(tmp_path):
     """Shipped toy files, 2 held-out clips, the real DDIM sampler and metrics: with the ground-truth oracle the
     sampled videos score as the ground-truth clips do; with the static oracle the background is frame 1's."""
@@ -89,6 +113,14 @@ def test_ground_truth_oracle_through_the_sampler_reproduces_the_held_out_clip(tm
     plain = score_pipeline(pipe, 2, frames, 32, scenes=scenes)
     static = score_pipeline(pipe, 2, frames, 32, oracle="static", scenes=scenes)
     assert static["model"]["bg_err"] < 0.02 < plain["model"]["bg_err"], (static["model"], plain["model"])
+    # toy_eval.oracle_steps: a window holding every step is the oracle, one holding none (4 leading steps: t = 751,
+    # 501, 251, 1) the plain model; a window on the low-noise steps only lands in between on the background
+    assert score_pipeline(pipe, 2, frames, 32, oracle="static", oracle_steps=[0, 999], scenes=scenes) == static
+    assert score_pipeline(pipe, 2, frames, 32, oracle="static", oracle_steps=[2, 250], scenes=scenes) == plain
+    low = score_pipeline(pipe, 2, frames, 32, oracle="static", oracle_steps=[0, 600], scenes=scenes)["model"]
+    assert static["model"]["bg_err"] < low["bg_err"] < plain["model"]["bg_err"], low
+    with pytest.raises(ValueError, match="set toy_eval.oracle"):
+        score_pipeline(pipe, 2, frames, 32, oracle_steps=[0, 600], scenes=scenes)
     for mode in ("first_frame_attention", "noised_first_frame_kv"):
         zero_shot = score_pipeline(pipe, 2, frames, 32, oracle=mode, scenes=scenes)
         assert zero_shot["model"]["identity"] != plain["model"]["identity"] and pipe.denoiser is own, mode

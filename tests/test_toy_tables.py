@@ -74,6 +74,9 @@ def test_tables_trends_and_sheets(tmp_path, capsys):
     # a frame-1 oracle run in the Table 2 folder: a bound, reported apart, never averaged into a row or a sweep
     _run(tmp_path, "oracle_s0", 0, 0.0, table="toy_table2", adapter="none", t0=1.0, p=1.0, oracle="static",
          model={"identity": 0.9, "step_px": -50.0, "flicker": 9.0})
+    # the same oracle at some sampler steps only (toy_eval.oracle_steps): a bound of its own, not averaged with it
+    _run(tmp_path, "oracle_lo_s0", 0, 0.0, table="toy_table2", adapter="none", t0=1.0, p=1.0, oracle="static",
+         oracle_steps=[0, 699], model={"identity": 0.7, "step_px": -50.0, "flicker": 9.0})
     runs = mod.load_runs([str(tmp_path)])
     res = mod.sweeps(runs)
     assert res[("t0 (p=1)", "step_px")]["mean"] == pytest.approx(1.0)      # ρ(t0, motion) over t0 = .6, .8, 1
@@ -91,8 +94,10 @@ def test_tables_trends_and_sheets(tmp_path, capsys):
     assert t1_row.split(" | ")[3:5] == ["0.100 ± 0.000", "n/a"]                # runs without bg_err_affine
     full_row = next(line for line in text.splitlines() if line.startswith("| Full model |"))
     assert full_row.split(" | ")[3:5] == ["0.100", "0.030"]
-    oracle_row = next(line for line in text.splitlines() if "oracle=static" in line)
-    assert oracle_row.startswith("| w/o I2V-Adapter and Content-Adapter, oracle=static (t0=1 p=1) | 1 | 0.900 |")
+    oracle_rows = [line for line in text.splitlines() if "oracle=static" in line]
+    assert oracle_rows[0].startswith("| w/o I2V-Adapter and Content-Adapter, oracle=static (t0=1 p=1) | 1 | 0.900 |")
+    assert oracle_rows[1].startswith("| w/o I2V-Adapter and Content-Adapter, oracle=static at t 0..699 (t0=1 p=1) | 1 "
+                                     "| 0.700 |") and len(oracle_rows) == 2
     written = mod.write_sheets(runs, str(tmp_path / "docs"), scale=2)
     assert sorted(p.name for p in written) == ["toy_table2_p.png", "toy_table2_t0.png", "toy_table3.png"]
     t3 = Image.open(tmp_path / "docs" / "toy_table3.png")

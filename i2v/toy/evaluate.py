@@ -19,7 +19,7 @@ from i2v.utils.io import save_gif, save_json, save_mp4, save_strip
 from i2v.metrics.toy import ToyMetrics
 from i2v.pipeline.bundle import Bundle
 from i2v.pipeline.sampling import I2VPipeline, SamplingSettings
-from i2v.toy.oracle import ORACLES, sampling_reference
+from i2v.toy.oracle import ORACLES, check_oracle_steps, sampling_reference
 
 EVAL_SEED = 10_000  # held-out scenes: training uses SyntheticVideos(seed=0)
 
@@ -60,7 +60,7 @@ def headline(metrics: dict) -> str:
 @torch.no_grad()
 def score_pipeline(pipe: I2VPipeline, n_videos: int, num_frames: int, size: int, out_dir: Path | None = None,
                    seed: int = 0, overwrite: bool = False, write_videos: bool = True, scenes: dict | None = None,
-                   oracle: str | None = None) -> dict:
+                   oracle: str | None = None, oracle_steps=None) -> dict:
     """Sample ``n_videos`` held-out clips (``num_frames`` ground-truth frames each) with ``pipe``; returns
     {"model": metrics, "ground_truth": metrics, "videos": [...]}.
 
@@ -70,7 +70,8 @@ def score_pipeline(pipe: I2VPipeline, n_videos: int, num_frames: int, size: int,
     ``oracle``: sample through :class:`i2v.toy.oracle.FrameOneOracle` in that mode (``static``: a perfect reader of
     frame 1's unchanged content on this base; ``ground_truth``), a diagnostic bound, not a model; or
     ``first_frame_attention`` / ``noised_first_frame_kv``: zero-shot references that read frame 1 noised to t
-    (:class:`~i2v.toy.oracle.FirstFrameAttention`, :class:`~i2v.toy.oracle.NoisedFirstFrameKV`)."""
+    (:class:`~i2v.toy.oracle.FirstFrameAttention`, :class:`~i2v.toy.oracle.NoisedFirstFrameKV`). ``oracle_steps``:
+    ``[lo, hi]``, the frame-1 oracle at those sampler timesteps only (None: every step)."""
     data = held_out_scenes(n_videos, num_frames, size, scenes)
     model_m, gt_m = ToyMetrics(), ToyMetrics()
     written = []
@@ -78,8 +79,12 @@ def score_pipeline(pipe: I2VPipeline, n_videos: int, num_frames: int, size: int,
     if oracle is not None and pipe.bundle.noised_kv:
         raise ValueError(f"toy_eval.oracle={oracle} wraps the network as trained; it does not combine with "
                          f"adapter.noised_kv (the file or the config asks for it)")
+    if oracle_steps is not None and oracle is None:
+        raise ValueError("toy_eval.oracle_steps windows the frame-1 oracle: set toy_eval.oracle=static|ground_truth "
+                         "too (or leave oracle_steps null)")
     if oracle is not None:
-        pipe.denoiser = wrapper = sampling_reference(oracle, denoiser, pipe.bundle.schedule, pipe.bundle.unet)
+        pipe.denoiser = wrapper = sampling_reference(oracle, denoiser, pipe.bundle.schedule, pipe.bundle.unet,
+                                                     steps=oracle_steps)
     try:
         for i in tqdm(range(n_videos), desc="toy eval", leave=False):
             written += _score_clip(pipe, data[i], i, model_m, gt_m, out_dir, seed, overwrite, write_videos, wrapper)
@@ -152,16 +157,19 @@ def evaluate_toy(cfg: DictConfig, out_dir: Path) -> dict:
     toy_eval = cfg.get("toy_eval") or {}
     n_videos = int(toy_eval.get("n_videos", 8))
     oracle = toy_eval.get("oracle")
+    steps = toy_eval.get("oracle_steps")
+    steps = None if steps is None else list(check_oracle_steps(steps))
     frames = settings.num_frames
     res = score_pipeline(pipe, n_videos, frames, int(cfg.backbone.resolution), out_dir / "samples",
                          seed=int(cfg.seed), overwrite=bool(cfg.overwrite),
                          write_videos=bool(toy_eval.get("write_videos", False)),
-                         scenes=scene_options(cfg.backbone), oracle=oracle)
+                         scenes=scene_options(cfg.backbone), oracle=oracle, oracle_steps=steps)
     summary = {"table": cfg.get("table"), "adapter": cfg.adapter.name, "noised_kv": bundle.noised_kv,
-               "oracle": oracle, "seed": int(cfg.seed), **sampling_record(cfg.sampling), "n_videos": n_videos,
+               "oracle": oracle, "oracle_steps": steps, "seed": int(cfg.seed), **sampling_record(cfg.sampling), "n_videos": n_videos,
                "frames": frames, **res}
     save_json(summary, out_dir / "metrics.json", overwrite=bool(cfg.overwrite))
     tag = "" if not oracle else f", frame-1 oracle={oracle}" if oracle in ORACLES else f", reference={oracle}"
+    tag += f" at t {steps[0]:g}..{steps[1]:g}" if steps else ""
     print(f"toy metrics (t0={cfg.sampling.t0}, p={cfg.sampling.p}, seed={cfg.seed}{tag}): {headline(res['model'])}; "
           f"all in {out_dir / 'metrics.json'}")
     return summary

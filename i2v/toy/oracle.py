@@ -27,7 +27,7 @@ the clip being sampled (:meth:`FrameOneOracle.set_clip`), so it exists for the t
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -35,6 +35,18 @@ from i2v.models.noised_kv import NoisedKVDenoiser, training_timesteps
 
 ORACLES = ("static", "ground_truth")
 REFERENCES = ORACLES + ("first_frame_attention", "noised_first_frame_kv")   # toy_eval.oracle: sampling_reference
+
+
+def check_oracle_steps(steps: Optional[Sequence[float]]) -> Optional[tuple[float, float]]:
+    """``toy_eval.oracle_steps``: None (every step) or ``[lo, hi]``, the sampler timesteps (0..T-1, inclusive) at
+    which the oracle replaces the network's prediction; the other steps keep the network's own. Returns a tuple."""
+    if steps is None:
+        return None
+    vals = list(steps)
+    if len(vals) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals) \
+            or not vals[0] <= vals[1]:
+        raise ValueError(f"toy_eval.oracle_steps must be null or [lo, hi] timesteps with lo <= hi, got {steps!r}")
+    return float(vals[0]), float(vals[1])
 
 
 def static_mask(z: torch.Tensor, tol: float = 1e-3) -> torch.Tensor:
@@ -49,10 +61,12 @@ class FrameOneOracle:
     """``denoise(x, t, cond, uncond)`` with the network's output replaced by the ground-truth clip's where ``mode``
     says (see the module docstring). ``schedule``: the bundle's :class:`~i2v.diffusion.schedule.NoiseSchedule`."""
 
-    def __init__(self, denoise: Callable, schedule, mode: str = "static", static_tol: float = 1e-3):
+    def __init__(self, denoise: Callable, schedule, mode: str = "static", static_tol: float = 1e-3,
+                 steps: Optional[Sequence[float]] = None):
         if mode not in ORACLES:
             raise ValueError(f"oracle must be one of {ORACLES}, got {mode!r}")
         self.denoise, self.schedule, self.mode, self.static_tol = denoise, schedule, mode, float(static_tol)
+        self.steps = check_oracle_steps(steps)
         self.source: Optional[torch.Tensor] = None
         self.where: Optional[torch.Tensor] = None
 
@@ -75,6 +89,8 @@ class FrameOneOracle:
             raise ValueError(f"ground-truth latents {tuple(self.source.shape)} do not match the sampled "
                              f"latents {tuple(x.shape)}")
         tt = training_timesteps(t, x)
+        if self.steps is not None and not self.steps[0] <= float(tt.flatten()[0]) <= self.steps[1]:
+            return out                   # a step outside the window: the network's own prediction
         source = self.source.to(x).expand_as(x)
         a, s = self.schedule.alpha_sigma(tt)
         a, s = (v.to(x).view(-1, *([1] * (x.dim() - 1))) for v in (a, s))
@@ -121,12 +137,16 @@ class NoisedFirstFrameKV(FirstFrameAttention):
         return NoisedKVDenoiser(self.denoise, self.schedule, self.unet, self.noise)(x, t, cond, uncond)
 
 
-def sampling_reference(mode: str, denoise: Callable, schedule, unet):
-    """The wrapper of ``toy_eval.oracle=<mode>`` (:data:`REFERENCES`) around the sampler's ``denoise``."""
+def sampling_reference(mode: str, denoise: Callable, schedule, unet, steps: Optional[Sequence[float]] = None):
+    """The wrapper of ``toy_eval.oracle=<mode>`` (:data:`REFERENCES`) around the sampler's ``denoise``; ``steps``
+    (``toy_eval.oracle_steps``): the frame-1 oracle at those timesteps only (:func:`check_oracle_steps`)."""
     if mode not in REFERENCES:
         raise ValueError(f"toy_eval.oracle must be one of {REFERENCES}, got {mode!r}")
+    if steps is not None and mode not in ORACLES:
+        raise ValueError(f"toy_eval.oracle_steps windows the frame-1 oracle ({' | '.join(ORACLES)}), not "
+                         f"toy_eval.oracle={mode}")
     if mode == "first_frame_attention":
         return FirstFrameAttention(denoise, schedule, unet)
     if mode == "noised_first_frame_kv":
         return NoisedFirstFrameKV(denoise, schedule, unet)
-    return FrameOneOracle(denoise, schedule, mode)
+    return FrameOneOracle(denoise, schedule, mode, steps=steps)
