@@ -165,8 +165,8 @@ def evaluate_toy(cfg: DictConfig, out_dir: Path) -> dict:
                          write_videos=bool(toy_eval.get("write_videos", False)),
                          scenes=scene_options(cfg.backbone), oracle=oracle, oracle_steps=steps)
     summary = {"table": cfg.get("table"), "adapter": cfg.adapter.name, "noised_kv": bundle.noised_kv,
-               "oracle": oracle, "oracle_steps": steps, "seed": int(cfg.seed), **sampling_record(cfg.sampling), "n_videos": n_videos,
-               "frames": frames, **res}
+               "oracle": oracle, "oracle_steps": steps, "seed": int(cfg.seed), **sampling_record(cfg.sampling),
+               "n_videos": n_videos, "frames": frames, **res}
     save_json(summary, out_dir / "metrics.json", overwrite=bool(cfg.overwrite))
     tag = "" if not oracle else f", frame-1 oracle={oracle}" if oracle in ORACLES else f", reference={oracle}"
     tag += f" at t {steps[0]:g}..{steps[1]:g}" if steps else ""
