@@ -9,8 +9,11 @@ Arguments are the training config's overrides (backbone, adapter, data, stage, .
 attn1 | motion | up | all; default all), ``steps=`` (400), ``lr=`` (the base parameters' lr, 3e-4), ``adapter_lr=``
 (3e-3), ``n_clips=`` (16, held-out clips as in ``diagnose_adapter.py``), ``timesteps=`` ([200,500,800,950]),
 ``noise_seed=`` (0, the diagnostic's noise), ``device=`` (auto), ``json=<path>``, ``save=<path>`` (the trained
-adapter tensors as safetensors; group=adapter only, since the others change the base). Nothing is written unless
-asked: the base files are never modified.
+adapter tensors as safetensors; group=adapter only, since the others change the base), ``save_model=<dir>`` (toy
+backbone, ``adapter=no_content``: the trained UNet as ``<dir>/base_unet.safetensors``, with the base file's
+metadata, and its adapter as ``<dir>/adapter.safetensors``, so the network the group trained can be sampled:
+``python evaluate.py mode=toy experiment=toy_table2 adapter=no_content backbone.unet=<dir>/base_unet.safetensors
+ckpt=<dir>/adapter.safetensors``). Nothing is written unless asked: the base files are never modified.
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-OWN_KEYS = ("group", "steps", "lr", "adapter_lr", "n_clips", "timesteps", "noise_seed", "device", "json", "save")
+OWN_KEYS = ("group", "steps", "lr", "adapter_lr", "n_clips", "timesteps", "noise_seed", "device", "json", "save",
+            "save_model")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -46,6 +50,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     group = str(own.get("group", "all"))
     if own.get("save") and group != "adapter":
         raise ValueError("save= keeps the adapter of group=adapter only (the other groups change the frozen base)")
+    save_model = own.get("save_model")
+    if save_model:
+        _check_save_model(cfg, Path(str(save_model)))
     dev = own.get("device", "auto")
     device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else ("cpu" if dev == "auto" else dev))
     torch.manual_seed(int(cfg.seed))
@@ -78,11 +85,49 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if own.get("save"):
         from safetensors.torch import save_file
         save_file({k: v.detach().cpu().contiguous() for k, v in bundle.trainable.items()}, str(own["save"]))
+    if save_model:
+        for path in write_model(bundle, cfg, Path(str(save_model)), group):
+            print(f"wrote {path}")
     result = {"group": group, "steps": steps, "base_params": n_base,
               "before": {str(t): r for t, r in before.items()}, "after": {str(t): r for t, r in after.items()}}
     if own.get("json"):
         Path(str(own["json"])).write_text(json.dumps(result, indent=2))
     return result
+
+
+MODEL_FILES = ("base_unet.safetensors", "adapter.safetensors")
+
+
+def _check_save_model(cfg, out: Path) -> None:
+    """Refuse ``save_model=`` before any training when its files could not be written or sampled as asked."""
+    if cfg.backbone.name != "toy":
+        raise ValueError(f"save_model= writes a toy base file; backbone={cfg.backbone.name} has its own formats")
+    if cfg.adapter.content:
+        raise ValueError("save_model= writes the base and the I2V-Adapter only: run it with adapter=no_content "
+                         "(the Content-Adapter's layers would be trained but not saved)")
+    taken = [str(out / name) for name in MODEL_FILES if (out / name).exists()]
+    if taken:
+        raise FileExistsError(f"save_model= would overwrite {', '.join(taken)}; give a new folder")
+
+
+def write_model(bundle, cfg, out: Path, group: str) -> list[Path]:
+    """The bundle's UNet without its adapter tensors, under the metadata of the base file it was built from, and
+    its I2V-Adapter (its config records ``group``): ``[<out>/base_unet.safetensors, <out>/adapter.safetensors]``."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from i2v.checkpoints.adapter_io import save_adapter
+    from i2v.models.adapters import ADAPTER_SUFFIXES
+
+    with safe_open(str(cfg.backbone.unet), "pt") as f:
+        meta = f.metadata()
+    base = {k: v.detach().cpu().contiguous().clone() for k, v in bundle.unet.state_dict().items()
+            if not k.endswith(tuple(f".attn1.{s}" for s in ADAPTER_SUFFIXES))}
+    out.mkdir(parents=True, exist_ok=True)
+    base_path, adapter_path = (out / name for name in MODEL_FILES)
+    save_file(base, str(base_path), metadata=meta)
+    save_adapter(adapter_path, bundle.unet, "toy", {**bundle.config, "ceiling_check": {"group": group}})
+    return [base_path, adapter_path]
 
 
 def _forever(dm):

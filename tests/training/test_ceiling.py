@@ -76,3 +76,41 @@ def test_script_prints_the_ceiling_table(capsys):
         assert result["after"][t]["adapter_off"] != result["before"][t]["adapter_off"]
     with pytest.raises(ValueError, match="save= keeps"):
         mod.main(["experiment=toy", "group=all", "steps=1", "save=x.safetensors"])
+
+
+def test_script_saves_the_trained_network_for_sampling(tmp_path):
+    """save_model= writes what the group trained as a base file + adapter file that load back into a bundle: the
+    decoder side (group=up) differs from the shipped base, the encoder side is the shipped base's, bit for bit."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from i2v.checkpoints.adapter_io import read_adapter
+    from i2v.cli.config import CONFIGS
+    from i2v.pipeline.bundle import build_bundle
+
+    mod = load_script("ceiling_check")
+    out = tmp_path / "model"
+    mod.main(["experiment=toy", "adapter=no_content", "group=up", "steps=2", "n_clips=2", "timesteps=[500]",
+              "data.batch_size=2", "lr=1e-2", f"save_model={out}"])
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=toy", "adapter=no_content"])
+    OmegaConf.set_struct(cfg, False)
+    shipped, saved = load_file(str(cfg.backbone.unet)), load_file(str(out / "base_unet.safetensors"))
+    assert set(saved) == set(shipped)
+    changed = {k for k in saved if not torch.equal(saved[k], shipped[k])}
+    assert changed and all(k.startswith(("up_blocks.", "conv_norm_out.", "conv_out.")) for k in changed)
+    with safe_open(str(out / "base_unet.safetensors"), "pt") as f, safe_open(str(cfg.backbone.unet), "pt") as g:
+        assert f.metadata() == g.metadata()
+    tensors, info = read_adapter(out / "adapter.safetensors")
+    assert info["backbone"] == "toy" and any(v.abs().sum() > 0 for k, v in tensors.items() if "to_out_ff" in k)
+    cfg.backbone.unet = str(out / "base_unet.safetensors")
+    bundle = build_bundle(cfg.backbone, cfg.adapter)         # loads strictly: no key missing or left over
+    for k, v in bundle.unet.state_dict().items():
+        if k in saved:
+            assert torch.equal(v, saved[k]), k
+    with pytest.raises(FileExistsError, match="would overwrite"):
+        mod.main(["experiment=toy", "adapter=no_content", "group=up", "steps=1", f"save_model={out}"])
+    with pytest.raises(ValueError, match="adapter=no_content"):
+        mod.main(["experiment=toy", "group=up", "steps=1", f"save_model={tmp_path / 'other'}"])
