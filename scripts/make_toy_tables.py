@@ -40,11 +40,24 @@ COLUMNS = [("identity", "identity ↑"), ("bg_err", "bg err ↓"), ("bg_err_affi
 # Table 2's trends: the tracked path per step (step_px, jitter included), the net speed while tracked (net_px), the
 # net travel (total_px: shorter when the object is lost early) and the background's frame-to-frame change
 SWEEP_METRICS = ("step_px", "net_px", "total_px", "flicker")
-ADAPTER_ORDER = ["none", "no_i2v", "no_content", "full", "no_content+noised_kv", "full+noised_kv"]
+ADAPTER_ORDER = ["none", "no_i2v", "no_content", "full"]
 ADAPTER_LABEL = {"none": "w/o I2V-Adapter and Content-Adapter", "no_i2v": "w/o I2V-Adapter",
-                 "no_content": "w/o Content-Adapter", "full": "Full model",
-                 "no_content+noised_kv": "w/o Content-Adapter + noised K/V (not the paper's)",
-                 "full+noised_kv": "Full model + noised K/V (not the paper's)"}
+                 "no_content": "w/o Content-Adapter", "full": "Full model"}
+# what a Table 3 row key adds after "+" (row_adapter) when a run sampled another way than the paper
+VARIANT_LABEL = {"noised_kv": "noised K/V", "noise_dc=remove": "noise DC removed"}
+
+
+def adapter_label(key: str) -> str:
+    """``full`` -> "Full model"; ``full+noised_kv`` -> "Full model + noised K/V (not the paper's)"."""
+    base, *variants = key.split("+")
+    label = " + ".join([ADAPTER_LABEL.get(base, base)] + [VARIANT_LABEL.get(v, v) for v in variants])
+    return label + (" (not the paper's)" if variants else "")
+
+
+def adapter_sort_key(key: str) -> tuple:
+    """The paper's rows first, in Table 3's order, then each sampling variant's rows in the same order."""
+    base, *variants = key.split("+")
+    return (len(variants), variants, ADAPTER_ORDER.index(base) if base in ADAPTER_ORDER else len(ADAPTER_ORDER), key)
 
 
 def _hydra_config(run: dict):
@@ -80,9 +93,15 @@ def blur(run: dict) -> Optional[tuple]:
     return None if fsp is None else (int(fsp.kernel_size), float(fsp.sigma))
 
 
+def noise_dc(run: dict) -> str:
+    """How the prior's noise was drawn (metrics.json's ``fsp_noise_dc``; runs written before it existed: ``keep``)."""
+    return str(run.get("fsp_noise_dc") or "keep")
+
+
 def row_adapter(run: dict) -> str:
-    """Table 3's row of a run: its adapter config, ``+noised_kv`` when it sampled that way."""
-    return run["adapter"] + ("+noised_kv" if noised_kv(run) else "")
+    """Table 3's row of a run: its adapter config, ``+noised_kv`` / ``+noise_dc=remove`` when it sampled that way."""
+    dc = noise_dc(run)
+    return run["adapter"] + ("+noised_kv" if noised_kv(run) else "") + ("" if dc == "keep" else f"+noise_dc={dc}")
 
 
 def load_runs(paths: list[str]) -> list[dict]:
@@ -133,13 +152,14 @@ def render(runs: list[dict]) -> str:
             t3[row_adapter(r)].append(r)
     gt = [r["ground_truth"] for r in runs]
     # rows sampled another way are another table (the prior's blur is what Table 2 sweeps); unknown (None) is no kind
-    for what, kind in (("adapter.noised_kv", noised_kv), ("the prior's blur (kernel_size, sigma)", blur)):
+    for what, kind in (("adapter.noised_kv", noised_kv), ("the prior's blur (kernel_size, sigma)", blur),
+                       ("sampling.fsp.noise_dc", noise_dc)):
         kinds = {kind(r) for v in t2.values() for r in v} - {None}
         if len(kinds) > 1:
             raise ValueError(f"these Table 2 runs mix {what}: {sorted(kinds)}; collect each kind on its own")
     if t3:
-        groups = {a: t3[a] for a in ADAPTER_ORDER if a in t3}
-        out.append(table(groups, lambda a: ADAPTER_LABEL.get(a, a), "Toy Table 3: model design", gt))
+        groups = {a: t3[a] for a in sorted(t3, key=adapter_sort_key)}
+        out.append(table(groups, adapter_label, "Toy Table 3: model design", gt))
     if t2:
         keys = sorted(t2, key=lambda k: (-(k[1] == 1.0), -k[0], -k[1]))
         out.append(table({k: t2[k] for k in keys}, lambda k: f"t0={k[0]:g} p={k[1]:g}",
@@ -148,9 +168,9 @@ def render(runs: list[dict]) -> str:
         bound = defaultdict(list)
         for r in oracle_runs:
             bound[(row_adapter(r), r["oracle"], r["t0"], r["p"], tuple(r.get("oracle_steps") or ()))].append(r)
-        keys = sorted(bound, key=lambda k: (k[1], ADAPTER_ORDER.index(k[0]) if k[0] in ADAPTER_ORDER else 99, k))
+        keys = sorted(bound, key=lambda k: (k[1], adapter_sort_key(k[0]), k))
         out.append(table({k: bound[k] for k in keys},
-                         lambda k: f"{ADAPTER_LABEL.get(k[0], k[0])}, oracle={k[1]}"
+                         lambda k: f"{adapter_label(k[0])}, oracle={k[1]}"
                                    + (" at t {:g}..{:g}".format(*k[4]) if k[4] else "") + f" (t0={k[2]:g} p={k[3]:g})",
                          "Sampling-time frame-1 oracle (a bound, not a model)", [r["ground_truth"] for r in oracle_runs]))
     return "\n".join(out)
@@ -239,9 +259,9 @@ def write_sheets(runs: list[dict], out_dir: str, clip: int = 0, scale: int = 4) 
     for r in split_oracle(runs)[0]:
         (t2[(r["t0"], r["p"])] if r.get("table") == "toy_table2" else t3[row_adapter(r)]).append(r)
     if t3:
-        rows = [(label(ADAPTER_LABEL.get(a, a).replace(" and ", " and\n").replace(" + ", "\n+ ").replace(" (", "\n("),
+        rows = [(label(adapter_label(a).replace(" and ", " and\n").replace(" + ", "\n+ ").replace(" (", "\n("),
                        first_seed(t3[a])),
-                 _strip(first_seed(t3[a]), clip)) for a in ADAPTER_ORDER if a in t3]
+                 _strip(first_seed(t3[a]), clip)) for a in sorted(t3, key=adapter_sort_key)]
         anyrun = first_seed(next(iter(t3.values())))
         rows.append(("ground truth", _strip(anyrun, clip, gt=True)))
         written.append(save_contact_sheet(rows, Path(out_dir) / "toy_table3.png", scale=scale, overwrite=True))

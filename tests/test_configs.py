@@ -75,13 +75,14 @@ def test_one_sampling_config_for_every_entry():
         cfg = _compose(name, ["experiment=toy", "sampling.guidance_scale=2.5"])
         s = OmegaConf.to_container(cfg.sampling, resolve=True)
         assert (s["steps"], s["guidance_scale"], s["t0"], s["p"], s["num_frames"]) == (20, 2.5, 1.0, 0.0, 8)
-        assert s["fsp"] == {"enabled": True, "kernel_size": 5, "sigma": 10.0}   # the toy's blur, for its 16² latents
+        # the toy's blur, for its 16² latents; the prior's noise as drawn (the paper's)
+        assert s["fsp"] == {"enabled": True, "kernel_size": 5, "sigma": 10.0, "noise_dc": "keep"}
         assert not {"t0", "p", "steps", "cfg", "frames", "sample"} & set(cfg)
     s = _compose("sample", []).sampling
     assert (s.steps, s.guidance_scale, s.num_frames, s.scheduler) == (25, 7.5, 16, "ddim")
     for backbone in ("sd15", "sdxl"):   # the official blur for real latents
         s = OmegaConf.to_container(_compose("sample", [f"backbone={backbone}"]).sampling, resolve=True)
-        assert s["fsp"] == {"enabled": True, "kernel_size": 9, "sigma": 18.0}
+        assert s["fsp"] == {"enabled": True, "kernel_size": 9, "sigma": 18.0, "noise_dc": "keep"}
 
 
 def test_weight_paths_come_from_configs_local_once(tmp_path):

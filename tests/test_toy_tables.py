@@ -144,3 +144,27 @@ def test_table2_runs_with_and_without_noised_kv_are_not_averaged(tmp_path):
     _run(tmp_path, "variant", 1, 0.0, table="toy_table2", t0=1.0, p=1.0, noised_kv=True)
     with pytest.raises(ValueError, match="noised_kv"):
         script.render(script.load_runs([str(tmp_path)]))
+
+
+def test_noise_dc_runs_get_rows_of_their_own(tmp_path):
+    """Runs sampled with sampling.fsp.noise_dc=remove (metrics.json's fsp_noise_dc) are rows of their own, after the
+    paper's, never averaged into them nor dropped; runs written before the key existed count as keep."""
+    _run(tmp_path, "full_0", 0, 0.0, adapter="full", model={"identity": 0.2})
+    _run(tmp_path, "full_1", 1, 0.0, adapter="full", model={"identity": 0.2}, fsp_noise_dc="keep")
+    for seed, ident in ((0, 0.3), (1, 0.4)):
+        _run(tmp_path, f"full_dc_{seed}", seed, 0.0, adapter="full", model={"identity": ident},
+             fsp_noise_dc="remove")
+    _run(tmp_path, "none_dc_0", 0, 0.0, adapter="none", model={"identity": 0.1}, fsp_noise_dc="remove")
+    md = _script().render(_script().load_runs([str(tmp_path)]))
+    rows = [line.split(" | ")[0].lstrip("| ") for line in md.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[1:4] == ["Full model", "w/o I2V-Adapter and Content-Adapter + noise DC removed (not the paper's)",
+                         "Full model + noise DC removed (not the paper's)"]
+    assert "| 2 | 0.200 ± 0.000 |" in md and "| 2 | 0.350 ± 0.071 |" in md
+
+
+def test_table2_runs_with_and_without_noise_dc_are_not_averaged(tmp_path):
+    script = _script()
+    _run(tmp_path, "paper", 0, 0.0, table="toy_table2", t0=1.0, p=1.0)
+    _run(tmp_path, "variant", 1, 0.0, table="toy_table2", t0=1.0, p=1.0, fsp_noise_dc="remove")
+    with pytest.raises(ValueError, match="noise_dc"):
+        script.render(script.load_runs([str(tmp_path)]))

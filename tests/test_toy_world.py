@@ -198,3 +198,15 @@ def test_shipped_toy_prior_trends_of_table2():
     assert late["net_px"] <= T0_SPEED_RATIO * high["net_px"], res
     assert late["flicker"] <= high["flicker"] - T0_FLICKER_DROP, res
     assert late["lost_frac"] <= T0_LOST_CEILING, res
+
+
+def test_metrics_record_how_the_prior_drew_its_noise():
+    """metrics.json's sampler record names the prior's blur and its noise's mean (what make_toy_tables keeps apart)."""
+    from i2v.toy.evaluate import sampling_record
+
+    cfg = _compose("evaluate", ["mode=toy", "experiment=toy_table2", "sampling.t0=1.0", "sampling.p=0.0"])
+    assert sampling_record(cfg.sampling)["fsp_noise_dc"] == "keep"
+    cfg = _compose("evaluate", ["mode=toy", "experiment=toy_table2", "sampling.t0=1.0", "sampling.p=0.0",
+                                "sampling.fsp.noise_dc=remove"])
+    record = sampling_record(cfg.sampling)
+    assert record["fsp_noise_dc"] == "remove" and record["fsp_blur"] == [5, 10.0]

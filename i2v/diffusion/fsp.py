@@ -114,15 +114,26 @@ def fsp_start_index(num_steps: int, t0: float) -> int:
     return num_steps - fsp_num_steps(num_steps, t0)
 
 
+NOISE_DC = ("keep", "remove")
+
+
+def check_noise_dc(noise_dc: str) -> None:
+    if noise_dc not in NOISE_DC:
+        raise ValueError(f"noise_dc must be one of {NOISE_DC}, got {noise_dc!r}")
+
+
 def frame_similarity_prior(first_latent: torch.Tensor, num_frames: int, t0: float, p: float, scheduler,
                            generator: Optional[torch.Generator] = None, kernel_size: int = 9,
-                           sigma: float = 18.0) -> Tuple[torch.Tensor, int]:
+                           sigma: float = 18.0, noise_dc: str = "keep") -> Tuple[torch.Tensor, int]:
     """Initial video latents under the Frame Similarity Prior.
 
     Args:
         first_latent: ``(B, C, H, W)`` clean latent of the input image.
         num_frames: F (≥ 2), frame 0 included.
         scheduler: a diffusers scheduler on which ``set_timesteps(S)`` has been called.
+        noise_dc: ``keep`` (the paper: ε as drawn) | ``remove`` (not in the paper: each frame's ε has its spatial
+            mean removed, per channel, so every frame starts from the prior's own mean colour, D(first_latent)'s,
+            instead of that plus a random offset a network cannot tell from colour; docs/toy_world.md).
     Returns:
         ``(x_init (B, C, F, H, W), start_index)``: frame 0 is ``first_latent`` (bitwise), frames 1..F−1 are
         ``scheduler.add_noise(D(first_latent), ε, timesteps[start_index])``; the loop runs ``timesteps[start_index:]``.
@@ -130,16 +141,20 @@ def frame_similarity_prior(first_latent: torch.Tensor, num_frames: int, t0: floa
     _check_first(first_latent, num_frames)
     num_steps = len(scheduler.timesteps) // getattr(scheduler, "order", 1)
     start = fsp_start_index(num_steps, t0)
-    return _prior_from(first_latent, num_frames, p, scheduler, start, generator, kernel_size, sigma), start
+    return _prior_from(first_latent, num_frames, p, scheduler, start, generator, kernel_size, sigma, noise_dc), start
 
 
 def _prior_from(first_latent: torch.Tensor, num_frames: int, p: float, scheduler, start: int,
-                generator: Optional[torch.Generator], kernel_size: int, sigma: float) -> torch.Tensor:
+                generator: Optional[torch.Generator], kernel_size: int, sigma: float,
+                noise_dc: str = "keep") -> torch.Tensor:
     """The prior's ``x_init (B, C, F, H, W)`` noised to the level of ``timesteps[start]``."""
+    check_noise_dc(noise_dc)
     b = first_latent.shape[0]
     rest = first_latent.unsqueeze(2).expand(-1, -1, num_frames - 1, -1, -1)
     rest = degrade(rest, p, generator, kernel_size, sigma)
     noise = rand_like_gen("randn", rest.shape, generator, rest.device, rest.dtype)
+    if noise_dc == "remove":
+        noise = noise - noise.mean(dim=(-2, -1), keepdim=True)
     t_start = scheduler.timesteps[start * getattr(scheduler, "order", 1)]
     noisy = scheduler.add_noise(rest, noise, t_start.reshape(1).repeat(b)).to(first_latent.dtype)
     return torch.cat([first_latent.unsqueeze(2), noisy], dim=2)
@@ -167,16 +182,23 @@ def _check_first(first_latent: torch.Tensor, num_frames: int) -> None:
 
 def initial_latents(first_latent: torch.Tensor, num_frames: int, scheduler, steps: int, *, t0: float = 1.0,
                     p: float = 0.0, fsp: bool = True, generator: Optional[torch.Generator] = None,
-                    kernel_size: int = 9, sigma: float = 18.0) -> Tuple[torch.Tensor, torch.Tensor, int]:
+                    kernel_size: int = 9, sigma: float = 18.0,
+                    noise_dc: str = "keep") -> Tuple[torch.Tensor, torch.Tensor, int]:
     """Set ``scheduler`` to ``steps`` steps and draw the start of a video whose frame 0 is ``first_latent``.
 
     Args:
         first_latent: ``(B, C, H, W)`` clean latent of the input image.
         num_frames: F (>= 2), frame 0 included.
         t0, p, fsp: the Frame Similarity Prior (``fsp=False``: pure noise, all ``steps`` steps run).
+        noise_dc: the prior's noise as drawn (``keep``) or with each frame's spatial mean removed (``remove``;
+            see :func:`frame_similarity_prior`; only with the prior on).
     Returns:
         ``(x_init (B, C, F, H, W), timesteps to run, start_index)``; frame 0 of ``x_init`` is ``first_latent``.
     """
+    check_noise_dc(noise_dc)
+    if not fsp and noise_dc != "keep":
+        raise ValueError(f"noise_dc={noise_dc!r} acts on the Frame Similarity Prior's noise, and the prior is off "
+                         f"(pure noise has no mean colour of frame 1 to start from)")
     scheduler.set_timesteps(steps, device=first_latent.device)
     order = getattr(scheduler, "order", 1)
     start = fsp_start_index(steps, t0) if fsp else 0
@@ -184,7 +206,7 @@ def initial_latents(first_latent: torch.Tensor, num_frames: int, scheduler, step
         scheduler.set_begin_index(start * order)
     if fsp:
         _check_first(first_latent, num_frames)
-        x = _prior_from(first_latent, num_frames, p, scheduler, start, generator, kernel_size, sigma)
+        x = _prior_from(first_latent, num_frames, p, scheduler, start, generator, kernel_size, sigma, noise_dc)
     else:
         x, _ = pure_noise_init(first_latent, num_frames, scheduler, generator)
     return x, scheduler.timesteps[start * order:], start

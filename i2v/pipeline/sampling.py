@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from i2v.diffusion.color import color_match
-from i2v.diffusion.fsp import check_blur, initial_latents
+from i2v.diffusion.fsp import check_blur, check_noise_dc, initial_latents
 from i2v.diffusion.guidance import negative_prompt
 from i2v.diffusion.sampler import Denoiser, check_scheduler, sample_video
 from i2v.diffusion.schedule import SamplerConfig, make_scheduler
@@ -59,12 +59,17 @@ class FSPSettings:
     enabled: bool
     kernel_size: int
     sigma: float
+    noise_dc: str = "keep"   # keep (the paper) | remove (each frame's noise without its spatial mean; not the paper)
 
     def __post_init__(self):
         try:
             check_blur(self.kernel_size, self.sigma)
-        except ValueError as e:   # the same check as the blur's own, named by its config keys
+            check_noise_dc(self.noise_dc)
+        except ValueError as e:   # the same checks as the prior's own, named by their config keys
             raise ValueError(f"sampling.fsp.{e}") from None
+        if not self.enabled and self.noise_dc != "keep":
+            raise ValueError(f"sampling.fsp.noise_dc={self.noise_dc} acts on the prior's noise: it needs "
+                             f"sampling.fsp.enabled=true")
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,8 @@ class SamplingSettings:
         opt = lambda key: None if s.get(key) is None else int(s.get(key))  # noqa: E731
         return cls(steps=int(s.steps), guidance_scale=float(s.guidance_scale), t0=float(s.t0), p=float(s.p),
                    num_frames=int(s.num_frames), scheduler=str(s.scheduler),
-                   fsp=FSPSettings(bool(s.fsp.enabled), int(s.fsp.kernel_size), float(s.fsp.sigma)),
+                   fsp=FSPSettings(bool(s.fsp.enabled), int(s.fsp.kernel_size), float(s.fsp.sigma),
+                                   str(s.fsp.get("noise_dc", "keep"))),
                    negative_prompt=str(s.get("negative_prompt") or ""), color_match=color_match_settings(s),
                    height=opt("height"), width=opt("width"), resize=str(s.get("resize", "crop")),
                    fps=int(s.get("fps", 8)), timestep_spacing=str(s.get("timestep_spacing", "leading")))
@@ -182,7 +188,7 @@ class I2VPipeline:
         uncond = bundle.condition([self.negative], None, hw=hw)
         x, timesteps, _ = initial_latents(first, s.num_frames, self.scheduler, s.steps, t0=s.t0, p=s.p,
                                           fsp=s.fsp.enabled, generator=g, kernel_size=s.fsp.kernel_size,
-                                          sigma=s.fsp.sigma)
+                                          sigma=s.fsp.sigma, noise_dc=s.fsp.noise_dc)
         denoise = self.denoiser
         if bundle.noised_kv:   # adapter.noised_kv: frame 1 noised with one draw for the whole video
             noise = torch.randn(first[:, :, None].shape, generator=g, dtype=torch.float32).to(first)

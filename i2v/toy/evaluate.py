@@ -119,11 +119,13 @@ def _score_clip(pipe: I2VPipeline, item: dict, i: int, model_m: ToyMetrics, gt_m
 
 
 def sampling_record(sampling) -> dict:
-    """What a toy ``metrics.json`` records of the sampler: t0, p, steps, guidance (``cfg``) and the prior's blur
-    (``fsp_blur``: [kernel_size, sigma]; scripts/make_toy_tables.py will not average runs of different blurs)."""
+    """What a toy ``metrics.json`` records of the sampler: t0, p, steps, guidance (``cfg``), the prior's blur
+    (``fsp_blur``: [kernel_size, sigma]) and its noise's mean (``fsp_noise_dc``); scripts/make_toy_tables.py will
+    not average runs that differ in either."""
     return {"t0": float(sampling.t0), "p": float(sampling.p), "steps": int(sampling.steps),
             "cfg": float(sampling.guidance_scale),
-            "fsp_blur": [int(sampling.fsp.kernel_size), float(sampling.fsp.sigma)]}
+            "fsp_blur": [int(sampling.fsp.kernel_size), float(sampling.fsp.sigma)],
+            "fsp_noise_dc": str(sampling.fsp.get("noise_dc", "keep"))}
 
 
 def sample_and_score(cfg: DictConfig, bundle: Bundle, out_dir: Path) -> dict:

@@ -106,3 +106,40 @@ def test_pure_noise_init_scale():
     assert s == 0 and torch.equal(x[:, :, 0], first)
     assert abs(x[:, :, 1:].std().item() / float(sched.init_noise_sigma) - 1) < 0.02
     assert float(sched.init_noise_sigma) > 5  # Euler really scales
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0])
+def test_prior_noise_dc_removed(p, make_latent):
+    """noise_dc=remove: the same draw as keep, each frame's noise less its spatial mean (per channel), so every later
+    frame's spatial mean is exactly α·mean(D(first)); keep leaves the draw as it was."""
+    schedule = NoiseSchedule()
+    first = make_latent(2, 4, 16, 16, seed=7) + 0.5        # a mean colour to carry
+    out = {}
+    for dc in ("keep", "remove"):
+        sched = make_scheduler("ddim", schedule)
+        sched.set_timesteps(20)
+        out[dc], start = frame_similarity_prior(first, 6, 1.0, p, sched, torch.Generator().manual_seed(8),
+                                                noise_dc=dc)
+    t = sched.timesteps[start]
+    alpha, sigma = schedule.alpha_sigma(torch.tensor([int(t)]))
+    target = (first if p == 0.0 else gaussian_blur(first))[:, :, None]
+    keep, remove = ((out[k][:, :, 1:] - alpha * target) / sigma for k in ("keep", "remove"))
+    assert torch.equal(out["remove"][:, :, 0], first)
+    assert keep.mean(dim=(-2, -1)).abs().max() > 0.05          # a drawn 16² noise has a visible mean per frame
+    assert remove.mean(dim=(-2, -1)).abs().max() < 1e-5
+    torch.testing.assert_close(remove, keep - keep.mean(dim=(-2, -1), keepdim=True), rtol=0, atol=1e-5)
+    frame_means = out["remove"][:, :, 1:].mean(dim=(-2, -1))
+    torch.testing.assert_close(frame_means, (alpha * target).mean(dim=(-2, -1)).expand_as(frame_means),
+                               rtol=0, atol=1e-5)
+
+
+def test_noise_dc_refused_when_unknown_or_without_the_prior(make_latent):
+    from i2v.diffusion.fsp import initial_latents
+
+    first = make_latent(1, 4, 8, 8)
+    sched = make_scheduler("ddim", NoiseSchedule())
+    sched.set_timesteps(10)
+    with pytest.raises(ValueError, match="noise_dc must be one of"):
+        frame_similarity_prior(first, 4, 1.0, 0.0, sched, noise_dc="zero")
+    with pytest.raises(ValueError, match="the prior is off"):
+        initial_latents(first, 4, sched, 10, fsp=False, noise_dc="remove")

@@ -43,7 +43,8 @@ def _reference_latents(bundle, s, image, prompt, seed):
         scheduler.set_begin_index(start * order)
     if s.fsp.enabled:
         x, start = frame_similarity_prior(first, n, float(s.t0), float(s.p), scheduler, g,
-                                          kernel_size=int(s.fsp.kernel_size), sigma=float(s.fsp.sigma))
+                                          kernel_size=int(s.fsp.kernel_size), sigma=float(s.fsp.sigma),
+                                          noise_dc=str(s.fsp.get("noise_dc", "keep")))
     else:
         x, start = pure_noise_init(first, n, scheduler, g)
     params = inspect.signature(scheduler.step).parameters
@@ -75,6 +76,7 @@ def toy(tmp_path_factory):
     ["sampling.scheduler=euler", "sampling.guidance_scale=1.0", "sampling.negative_prompt=official"],
     ["sampling.scheduler=dpmpp", "sampling.fsp.enabled=false", "sampling.steps=3"],
     ["sampling.timestep_spacing=trailing", "sampling.steps=4", "sampling.num_frames=3"],
+    ["sampling.fsp.noise_dc=remove", "sampling.steps=4", "sampling.p=0.0"],
 ])
 def test_pipeline_latents_equal_the_old_loop_bitwise(toy, tmp_path, over):
     from omegaconf import OmegaConf
@@ -110,7 +112,10 @@ def test_pipeline_takes_a_pil_image(toy):
                                              ("scheduler", "heun", "scheduler must be one of"),
                                              ("timestep_spacing", "uniform", "timestep_spacing must be one of"),
                                              ("fsp", {"kernel_size": 4}, "fsp.kernel_size must be a positive odd"),
-                                             ("fsp", {"sigma": 0.0}, "fsp.sigma must be a number > 0")])
+                                             ("fsp", {"sigma": 0.0}, "fsp.sigma must be a number > 0"),
+                                             ("fsp", {"noise_dc": "zero"}, "fsp.noise_dc must be one of"),
+                                             ("fsp", {"enabled": False, "noise_dc": "remove"},
+                                              "needs sampling.fsp.enabled=true")])
 def test_settings_are_checked_once_when_built(toy, key, value, match):
     from omegaconf import OmegaConf
 
