@@ -117,16 +117,15 @@ def write_model(bundle, cfg, out: Path, group: str) -> list[Path]:
     from safetensors.torch import save_file
 
     from i2v.checkpoints.adapter_io import save_adapter
-    from i2v.models.adapters import ADAPTER_SUFFIXES
 
     with safe_open(str(cfg.backbone.unet), "pt") as f:
         meta = f.metadata()
     base = {k: v.detach().cpu().contiguous().clone() for k, v in bundle.unet.state_dict().items()
-            if not k.endswith(tuple(f".attn1.{s}" for s in ADAPTER_SUFFIXES))}
+            if k not in bundle.trainable}            # the adapter's tensors, by the same state-dict names
     out.mkdir(parents=True, exist_ok=True)
     base_path, adapter_path = (out / name for name in MODEL_FILES)
     save_file(base, str(base_path), metadata=meta)
-    save_adapter(adapter_path, bundle.unet, "toy", {**bundle.config, "ceiling_check": {"group": group}})
+    save_adapter(adapter_path, bundle.trainable, "toy", {**bundle.config, "ceiling_check": {"group": group}})
     return [base_path, adapter_path]
 
 

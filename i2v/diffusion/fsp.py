@@ -139,6 +139,7 @@ def frame_similarity_prior(first_latent: torch.Tensor, num_frames: int, t0: floa
         ``scheduler.add_noise(D(first_latent), ε, timesteps[start_index])``; the loop runs ``timesteps[start_index:]``.
     """
     _check_first(first_latent, num_frames)
+    check_noise_dc(noise_dc)
     num_steps = len(scheduler.timesteps) // getattr(scheduler, "order", 1)
     start = fsp_start_index(num_steps, t0)
     return _prior_from(first_latent, num_frames, p, scheduler, start, generator, kernel_size, sigma, noise_dc), start
@@ -147,8 +148,8 @@ def frame_similarity_prior(first_latent: torch.Tensor, num_frames: int, t0: floa
 def _prior_from(first_latent: torch.Tensor, num_frames: int, p: float, scheduler, start: int,
                 generator: Optional[torch.Generator], kernel_size: int, sigma: float,
                 noise_dc: str = "keep") -> torch.Tensor:
-    """The prior's ``x_init (B, C, F, H, W)`` noised to the level of ``timesteps[start]``."""
-    check_noise_dc(noise_dc)
+    """The prior's ``x_init (B, C, F, H, W)`` noised to the level of ``timesteps[start]`` (``noise_dc`` checked by
+    the callers)."""
     b = first_latent.shape[0]
     rest = first_latent.unsqueeze(2).expand(-1, -1, num_frames - 1, -1, -1)
     rest = degrade(rest, p, generator, kernel_size, sigma)
