@@ -15,7 +15,9 @@ Arguments are the training config's overrides (``configs/train.yaml``: backbone,
 base's self-attention and the adapter branch's attention to frame 1 are; ``focus_t=null`` skips it),
 ``probes=`` (true: two more passes per t with the adapter off -- every spatial self-attention zeroed, and every
 frame's self-attention reading frame 1's keys/values -- which tell whether the base gives the branch a route at all),
-``static_tol=`` (1e-3: a latent element is "unchanged" for the oracle within this times the clip's latent RMS).
+``static_tol=`` (1e-3: a latent element is "unchanged" for the oracle within this times the clip's latent RMS),
+``captions=`` (true: the same loss with no caption and with the caption's direction words swapped, left<->right
+and up<->down -- does the model use its text, and does it know which way things move?).
 Clips: the toy world's held-out scenes (``SyntheticVideos`` with the evaluation seed), else the data module's
 validation split (the training data when it has none).
 """
@@ -33,7 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 OWN_KEYS = ("ckpt", "n_clips", "timesteps", "noise_seed", "batch_size", "device", "json", "focus_t", "probes",
-            "static_tol")
+            "static_tol", "captions")
 
 
 def split_args(argv: Sequence[str], keys: Sequence[str] = OWN_KEYS) -> tuple[dict, list[str]]:
@@ -81,9 +83,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     import i2v.cli.config  # noqa: F401  (resolvers)
     from i2v.pipeline.bundle import build_bundle
-    from i2v.training.diagnose import (DEFAULT_TIMESTEPS, attention_focus, eps_loss_by_timestep, findings,
-                                       focus_findings, format_focus, format_probes, format_table,
-                                       probe_findings)
+    from i2v.training.diagnose import (DEFAULT_TIMESTEPS, attention_focus, caption_findings, caption_probe,
+                                       eps_loss_by_timestep, findings, focus_findings, format_captions,
+                                       format_focus, format_probes, format_table, probe_findings)
 
     own, overrides = split_args(sys.argv[1:] if argv is None else argv)
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
@@ -113,6 +115,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         print("\nattention probes (adapter off): does the base use its spatial self-attention, and what do frame 1's "
               "keys/values do in it?")
         print(format_probes(table))
+    captions = {}
+    if own.get("captions", True):
+        captions = caption_probe(bundle, videos, texts, timesteps, seed=int(own.get("noise_seed", 0)),
+                                 batch_size=int(own.get("batch_size", 8)))
+        print("\ncaption probe (the model as measured in 'adapter on'; 'adapter off' without one): does it use its "
+              "caption, and the caption's direction words?")
+        print(format_captions(captions))
     focus = {}
     focus_t = own.get("focus_t", 500)
     if focus_t is not None:   # one batch of the clips
@@ -120,7 +129,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         focus = attention_focus(bundle, videos[:n], texts[:n], int(focus_t), seed=int(own.get("noise_seed", 0)))
         print(f"\nattention focus at t={int(focus_t)} (spatial self-attention layers, frame 1 clean):")
         print(format_focus(focus))
-    notes = findings(table) + probe_findings(table) + focus_findings(focus)
+    notes = findings(table) + probe_findings(table) + caption_findings(captions) + focus_findings(focus)
     if bundle.noised_kv:
         notes.append("adapter.noised_kv: 'adapter on' is that forward; on the toy world its samples keep frame 1 "
                      "far better than this one-step ε ratio suggests (docs/toy_world.md, 'Noised first-frame "
@@ -129,7 +138,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         print("-", line)
     result = {"backbone": cfg.backbone.name, "adapter": cfg.adapter.name, "ckpt": str(ckpt) if ckpt else None,
               "noised_kv": bundle.noised_kv,
-              "n_clips": len(texts), "table": {str(t): row for t, row in table.items()}, "attention_focus": focus}
+              "n_clips": len(texts), "table": {str(t): row for t, row in table.items()},
+              "captions": {str(t): row for t, row in captions.items()}, "attention_focus": focus}
     if own.get("json"):
         Path(str(own["json"])).write_text(json.dumps(result, indent=2))
     return result

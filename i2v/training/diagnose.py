@@ -38,11 +38,17 @@ The attention probes (``probes=True``) ask whether the branch has a route at all
 * ``cross_frame_noisy`` -- the same swap with frame 1 noised to ``t`` like the other frames (zero-shot cross-frame
   attention as in text-to-video editing). Near ``adapter_off`` while ``cross_frame`` is far above: it is the clean
   frame, not the swap, that misleads the base.
+
+:func:`caption_probe` asks whether the model uses its caption at all: the same loss (the adapter as attached) with
+the caption, with no caption, and with each direction word of the caption (left/right/up/down) replaced by its
+opposite. A model whose loss does not move when "moving left" becomes "moving right" has not learnt the caption's
+direction: in its samples the motion's direction comes from the starting noise, not from the text.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+import re
+from typing import Optional, Sequence
 
 import torch
 
@@ -52,6 +58,8 @@ from i2v.training.module import first_frame_clean_noising
 PREDICTORS = ("adapter_on", "adapter_off", "copy_frame1", "signal_zero", "static_oracle")
 PROBES = ("attn_zero", "cross_frame", "cross_frame_noisy")
 DEFAULT_TIMESTEPS = (200, 500, 800, 950)
+DIRECTION_WORDS = {"left": "right", "right": "left", "up": "down", "down": "up"}
+_DIRECTION_RE = re.compile(r"\b(" + "|".join(DIRECTION_WORDS) + r")\b", re.IGNORECASE)
 
 
 def _probe_processor(mode: str):
@@ -84,6 +92,41 @@ def _frames_mse(eps_hat: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor,
     return err.pow(2).flatten(1).mean(1), err.mean(dim=(-2, -1)).pow(2).flatten(1).mean(1)
 
 
+def _check_clips(videos: torch.Tensor, texts: Sequence[str]) -> None:
+    if videos.dim() != 5 or videos.shape[1] < 2 or len(texts) != videos.shape[0]:
+        raise ValueError(f"videos must be (N, F>=2, 3, H, W) with one caption each, got {tuple(videos.shape)} "
+                         f"and {len(texts)} captions")
+
+
+def _check_timesteps(bundle, timesteps: Sequence[int]) -> None:
+    n_train = bundle.schedule.num_train_timesteps
+    bad = [t for t in timesteps if not 0 <= int(t) < n_train]
+    if bad:
+        raise ValueError(f"timesteps {bad} outside [0, {n_train})")
+
+
+def _noise(z: torch.Tensor, seed: int, t: int, start: int) -> torch.Tensor:
+    """The ε of the clips ``start..`` at ``t``: a function of (seed, t, start), the same for every predictor."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + int(t) * 1009 + start)
+    return torch.randn(z.shape, generator=g, dtype=torch.float32).to(z.device, z.dtype)
+
+
+def _predict_eps(bundle, z: torch.Tensor, z_t: torch.Tensor, eps: torch.Tensor, tt: torch.Tensor, cond: dict,
+                 noised_kv: bool = False) -> torch.Tensor:
+    """The UNet's prediction on ``z_t`` as the ε it stands for; ``noised_kv``: through the adapter.noised_kv forward
+    (frame 1 noised with its own ε for the keys/values pass)."""
+    from i2v.models.noised_kv import with_noised_first_frame_kv
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return bundle.unet(x, tt, cond["context"], added_cond=cond.get("added_cond"))
+    if noised_kv:
+        x1 = bundle.schedule.add_noise(z[:, :, :1], eps[:, :, :1], tt)
+        out = with_noised_first_frame_kv(bundle.unet, run, z_t, x1)
+    else:
+        out = run(z_t)
+    return bundle.schedule.to_eps(out, z_t, tt)
+
+
 @torch.no_grad()
 def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
                          timesteps: Sequence[int] = DEFAULT_TIMESTEPS, seed: int = 0,
@@ -102,15 +145,9 @@ def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
             1's by at most this times the clip's latent RMS.
     """
     from i2v.models.adapters import i2v_adapter_layers, set_i2v_adapter_enabled
-    from i2v.models.noised_kv import with_noised_first_frame_kv
 
-    if videos.dim() != 5 or videos.shape[1] < 2 or len(texts) != videos.shape[0]:
-        raise ValueError(f"videos must be (N, F>=2, 3, H, W) with one caption each, got {tuple(videos.shape)} "
-                         f"and {len(texts)} captions")
-    n_train = bundle.schedule.num_train_timesteps
-    bad = [t for t in timesteps if not 0 <= int(t) < n_train]
-    if bad:
-        raise ValueError(f"timesteps {bad} outside [0, {n_train})")
+    _check_clips(videos, texts)
+    _check_timesteps(bundle, timesteps)
     layers = i2v_adapter_layers(bundle.unet)
     was_on = [a.processor.enabled for _, a in layers]
     param = next(bundle.unet.parameters())
@@ -127,8 +164,7 @@ def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
             cond = bundle.condition(caps, video[:, 0], hw=tuple(video.shape[-2:]))
             static = static_mask(z, static_tol)     # frame 0 all True, never scored
             for t in timesteps:
-                g = torch.Generator().manual_seed(seed * 1_000_003 + int(t) * 1009 + start)
-                eps = torch.randn(z.shape, generator=g, dtype=torch.float32).to(dev, dtype)
+                eps = _noise(z, seed, t, start)
                 tt = torch.full((b,), int(t), dtype=torch.long, device=dev)
                 z_t = first_frame_clean_noising(z, eps, tt, bundle.schedule)
                 abar = float(bundle.schedule.alphas_cumprod[int(t)])
@@ -149,14 +185,7 @@ def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
                             continue
                     else:
                         set_i2v_adapter_enabled(bundle.unet, on)
-                    def run(x: torch.Tensor) -> torch.Tensor:
-                        return bundle.unet(x, tt, cond["context"], added_cond=cond.get("added_cond"))
-                    if on and bundle.noised_kv:   # the adapter's own forward (frame 1 noised with its own ε)
-                        x1 = bundle.schedule.add_noise(z[:, :, :1], eps[:, :, :1], tt)
-                        out = with_noised_first_frame_kv(bundle.unet, run, z_t, x1)
-                    else:
-                        out = run(z_t)
-                    eps_hat = bundle.schedule.to_eps(out, z_t, tt)
+                    eps_hat = _predict_eps(bundle, z, z_t, eps, tt, cond, noised_kv=on and bundle.noised_kv)
                     add(name, eps_hat)
                     if not on:
                         add("static_oracle", torch.where(static, copy, eps_hat))
@@ -171,6 +200,98 @@ def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
             attn.processor.enabled = on
     n = videos.shape[0]
     return {t: {k: v / n for k, v in row.items()} for t, row in sums.items()}
+
+
+def swap_directions(text: str) -> Optional[str]:
+    """``text`` with each direction word (left, right, up, down: whole words, any case) replaced by its opposite;
+    None when it has none. ``"a red circle moving left"`` -> ``"a red circle moving right"``."""
+    if not _DIRECTION_RE.search(text):
+        return None
+
+    def opposite(m: re.Match) -> str:
+        word = DIRECTION_WORDS[m.group(0).lower()]
+        return word.capitalize() if m.group(0)[0].isupper() else word
+    return _DIRECTION_RE.sub(opposite, text)
+
+
+@torch.no_grad()
+def caption_probe(bundle, videos: torch.Tensor, texts: Sequence[str], timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
+                  seed: int = 0, batch_size: int = 8) -> dict[int, dict[str, float]]:
+    """Does the model use its caption? ε-MSE on frames 2..F, frame 1 clean, the bundle as it is (its I2V-Adapter on
+    if attached), on the noise of :func:`eps_loss_by_timestep` (so ``caption`` equals its ``adapter_on``, or
+    ``adapter_off`` without an adapter), with three captions per clip:
+
+    * ``caption`` -- the clip's own; ``no_caption`` -- the empty caption (what classifier-free guidance contrasts);
+    * ``swapped`` -- each direction word replaced by its opposite (:func:`swap_directions`), on the ``n_direction``
+      clips whose caption has one; ``caption_direction`` is the own caption's loss on those same clips (the swap's
+      reference). NaN where no caption has a direction word.
+    """
+    _check_clips(videos, texts)
+    _check_timesteps(bundle, timesteps)
+    param = next(bundle.unet.parameters())
+    swapped_all = [swap_directions(t) for t in texts]
+    n_dir = sum(s is not None for s in swapped_all)
+    keys = ("caption", "no_caption", "caption_direction", "swapped")
+    sums = {int(t): {k: 0.0 for k in keys} for t in timesteps}
+    for start in range(0, videos.shape[0], batch_size):
+        video = videos[start:start + batch_size].to(param.device, param.dtype)
+        caps = list(texts[start:start + batch_size])
+        swapped = swapped_all[start:start + batch_size]
+        has_dir = torch.tensor([s is not None for s in swapped], device=param.device)
+        z = bundle.encode_video(video, generator=torch.Generator().manual_seed(seed))
+        conds = {"caption": bundle.condition(caps, video[:, 0], hw=tuple(video.shape[-2:])),
+                 "no_caption": bundle.condition([""] * len(caps), video[:, 0], hw=tuple(video.shape[-2:]))}
+        if bool(has_dir.any()):
+            conds["swapped"] = bundle.condition([s if s is not None else c for s, c in zip(swapped, caps)],
+                                                video[:, 0], hw=tuple(video.shape[-2:]))
+        for t in timesteps:
+            eps = _noise(z, seed, t, start)
+            tt = torch.full((z.shape[0],), int(t), dtype=torch.long, device=z.device)
+            z_t = first_frame_clean_noising(z, eps, tt, bundle.schedule)
+            row = sums[int(t)]
+            for name, cond in conds.items():
+                mse, _ = _frames_mse(_predict_eps(bundle, z, z_t, eps, tt, cond, noised_kv=bundle.noised_kv), eps)
+                if name == "swapped":
+                    row["swapped"] += float(mse[has_dir].sum())
+                else:
+                    row[name] += float(mse.sum())
+                if name == "caption":
+                    row["caption_direction"] += float(mse[has_dir].sum())
+    n = videos.shape[0]
+    out = {}
+    for t, row in sums.items():
+        out[t] = {"caption": row["caption"] / n, "no_caption": row["no_caption"] / n, "n_direction": n_dir,
+                  "caption_direction": row["caption_direction"] / n_dir if n_dir else float("nan"),
+                  "swapped": row["swapped"] / n_dir if n_dir else float("nan")}
+    return out
+
+
+def format_captions(table: dict[int, dict[str, float]]) -> str:
+    """Markdown table of :func:`caption_probe`, each edit also as a multiple of the own caption's loss."""
+    lines = ["| t | own caption | no caption | x own | direction words swapped | x own (same clips) |",
+             "|---|---|---|---|---|---|"]
+    for t, row in table.items():
+        swap = (f"{row['swapped']:.4g} ({row['n_direction']} clips) | {row['swapped'] / row['caption_direction']:.4f}"
+                if row["n_direction"] else "– (no caption names a direction) | –")
+        lines.append(f"| {t} | {row['caption']:.4g} | {row['no_caption']:.4g} | "
+                     f"{row['no_caption'] / row['caption']:.4f} | {swap} |")
+    return "\n".join(lines)
+
+
+def caption_findings(table: dict[int, dict[str, float]], tol: float = 0.005) -> list[str]:
+    """Lines for a model that ignores its caption (no caption within ``tol`` of the own caption's loss at every t)
+    or the caption's direction words (swapping them moves the loss by less than ``tol`` at every t)."""
+    out = []
+    if table and all(abs(r["no_caption"] / r["caption"] - 1) < tol for r in table.values()):
+        out.append(f"dropping the caption changes the loss by < {100 * tol:g}% at every t: the model does not use "
+                   f"its text, and classifier-free guidance has nothing to amplify")
+    rows = [r for r in table.values() if r["n_direction"]]
+    if rows and all(abs(r["swapped"] / r["caption_direction"] - 1) < tol for r in rows):
+        top = max(abs(r["swapped"] / r["caption_direction"] - 1) for r in rows)
+        out.append(f"swapping the caption's direction words (left/right, up/down) changes the loss by at most "
+                   f"{100 * top:.2f}% at any t: the model has not learnt them, so the direction of the motion it "
+                   f"samples comes from the starting noise, not from the caption")
+    return out
 
 
 def format_table(table: dict[int, dict[str, float]]) -> str:
@@ -273,9 +394,7 @@ def attention_focus(bundle, videos: torch.Tensor, texts: Sequence[str], t: int, 
     from i2v.models.adapters import i2v_adapter_layers
     from i2v.models.attention import spatial_attention_layers
 
-    if videos.dim() != 5 or videos.shape[1] < 2 or len(texts) != videos.shape[0]:
-        raise ValueError(f"videos must be (N, F>=2, 3, H, W) with one caption each, got {tuple(videos.shape)} "
-                         f"and {len(texts)} captions")
+    _check_clips(videos, texts)
     num_frames = videos.shape[1]
     adapters = {n for n, _ in i2v_adapter_layers(bundle.unet)}
     sums: dict[str, dict[str, float]] = {}

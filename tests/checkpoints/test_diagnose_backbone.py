@@ -24,7 +24,14 @@ def test_diagnose_script_on_a_tiny_sd15_backbone(tmp_path, capsys):
     for row in table.values():
         assert all(math.isfinite(v) and v > 0 for v in row.values())
         assert row["adapter_on"] != row["adapter_off"]
+    # the caption probe: the same model and noise as 'adapter on', with the caption dropped and its direction swapped
+    assert set(res["captions"]) == {"100", "900"} and "caption probe" in printed
+    for t, row in res["captions"].items():
+        assert row["caption"] == table[t]["adapter_on"] and row["n_direction"] == 2
+        assert math.isfinite(row["no_caption"]) and math.isfinite(row["swapped"])
     assert (tmp_path / "diag.json").is_file()
+    quiet = _script().main(args + ["captions=false", "probes=false", "focus_t=null"])
+    assert quiet["captions"] == {} and "caption probe" not in capsys.readouterr().out
 
 
 def test_diagnose_script_scores_a_noised_kv_adapter_through_its_forward(tmp_path, capsys):

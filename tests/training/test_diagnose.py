@@ -236,3 +236,85 @@ def test_static_oracle_copies_frame1_only_where_nothing_changed():
     want = (torch.where(static, copy, base) - eps)[:, :, 1:].pow(2).flatten(1).mean(1).mean()
     assert hf["static_oracle"] == pytest.approx(float(want), rel=1e-4)
     assert 0 < hf["static_oracle"] < hf["adapter_off"]
+
+
+def test_swap_directions_replaces_whole_direction_words_only():
+    from i2v.training.diagnose import swap_directions
+
+    assert swap_directions("a red circle moving left on a blue background") == \
+        "a red circle moving right on a blue background"
+    assert swap_directions("a cyan square moving down and a red circle moving up") == \
+        "a cyan square moving up and a red circle moving down"
+    assert swap_directions("Left, then RIGHT") == "Right, then Left"
+    assert swap_directions("a boat drifting upward past the downtown") is None      # not whole words
+    assert swap_directions("") is None
+
+
+def test_caption_probe_scores_own_empty_and_swapped_captions(clips):
+    """``caption`` is the diagnostic's 'adapter on' on the same noise; the empty and the direction-swapped captions
+    change a random toy model's loss (its text encoder tells the words apart); captions without a direction word
+    leave the swap column empty."""
+    from i2v.training.diagnose import caption_findings, caption_probe, format_captions
+
+    videos, texts = clips
+    assert all("moving" in t for t in texts)
+    bundle = random_toy_bundle(for_training=False)
+    with torch.no_grad():
+        for p in bundle.trainable.values():
+            p.add_(torch.randn_like(p) * 0.3)       # W'_O non-zero: 'adapter on' differs from 'adapter off'
+    table = caption_probe(bundle, videos, texts, timesteps=[300, 900], seed=3, batch_size=2)
+    ref = eps_loss_by_timestep(bundle, videos, texts, timesteps=[300, 900], seed=3, batch_size=2)
+    for t in (300, 900):
+        row = table[t]
+        assert row["caption"] == pytest.approx(ref[t]["adapter_on"], rel=1e-6)
+        assert row["caption"] != pytest.approx(ref[t]["adapter_off"], rel=1e-4)
+        assert row["n_direction"] == 3 and row["caption_direction"] == pytest.approx(row["caption"], rel=1e-6)
+        assert row["no_caption"] != pytest.approx(row["caption"], rel=1e-5)
+        assert row["swapped"] != pytest.approx(row["caption"], rel=1e-5)
+    assert "| 900 |" in format_captions(table) and "(3 clips)" in format_captions(table)
+    plain = caption_probe(bundle, videos, ["a red circle"] * 3, timesteps=[500], seed=3)
+    assert plain[500]["n_direction"] == 0 and math.isnan(plain[500]["swapped"])
+    assert "no caption names a direction" in format_captions(plain)
+    assert not any("direction words" in line for line in caption_findings(plain))
+
+
+def test_caption_probe_swaps_only_the_clips_with_a_direction(clips):
+    """Mixed captions: the swap and its reference cover the clips whose caption has a direction word only, each
+    clip scored on the documented noise (recomputed here clip by clip)."""
+    from i2v.training.diagnose import caption_probe, swap_directions
+    from i2v.training.module import first_frame_clean_noising
+
+    videos, texts = clips
+    bundle = random_toy_bundle(for_training=False)
+    mixed = [texts[0], "a red circle", texts[2]]
+    table = caption_probe(bundle, videos, mixed, timesteps=[600], seed=1, batch_size=3)[600]
+    with torch.no_grad():
+        z = bundle.encode_video(videos, generator=torch.Generator().manual_seed(1))
+        eps = torch.randn(z.shape, generator=torch.Generator().manual_seed(1 * 1_000_003 + 600 * 1009 + 0))
+        tt = torch.full((3,), 600, dtype=torch.long)
+        z_t = first_frame_clean_noising(z, eps, tt, bundle.schedule)
+
+        def per_clip(captions):
+            cond = bundle.condition(captions, videos[:, 0], hw=tuple(videos.shape[-2:]))
+            out = bundle.schedule.to_eps(bundle.unet(z_t, tt, cond["context"]), z_t, tt)
+            return (out - eps)[:, :, 1:].pow(2).flatten(1).mean(1)
+        own = per_clip(mixed)
+        swapped = per_clip([swap_directions(c) or c for c in mixed])
+    assert table["n_direction"] == 2
+    assert table["caption"] == pytest.approx(float(own.mean()), rel=1e-5)
+    assert table["caption_direction"] == pytest.approx(float(own[[0, 2]].mean()), rel=1e-5)
+    assert table["swapped"] == pytest.approx(float(swapped[[0, 2]].mean()), rel=1e-5)
+
+
+def test_caption_findings_name_an_ignored_caption_and_ignored_directions():
+    from i2v.training.diagnose import caption_findings
+
+    def row(no_caption, swapped, n=8):
+        return {"caption": 1.0, "no_caption": no_caption, "caption_direction": 1.0, "swapped": swapped,
+                "n_direction": n}
+    blind = caption_findings({500: row(1.03, 1.0001), 950: row(1.02, 0.9999)})
+    assert len(blind) == 1 and "direction words" in blind[0] and "0.01%" in blind[0]
+    assert not caption_findings({500: row(1.03, 1.0001), 950: row(1.02, 1.02)})   # it does react at t = 950
+    deaf = caption_findings({500: row(1.001, 1.0), 950: row(0.999, 1.0)})
+    assert any("does not use its text" in line for line in deaf)
+    assert not caption_findings({500: row(1.03, 1.0, n=0)})
