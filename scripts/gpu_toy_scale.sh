@@ -22,14 +22,16 @@ fi
 for m in av braceexpand webdataset; do
   python3 -c "import $m" 2>/dev/null || { mkdir -p /tmp/stub/$m && : > /tmp/stub/$m/__init__.py; }
 done
-export PYTHONPATH="/tmp/stub:$PYTHONPATH"
+export PYTHONPATH="/tmp/stub:${PYTHONPATH:-}"
 export PYTHONPATH=".:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 WANDB_MODE=disabled OMP_NUM_THREADS=2
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || echo "no GPU"; } | tee $W/A.log
 elapsed() { echo $(( $(date +%s) - T_START )); }
 CAL=${CAL_STEPS:-100}; MIN=${MIN_STEPS:-500}   # (a dry run here: CAL_STEPS=2 MIN_STEPS=4 BATCH=2)
 BASE="--seed 0 --batch-size ${BATCH:-64} --lr 0.003 --ip-lr 0.003 --offset-noise 0"
-BASE="$BASE --texture 0.5 --texture-cells 16 --texture-tiles 1"
-# the shipped base's UNet unless UNET (a JSON of --unet-overrides) says otherwise; PARTS=A or B runs one part alone
+BASE="$BASE --texture 0.5 --texture-cells 16 --texture-tiles 1 --prediction-type ${PRED:-epsilon}"
+# the shipped base's UNet unless UNET (a JSON of --unet-overrides) says otherwise; PARTS=A or B runs one part alone;
+# PRED=v_prediction pretrains A as a v-prediction base (docs/toy_world.md, "v-prediction"; evaluate it with
+# backbone.schedule.prediction_type=v_prediction)
 UNET=${UNET:-'{"block_out_channels": [32, 64, 64, 64], "attention_levels": [true, true, true, false], "transformer_layers_per_block": [1, 1, 1, 1], "num_attention_heads": [1, 2, 2, 2]}'}
 PARTS=${PARTS:-AB}
 
