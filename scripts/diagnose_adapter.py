@@ -83,9 +83,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     import i2v.cli.config  # noqa: F401  (resolvers)
     from i2v.pipeline.bundle import build_bundle
-    from i2v.training.diagnose import (DEFAULT_TIMESTEPS, attention_focus, caption_findings, caption_probe,
-                                       eps_loss_by_timestep, findings, focus_findings, format_captions,
-                                       format_focus, format_probes, format_table, probe_findings)
+    from i2v.training.attention_focus import attention_focus, focus_findings, format_focus
+    from i2v.training.caption_probe import caption_findings, caption_probe, format_captions
+    from i2v.training.diagnose import (DEFAULT_TIMESTEPS, eps_loss_by_timestep, findings, format_probes,
+                                       format_table, probe_findings)
 
     own, overrides = split_args(sys.argv[1:] if argv is None else argv)
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):

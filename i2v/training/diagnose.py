@@ -16,17 +16,12 @@ output is turned into the ε it stands for, ``schedule.to_eps``, so every backbo
   where few pixels stay exactly equal, it stays near ``adapter_off`` and says little).
 
 Each predictor also gets ``<name>_frame_mean``: the part of its ε-MSE carried by each frame's spatial mean (a
-colour shift of the whole frame; see :func:`_frames_mse`). On the toy world this part is a constant floor of the base
+colour shift of the whole frame; see :func:`frames_mse`). On the toy world this part is a constant floor of the base
 at every t (the per-frame colour drift seen in its samples) and no attention-side adapter moves it.
 
 A base that does not beat ``signal_zero`` is badly trained at that t (it does worse than ignoring its input's
 signal); an adapter that reads frame 1 should move ``adapter_on`` towards (or below) ``copy_frame1`` wherever the
 frames of a clip resemble frame 1. Used by ``scripts/diagnose_adapter.py`` and the toy-world tests.
-
-:func:`attention_focus` asks the question behind that one: can the branch find *where* in frame 1 to read? The
-I2V-Adapter's query projection starts as a copy of the base's ``to_q`` (eq. 5-6), so its attention to frame 1 starts
-as sharp as the base's own self-attention. A base whose spatial self-attention is close to uniform gives a branch
-that averages frame 1 over all positions: it can carry a frame-wide mean and nothing placed.
 
 The attention probes (``probes=True``) ask whether the branch has a route at all, with the adapter off:
 
@@ -39,16 +34,13 @@ The attention probes (``probes=True``) ask whether the branch has a route at all
   attention as in text-to-video editing). Near ``adapter_off`` while ``cross_frame`` is far above: it is the clean
   frame, not the swap, that misleads the base.
 
-:func:`caption_probe` asks whether the model uses its caption at all: the same loss (the adapter as attached) with
-the caption, with no caption, and with each direction word of the caption (left/right/up/down) replaced by its
-opposite. A model whose loss does not move when "moving left" becomes "moving right" has not learnt the caption's
-direction: in its samples the motion's direction comes from the starting noise, not from the text.
+Two more questions live in their own modules: :mod:`i2v.training.attention_focus` (can the branch find *where* in
+frame 1 to read?) and :mod:`i2v.training.caption_probe` (does the model use its caption, and its direction words?).
 """
 from __future__ import annotations
 
 import math
-import re
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 
@@ -58,8 +50,6 @@ from i2v.training.module import first_frame_clean_noising
 PREDICTORS = ("adapter_on", "adapter_off", "copy_frame1", "signal_zero", "static_oracle")
 PROBES = ("attn_zero", "cross_frame", "cross_frame_noisy")
 DEFAULT_TIMESTEPS = (200, 500, 800, 950)
-DIRECTION_WORDS = {"left": "right", "right": "left", "up": "down", "down": "up"}
-_DIRECTION_RE = re.compile(r"\b(" + "|".join(DIRECTION_WORDS) + r")\b", re.IGNORECASE)
 
 
 def _probe_processor(mode: str):
@@ -82,7 +72,7 @@ def probe_attn1(unet, mode: str):
     return swapped_processors(unet, lambda attn, own: _probe_processor(mode))
 
 
-def _frames_mse(eps_hat: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def frames_mse(eps_hat: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-video ε-MSE over frames 1..F-1 of ``(B, C, F, h, w)`` tensors -> ``(total (B,), frame_mean (B,))``.
 
     ``frame_mean`` is the part of ``total`` carried by each frame's spatial mean per channel (the error's mean over
@@ -92,26 +82,26 @@ def _frames_mse(eps_hat: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor,
     return err.pow(2).flatten(1).mean(1), err.mean(dim=(-2, -1)).pow(2).flatten(1).mean(1)
 
 
-def _check_clips(videos: torch.Tensor, texts: Sequence[str]) -> None:
+def check_clips(videos: torch.Tensor, texts: Sequence[str]) -> None:
     if videos.dim() != 5 or videos.shape[1] < 2 or len(texts) != videos.shape[0]:
         raise ValueError(f"videos must be (N, F>=2, 3, H, W) with one caption each, got {tuple(videos.shape)} "
                          f"and {len(texts)} captions")
 
 
-def _check_timesteps(bundle, timesteps: Sequence[int]) -> None:
+def check_timesteps(bundle, timesteps: Sequence[int]) -> None:
     n_train = bundle.schedule.num_train_timesteps
     bad = [t for t in timesteps if not 0 <= int(t) < n_train]
     if bad:
         raise ValueError(f"timesteps {bad} outside [0, {n_train})")
 
 
-def _noise(z: torch.Tensor, seed: int, t: int, start: int) -> torch.Tensor:
+def clip_noise(z: torch.Tensor, seed: int, t: int, start: int) -> torch.Tensor:
     """The ε of the clips ``start..`` at ``t``: a function of (seed, t, start), the same for every predictor."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + int(t) * 1009 + start)
     return torch.randn(z.shape, generator=g, dtype=torch.float32).to(z.device, z.dtype)
 
 
-def _predict_eps(bundle, z: torch.Tensor, z_t: torch.Tensor, eps: torch.Tensor, tt: torch.Tensor, cond: dict,
+def predict_eps(bundle, z: torch.Tensor, z_t: torch.Tensor, eps: torch.Tensor, tt: torch.Tensor, cond: dict,
                  noised_kv: bool = False) -> torch.Tensor:
     """The UNet's prediction on ``z_t`` as the ε it stands for; ``noised_kv``: through the adapter.noised_kv forward
     (frame 1 noised with its own ε for the keys/values pass)."""
@@ -146,8 +136,8 @@ def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
     """
     from i2v.models.adapters import i2v_adapter_layers, set_i2v_adapter_enabled
 
-    _check_clips(videos, texts)
-    _check_timesteps(bundle, timesteps)
+    check_clips(videos, texts)
+    check_timesteps(bundle, timesteps)
     layers = i2v_adapter_layers(bundle.unet)
     was_on = [a.processor.enabled for _, a in layers]
     param = next(bundle.unet.parameters())
@@ -164,14 +154,14 @@ def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
             cond = bundle.condition(caps, video[:, 0], hw=tuple(video.shape[-2:]))
             static = static_mask(z, static_tol)     # frame 0 all True, never scored
             for t in timesteps:
-                eps = _noise(z, seed, t, start)
+                eps = clip_noise(z, seed, t, start)
                 tt = torch.full((b,), int(t), dtype=torch.long, device=dev)
                 z_t = first_frame_clean_noising(z, eps, tt, bundle.schedule)
                 abar = float(bundle.schedule.alphas_cumprod[int(t)])
                 a, s = math.sqrt(abar), math.sqrt(1.0 - abar)
                 row = sums[int(t)]
                 def add(name: str, eps_hat: torch.Tensor) -> None:
-                    total, frame_mean = _frames_mse(eps_hat, eps)
+                    total, frame_mean = frames_mse(eps_hat, eps)
                     row[name] += float(total.sum())
                     row[f"{name}_frame_mean"] += float(frame_mean.sum())
 
@@ -185,7 +175,7 @@ def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
                             continue
                     else:
                         set_i2v_adapter_enabled(bundle.unet, on)
-                    eps_hat = _predict_eps(bundle, z, z_t, eps, tt, cond, noised_kv=on and bundle.noised_kv)
+                    eps_hat = predict_eps(bundle, z, z_t, eps, tt, cond, noised_kv=on and bundle.noised_kv)
                     add(name, eps_hat)
                     if not on:
                         add("static_oracle", torch.where(static, copy, eps_hat))
@@ -200,98 +190,6 @@ def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
             attn.processor.enabled = on
     n = videos.shape[0]
     return {t: {k: v / n for k, v in row.items()} for t, row in sums.items()}
-
-
-def swap_directions(text: str) -> Optional[str]:
-    """``text`` with each direction word (left, right, up, down: whole words, any case) replaced by its opposite;
-    None when it has none. ``"a red circle moving left"`` -> ``"a red circle moving right"``."""
-    if not _DIRECTION_RE.search(text):
-        return None
-
-    def opposite(m: re.Match) -> str:
-        word = DIRECTION_WORDS[m.group(0).lower()]
-        return word.capitalize() if m.group(0)[0].isupper() else word
-    return _DIRECTION_RE.sub(opposite, text)
-
-
-@torch.no_grad()
-def caption_probe(bundle, videos: torch.Tensor, texts: Sequence[str], timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
-                  seed: int = 0, batch_size: int = 8) -> dict[int, dict[str, float]]:
-    """Does the model use its caption? ε-MSE on frames 2..F, frame 1 clean, the bundle as it is (its I2V-Adapter on
-    if attached), on the noise of :func:`eps_loss_by_timestep` (so ``caption`` equals its ``adapter_on``, or
-    ``adapter_off`` without an adapter), with three captions per clip:
-
-    * ``caption`` -- the clip's own; ``no_caption`` -- the empty caption (what classifier-free guidance contrasts);
-    * ``swapped`` -- each direction word replaced by its opposite (:func:`swap_directions`), on the ``n_direction``
-      clips whose caption has one; ``caption_direction`` is the own caption's loss on those same clips (the swap's
-      reference). NaN where no caption has a direction word.
-    """
-    _check_clips(videos, texts)
-    _check_timesteps(bundle, timesteps)
-    param = next(bundle.unet.parameters())
-    swapped_all = [swap_directions(t) for t in texts]
-    n_dir = sum(s is not None for s in swapped_all)
-    keys = ("caption", "no_caption", "caption_direction", "swapped")
-    sums = {int(t): {k: 0.0 for k in keys} for t in timesteps}
-    for start in range(0, videos.shape[0], batch_size):
-        video = videos[start:start + batch_size].to(param.device, param.dtype)
-        caps = list(texts[start:start + batch_size])
-        swapped = swapped_all[start:start + batch_size]
-        has_dir = torch.tensor([s is not None for s in swapped], device=param.device)
-        z = bundle.encode_video(video, generator=torch.Generator().manual_seed(seed))
-        conds = {"caption": bundle.condition(caps, video[:, 0], hw=tuple(video.shape[-2:])),
-                 "no_caption": bundle.condition([""] * len(caps), video[:, 0], hw=tuple(video.shape[-2:]))}
-        if bool(has_dir.any()):
-            conds["swapped"] = bundle.condition([s if s is not None else c for s, c in zip(swapped, caps)],
-                                                video[:, 0], hw=tuple(video.shape[-2:]))
-        for t in timesteps:
-            eps = _noise(z, seed, t, start)
-            tt = torch.full((z.shape[0],), int(t), dtype=torch.long, device=z.device)
-            z_t = first_frame_clean_noising(z, eps, tt, bundle.schedule)
-            row = sums[int(t)]
-            for name, cond in conds.items():
-                mse, _ = _frames_mse(_predict_eps(bundle, z, z_t, eps, tt, cond, noised_kv=bundle.noised_kv), eps)
-                if name == "swapped":
-                    row["swapped"] += float(mse[has_dir].sum())
-                else:
-                    row[name] += float(mse.sum())
-                if name == "caption":
-                    row["caption_direction"] += float(mse[has_dir].sum())
-    n = videos.shape[0]
-    out = {}
-    for t, row in sums.items():
-        out[t] = {"caption": row["caption"] / n, "no_caption": row["no_caption"] / n, "n_direction": n_dir,
-                  "caption_direction": row["caption_direction"] / n_dir if n_dir else float("nan"),
-                  "swapped": row["swapped"] / n_dir if n_dir else float("nan")}
-    return out
-
-
-def format_captions(table: dict[int, dict[str, float]]) -> str:
-    """Markdown table of :func:`caption_probe`, each edit also as a multiple of the own caption's loss."""
-    lines = ["| t | own caption | no caption | x own | direction words swapped | x own (same clips) |",
-             "|---|---|---|---|---|---|"]
-    for t, row in table.items():
-        swap = (f"{row['swapped']:.4g} ({row['n_direction']} clips) | {row['swapped'] / row['caption_direction']:.4f}"
-                if row["n_direction"] else "– (no caption names a direction) | –")
-        lines.append(f"| {t} | {row['caption']:.4g} | {row['no_caption']:.4g} | "
-                     f"{row['no_caption'] / row['caption']:.4f} | {swap} |")
-    return "\n".join(lines)
-
-
-def caption_findings(table: dict[int, dict[str, float]], tol: float = 0.005) -> list[str]:
-    """Lines for a model that ignores its caption (no caption within ``tol`` of the own caption's loss at every t)
-    or the caption's direction words (swapping them moves the loss by less than ``tol`` at every t)."""
-    out = []
-    if table and all(abs(r["no_caption"] / r["caption"] - 1) < tol for r in table.values()):
-        out.append(f"dropping the caption changes the loss by < {100 * tol:g}% at every t: the model does not use "
-                   f"its text, and classifier-free guidance has nothing to amplify")
-    rows = [r for r in table.values() if r["n_direction"]]
-    if rows and all(abs(r["swapped"] / r["caption_direction"] - 1) < tol for r in rows):
-        top = max(abs(r["swapped"] / r["caption_direction"] - 1) for r in rows)
-        out.append(f"swapping the caption's direction words (left/right, up/down) changes the loss by at most "
-                   f"{100 * top:.2f}% at any t: the model has not learnt them, so the direction of the motion it "
-                   f"samples comes from the starting noise, not from the caption")
-    return out
 
 
 def format_table(table: dict[int, dict[str, float]]) -> str:
@@ -371,97 +269,3 @@ def findings(table: dict[int, dict[str, float]]) -> list[str]:
     if not out:
         out.append("adapter on < 0.9 x off at every t and the base beats 'signal is zero': it reads frame 1")
     return out
-
-
-@torch.no_grad()
-def attention_focus(bundle, videos: torch.Tensor, texts: Sequence[str], t: int, seed: int = 0
-                    ) -> dict[str, dict[str, float]]:
-    """How focused the spatial self-attentions (attn1) are, per layer, on clips noised to ``t`` with frame 0 clean.
-
-    Returns ``{layer: {"self_entropy", "self_diag", "cross_entropy", "cross_same_place"}}``:
-
-    * ``self_entropy`` -- entropy of the base's own attention rows, divided by log(tokens): 1 = uniform (a global
-      average), 0 = one token per query; ``self_diag`` -- the weight a query gives its own position, x tokens
-      (1 = no preference);
-    * ``cross_entropy`` / ``cross_same_place`` -- the same for the I2V-Adapter branch's attention of frames 2..F
-      to frame 1 (queries ``to_q_ff``, keys ``to_k`` of frame 1), the weight at the query's own position in
-      frame 1 x tokens. NaN without an attached adapter.
-
-    Averaged over heads, queries, frames and clips. Only ``videos`` ``(N, F, 3, H, W)`` in [-1, 1] with captions.
-    """
-    from einops import rearrange
-
-    from i2v.models.adapters import i2v_adapter_layers
-    from i2v.models.attention import spatial_attention_layers
-
-    _check_clips(videos, texts)
-    num_frames = videos.shape[1]
-    adapters = {n for n, _ in i2v_adapter_layers(bundle.unet)}
-    sums: dict[str, dict[str, float]] = {}
-
-    def rows(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
-        """(N, T, h·d), (N, S, h·d) -> attention (N, h, T, S)."""
-        q, k = (rearrange(a, "n t (h d) -> n h t d", h=heads) for a in (q, k))
-        return (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(-1)
-
-    def stats(a: torch.Tensor) -> tuple[float, float]:
-        n_tok = a.shape[-1]
-        ent = -(a * a.clamp_min(1e-12).log()).sum(-1).mean() / math.log(n_tok)
-        return float(ent), float(a.diagonal(dim1=-2, dim2=-1).mean() * n_tok)
-
-    def hook(name: str):
-        def pre(mod, args, kwargs):
-            x = args[0]
-            row = sums.setdefault(name, {"self_entropy": 0.0, "self_diag": 0.0, "cross_entropy": float("nan"),
-                                         "cross_same_place": float("nan")})
-            row["self_entropy"], row["self_diag"] = stats(rows(mod.to_q(x), mod.to_k(x), mod.heads))
-            if name in adapters:
-                xf = rearrange(x, "(b f) t c -> b f t c", f=num_frames)
-                k1 = mod.to_k(xf[:, 0]).repeat_interleave(num_frames - 1, 0)
-                q = mod.to_q_ff(rearrange(xf[:, 1:], "b f t c -> (b f) t c"))
-                row["cross_entropy"], row["cross_same_place"] = stats(rows(q, k1, mod.heads))
-        return pre
-
-    handles = [a.register_forward_pre_hook(hook(n), with_kwargs=True)
-               for n, a in spatial_attention_layers(bundle.unet, "attn1")]
-    param = next(bundle.unet.parameters())
-    try:
-        video = videos.to(param.device, param.dtype)
-        z = bundle.encode_video(video, generator=torch.Generator().manual_seed(seed))
-        cond = bundle.condition(list(texts), video[:, 0], hw=tuple(video.shape[-2:]))
-        g = torch.Generator().manual_seed(seed * 1_000_003 + int(t))
-        eps = torch.randn(z.shape, generator=g, dtype=torch.float32).to(z.device, z.dtype)
-        tt = torch.full((z.shape[0],), int(t), dtype=torch.long, device=z.device)
-        bundle.unet(first_frame_clean_noising(z, eps, tt, bundle.schedule), tt, cond["context"],
-                    added_cond=cond.get("added_cond"))
-    finally:
-        for h in handles:
-            h.remove()
-    return sums
-
-
-def _short(name: str) -> str:
-    """``down_blocks.0.attentions.0.transformer_blocks.1.attn1`` -> ``down_blocks.0.attentions.0 (layer 1)``."""
-    stem = name.removesuffix(".attn1")
-    head, _, layer = stem.rpartition(".transformer_blocks.")
-    return head if layer == "0" or not head else f"{head} (layer {layer})"
-
-
-def format_focus(focus: dict[str, dict[str, float]]) -> str:
-    """Markdown table of :func:`attention_focus`."""
-    lines = ["| attn1 layer | self: entropy (1 = uniform) | self: own position x | adapter: entropy "
-             "| adapter: same place in frame 1 x |", "|---|---|---|---|---|"]
-    for name, r in focus.items():
-        lines.append(f"| {_short(name)} | {r['self_entropy']:.3f} | "
-                     f"{r['self_diag']:.2f} | {r['cross_entropy']:.3f} | {r['cross_same_place']:.2f} |")
-    return "\n".join(lines)
-
-
-def focus_findings(focus: dict[str, dict[str, float]], diffuse: float = 0.9) -> list[str]:
-    """A line when at least half of the attn1 layers attend almost uniformly (normalised entropy above ``diffuse``)."""
-    flat = [_short(n) for n, r in focus.items() if r["self_entropy"] > diffuse]
-    if not focus or 2 * len(flat) < len(focus):
-        return []
-    return [f"the base's spatial self-attention is close to uniform in {len(flat)} of {len(focus)} layers "
-            f"(entropy > {diffuse} of the maximum: {', '.join(flat)}): the I2V-Adapter's branch, which starts as a "
-            f"copy of it, averages frame 1 over all positions there and cannot read what sits where"]

@@ -104,7 +104,7 @@ def test_attention_focus_measures_sharpness(clips):
     the base's rows (entropy falls); a zeroed adapter query attends uniformly to frame 1."""
     from i2v.models.adapters import i2v_adapter_layers
     from i2v.models.attention import spatial_attention_layers
-    from i2v.training.diagnose import attention_focus, focus_findings, format_focus
+    from i2v.training.attention_focus import attention_focus, focus_findings, format_focus
 
     videos, texts = clips
     bundle = random_toy_bundle(for_training=False)
@@ -239,7 +239,7 @@ def test_static_oracle_copies_frame1_only_where_nothing_changed():
 
 
 def test_swap_directions_replaces_whole_direction_words_only():
-    from i2v.training.diagnose import swap_directions
+    from i2v.training.caption_probe import swap_directions
 
     assert swap_directions("a red circle moving left on a blue background") == \
         "a red circle moving right on a blue background"
@@ -254,7 +254,7 @@ def test_caption_probe_scores_own_empty_and_swapped_captions(clips):
     """``caption`` is the diagnostic's 'adapter on' on the same noise; the empty and the direction-swapped captions
     change a random toy model's loss (its text encoder tells the words apart); captions without a direction word
     leave the swap column empty."""
-    from i2v.training.diagnose import caption_findings, caption_probe, format_captions
+    from i2v.training.caption_probe import caption_findings, caption_probe, format_captions
 
     videos, texts = clips
     assert all("moving" in t for t in texts)
@@ -281,7 +281,7 @@ def test_caption_probe_scores_own_empty_and_swapped_captions(clips):
 def test_caption_probe_swaps_only_the_clips_with_a_direction(clips):
     """Mixed captions: the swap and its reference cover the clips whose caption has a direction word only, each
     clip scored on the documented noise (recomputed here clip by clip)."""
-    from i2v.training.diagnose import caption_probe, swap_directions
+    from i2v.training.caption_probe import caption_probe, swap_directions
     from i2v.training.module import first_frame_clean_noising
 
     videos, texts = clips
@@ -307,7 +307,7 @@ def test_caption_probe_swaps_only_the_clips_with_a_direction(clips):
 
 
 def test_caption_findings_name_an_ignored_caption_and_ignored_directions():
-    from i2v.training.diagnose import caption_findings
+    from i2v.training.caption_probe import caption_findings
 
     def row(no_caption, swapped, n=8):
         return {"caption": 1.0, "no_caption": no_caption, "caption_direction": 1.0, "swapped": swapped,
