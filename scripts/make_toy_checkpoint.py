@@ -168,8 +168,9 @@ def source_digests(folder: str) -> dict:
 
 def init_from(models: ToyModels, folder: str, digests: dict) -> dict:
     """Load the base UNet and text encoder of ``folder`` (strict: same keys and shapes) into fresh phase-A models;
-    returns what MANIFEST.json records: the folder, the two files' sha256 (``digests``: :func:`source_digests`)
-    and the folder's own regenerate command."""
+    returns what MANIFEST.json records: the folder, the two files' sha256 (``digests``: :func:`source_digests`),
+    the folder's own regenerate command and, when that folder was itself continued, its ``init_from`` record (so a
+    chain of continuations is written down back to its fresh start)."""
     from safetensors.torch import load_file
 
     src = Path(folder)
@@ -182,7 +183,10 @@ def init_from(models: ToyModels, folder: str, digests: dict) -> dict:
             raise ValueError(f"--init-from {path} does not fit the base these arguments build (--unet-overrides "
                              f"must keep every parameter's shape): {str(e).splitlines()[0]}") from e
     if (src / "MANIFEST.json").is_file():
-        record["command"] = json.loads((src / "MANIFEST.json").read_text()).get("command")
+        manifest = json.loads((src / "MANIFEST.json").read_text())
+        record["command"] = manifest.get("command")
+        if manifest.get("init_from"):
+            record["init_from"] = manifest["init_from"]
     return record
 
 

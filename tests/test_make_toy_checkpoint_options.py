@@ -147,7 +147,8 @@ def test_scene_and_attention_options_reach_the_run_and_its_manifest(tmp_path):
 def test_init_from_continues_a_base_and_is_recorded(tmp_path):
     """--init-from DIR starts phase A from DIR's base UNet and text encoder: with lr 0 the continued base is DIR's
     bit for bit (a fresh init of the same seed is not), also under a GroupNorm-mode override that keeps the shapes;
-    MANIFEST.json records the source files' sha256 and the regenerate command carries the flag. A base of another
+    MANIFEST.json records the source files' sha256 and command (and, for a chain of continuations, each source's
+    own record) and the regenerate command carries the flag. A base of another
     shape, a folder without the files and --init-from equal to --out are refused with one clear message."""
     from safetensors.torch import load_file
 
@@ -168,6 +169,11 @@ def test_init_from_continues_a_base_and_is_recorded(tmp_path):
     source = json.loads((src / "MANIFEST.json").read_text())
     assert manifest["init_from"]["files"]["base_unet.safetensors"] == source["files"]["base_unet.safetensors"]["sha256"]
     assert manifest["init_from"]["command"] == source["command"] and f"--init-from {src} " in manifest["command"]
+    assert "init_from" not in manifest["init_from"]          # src started fresh: the chain ends there
+    # a continuation of a continuation records the whole chain back to the fresh start
+    mod.main([*frozen, *across, "--out", str(tmp_path / "cont2"), "--init-from", str(cont)])
+    chain = json.loads((tmp_path / "cont2" / "MANIFEST.json").read_text())["init_from"]
+    assert chain["command"] == manifest["command"] and chain["init_from"] == manifest["init_from"]
     with pytest.raises(ValueError, match="does not fit the base"):
         mod.main([*frozen, "--out", str(tmp_path / "wide"), "--init-from", str(src),
                   "--unet-overrides", '{"transformer_layers_per_block": [2, 1]}'])
