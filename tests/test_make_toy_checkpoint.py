@@ -66,9 +66,10 @@ def test_quick_files_have_the_shipped_layout(tmp_path):
     assert set(manifest["files"]) == set(mod.FILES)
 
 
-def test_shipped_manifest_command_is_canonical_and_gives_its_config():
+def test_shipped_manifest_command_is_canonical_and_gives_its_config(monkeypatch):
     """The shipped MANIFEST.json's command, parsed by the script, is the script's own canonical command for the
-    shipped directory and yields the settings the MANIFEST records (so running it regenerates these files)."""
+    shipped directory and yields the settings the MANIFEST records (so running it regenerates these files). A
+    continued base's source folder is not in a checkout: its files' sha256 are the ones the MANIFEST records."""
     import dataclasses
     import shlex
 
@@ -76,6 +77,8 @@ def test_shipped_manifest_command_is_canonical_and_gives_its_config():
 
     mod = load_script("make_toy_checkpoint")
     manifest = json.loads((SHIPPED / "MANIFEST.json").read_text())
+    if manifest.get("init_from"):
+        monkeypatch.setattr(mod, "source_digests", lambda folder: dict(manifest["init_from"]["files"]))
     argv = shlex.split(manifest["command"])
     assert argv[:4] == ["PYTHONPATH=.", "python", "scripts/make_toy_checkpoint.py", "--out"]
     assert argv[4] == "i2v/assets/toy"
@@ -85,6 +88,26 @@ def test_shipped_manifest_command_is_canonical_and_gives_its_config():
     stored = upgrade_settings(manifest["config"])
     made = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}   # as JSON has it
     assert {k: made[k] for k in stored} == stored
+
+
+def test_shipped_manifest_chain_runs_back_to_a_fresh_start():
+    """A shipped base continued from another (``--init-from``) records each source's command, folder and files down
+    to a fresh start: every command's ``--init-from`` is the folder the next recorded command writes (``--out``),
+    every one parses with the script, and the last one starts fresh. Running them in order regenerates the files."""
+    import shlex
+
+    mod = load_script("make_toy_checkpoint")
+    manifest = json.loads((SHIPPED / "MANIFEST.json").read_text())
+    command, source = manifest["command"], manifest.get("init_from")
+    while source:
+        argv = shlex.split(command)
+        assert argv[argv.index("--init-from") + 1] == source["dir"]
+        assert set(source["files"]) == set(mod.INIT_FILES)
+        dir_, command, source = source["dir"], source["command"], source.get("init_from")
+        argv = shlex.split(command)
+        assert argv[2] == "scripts/make_toy_checkpoint.py" and argv[argv.index("--out") + 1] == dir_
+        mod.parse_args(argv[3:])
+    assert "--init-from" not in shlex.split(command)
 
 
 def test_shipped_manifest_hashes_match_files():
