@@ -169,8 +169,8 @@ def source_digests(folder: str) -> dict:
 def init_from(models: ToyModels, folder: str, digests: dict) -> dict:
     """Load the base UNet and text encoder of ``folder`` (strict: same keys and shapes) into fresh phase-A models;
     returns what MANIFEST.json records: the folder, the two files' sha256 (``digests``: :func:`source_digests`),
-    the folder's own regenerate command and, when that folder was itself continued, its ``init_from`` record (so a
-    chain of continuations is written down back to its fresh start)."""
+    the folder's own regenerate command and base-phase loss (first / last) and, when that folder was itself
+    continued, its ``init_from`` record (so a chain of continuations is written down back to its fresh start)."""
     from safetensors.torch import load_file
 
     src = Path(folder)
@@ -185,6 +185,9 @@ def init_from(models: ToyModels, folder: str, digests: dict) -> dict:
     if (src / "MANIFEST.json").is_file():
         manifest = json.loads((src / "MANIFEST.json").read_text())
         record["command"] = manifest.get("command")
+        base_loss = manifest.get("losses", {}).get("base", {})
+        if "first" in base_loss:
+            record["base_loss"] = {"first": base_loss["first"], "last": base_loss["last"]}
         if manifest.get("init_from"):
             record["init_from"] = manifest["init_from"]
     return record

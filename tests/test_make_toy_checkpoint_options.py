@@ -170,6 +170,7 @@ def test_init_from_continues_a_base_and_is_recorded(tmp_path):
     assert manifest["init_from"]["files"]["base_unet.safetensors"] == source["files"]["base_unet.safetensors"]["sha256"]
     assert manifest["init_from"]["command"] == source["command"] and f"--init-from {src} " in manifest["command"]
     assert "init_from" not in manifest["init_from"]          # src started fresh: the chain ends there
+    assert manifest["init_from"]["base_loss"] == {k: source["losses"]["base"][k] for k in ("first", "last")}
     # a continuation of a continuation records the whole chain back to the fresh start
     mod.main([*frozen, *across, "--out", str(tmp_path / "cont2"), "--init-from", str(cont)])
     chain = json.loads((tmp_path / "cont2" / "MANIFEST.json").read_text())["init_from"]
