@@ -112,7 +112,8 @@ def test_ground_truth_oracle_through_the_sampler_reproduces_the_held_out_clip(tm
     assert pipe.denoiser is own                                     # the pipeline's own denoiser is put back
     plain = score_pipeline(pipe, 2, frames, 32, scenes=scenes)
     static = score_pipeline(pipe, 2, frames, 32, oracle="static", scenes=scenes)
-    assert static["model"]["bg_err"] < 0.02 < plain["model"]["bg_err"], (static["model"], plain["model"])
+    # the background is frame 1's (error < 0.01), well under the plain model's (0.017 at these 4 steps and 2 clips)
+    assert static["model"]["bg_err"] < min(0.01, 0.3 * plain["model"]["bg_err"]), (static["model"], plain["model"])
     # toy_eval.oracle_steps: a window holding every step is the oracle, one holding none (4 leading steps: t = 751,
     # 501, 251, 1) the plain model; a window on the low-noise steps only lands in between on the background
     assert score_pipeline(pipe, 2, frames, 32, oracle="static", oracle_steps=[0, 999], scenes=scenes) == static
