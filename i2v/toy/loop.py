@@ -7,7 +7,6 @@ run's weights are bit-identical to an uninterrupted one's) and refuses a state w
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -16,18 +15,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from i2v.utils.io import atomic_write
+from i2v.utils.lr import lr_lambda
 
 if TYPE_CHECKING:  # pretrain imports this module
     from i2v.toy.batches import ClipStream
     from i2v.toy.pretrain import PretrainConfig, ToyModels
-
-
-def lr_lambda(step: int, total: int, warmup: int, min_ratio: float) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine from 1 to ``min_ratio`` at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    frac = (step - warmup) / max(1, total - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
 
 
 def _parts(models: ToyModels) -> dict[str, nn.Module]:

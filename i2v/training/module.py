@@ -20,6 +20,7 @@ Everything but the I2V-Adapter tensors is frozen (asserted at start, counts prin
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Optional
 
 import lightning as L
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 
 from i2v.models.noised_kv import with_noised_first_frame_kv
 from i2v.pipeline.bundle import Bundle
+from i2v.utils.lr import schedule_lambda
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +130,17 @@ class I2VAdapterModule(L.LightningModule):
         if not params:
             raise RuntimeError("nothing to train: the adapter config has no trainable tensors "
                                "(adapter=no_i2v / none are sampling-only ablations)")
-        return torch.optim.AdamW(params, lr=self.optim_cfg["lr"], weight_decay=self.optim_cfg.get("weight_decay", 0.0),
-                                 betas=tuple(self.optim_cfg.get("betas", (0.9, 0.999))))
+        opt = torch.optim.AdamW(params, lr=self.optim_cfg["lr"], weight_decay=self.optim_cfg.get("weight_decay", 0.0),
+                                betas=tuple(self.optim_cfg.get("betas", (0.9, 0.999))))
+        schedule = self.optim_cfg.get("schedule", "constant")
+        warmup = int(self.optim_cfg.get("warmup_steps", 0))
+        if schedule == "constant" and warmup == 0:
+            return opt   # the paper's fixed lr
+        total = float(self.trainer.estimated_stepping_batches) if self._trainer is not None else 0.0
+        factor = schedule_lambda(schedule, int(total) if math.isfinite(total) else 0, warmup,
+                                 float(self.optim_cfg.get("min_lr_ratio", 0.0)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor),
+                                                   "interval": "step", "name": "lr"}}
 
     def configure_model(self) -> None:
         if self.train_cfg.get("compile") and not getattr(self, "_compiled", False):

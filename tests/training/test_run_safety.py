@@ -22,12 +22,12 @@ OPTIM = {"lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.999], "grad_clip": 1.
 TRAIN = {"text_drop_prob": 0.1, "image_drop_prob": 0.1, "max_nonfinite_in_a_row": 3}
 
 
-def _fit(root, max_steps, ckpt_path=None, save_every=0):
+def _fit(root, max_steps, ckpt_path=None, save_every=0, optim=None, callbacks=()):
     L.seed_everything(0)
-    mod = I2VAdapterModule(random_toy_bundle(seed=0), OPTIM, TRAIN, config={"seed": 0})
+    mod = I2VAdapterModule(random_toy_bundle(seed=0), optim or OPTIM, TRAIN, config={"seed": 0})
     dm = VideoDataModule(dataset=SyntheticVideos(n_items=8, num_frames=4, size=32, seed=0), batch_size=2,
                          val_fraction=0.0, shuffle_seed=0)   # 4 batches per epoch
-    cbs = []
+    cbs = list(callbacks)
     if save_every:
         cbs.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=root, every_n_train_steps=save_every, save_top_k=-1,
                                                        filename="{step}"))
@@ -47,6 +47,51 @@ def test_resume_mid_epoch_is_bit_identical(tmp_path):
     resumed = _fit(tmp_path / "b", 4, ckpt_path=str(ckpt))
     for k, p in full.bundle.trainable.items():
         assert torch.equal(resumed.bundle.trainable[k], p), k
+
+
+COSINE = {**OPTIM, "schedule": "cosine", "warmup_steps": 2, "min_lr_ratio": 0.1}
+
+
+class _LrLog(L.Callback):
+    def __init__(self):
+        self.lrs = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize("optim, expected", [
+    (OPTIM, [1e-3] * 6),                                                   # the paper's fixed lr
+    ({**OPTIM, "warmup_steps": 3}, [1e-3 / 3, 2e-3 / 3, 1e-3, 1e-3, 1e-3, 1e-3]),
+    # warm-up 2 steps, then 1e-3 * (0.1 + 0.9 * (1 + cos(pi * k / 4)) / 2) for k = 0..3 of the 4 steps left
+    (COSINE, [5e-4, 1e-3, 1e-3, 1e-4 + 9e-4 * 0.8535533905932737, 1e-4 + 9e-4 * 0.5, 1e-4 + 9e-4 * 0.1464466094067262]),
+])
+def test_optim_schedule_sets_each_steps_lr(tmp_path, optim, expected):
+    log = _LrLog()
+    _fit(tmp_path, 6, optim=optim, callbacks=[log])
+    assert log.lrs == pytest.approx(expected, rel=1e-9)
+
+
+def test_resume_mid_run_keeps_the_lr_schedule(tmp_path):
+    """Resumed at step 2 of a cosine run, the lr of steps 3..4 and the adapter at step 4 are the uninterrupted run's."""
+    a, b = _LrLog(), _LrLog()
+    full = _fit(tmp_path / "a", 4, save_every=2, optim=COSINE, callbacks=[a])
+    resumed = _fit(tmp_path / "b", 4, ckpt_path=str(tmp_path / "a" / "step=2.ckpt"), optim=COSINE, callbacks=[b])
+    assert b.lrs == a.lrs[2:]
+    for k, p in full.bundle.trainable.items():
+        assert torch.equal(resumed.bundle.trainable[k], p), k
+
+
+@pytest.mark.parametrize("override, message", [("optim.schedule=linear", "optim.schedule must be one of"),
+                                               ("optim.min_lr_ratio=2", "min_lr_ratio in")])
+def test_bad_optim_schedule_is_refused_before_the_model_loads(tmp_path, override, message):
+    from i2v.train import train
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=toy", f"out_dir={tmp_path / 'run'}", override,
+                                                      "backbone.unet=/nonexistent.safetensors", "logger=none"])
+    with pytest.raises(ValueError, match=message):
+        train(cfg)
 
 
 class _RunsCode:
