@@ -21,7 +21,8 @@ def test_radius_range_reaches_the_clips_the_manifest_and_the_configs(tmp_path):
     from i2v.cli.config import CONFIGS
     from i2v.data.synthetic import SyntheticVideos
     from i2v.toy.evaluate import scene_options
-    from i2v.toy.pretrain import ClipStream, PretrainConfig
+    from i2v.toy.pretrain import ClipStream, PretrainConfig, upgrade_settings
+    from i2v.utils.paths import ASSETS
 
     mod = load_script("make_toy_checkpoint")
     torch.set_num_threads(1)
@@ -38,12 +39,14 @@ def test_radius_range_reaches_the_clips_the_manifest_and_the_configs(tmp_path):
     assert manifest["config"]["radius_range"] == [0.13, 0.2] and "--radius-range 0.13 0.2 " in manifest["command"]
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         shipped = compose(config_name="train", overrides=["experiment=toy"])
-        other = compose(config_name="train", overrides=["experiment=toy", "backbone.scenes.radius_range=[0.13,0.2]"])
-    assert list(shipped.data.dataset.radius_range) == [0.1, 0.18] == list(PretrainConfig.radius_range)
-    assert list(other.data.dataset.radius_range) == [0.13, 0.2]
-    assert scene_options(other.backbone)["radius_range"] == (0.13, 0.2)
+        other = compose(config_name="train", overrides=["experiment=toy", "backbone.scenes.radius_range=[0.11,0.15]"])
+    world = upgrade_settings(json.loads((ASSETS / "toy" / "MANIFEST.json").read_text())["config"])
+    assert list(shipped.data.dataset.radius_range) == world["radius_range"]        # the shipped base's world
+    assert scene_options(shipped.backbone)["radius_range"] == tuple(world["radius_range"])
+    assert list(other.data.dataset.radius_range) == [0.11, 0.15]
+    assert scene_options(other.backbone)["radius_range"] == (0.11, 0.15)
     held_out = SyntheticVideos(4, num_frames=2, size=32, seed=10_000, **scene_options(other.backbone))
-    assert all(0.13 * 32 - 1e-6 <= held_out.scene(i).objects[0].radius <= 0.2 * 32 + 1e-6 for i in range(4))
+    assert all(0.11 * 32 - 1e-6 <= held_out.scene(i).objects[0].radius <= 0.15 * 32 + 1e-6 for i in range(4))
 
 
 def test_smooth_colour_field_reaches_the_clips_the_manifest_and_the_configs(tmp_path):
