@@ -36,6 +36,7 @@ def test_readme_sample_snippet_prompt_is_the_scenes_caption(tmp_path):
 
     scenes = OmegaConf.load(ROOT / "configs" / "backbone" / "toy.yaml").scenes   # the input is from the base's world
     assert f"texture={scenes.texture:g}" in code and f"texture_cells={scenes.texture_cells}" in code, code
+    assert "radius_range=({:g}, {:g})".format(*scenes.radius_range) in code, code
 
 
 def test_missing_image_is_reported_before_any_model_loads(tmp_path, monkeypatch):

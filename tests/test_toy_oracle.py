@@ -115,11 +115,12 @@ def test_ground_truth_oracle_through_the_sampler_reproduces_the_held_out_clip(tm
     # the background is frame 1's (error < 0.01), well under the plain model's (0.017 at these 4 steps and 2 clips)
     assert static["model"]["bg_err"] < min(0.01, 0.3 * plain["model"]["bg_err"]), (static["model"], plain["model"])
     # toy_eval.oracle_steps: a window holding every step is the oracle, one holding none (4 leading steps: t = 751,
-    # 501, 251, 1) the plain model; a window on the low-noise steps only lands in between on the background
+    # 501, 251, 1) the plain model; a window on the low-noise steps only (501, 251, 1) gives another video whose
+    # background those steps still bring to frame 1's (they decide it: 0.0010 against 0.0011 with every step)
     assert score_pipeline(pipe, 2, frames, 32, oracle="static", oracle_steps=[0, 999], scenes=scenes) == static
     assert score_pipeline(pipe, 2, frames, 32, oracle="static", oracle_steps=[2, 250], scenes=scenes) == plain
     low = score_pipeline(pipe, 2, frames, 32, oracle="static", oracle_steps=[0, 600], scenes=scenes)["model"]
-    assert static["model"]["bg_err"] < low["bg_err"] < plain["model"]["bg_err"], low
+    assert low != static["model"] and low["bg_err"] < 0.3 * plain["model"]["bg_err"], (low, plain["model"])
     with pytest.raises(ValueError, match="set toy_eval.oracle"):
         score_pipeline(pipe, 2, frames, 32, oracle_steps=[0, 600], scenes=scenes)
     for mode in ("first_frame_attention", "noised_first_frame_kv"):
