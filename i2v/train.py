@@ -15,7 +15,7 @@ from i2v.pipeline.bundle import build_bundle, check_paths
 from i2v.pipeline.sampling import SamplingSettings
 from i2v.training.callbacks import AdapterCheckpoint, RunLengthCheck, SampleVideos, StepProgress
 from i2v.training.module import I2VAdapterModule, check_noised_kv_training
-from i2v.utils.lr import schedule_lambda
+from i2v.utils.lr import check_schedule
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,8 @@ def train(cfg: DictConfig) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     check_stage(cfg)
     check_noised_kv_training(bool(cfg.adapter.get("noised_kv", False)), cfg.train)   # before the base loads
-    schedule_lambda(str(cfg.optim.get("schedule", "constant")), 1, int(cfg.optim.get("warmup_steps", 0)),
-                    float(cfg.optim.get("min_lr_ratio", 0.0)))                    # bad optim.* values: say so now
+    check_schedule(str(cfg.optim.get("schedule", "constant")), int(cfg.optim.get("warmup_steps", 0)),
+                   float(cfg.optim.get("min_lr_ratio", 0.0)))                     # bad optim.* values: say so now
     check_run_inputs(cfg)
     final = out_dir / "adapter.safetensors"
     if final.exists() and not cfg.overwrite:
