@@ -35,7 +35,7 @@ from i2v.models.toy import PatchCodec, ToyImageEncoder, ToyTextEncoder
 from i2v.models.unet import build_video_unet
 from i2v.pipeline.bundle import Bundle
 from i2v.toy.batches import ClipStream, _drop_captions, _noised, _with_clean_distractor, masked_mse
-from i2v.toy.loop import PhaseState, train_loop, lr_lambda, upgrade_settings  # noqa: F401 (importable from here)
+from i2v.toy.loop import PhaseState, train_loop, upgrade_settings  # noqa: F401 (importable from here)
 
 # build_video_unet("toy", motion=MOTION, **UNET_OVERRIDES) = the shipped base UNet (stored in the file's metadata)
 MOTION = "v2"

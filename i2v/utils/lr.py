@@ -27,8 +27,7 @@ def schedule_lambda(schedule: str, total: int, warmup: int = 0, min_ratio: float
     ``constant`` -- 1 after a linear warm-up of ``warmup`` steps (0: none; the paper's fixed lr);
     ``cosine`` -- the same warm-up, then cosine from 1 to ``min_ratio`` at step ``total``."""
     check_schedule(schedule, warmup, min_ratio)
-    if schedule == "constant":   # a cosine from 1 to 1
-        return lambda step: lr_lambda(step, max(total, warmup), warmup, 1.0)
-    if total < 1:
+    if schedule == "cosine" and total < 1:
         raise ValueError("optim.schedule=cosine needs a known run length (trainer.max_steps or max_epochs)")
-    return lambda step: lr_lambda(step, total, warmup, min_ratio)
+    final = min_ratio if schedule == "cosine" else 1.0      # constant: the warm-up, then a cosine from 1 to 1
+    return lambda step: lr_lambda(step, total, warmup, final)
