@@ -136,6 +136,7 @@ def train(cfg: DictConfig) -> dict:
         trainer = build_trainer(cfg, out_dir)
         # weights_only=True explicitly: a resume file cannot run code, even with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.train.resume, weights_only=True)
+        module.use_average()   # train.ema_decay > 0: the after-train samples use the saved average
         result["adapter"] = str(final)
         result["steps"] = int(trainer.global_step)
         if trainer.callback_metrics.get("train/loss") is not None:

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 class AdapterCheckpoint(L.Callback):
     """Writes ``checkpoints/adapter-step{N}.safetensors`` every ``every_n_steps`` and ``adapter.safetensors`` at the
-    end of training: exactly the I2V-Adapter tensors + the resolved config (what ``sample.py ckpt=...`` loads)."""
+    end of training: exactly the I2V-Adapter tensors (their moving average with ``train.ema_decay > 0``) + the
+    resolved config (what ``sample.py ckpt=...`` loads)."""
 
     def __init__(self, out_dir, every_n_steps: int = 1000, config: DictConfig | dict | None = None,
                  overwrite: bool = False):
@@ -38,8 +39,8 @@ class AdapterCheckpoint(L.Callback):
 
         if module.global_rank != 0:
             return
-        bundle = module.bundle
-        save_adapter(path, bundle.trainable, backbone=bundle.name, config=self.config, overwrite=overwrite)
+        tensors = module.adapter_tensors()
+        save_adapter(path, tensors, backbone=module.bundle.name, config=self.config, overwrite=overwrite)
         log.info("saved adapter to %s", path)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

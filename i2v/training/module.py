@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from i2v.models.noised_kv import with_noised_first_frame_kv
 from i2v.pipeline.bundle import Bundle
+from i2v.training.ema import AdapterEMA
 from i2v.utils.lr import schedule_lambda
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,10 @@ class I2VAdapterModule(L.LightningModule):
         self.skipped_steps = 0
         self._check_frozen()
         check_noised_kv_training(bundle.noised_kv, self.train_cfg)
+        decay = float(self.train_cfg.get("ema_decay") or 0.0)
+        self.ema = AdapterEMA(bundle.trainable, decay) if decay > 0 else None
+        self._skipped_this_step = False        # the step's loss was NaN/Inf: no update, no average update
+        self._ema_from_weights = False         # resumed from a checkpoint without an average: start it there
         if self.train_cfg.get("gradient_checkpointing"):
             self.unet.gradient_checkpointing = True
 
@@ -172,7 +177,8 @@ class I2VAdapterModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int):
         loss = self.compute_loss(batch, generator=self.step_generator())["loss"]
-        if not torch.isfinite(loss):
+        self._skipped_this_step = not bool(torch.isfinite(loss))
+        if self._skipped_this_step:
             self.nonfinite_in_a_row += 1
             self.skipped_steps += 1
             self.log("train/skipped_steps", float(self.skipped_steps))
@@ -190,6 +196,45 @@ class I2VAdapterModule(L.LightningModule):
         grads = [p.grad.detach().float().norm() for p in self.bundle.trainable.values() if p.grad is not None]
         if grads:
             self.log("train/grad_norm", torch.stack(grads).norm())
+
+    # ------------------------------------------------------------------ the adapter's moving average
+    def on_train_start(self) -> None:
+        if self.ema is not None and self._ema_from_weights:
+            self.ema = AdapterEMA(self.bundle.trainable, self.ema.decay)
+            self._ema_from_weights = False
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # here, not in on_train_batch_end: the step's checkpoint callbacks run before the module's batch-end hook
+        if self.ema is not None and not self._skipped_this_step:
+            self.ema.update(self.bundle.trainable)
+
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """What the run's adapter files hold: the moving average with ``train.ema_decay > 0``, else the trained
+        tensors."""
+        return self.ema.tensors(self.bundle.trainable) if self.ema is not None else dict(self.bundle.trainable)
+
+    def use_average(self) -> None:
+        """Put the moving average into the adapter (after training: the after-train samples use what was saved)."""
+        if self.ema is not None:
+            self.ema.copy_to(self.bundle.trainable)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.ema is not None:
+            checkpoint["adapter_ema"] = self.ema.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.ema is None:
+            if "adapter_ema" in checkpoint:
+                log.warning("the resume checkpoint holds an adapter average, but train.ema_decay is 0: it is dropped "
+                            "and the run goes on with the trained tensors only")
+            return
+        if "adapter_ema" in checkpoint:
+            self.ema.load_state_dict(checkpoint["adapter_ema"])
+        else:
+            log.warning("the resume checkpoint holds no adapter average (its run had train.ema_decay 0): the average "
+                        "starts from the resumed tensors")
+            self._ema_from_weights = True
 
     def validation_step(self, batch: dict, batch_idx: int):
         g = torch.Generator().manual_seed(1000 + batch_idx)
