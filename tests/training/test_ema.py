@@ -5,11 +5,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from i2v.data import SyntheticVideos, VideoDataModule
-from i2v.toy.build import random_toy_bundle
 from i2v.training.callbacks import AdapterCheckpoint
 from i2v.training.ema import AdapterEMA
 from i2v.training.module import I2VAdapterModule
+from toy_fit import fit_toy_module
 
 OPTIM = {"lr": 1e-2, "weight_decay": 0.0, "betas": [0.9, 0.999], "grad_clip": 1.0}
 TRAIN = {"text_drop_prob": 0.1, "image_drop_prob": 0.1, "max_nonfinite_in_a_row": 3}
@@ -54,19 +53,8 @@ class _Weights(L.Callback):
 
 
 def _fit(root, max_steps, ema_decay=0.0, ckpt_path=None, save_every=0, callbacks=()):
-    L.seed_everything(0)
-    mod = I2VAdapterModule(random_toy_bundle(seed=0), OPTIM, {**TRAIN, "ema_decay": ema_decay}, config={"seed": 0})
-    dm = VideoDataModule(dataset=SyntheticVideos(n_items=8, num_frames=4, size=32, seed=0), batch_size=2,
-                         val_fraction=0.0, shuffle_seed=0)
-    cbs = list(callbacks)
-    if save_every:
-        cbs.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=root, every_n_train_steps=save_every, save_top_k=-1,
-                                                       filename="{step}"))
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=root, gradient_clip_val=1.0,
-                        max_steps=max_steps, callbacks=cbs, limit_val_batches=0)
-    trainer.fit(mod, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
-    return mod
+    return fit_toy_module(root, max_steps, OPTIM, {**TRAIN, "ema_decay": ema_decay}, ckpt_path=ckpt_path,
+                          save_every=save_every, callbacks=callbacks)
 
 
 def test_training_writes_the_average_and_trains_as_without_it(tmp_path):

@@ -11,11 +11,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from i2v.toy.build import random_toy_bundle
 from i2v.cli.config import CONFIGS
-from i2v.data import SyntheticVideos, VideoDataModule
 from i2v.cli.rundir import claim_run_dir
-from i2v.training.module import I2VAdapterModule
+from toy_fit import fit_toy_module
 
 REPO = Path(__file__).resolve().parents[2]
 OPTIM = {"lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.999], "grad_clip": 1.0}
@@ -23,19 +21,8 @@ TRAIN = {"text_drop_prob": 0.1, "image_drop_prob": 0.1, "max_nonfinite_in_a_row"
 
 
 def _fit(root, max_steps, ckpt_path=None, save_every=0, optim=None, callbacks=()):
-    L.seed_everything(0)
-    mod = I2VAdapterModule(random_toy_bundle(seed=0), optim or OPTIM, TRAIN, config={"seed": 0})
-    dm = VideoDataModule(dataset=SyntheticVideos(n_items=8, num_frames=4, size=32, seed=0), batch_size=2,
-                         val_fraction=0.0, shuffle_seed=0)   # 4 batches per epoch
-    cbs = list(callbacks)
-    if save_every:
-        cbs.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=root, every_n_train_steps=save_every, save_top_k=-1,
-                                                       filename="{step}"))
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=root, gradient_clip_val=1.0,
-                        max_steps=max_steps, callbacks=cbs, limit_val_batches=0)
-    trainer.fit(mod, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
-    return mod
+    return fit_toy_module(root, max_steps, optim or OPTIM, TRAIN, ckpt_path=ckpt_path, save_every=save_every,
+                          callbacks=callbacks)
 
 
 def test_resume_mid_epoch_is_bit_identical(tmp_path):
