@@ -128,3 +128,30 @@ def test_a_skipped_step_does_not_move_the_average(tmp_path, monkeypatch):
     mod = _fit(tmp_path, 3, ema_decay=0.6)
     assert mod.skipped_steps == 1
     assert mod.ema.updates == 2
+
+
+def test_train_samples_with_the_saved_average(tmp_path, monkeypatch):
+    """python train.py experiment=toy (train.ema_decay 0.99): the after-train samples use the tensors the adapter file
+    holds (the average), not the last step's."""
+    from hydra import compose, initialize_config_dir
+
+    import i2v.toy.evaluate
+    from i2v.cli.config import CONFIGS
+    from i2v.train import train
+
+    seen = {}
+
+    def capture(cfg, bundle, out_dir):
+        seen.update({k: p.detach().clone() for k, p in bundle.trainable.items()})
+        return {}
+
+    monkeypatch.setattr(i2v.toy.evaluate, "sample_and_score", capture)
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=toy", f"out_dir={tmp_path}", "trainer.max_steps=3",
+                                                      "logger=none", "trainer.enable_checkpointing=false"])
+    assert cfg.train.ema_decay == 0.99
+    train(cfg)
+    saved = load_file(str(tmp_path / "adapter.safetensors"))
+    assert seen and set(seen) == set(saved)
+    for k in saved:
+        assert torch.equal(seen[k], saved[k]), k
