@@ -6,7 +6,8 @@ After optimiser steps 1..n, with w_k the adapter's tensors after step k and d th
 
 an exponential average over roughly the last 1 / (1 - d) steps (100 at d = 0.99), bias-corrected as Adam's moments
 are, so it does not lean towards the starting tensors (the zero-initialised output projection) however short the run.
-Kept as m_n = d m_{n-1} + (1 - d) w_n (m_0 = 0) and divided on read.
+Kept as m_n = d m_{n-1} + (1 - d) w_n (m_0 = 0) in fp64, so that long runs with d near 1 lose nothing to rounding
+(one more copy of the adapter at 8 bytes a number: 198 MB for SD1.5's, 1.6 GB for SDXL's), and divided on read.
 
 With ``train.ema_decay > 0`` the adapter files a run writes (``adapter.safetensors``, the
 ``checkpoints/adapter-stepN`` snapshots) hold the average, and the run's after-train samples use it; Lightning's
@@ -27,8 +28,7 @@ class AdapterEMA:
             raise ValueError(f"train.ema_decay must be in (0, 1) (0 turns the average off), got {decay}")
         self.decay = float(decay)
         self.updates = 0
-        self.start = {k: p.detach().double().clone() for k, p in params.items()}
-        self.moment = {k: torch.zeros_like(v) for k, v in self.start.items()}
+        self.moment = {k: torch.zeros_like(p, dtype=torch.float64) for k, p in params.items()}
 
     @torch.no_grad()
     def update(self, params: Mapping[str, torch.Tensor]) -> None:
@@ -36,29 +36,24 @@ class AdapterEMA:
         for k, p in params.items():
             if self.moment[k].device != p.device:   # the module moved to its device after this was made
                 self.moment[k] = self.moment[k].to(p.device)
-                self.start[k] = self.start[k].to(p.device)
             self.moment[k].mul_(self.decay).add_(p.detach().double(), alpha=1.0 - self.decay)
 
-    def average(self) -> dict[str, torch.Tensor]:
+    @torch.no_grad()
+    def tensors(self, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The averages, in the dtype of ``params`` (the adapter's tensors; what gets saved). Before the first
+        update: ``params`` themselves, which have not moved yet."""
         if self.updates == 0:
-            return {k: v.clone() for k, v in self.start.items()}
+            return {k: p.detach().clone() for k, p in params.items()}
         correction = 1.0 - self.decay ** self.updates
-        return {k: m / correction for k, m in self.moment.items()}
-
-    def tensors(self, like: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The averages, in the dtype of the tensors in ``like`` (what gets saved)."""
-        avg = self.average()
-        return {k: avg[k].to(like[k].dtype) for k in like}
+        return {k: (self.moment[k] / correction).to(p.dtype) for k, p in params.items()}
 
     @torch.no_grad()
     def copy_to(self, params: Mapping[str, torch.Tensor]) -> None:
-        avg = self.average()
-        for k, p in params.items():
-            p.copy_(avg[k])
+        for k, avg in self.tensors(params).items():
+            params[k].copy_(avg)
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "updates": self.updates,
-                "start": {k: v.detach().cpu().clone() for k, v in self.start.items()},
                 "moment": {k: v.detach().cpu().clone() for k, v in self.moment.items()}}
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -73,4 +68,3 @@ class AdapterEMA:
         self.updates = int(state["updates"])
         for k in self.moment:
             self.moment[k] = state["moment"][k].to(self.moment[k].device, torch.float64).clone()
-            self.start[k] = state["start"][k].to(self.start[k].device, torch.float64).clone()
