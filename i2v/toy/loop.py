@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from i2v.utils.ema import ExponentialMovingAverage
 from i2v.utils.io import atomic_write
 from i2v.utils.lr import lr_lambda
 
@@ -87,7 +88,8 @@ def train_loop(name: str, models: ToyModels, params: list[nn.Parameter], steps: 
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     warmup = min(cfg.warmup, max(1, steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, steps, warmup, cfg.min_lr_ratio))
-    ema = [p.detach().clone() for p in params]
+    named = {str(i): p for i, p in enumerate(params)}
+    ema = ExponentialMovingAverage(named, cfg.ema_decay, form="warmup")   # diffusers' warm-up form
     losses, log, ema_loss, step = [], [], None, 0
     store = PhaseState(name, cfg)
     saved = store.load()
@@ -102,17 +104,17 @@ def train_loop(name: str, models: ToyModels, params: list[nn.Parameter], steps: 
             return {"losses": saved["losses"], "log": saved["log"]}
         opt.load_state_dict(saved["opt"])
         sched.load_state_dict(saved["sched"])
-        for e, v in zip(ema, saved["ema"]):
-            e.copy_(v)
         losses, log, ema_loss, step = saved["losses"], saved["log"], saved["ema_loss"], saved["step"]
+        ema.load_state_dict({"decay": ema.decay, "form": ema.form, "updates": step,
+                             "moment": dict(zip(named, saved["ema"]))})
         stream.pos = saved["stream_pos"]
         g.set_state(saved["rng"])
         print(f"[{name}] resuming at step {step}/{steps} from {store.path}")
 
     def snapshot(done: bool) -> dict:
-        return {"models": _model_states(models), "ema": [e.clone() for e in ema], "opt": opt.state_dict(),
-                "sched": sched.state_dict(), "losses": losses, "log": log, "ema_loss": ema_loss, "step": step,
-                "stream_pos": stream.pos, "rng": g.get_state(), "done": done}
+        return {"models": _model_states(models), "ema": [e.clone() for e in ema.moment.values()],
+                "opt": opt.state_dict(), "sched": sched.state_dict(), "losses": losses, "log": log,
+                "ema_loss": ema_loss, "step": step, "stream_pos": stream.pos, "rng": g.get_state(), "done": done}
 
     bar = tqdm(range(step, steps), desc=name, disable=not cfg.progress, mininterval=5.0, initial=step, total=steps)
     for step_i in bar:
@@ -122,10 +124,7 @@ def train_loop(name: str, models: ToyModels, params: list[nn.Parameter], steps: 
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         sched.step()
-        decay = min(cfg.ema_decay, (1 + step_i) / (10 + step_i))
-        with torch.no_grad():
-            for e, p in zip(ema, params):
-                e.lerp_(p.detach(), 1 - decay)
+        ema.update(named)
         value = loss.item()
         losses.append(value)
         ema_loss = value if ema_loss is None else 0.98 * ema_loss + 0.02 * value
@@ -136,8 +135,6 @@ def train_loop(name: str, models: ToyModels, params: list[nn.Parameter], steps: 
             tqdm.write(f"[{name}] step {step}/{steps} loss(ema) {ema_loss:.4f} lr {sched.get_last_lr()[0]:.2e}")
         if step % cfg.checkpoint_every == 0 and step < steps:
             store.save(snapshot(False))
-    with torch.no_grad():
-        for e, p in zip(ema, params):
-            p.copy_(e)
+    ema.copy_to(named)
     store.save(snapshot(True))
     return {"losses": losses, "log": log}

@@ -155,3 +155,37 @@ def test_train_samples_with_the_saved_average(tmp_path, monkeypatch):
     assert seen and set(seen) == set(saved)
     for k in saved:
         assert torch.equal(seen[k], saved[k]), k
+
+
+def test_warmup_form_is_diffusers_warm_up_average():
+    """The toy base's pretraining form: avg_n = d_n avg_{n-1} + (1 - d_n) w_n with d_n = min(d, n / (n + 9)), starting
+    from the tensors before training (not from zero), and no bias correction on read."""
+    from i2v.utils.ema import ExponentialMovingAverage
+    w = torch.tensor([2.0, -1.0])
+    ema = ExponentialMovingAverage({"w": w}, decay=0.5, form="warmup")
+    want = w.clone()
+    for n, v in enumerate([1.0, 3.0, -2.0, 5.0], start=1):
+        w = torch.full((2,), v)
+        d = min(0.5, n / (n + 9))                                     # 0.1, 0.1818, 0.25, 0.3077 (<= 0.5 here)
+        want = d * want + (1 - d) * w
+        ema.update({"w": w})
+        assert torch.allclose(ema.tensors({"w": w})["w"], want, rtol=1e-6), n
+    assert ema.current_decay() == pytest.approx(min(0.5, 5 / 14))
+    for _ in range(30):                                               # long after the warm-up: d itself
+        ema.update({"w": w})
+    assert ema.current_decay() == 0.5
+
+
+def test_ema_forms_and_decays_are_checked():
+    from i2v.utils.ema import ExponentialMovingAverage
+    w = {"w": torch.ones(2)}
+    with pytest.raises(ValueError, match="form"):
+        ExponentialMovingAverage(w, 0.5, form="adam")
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        ExponentialMovingAverage(w, 1.0)
+    last = ExponentialMovingAverage(w, 0.0, form="warmup")           # decay 0: the last tensors
+    last.update({"w": torch.full((2,), 7.0)})
+    assert torch.equal(last.tensors(w)["w"], torch.full((2,), 7.0))
+    other = ExponentialMovingAverage(w, 0.5, form="bias_corrected")
+    with pytest.raises(ValueError, match="warmup"):
+        other.load_state_dict(last.state_dict() | {"decay": 0.5})
