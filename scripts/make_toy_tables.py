@@ -7,6 +7,9 @@ into markdown tables with mean ± std over seeds.
 Rows are grouped by the adapter (Table 3) or by (t0, p) (Table 2); the ground-truth clips are scored with the same
 metrics as a reference row. Columns: identity (↑, frame-1 consistency in [0, 1]), background error (↓), object
 colour error (↓), motion per frame in px (toy FlowScore analogue), direction agreement (↑), flicker (↓).
+Under Table 3 a paired table gives the full model minus each other row on identity and background error, seed by
+seed (mean ± std of the differences, and on how many seeds the full model is better): every row of a seed samples
+the same clips from the same noise, so the differences are free of the sampling luck that a row's seed std holds.
 For Table 2 it also prints the Spearman rank correlation of each sweep (t0 at p = 1, p at t0 = 1) with motion and
 flicker, per seed and averaged over seeds. ``--sheets DIR`` writes contact sheets (``toy_table3.png``,
 ``toy_table2_t0.png``, ``toy_table2_p.png``): per row one held-out clip of the lowest seed, input frame first, frames
@@ -135,6 +138,42 @@ def table(groups: dict, label, title: str, gt: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# the paired comparison under Table 3: the full model against each other row, seed by seed
+PAIRED = [("identity", "identity", 1), ("bg_err", "bg err", -1)]
+
+
+def paired_table(groups: dict, label) -> str:
+    """Full model − each other row, over the seeds both have. Every seed samples the same held-out clips from the same
+    starting noise for every row, so a seed's sampling luck moves all rows alike: a row's seed std holds it, the
+    per-seed difference does not. Each cell: mean ± std of the differences, then on how many seeds the full model
+    is better ("3/3"). Rows of another sampling variant are paired with that variant's full model."""
+    lines = []
+    for key, runs in groups.items():
+        base, *variants = key.split("+")
+        ref_key = "+".join(["full"] + variants)
+        if base == "full" or ref_key not in groups:
+            continue
+        ref = {r.get("seed"): r["model"] for r in groups[ref_key]}
+        cells, n = [], 0
+        for metric, _, sign in PAIRED:
+            diffs = [ref[r.get("seed")].get(metric) - r["model"].get(metric) for r in runs
+                     if r.get("seed") in ref and ref[r.get("seed")].get(metric) is not None
+                     and r["model"].get(metric) is not None]
+            n = max(n, len(diffs))
+            if not diffs:
+                cells.append("n/a")
+                continue
+            spread = f" ± {statistics.stdev(diffs):.3f}" if len(diffs) > 1 else ""
+            better = sum(1 for d in diffs if sign * d > 0)
+            cells.append(f"{statistics.mean(diffs):+.3f}{spread} ({better}/{len(diffs)})")
+        lines.append("| " + " | ".join([f"{adapter_label(ref_key)} − {label(key)}", str(n)] + cells) + " |")
+    if not lines:
+        return ""
+    head = "| " + " | ".join(["difference", "seeds"] + [f"{c} (better on)" for _, c, _ in PAIRED]) + " |"
+    return "\n".join(["### Toy Table 3, paired by seed (the full model better: identity +, bg err −)", "", head,
+                      "|" + "---|" * (len(PAIRED) + 2)] + lines) + "\n"
+
+
 def split_oracle(runs: list[dict]) -> tuple[list[dict], list[dict]]:
     """(model runs, frame-1 oracle runs): the runs whose metrics.json names an ``oracle`` are bounds, not models."""
     return [r for r in runs if not r.get("oracle")], [r for r in runs if r.get("oracle")]
@@ -160,6 +199,9 @@ def render(runs: list[dict]) -> str:
     if t3:
         groups = {a: t3[a] for a in sorted(t3, key=adapter_sort_key)}
         out.append(table(groups, adapter_label, "Toy Table 3: model design", gt))
+        paired = paired_table(groups, adapter_label)
+        if paired:
+            out.append(paired)
     if t2:
         keys = sorted(t2, key=lambda k: (-(k[1] == 1.0), -k[0], -k[1]))
         out.append(table({k: t2[k] for k in keys}, lambda k: f"t0={k[0]:g} p={k[1]:g}",

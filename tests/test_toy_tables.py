@@ -168,3 +168,24 @@ def test_table2_runs_with_and_without_noise_dc_are_not_averaged(tmp_path):
     _run(tmp_path, "variant", 1, 0.0, table="toy_table2", t0=1.0, p=1.0, fsp_noise_dc="remove")
     with pytest.raises(ValueError, match="noise_dc"):
         script.render(script.load_runs([str(tmp_path)]))
+
+
+def test_table3_paired_by_seed(tmp_path):
+    """The paired table subtracts each row from the full model of the same seed (not of another seed), and counts
+    the seeds on which the full model is better: higher identity, lower background error."""
+    full = {0: (0.60, 0.030), 1: (0.70, 0.020), 2: (0.50, 0.040)}
+    other = {0: (0.59, 0.031), 1: (0.68, 0.019), 2: (0.49, 0.042)}   # the seeds differ far more than the rows
+    for seed in (0, 1, 2):
+        for name, vals in (("full", full), ("no_content", other)):
+            _run(tmp_path, f"{name}_{seed}", seed, 0.0, adapter=name,
+                 model={"identity": vals[seed][0], "bg_err": vals[seed][1]})
+    md = _script().render(_script().load_runs([str(tmp_path)]))
+    row = next(line for line in md.splitlines() if line.startswith("| Full model − w/o Content-Adapter |"))
+    cells = row.strip("| ").split(" | ")
+    assert cells[1] == "3"
+    assert cells[2] == "+0.013 ± 0.006 (3/3)"          # differences 0.01, 0.02, 0.01
+    assert cells[3] == "-0.001 ± 0.002 (2/3)"          # differences -0.001, +0.001, -0.002: better on seeds 0, 2
+    # a row without a full model of its variant is left out, not paired with the paper's full model
+    _run(tmp_path, "none_kv_0", 0, 0.0, adapter="none", noised_kv=True, model={"identity": 0.1})
+    md = _script().render(_script().load_runs([str(tmp_path)]))
+    assert "noised K/V" not in "".join(l for l in md.splitlines() if "−" in l)
