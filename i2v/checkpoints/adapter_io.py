@@ -140,6 +140,14 @@ def trained_with_noised_kv(info: Mapping[str, Any]) -> bool:
     return bool(adapter.get("noised_kv", False)) if isinstance(adapter, Mapping) else False
 
 
+def trained_i2v_min_t(info: Mapping[str, Any]) -> int:
+    """``adapter.i2v_min_t`` of the run that wrote an adapter file (0 when it did not set one, or for files of other
+    origins): that adapter's branch was trained at t >= it only and is meant to be sampled so."""
+    adapter = (info.get("config") or {}).get("adapter") or {}
+    value = adapter.get("i2v_min_t") if isinstance(adapter, Mapping) else None
+    return int(value or 0)
+
+
 def load_adapter(unet: nn.Module, path: Union[str, Path], backbone: str,
                  read: Optional[tuple[dict[str, torch.Tensor], dict[str, Any]]] = None) -> dict[str, Any]:
     """Load an adapter checkpoint into ``unet`` (attaching the adapter first if needed); returns the info dict.
@@ -183,6 +191,10 @@ def export_adapter(ckpt: Union[str, Path], to: str, out: Union[str, Path], *, ba
     if to == OFFICIAL and trained_with_noised_kv(info):
         raise ValueError(f"{ckpt} was trained with adapter.noised_kv=true, a forward the official code does not "
                          f"have: it would sample wrongly there (keep it in our .safetensors layout)")
+    if to == OFFICIAL and trained_i2v_min_t(info):
+        raise ValueError(f"{ckpt} was trained with adapter.i2v_min_t={trained_i2v_min_t(info)}: its branch never saw "
+                         f"the timesteps below, where the official code would run it at every step (keep it in our "
+                         f".safetensors layout)")
     if to == OFFICIAL:
         return save_official_adapter(out, tensors, overwrite=overwrite, dtype=cast), info
     if to != "ours":

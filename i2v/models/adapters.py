@@ -13,7 +13,8 @@ Trainable size Σ(2C² + C): SD1.5 24,793,280 (16 layers), SDXL 204,883,200 (70 
 """
 from __future__ import annotations
 
-from typing import Optional
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
 
 import torch
 from einops import rearrange
@@ -128,6 +129,50 @@ def set_i2v_adapter_enabled(unet: nn.Module, enabled: bool) -> int:
     for _, attn in layers:
         attn.processor.enabled = bool(enabled)
     return len(layers)
+
+
+@contextmanager
+def i2v_adapter_gated(unet: nn.Module, on: bool) -> Iterator[None]:
+    """Within the block the branch runs only where it was on and ``on`` holds (an ablation's off layers stay off);
+    every layer's switch is restored afterwards."""
+    layers = i2v_adapter_layers(unet)
+    was = [attn.processor.enabled for _, attn in layers]
+    try:
+        for (_, attn), w in zip(layers, was):
+            attn.processor.enabled = w and bool(on)
+        yield
+    finally:
+        for (_, attn), w in zip(layers, was):
+            attn.processor.enabled = w
+
+
+def check_i2v_min_t(min_t, num_train_timesteps: int) -> int:
+    """``adapter.i2v_min_t`` as an int in [0, T): the branch runs at timesteps t >= it (0: every t, the paper)."""
+    if isinstance(min_t, bool) or not isinstance(min_t, (int, float)) or min_t != int(min_t) \
+            or not 0 <= int(min_t) < num_train_timesteps:
+        raise ValueError(f"adapter.i2v_min_t must be an integer timestep in [0, {num_train_timesteps}) (0: the branch "
+                         f"at every t, the paper), got {min_t!r}")
+    return int(min_t)
+
+
+class I2VTimestepGate:
+    """``denoise(x, t, cond, uncond)`` (a :class:`~i2v.diffusion.sampler.Denoiser` or a wrapper of one) with the
+    I2V-Adapter branch switched off at the sampler steps whose t is below ``min_t`` (``adapter.i2v_min_t``; not the
+    paper's method, which runs it at every step). ``calls`` counts the wrapped denoiser's network calls."""
+
+    def __init__(self, denoise: Callable, unet: nn.Module, min_t: int):
+        self.denoise, self.unet, self.min_t = denoise, unet, int(min_t)
+
+    @property
+    def calls(self) -> int:
+        return getattr(self.denoise, "calls", 0)
+
+    def __call__(self, x: torch.Tensor, t, cond: dict, uncond: Optional[dict]) -> torch.Tensor:
+        t_val = float(torch.as_tensor(t).reshape(-1)[0])
+        if t_val >= self.min_t:
+            return self.denoise(x, t, cond, uncond)
+        with i2v_adapter_gated(self.unet, False):
+            return self.denoise(x, t, cond, uncond)
 
 
 def detach_i2v_adapter(unet: nn.Module) -> int:

@@ -24,7 +24,7 @@ from torch import nn
 
 from i2v.utils.paths import missing_paths
 from i2v.diffusion.schedule import NoiseSchedule
-from i2v.models.adapters import attach_i2v_adapter
+from i2v.models.adapters import attach_i2v_adapter, check_i2v_min_t
 from i2v.models.content import image_tokens, uncond_image_tokens
 from i2v.models.text import sdxl_time_ids
 
@@ -98,7 +98,7 @@ class Bundle(nn.Module):
                  image_encoder: Optional[nn.Module] = None, image_proj: Optional[nn.Module] = None,
                  trainable: Optional[dict[str, nn.Parameter]] = None,
                  resolution: int = 512, config: Optional[dict] = None, micro_conditioning: bool = False,
-                 noised_kv: bool = False):
+                 noised_kv: bool = False, i2v_min_t: Optional[int] = None):
         super().__init__()
         self.name = name
         self.unet, self.codec, self.text = unet, codec, text
@@ -109,17 +109,29 @@ class Bundle(nn.Module):
         self.config = config or {}
         self.micro_conditioning = micro_conditioning
         self.noised_kv = bool(noised_kv)     # adapter.noised_kv: see i2v.models.noised_kv (training and sampling)
+        # adapter.i2v_min_t: the branch only at t >= it (training draws t there, sampling gates the steps below);
+        # None = not given: 0, or what a loaded adapter file was trained with
+        self.i2v_min_t_given = i2v_min_t is not None
+        self.i2v_min_t = check_i2v_min_t(i2v_min_t or 0, schedule.num_train_timesteps)
 
     def load_i2v_adapter(self, path, read: Optional[tuple] = None) -> dict:
         """Load an I2V-Adapter file into the UNet (:func:`~i2v.checkpoints.adapter_io.load_adapter`, ``read`` passed
         on; returns its info). A file trained with ``adapter.noised_kv=true`` switches :attr:`noised_kv` on: it is
-        meant to be sampled that way."""
-        from i2v.checkpoints.adapter_io import load_adapter, trained_with_noised_kv
+        meant to be sampled that way. A file trained with ``adapter.i2v_min_t`` > 0 sets :attr:`i2v_min_t` unless the
+        config gave one."""
+        from i2v.checkpoints.adapter_io import load_adapter, trained_i2v_min_t, trained_with_noised_kv
 
         info = load_adapter(self.unet, path, backbone=self.name, read=read)
         if trained_with_noised_kv(info) and not self.noised_kv:
             log.info("%s was trained with adapter.noised_kv=true: sampling uses it too", path)
             self.noised_kv = True
+        trained = trained_i2v_min_t(info)
+        if not self.i2v_min_t_given and trained:
+            log.info("%s was trained with adapter.i2v_min_t=%d: its branch runs at t >= %d", path, trained, trained)
+            self.i2v_min_t = check_i2v_min_t(trained, self.schedule.num_train_timesteps)
+        elif self.i2v_min_t_given and trained != self.i2v_min_t:
+            log.warning("%s was trained with adapter.i2v_min_t=%d; sampling with adapter.i2v_min_t=%d as asked", path,
+                        trained, self.i2v_min_t)
         return info
 
     @property
@@ -205,10 +217,11 @@ class Bundle(nn.Module):
 
 def freeze_and_attach(name: str, parts: dict, schedule: NoiseSchedule, *, i2v: bool, for_training: bool,
                       resolution: int, config: Optional[dict] = None, micro_conditioning: bool = False,
-                      query_init: str = "to_q", query_init_scale: float = 1.0, noised_kv: bool = False) -> Bundle:
+                      query_init: str = "to_q", query_init_scale: float = 1.0, noised_kv: bool = False,
+                      i2v_min_t: Optional[int] = None) -> Bundle:
     """Freeze every part, attach the I2V-Adapter when ``i2v`` (trainable only ``for_training``; ``query_init`` /
     ``query_init_scale``: how its ``W'_Q`` starts, see :func:`~i2v.models.adapters.attach_i2v_adapter`;
-    ``noised_kv``: the opt-in variant of :mod:`i2v.models.noised_kv`) -> Bundle."""
+    ``noised_kv``: the opt-in variant of :mod:`i2v.models.noised_kv`; ``i2v_min_t``: ``adapter.i2v_min_t``) -> Bundle."""
     unet = parts["unet"]
     for m in parts.values():
         if isinstance(m, nn.Module):
@@ -219,7 +232,7 @@ def freeze_and_attach(name: str, parts: dict, schedule: NoiseSchedule, *, i2v: b
             p.requires_grad_(False)
     return Bundle(name, unet, parts["codec"], parts["text"], schedule, image_encoder=parts.get("image_encoder"),
                   image_proj=parts.get("image_proj"), trainable=trainable, resolution=resolution, config=config,
-                  micro_conditioning=micro_conditioning, noised_kv=noised_kv)
+                  micro_conditioning=micro_conditioning, noised_kv=noised_kv, i2v_min_t=i2v_min_t)
 
 
 def build_bundle(backbone: DictConfig, adapter: DictConfig, *, device="cpu", dtype=torch.float32,
@@ -236,7 +249,8 @@ def build_bundle(backbone: DictConfig, adapter: DictConfig, *, device="cpu", dty
                                micro_conditioning=builder.micro_conditioning,
                                query_init=str(adapter.get("query_init", "to_q")),
                                query_init_scale=float(adapter.get("query_init_scale", 1.0)),
-                               noised_kv=bool(adapter.get("noised_kv", False)))
+                               noised_kv=bool(adapter.get("noised_kv", False)),
+                               i2v_min_t=adapter.get("i2v_min_t"))
     return bundle.to(device=device, dtype=dtype).eval()
 
 

@@ -22,6 +22,7 @@ from i2v.diffusion.fsp import check_blur, check_noise_dc, initial_latents
 from i2v.diffusion.guidance import negative_prompt
 from i2v.diffusion.sampler import Denoiser, check_scheduler, sample_video
 from i2v.diffusion.schedule import SamplerConfig, make_scheduler
+from i2v.models.adapters import I2VTimestepGate
 from i2v.models.noised_kv import NoisedKVDenoiser
 from i2v.utils.io import RESIZE_MODES
 from i2v.pipeline.bundle import Bundle
@@ -159,7 +160,8 @@ class I2VPipeline:
     :class:`~i2v.diffusion.sampler.Denoiser` (with the optional ControlNet and its per-frame ``control``
     ``(1, F, 3, H', W')``). The image is used at its own size (a multiple of ``bundle.pixel_multiple``). With
     ``bundle.noised_kv`` (``adapter.noised_kv``, :mod:`i2v.models.noised_kv`) every step also runs the network on
-    frame 1 noised to t (one noise drawn from the seed's generator after the start latents).
+    frame 1 noised to t (one noise drawn from the seed's generator after the start latents). With
+    ``bundle.i2v_min_t`` > 0 (``adapter.i2v_min_t``) the I2V-Adapter's branch is off at the steps whose t is below it.
     """
 
     def __init__(self, bundle: Bundle, settings: SamplingSettings, controlnet=None,
@@ -193,6 +195,8 @@ class I2VPipeline:
         if bundle.noised_kv:   # adapter.noised_kv: frame 1 noised with one draw for the whole video
             noise = torch.randn(first[:, :, None].shape, generator=g, dtype=torch.float32).to(first)
             denoise = NoisedKVDenoiser(self.denoiser, bundle.schedule, bundle.unet, noise)
+        if bundle.i2v_min_t > 0:   # adapter.i2v_min_t: the branch off at the steps below it
+            denoise = I2VTimestepGate(denoise, bundle.unet, bundle.i2v_min_t)
         step_cb = None if callback is None else (lambda i, t, lat: callback(i + 1, len(timesteps)))
         res = sample_video(denoise, x, cond, uncond, timesteps, scheduler=self.scheduler, generator=g,
                            callback=step_cb, progress=progress)

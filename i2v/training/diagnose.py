@@ -173,8 +173,8 @@ def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
                         if on:
                             row[name] = row[f"{name}_frame_mean"] = float("nan")
                             continue
-                    else:
-                        set_i2v_adapter_enabled(bundle.unet, on)
+                    else:   # adapter.i2v_min_t: "on" below it is the branch gated off, as in sampling
+                        set_i2v_adapter_enabled(bundle.unet, on and int(t) >= getattr(bundle, "i2v_min_t", 0))
                     eps_hat = predict_eps(bundle, z, z_t, eps, tt, cond, noised_kv=on and bundle.noised_kv)
                     add(name, eps_hat)
                     if not on:

@@ -52,16 +52,20 @@ def check_noised_kv_training(noised_kv: bool, train: dict) -> None:
 
 
 def sample_timesteps(b: int, num_train_timesteps: int, skew: float = 0.0,
-                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """``b`` training timesteps on the CPU. ``skew`` = 0: uniform on {0..T-1} (the paper). ``skew`` = s > 0: density
-    proportional to (t/T)^s, i.e. t = floor(T·u^(1/(1+s))) with u ~ U(0, 1), so the draws lean to the high-noise
-    end where sampling from pure noise decides the layout (mean t/T = (1+s)/(2+s): 2/3 at s = 1)."""
+                     generator: Optional[torch.Generator] = None, low: int = 0) -> torch.Tensor:
+    """``b`` training timesteps on the CPU, in {low..T-1} (``low``: ``adapter.i2v_min_t``, 0 in the paper).
+    ``skew`` = 0: uniform (the paper). ``skew`` = s > 0: density proportional to ((t - low)/(T - low))^s, i.e.
+    t = low + floor((T - low)·u^(1/(1+s))) with u ~ U(0, 1), so the draws lean to the high-noise end where sampling
+    from pure noise decides the layout (mean (t - low)/(T - low) = (1+s)/(2+s): 2/3 at s = 1)."""
     if skew < 0:
         raise ValueError(f"train.timestep_skew must be >= 0 (0 = uniform), got {skew}")
+    if not 0 <= low < num_train_timesteps:
+        raise ValueError(f"the lowest training timestep must be in [0, {num_train_timesteps}), got {low}")
     if skew == 0:
-        return torch.randint(0, num_train_timesteps, (b,), generator=generator, device="cpu")
+        return torch.randint(low, num_train_timesteps, (b,), generator=generator, device="cpu")
     u = torch.rand(b, generator=generator, device="cpu", dtype=torch.float64)
-    return (u.pow(1.0 / (1.0 + skew)) * num_train_timesteps).long().clamp(max=num_train_timesteps - 1)
+    span = num_train_timesteps - low
+    return low + (u.pow(1.0 / (1.0 + skew)) * span).long().clamp(max=span - 1)
 
 
 def masked_frame_loss(eps_hat: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -71,13 +75,15 @@ def masked_frame_loss(eps_hat: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
 
 
 def first_frame_clean_loss(unet, schedule, z: torch.Tensor, cond: dict, generator: Optional[torch.Generator] = None,
-                           timestep_skew: float = 0.0, noised_kv: bool = False) -> dict[str, torch.Tensor]:
+                           timestep_skew: float = 0.0, noised_kv: bool = False,
+                           min_t: int = 0) -> dict[str, torch.Tensor]:
     """The objective of one step on clean latents ``z`` (B, C, F, h, w) and their condition (``Bundle.condition``):
     t then ε drawn from ``generator`` on the CPU, frame 0 kept clean, loss on frames 2..F. ``noised_kv``: the
     network runs through :func:`~i2v.models.noised_kv.with_noised_first_frame_kv`, frame 1 noised with its own ε
-    (``adapter.noised_kv``, not the paper's method). Returns the loss and the tensors tests inspect (``z``, ``z_t``,
+    (``adapter.noised_kv``, not the paper's method). ``min_t``: t drawn from {min_t..T-1} only
+    (``adapter.i2v_min_t``, the timesteps where the branch runs). Returns the loss and the tensors tests inspect (``z``, ``z_t``,
     ``eps``, ``eps_hat``, ``target``, ``t``)."""
-    t = sample_timesteps(z.shape[0], schedule.num_train_timesteps, timestep_skew, generator).to(z.device)
+    t = sample_timesteps(z.shape[0], schedule.num_train_timesteps, timestep_skew, generator, low=min_t).to(z.device)
     eps = torch.randn(z.shape, generator=generator, device="cpu", dtype=z.dtype).to(z.device)
     z_t = first_frame_clean_noising(z, eps, t, schedule)
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -167,7 +173,7 @@ class I2VAdapterModule(L.LightningModule):
             cond = self.bundle.condition(texts, video[:, 0], drop_image=drop_img.to(dev))
         skew = float(self.train_cfg.get("timestep_skew", 0.0))
         return first_frame_clean_loss(self.unet, self.bundle.schedule, z, cond, generator, skew,
-                                      noised_kv=self.bundle.noised_kv)
+                                      noised_kv=self.bundle.noised_kv, min_t=self.bundle.i2v_min_t)
 
     def step_generator(self) -> torch.Generator:
         """Noise, timesteps and condition drops of a step are a pure function of (seed, rank, global step), so a
