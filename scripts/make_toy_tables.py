@@ -16,8 +16,9 @@ flicker, per seed and averaged over seeds. ``--sheets DIR`` writes contact sheet
 upscaled nearest-neighbour, from the lossless ``samples/clipNNN.png`` strips the runs write.
 Runs sampled through the frame-1 oracle (``evaluate.py mode=toy toy_eval.oracle=...``) are bounds, not models: they
 get a table of their own (by adapter and oracle) and stay out of Tables 2/3, the trends and the sheets.
-Runs that sampled with ``adapter.noised_kv`` get Table 3 rows of their own; Table 2 runs that mix it on and off, or
-mix the prior's blur (``sampling.fsp.kernel_size``/``sigma``: the toy's changed from 9x9 to 5x5), are refused.
+Runs that sampled with ``adapter.noised_kv``, ``adapter.i2v_min_t`` or ``sampling.fsp.noise_dc=remove`` get Table 3
+rows of their own; Table 2 runs that mix any of them on and off, or mix the prior's blur
+(``sampling.fsp.kernel_size``/``sigma``: the toy's changed from 9x9 to 5x5), are refused.
 """
 from __future__ import annotations
 
@@ -50,10 +51,17 @@ ADAPTER_LABEL = {"none": "w/o I2V-Adapter and Content-Adapter", "no_i2v": "w/o I
 VARIANT_LABEL = {"noised_kv": "noised K/V", "noise_dc=remove": "noise DC removed"}
 
 
+def variant_label(v: str) -> str:
+    """``i2v_min_t=500`` -> "branch at t >= 500"; the others from VARIANT_LABEL."""
+    if v.startswith("i2v_min_t="):
+        return f"branch at t >= {v.split('=', 1)[1]}"
+    return VARIANT_LABEL.get(v, v)
+
+
 def adapter_label(key: str) -> str:
     """``full`` -> "Full model"; ``full+noised_kv`` -> "Full model + noised K/V (not the paper's)"."""
     base, *variants = key.split("+")
-    label = " + ".join([ADAPTER_LABEL.get(base, base)] + [VARIANT_LABEL.get(v, v) for v in variants])
+    label = " + ".join([ADAPTER_LABEL.get(base, base)] + [variant_label(v) for v in variants])
     return label + (" (not the paper's)" if variants else "")
 
 
@@ -101,10 +109,17 @@ def noise_dc(run: dict) -> str:
     return str(run.get("fsp_noise_dc") or "keep")
 
 
+def i2v_min_t(run: dict) -> int:
+    """``adapter.i2v_min_t`` a run sampled with (metrics.json's key; runs written before it existed: 0)."""
+    return int(run.get("i2v_min_t") or 0)
+
+
 def row_adapter(run: dict) -> str:
-    """Table 3's row of a run: its adapter config, ``+noised_kv`` / ``+noise_dc=remove`` when it sampled that way."""
-    dc = noise_dc(run)
-    return run["adapter"] + ("+noised_kv" if noised_kv(run) else "") + ("" if dc == "keep" else f"+noise_dc={dc}")
+    """Table 3's row of a run: its adapter config, ``+noised_kv`` / ``+noise_dc=remove`` / ``+i2v_min_t=N`` when it
+    sampled that way."""
+    dc, min_t = noise_dc(run), i2v_min_t(run)
+    return (run["adapter"] + ("+noised_kv" if noised_kv(run) else "") + ("" if dc == "keep" else f"+noise_dc={dc}")
+            + (f"+i2v_min_t={min_t}" if min_t else ""))
 
 
 def load_runs(paths: list[str]) -> list[dict]:
@@ -192,7 +207,7 @@ def render(runs: list[dict]) -> str:
     gt = [r["ground_truth"] for r in runs]
     # rows sampled another way are another table (the prior's blur is what Table 2 sweeps); unknown (None) is no kind
     for what, kind in (("adapter.noised_kv", noised_kv), ("the prior's blur (kernel_size, sigma)", blur),
-                       ("sampling.fsp.noise_dc", noise_dc)):
+                       ("sampling.fsp.noise_dc", noise_dc), ("adapter.i2v_min_t", i2v_min_t)):
         kinds = {kind(r) for v in t2.values() for r in v} - {None}
         if len(kinds) > 1:
             raise ValueError(f"these Table 2 runs mix {what}: {sorted(kinds)}; collect each kind on its own")

@@ -189,3 +189,23 @@ def test_table3_paired_by_seed(tmp_path):
     _run(tmp_path, "none_kv_0", 0, 0.0, adapter="none", noised_kv=True, model={"identity": 0.1})
     md = _script().render(_script().load_runs([str(tmp_path)]))
     assert "noised K/V" not in "".join(l for l in md.splitlines() if "−" in l)
+
+
+def test_i2v_min_t_runs_get_rows_of_their_own_and_pair_among_themselves(tmp_path):
+    for seed in (0, 1):
+        _run(tmp_path, f"full_{seed}", seed, 0.0, adapter="full", model={"identity": 0.6})
+        _run(tmp_path, f"full_g_{seed}", seed, 0.0, adapter="full", i2v_min_t=500, model={"identity": 0.7})
+        _run(tmp_path, f"noc_g_{seed}", seed, 0.0, adapter="no_content", i2v_min_t=500,
+             model={"identity": 0.65 + 0.01 * seed})
+    md = _script().render(_script().load_runs([str(tmp_path)]))
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines() if line.startswith("| ")}
+    assert "| 2 | 0.600 ± 0.000 |" in rows["Full model"]
+    assert "| 2 | 0.700 ± 0.000 |" in rows["Full model + branch at t >= 500 (not the paper's)"]
+    paired = rows["Full model + branch at t >= 500 (not the paper's) − w/o Content-Adapter + branch at t >= 500 "
+                  "(not the paper's)"]
+    assert "+0.045 ± 0.007 (2/2)" in paired
+    for p in (0.1, 1.0):
+        _run(tmp_path / "t2", f"p{p}", 0, 0.0, table="toy_table2", adapter="full", t0=1.0, p=p,
+             i2v_min_t=500 if p == 1.0 else 0)
+    with pytest.raises(ValueError, match="i2v_min_t"):
+        _script().render(_script().load_runs([str(tmp_path / "t2")]))
