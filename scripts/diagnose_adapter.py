@@ -110,7 +110,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                                  static_tol=float(own.get("static_tol", 1e-3)))
     print(f"ε-MSE on frames 2..F, frame 1 clean; {len(texts)} clips; backbone={cfg.backbone.name} "
           f"adapter={cfg.adapter.name} ckpt={ckpt}" + (" noised_kv=true ('adapter on' is that forward)"
-                                                        if bundle.noised_kv else ""))
+                                                        if bundle.noised_kv else "")
+          + (f" i2v_min_t={bundle.i2v_min_t} (the branch off below it)" if bundle.i2v_min_t else ""))
     print(format_table(table))
     if own.get("probes", True):
         print("\nattention probes (adapter off): does the base use its spatial self-attention, and what do frame 1's "
@@ -130,7 +131,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         focus = attention_focus(bundle, videos[:n], texts[:n], int(focus_t), seed=int(own.get("noise_seed", 0)))
         print(f"\nattention focus at t={int(focus_t)} (spatial self-attention layers, frame 1 clean):")
         print(format_focus(focus))
-    notes = findings(table) + probe_findings(table) + caption_findings(captions) + focus_findings(focus)
+    notes = findings(table, bundle.i2v_min_t) + probe_findings(table) + caption_findings(captions) + focus_findings(focus)
     if bundle.noised_kv:
         notes.append("adapter.noised_kv: 'adapter on' is that forward; on the toy world its samples keep frame 1 "
                      "far better than this one-step ε ratio suggests (docs/toy_world.md, 'Noised first-frame "
@@ -138,7 +139,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     for line in notes:
         print("-", line)
     result = {"backbone": cfg.backbone.name, "adapter": cfg.adapter.name, "ckpt": str(ckpt) if ckpt else None,
-              "noised_kv": bundle.noised_kv,
+              "noised_kv": bundle.noised_kv, "i2v_min_t": bundle.i2v_min_t,
               "n_clips": len(texts), "table": {str(t): row for t, row in table.items()},
               "captions": {str(t): row for t, row in captions.items()}, "attention_focus": focus}
     if own.get("json"):

@@ -239,8 +239,9 @@ def probe_findings(table: dict[int, dict[str, float]], unused: float = 1.1, misl
     return out
 
 
-def findings(table: dict[int, dict[str, float]]) -> list[str]:
-    """Plain-language reading of the table (what to fix first)."""
+def findings(table: dict[int, dict[str, float]], min_t: int = 0) -> list[str]:
+    """Plain-language reading of the table (what to fix first). ``min_t``: the bundle's ``adapter.i2v_min_t`` (the
+    branch is off below it, so "adapter on" equals "adapter off" there by design)."""
     out = []
     weak_base = [t for t, r in table.items() if r["adapter_off"] >= r["signal_zero"]]
     if weak_base:
@@ -254,7 +255,16 @@ def findings(table: dict[int, dict[str, float]]) -> list[str]:
     if all(math.isnan(r["adapter_on"]) for r in table.values()):
         out.append("no I2V-Adapter attached: only the base was measured")
         return out
-    flat = [t for t, r in table.items() if r["adapter_on"] > 0.9 * r["adapter_off"]]
+    gated = [t for t in table if t < min_t]
+    if gated:
+        out.append(f"branch off at t={gated} (adapter.i2v_min_t={min_t}): 'adapter on' is the base there")
+    live = {t: r for t, r in table.items() if t >= min_t}
+    hurts = [t for t, r in live.items() if r["adapter_on"] > 1.05 * r["adapter_off"]]
+    flat = [t for t, r in live.items() if r["adapter_on"] > 0.9 * r["adapter_off"] and t not in hurts]
+    if hurts:
+        out.append(f"adapter adds loss (on > 1.05 x off) at t={hurts}: it hurts there; if its samples agree, "
+                   f"adapter.i2v_min_t above these t keeps the branch to the timesteps where it helps "
+                   f"(README, 'Beyond the paper')")
     if flat:
         out.append(f"adapter barely helps (on > 0.9 x off) at t={flat}: it does not read frame 1 there")
     room = {t: (r["static_oracle"] / r["adapter_off"], r["adapter_on"] / r["adapter_off"]) for t, r in table.items()

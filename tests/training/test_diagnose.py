@@ -99,6 +99,20 @@ def test_oracle_finding_reports_the_room_frame1_leaves():
     assert not any("frame 1 holds more" in line for line in findings({800: {**row, "static_oracle": 0.95}}))
 
 
+def test_findings_name_where_the_adapter_hurts_and_where_it_is_gated_off():
+    def row(on):
+        return {"adapter_on": on, "adapter_off": 1.0, "copy_frame1": 2.0, "signal_zero": 3.0, "static_oracle": 1.0,
+                "adapter_on_frame_mean": 0.0, "adapter_off_frame_mean": 0.0}
+    table = {200: row(1.0), 500: row(1.3), 800: row(0.95), 950: row(0.5)}
+    lines = findings(table)
+    assert any("adds loss" in line and "t=[500]" in line for line in lines)
+    assert any("barely helps" in line and "t=[200, 800]" in line for line in lines)     # 500 is told apart
+    gated = findings(table, min_t=700)
+    assert any("branch off at t=[200, 500]" in line for line in gated)
+    assert not any("adds loss" in line for line in gated)
+    assert any("barely helps" in line and "t=[800]" in line for line in gated)
+
+
 def test_attention_focus_measures_sharpness(clips):
     """Uniform attention reads entropy 1 and "x1" at the own/same position; scaling queries and keys up sharpens
     the base's rows (entropy falls); a zeroed adapter query attends uniformly to frame 1."""
