@@ -19,6 +19,10 @@ IDENTITY_GAIN, BG_RATIO = 0.03, 0.55   # full - none >= 0.03 (measured 0.074); f
 # the shipped adapter.noised_kv file (python train.py experiment=toy adapter.noised_kv=true), same clips and seed:
 # identity 0.624, bg_err 0.025, lost_frac 0.0 (0.37x none's bg_err)
 KV_IDENTITY_FLOOR, KV_BG_RATIO = 0.57, 0.55
+# the shipped adapter.i2v_min_t=700 file (python train.py experiment=toy adapter.i2v_min_t=700), same clips and seed,
+# sampled with the branch at t >= 700 as its file records: identity 0.625 (+0.032 over the paper's file), bg_err
+# 0.018 (0.28x none's), lost_frac 0.0
+GATED_IDENTITY_FLOOR, GATED_BG_RATIO, GATED_OVER_PAPER = 0.59, 0.45, 0.01
 
 def _compose(name, overrides):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
@@ -160,11 +164,14 @@ def _score_shipped(overrides: list[str], bundle=None):
 def test_shipped_toy_adapter_carries_frame_one_better_than_none():
     """The shipped toy files at the toy sampling settings on 8 held-out clips: the full model keeps frame 1's
     identity and background above floors set from the measured values with margin, and clearly better than the
-    same base without the adapters (adapter=none); so does the shipped adapter.noised_kv file, sampled with the
-    option its file records. A shipped adapter that stops reading frame 1, a base that regresses to sampling noise,
-    or a noised-K/V file that stops carrying frame 1 fails here."""
+    same base without the adapters (adapter=none); so do the shipped adapter.noised_kv and adapter.i2v_min_t=700
+    files, sampled with the options their files record (the latter above the paper's file). A shipped adapter that
+    stops reading frame 1, a base that regresses to sampling noise, a noised-K/V file that stops carrying frame 1,
+    or a gate that stops reaching the sampler (the gated file run at every step) fails here."""
+    gated, gated_bundle = _score_shipped([f"ckpt={asset_path('toy/adapter_min_t700.safetensors')}"])
     res = {"full": _score_shipped([])[0], "none": _score_shipped(["adapter=none"])[0],
-           "noised_kv": _score_shipped([f"ckpt={asset_path('toy/adapter_noised_kv.safetensors')}"])[0]}
+           "noised_kv": _score_shipped([f"ckpt={asset_path('toy/adapter_noised_kv.safetensors')}"])[0],
+           "i2v_min_t=700": gated}
     full, none, kv = res["full"], res["none"], res["noised_kv"]
     assert full["identity"] >= IDENTITY_FLOOR, res
     assert full["lost_frac"] <= LOST_CEILING, res
@@ -174,6 +181,10 @@ def test_shipped_toy_adapter_carries_frame_one_better_than_none():
     # the adapter.noised_kv file (sampled with its option, read from the file) carries frame 1 too
     assert kv["identity"] >= KV_IDENTITY_FLOOR and kv["identity"] >= none["identity"] + IDENTITY_GAIN, res
     assert kv["bg_err"] <= KV_BG_RATIO * none["bg_err"] and kv["lost_frac"] <= LOST_CEILING, res
+    # the adapter.i2v_min_t=700 file, sampled with the gate its file records, keeps more of frame 1 than the paper's
+    assert gated_bundle.i2v_min_t == 700
+    assert gated["identity"] >= GATED_IDENTITY_FLOOR and gated["identity"] >= full["identity"] + GATED_OVER_PAPER, res
+    assert gated["bg_err"] <= GATED_BG_RATIO * none["bg_err"] and gated["lost_frac"] <= LOST_CEILING, res
 
 
 # toy Table 2 with the toy's blur (configs/experiment/toy.yaml: sampling.fsp 5x5, sigma 10), seed 0, 8 clips

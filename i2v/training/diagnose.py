@@ -257,7 +257,7 @@ def findings(table: dict[int, dict[str, float]], min_t: int = 0) -> list[str]:
         return out
     gated = [t for t in table if t < min_t]
     if gated:
-        out.append(f"branch off at t={gated} (adapter.i2v_min_t={min_t}): 'adapter on' is the base there")
+        out.append(f"branch off at t={gated} (adapter.i2v_min_t={min_t}): by design, not a failure to read frame 1")
     live = {t: r for t, r in table.items() if t >= min_t}
     hurts = [t for t, r in live.items() if r["adapter_on"] > 1.05 * r["adapter_off"]]
     flat = [t for t, r in live.items() if r["adapter_on"] > 0.9 * r["adapter_off"] and t not in hurts]
