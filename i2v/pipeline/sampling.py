@@ -8,6 +8,7 @@ evaluation all sample through this object; the settings are validated once, when
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Union
@@ -26,6 +27,8 @@ from i2v.models.adapters import I2VTimestepGate
 from i2v.models.noised_kv import NoisedKVDenoiser
 from i2v.utils.io import RESIZE_MODES
 from i2v.pipeline.bundle import Bundle
+
+log = logging.getLogger(__name__)
 
 SCHEDULERS = ("ddim", "euler", "dpmpp", "ddpm")
 SPACINGS = ("leading", "trailing", "linspace")   # diffusers' timestep_spacing
@@ -173,6 +176,7 @@ class I2VPipeline:
                                         SamplerConfig(timestep_spacing=settings.timestep_spacing))
         check_scheduler(self.scheduler, bundle.schedule)
         self.denoiser = Denoiser(bundle.unet, settings.guidance_scale, controlnet, control)
+        self._warned_gate = False
 
     @torch.no_grad()
     def __call__(self, image: Union[torch.Tensor, Image.Image], prompt: str, seed: int = 0,
@@ -197,6 +201,10 @@ class I2VPipeline:
             denoise = NoisedKVDenoiser(self.denoiser, bundle.schedule, bundle.unet, noise)
         if bundle.i2v_min_t > 0:   # adapter.i2v_min_t: the branch off at the steps below it
             denoise = I2VTimestepGate(denoise, bundle.unet, bundle.i2v_min_t)
+            if bundle.trainable and float(timesteps.max()) < bundle.i2v_min_t and not self._warned_gate:
+                self._warned_gate = True
+                log.warning("adapter.i2v_min_t=%d but sampling starts at t=%d (sampling.t0=%g): the I2V-Adapter's "
+                            "branch runs at no step of these videos", bundle.i2v_min_t, int(timesteps.max()), s.t0)
         step_cb = None if callback is None else (lambda i, t, lat: callback(i + 1, len(timesteps)))
         res = sample_video(denoise, x, cond, uncond, timesteps, scheduler=self.scheduler, generator=g,
                            callback=step_cb, progress=progress)

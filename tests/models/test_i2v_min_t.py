@@ -159,3 +159,26 @@ def test_diagnostic_on_equals_off_below_min_t():
     assert gated[300]["adapter_on"] == gated[300]["adapter_off"] == paper[300]["adapter_off"]
     assert not math.isclose(paper[300]["adapter_on"], paper[300]["adapter_off"], rel_tol=1e-4)
     assert gated[700] == paper[700]
+
+
+def test_a_start_below_min_t_is_told(caplog):
+    """sampling.t0 low enough that every sampler step is below adapter.i2v_min_t: the branch never runs, and the
+    pipeline says so (once per pipeline)."""
+    from i2v.pipeline.sampling import FSPSettings, I2VPipeline, SamplingSettings
+
+    bundle = _bundle()
+    bundle.i2v_min_t = 700
+    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    s = SamplingSettings(steps=4, guidance_scale=1.0, t0=0.6, p=1.0, num_frames=4, scheduler="ddim",
+                         fsp=FSPSettings(enabled=True, kernel_size=3, sigma=1.0))
+    pipe = I2VPipeline(bundle, s)
+    seen = _spy(bundle)
+    with caplog.at_level("WARNING"):
+        pipe(image, "a red square moves left", seed=0)
+        pipe(image, "a red square moves left", seed=1)
+    assert caplog.text.count("runs at no step") == 1
+    assert seen and not any(any(on) for _, on in seen)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _pipe(bundle)(image, "a red square moves left", seed=0)                  # t0 = 1: no warning
+    assert "runs at no step" not in caplog.text
