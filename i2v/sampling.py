@@ -66,7 +66,8 @@ def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optiona
         control = control.to(device, dtype)
     pipe = I2VPipeline(bundle, settings, controlnet=controlnet, control=control)
     extra = {"scheduler": settings.scheduler, "backbone": cfg.backbone.name, "adapter": cfg.adapter.name,
-             "noised_kv": bundle.noised_kv, "ckpt": cfg.get("ckpt"), "versions": package_versions(),
+             "noised_kv": bundle.noised_kv, "i2v_min_t": bundle.i2v_min_t if bundle.trainable else 0,
+             "ckpt": cfg.get("ckpt"), "versions": package_versions(),
              "config": resolved_sampling_config(cfg)}
     writes = {"overwrite": bool(cfg.get("overwrite", False)), "gif": bool(cfg.get("write_gif", True)),
               "frames": bool(cfg.get("write_frames")), "paths": lambda name: output_paths(cfg, out_dir, name)}
@@ -143,7 +144,7 @@ def _sample_item(pipe: I2VPipeline, item: dict, out_dir: Path, res: tuple[int, i
             "num_frames": s.num_frames, "height": image.shape[-2], "width": image.shape[-1],
             "resize": s.resize, "seconds": round(seconds, 3), "scheduler": extra["scheduler"],
             "fsp": s.fsp.enabled, "backbone": extra["backbone"], "adapter": extra["adapter"],
-            "noised_kv": extra["noised_kv"], "ckpt": extra["ckpt"],
+            "noised_kv": extra["noised_kv"], "i2v_min_t": extra["i2v_min_t"], "ckpt": extra["ckpt"],
             "versions": extra["versions"], "config": extra["config"]}
     save_mp4(out.video, Path(f"{stem}.mp4"), fps=s.fps, overwrite=overwrite)
     if writes["gif"]:

@@ -182,3 +182,24 @@ def test_a_start_below_min_t_is_told(caplog):
     with caplog.at_level("WARNING"):
         _pipe(bundle)(image, "a red square moves left", seed=0)                  # t0 = 1: no warning
     assert "runs at no step" not in caplog.text
+
+
+def test_sample_py_records_the_gate_a_file_brought(tmp_path):
+    """sample.py with the shipped adapter_min_t700 file: the gate comes from the file (the config says null) and the
+    video's .json records it."""
+    import json
+
+    from toy_sample import toy_sample_cfg
+
+    from i2v.cli.config import asset_path
+    from i2v.data.synthetic import SyntheticVideos
+    from i2v.sampling import sample
+    from i2v.utils.io import save_frames
+
+    save_frames(SyntheticVideos(1, num_frames=1, size=32, seed=3)[0]["video"], tmp_path / "in")
+    base = [f"image={tmp_path / 'in' / '000.png'}", "prompt=a red square moves left"]
+    sample(toy_sample_cfg(tmp_path / "gated", *base, f"ckpt={asset_path('toy/adapter_min_t700.safetensors')}"))
+    sample(toy_sample_cfg(tmp_path / "paper", *base))
+    gated = json.loads(next((tmp_path / "gated" / "out").glob("*.json")).read_text())
+    paper = json.loads(next((tmp_path / "paper" / "out").glob("*.json")).read_text())
+    assert (gated["i2v_min_t"], paper["i2v_min_t"]) == (700, 0)
