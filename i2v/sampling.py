@@ -66,7 +66,7 @@ def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optiona
         control = control.to(device, dtype)
     pipe = I2VPipeline(bundle, settings, controlnet=controlnet, control=control)
     extra = {"scheduler": settings.scheduler, "backbone": cfg.backbone.name, "adapter": cfg.adapter.name,
-             "noised_kv": bundle.noised_kv, "i2v_min_t": bundle.i2v_min_t if bundle.trainable else 0,
+             "noised_kv": bundle.noised_kv, "i2v_min_t": bundle.active_i2v_min_t,
              "ckpt": cfg.get("ckpt"), "versions": package_versions(),
              "config": resolved_sampling_config(cfg)}
     writes = {"overwrite": bool(cfg.get("overwrite", False)), "gif": bool(cfg.get("write_gif", True)),

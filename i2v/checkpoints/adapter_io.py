@@ -133,19 +133,22 @@ def save_official_adapter(path: Union[str, Path], tensors: Mapping[str, torch.Te
 
 
 
+def _trained_adapter_config(info: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The ``adapter`` section of the config an adapter file was written with (empty for files of other origins)."""
+    adapter = (info.get("config") or {}).get("adapter") or {}
+    return adapter if isinstance(adapter, Mapping) else {}
+
+
 def trained_with_noised_kv(info: Mapping[str, Any]) -> bool:
     """Whether the run that wrote an adapter file (``info`` from :func:`read_adapter`) trained it with
     ``adapter.noised_kv=true`` (:mod:`i2v.models.noised_kv`); such an adapter is meant to be sampled that way too."""
-    adapter = (info.get("config") or {}).get("adapter") or {}
-    return bool(adapter.get("noised_kv", False)) if isinstance(adapter, Mapping) else False
+    return bool(_trained_adapter_config(info).get("noised_kv", False))
 
 
 def trained_i2v_min_t(info: Mapping[str, Any]) -> int:
     """``adapter.i2v_min_t`` of the run that wrote an adapter file (0 when it did not set one, or for files of other
     origins): that adapter's branch was trained at t >= it only and is meant to be sampled so."""
-    adapter = (info.get("config") or {}).get("adapter") or {}
-    value = adapter.get("i2v_min_t") if isinstance(adapter, Mapping) else None
-    return int(value or 0)
+    return int(_trained_adapter_config(info).get("i2v_min_t") or 0)
 
 
 def load_adapter(unet: nn.Module, path: Union[str, Path], backbone: str,

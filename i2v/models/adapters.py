@@ -132,10 +132,10 @@ def set_i2v_adapter_enabled(unet: nn.Module, enabled: bool) -> int:
 
 
 @contextmanager
-def i2v_adapter_gated(unet: nn.Module, on: bool) -> Iterator[None]:
+def i2v_adapter_gated(unet: nn.Module, on: bool, layers: Optional[list] = None) -> Iterator[None]:
     """Within the block the branch runs only where it was on and ``on`` holds (an ablation's off layers stay off);
-    every layer's switch is restored afterwards."""
-    layers = i2v_adapter_layers(unet)
+    every layer's switch is restored afterwards. ``layers``: ``i2v_adapter_layers(unet)`` when the caller has them."""
+    layers = i2v_adapter_layers(unet) if layers is None else layers
     was = [attn.processor.enabled for _, attn in layers]
     try:
         for (_, attn), w in zip(layers, was):
@@ -162,6 +162,7 @@ class I2VTimestepGate:
 
     def __init__(self, denoise: Callable, unet: nn.Module, min_t: int):
         self.denoise, self.unet, self.min_t = denoise, unet, int(min_t)
+        self.layers = i2v_adapter_layers(unet)      # found once, not at every gated step
 
     @property
     def calls(self) -> int:
@@ -171,7 +172,7 @@ class I2VTimestepGate:
         t_val = float(torch.as_tensor(t).reshape(-1)[0])
         if t_val >= self.min_t:
             return self.denoise(x, t, cond, uncond)
-        with i2v_adapter_gated(self.unet, False):
+        with i2v_adapter_gated(self.unet, False, self.layers):
             return self.denoise(x, t, cond, uncond)
 
 

@@ -135,6 +135,11 @@ class Bundle(nn.Module):
         return info
 
     @property
+    def active_i2v_min_t(self) -> int:
+        """``adapter.i2v_min_t`` as it acts on sampling: 0 without an I2V-Adapter, whose rows it does not touch."""
+        return self.i2v_min_t if self.trainable else 0
+
+    @property
     def content_enabled(self) -> bool:
         return self.image_proj is not None
 
@@ -221,7 +226,8 @@ def freeze_and_attach(name: str, parts: dict, schedule: NoiseSchedule, *, i2v: b
                       i2v_min_t: Optional[int] = None) -> Bundle:
     """Freeze every part, attach the I2V-Adapter when ``i2v`` (trainable only ``for_training``; ``query_init`` /
     ``query_init_scale``: how its ``W'_Q`` starts, see :func:`~i2v.models.adapters.attach_i2v_adapter`;
-    ``noised_kv``: the opt-in variant of :mod:`i2v.models.noised_kv`; ``i2v_min_t``: ``adapter.i2v_min_t``) -> Bundle."""
+    ``noised_kv``: the opt-in variant of :mod:`i2v.models.noised_kv`; ``i2v_min_t``: ``adapter.i2v_min_t``)
+    -> Bundle."""
     unet = parts["unet"]
     for m in parts.values():
         if isinstance(m, nn.Module):

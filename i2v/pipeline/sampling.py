@@ -199,9 +199,9 @@ class I2VPipeline:
         if bundle.noised_kv:   # adapter.noised_kv: frame 1 noised with one draw for the whole video
             noise = torch.randn(first[:, :, None].shape, generator=g, dtype=torch.float32).to(first)
             denoise = NoisedKVDenoiser(self.denoiser, bundle.schedule, bundle.unet, noise)
-        if bundle.i2v_min_t > 0:   # adapter.i2v_min_t: the branch off at the steps below it
+        if bundle.active_i2v_min_t > 0:   # adapter.i2v_min_t: the branch off at the steps below it
             denoise = I2VTimestepGate(denoise, bundle.unet, bundle.i2v_min_t)
-            if bundle.trainable and float(timesteps.max()) < bundle.i2v_min_t and not self._warned_gate:
+            if float(timesteps.max()) < bundle.i2v_min_t and not self._warned_gate:
                 self._warned_gate = True
                 log.warning("adapter.i2v_min_t=%d but sampling starts at t=%d (sampling.t0=%g): the I2V-Adapter's "
                             "branch runs at no step of these videos", bundle.i2v_min_t, int(timesteps.max()), s.t0)

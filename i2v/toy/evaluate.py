@@ -128,11 +128,6 @@ def sampling_record(sampling) -> dict:
             "fsp_noise_dc": str(sampling.fsp.get("noise_dc", "keep"))}
 
 
-def recorded_min_t(cfg: DictConfig, bundle: Bundle) -> int:
-    """``adapter.i2v_min_t`` as a run sampled it: 0 for the rows without an I2V-Adapter, where it does nothing."""
-    return bundle.i2v_min_t if cfg.adapter.i2v else 0
-
-
 def sample_and_score(cfg: DictConfig, bundle: Bundle, out_dir: Path) -> dict:
     """The after-training step of ``train.py``: writes ``samples/*.mp4|gif`` and ``metrics.json`` in the run dir."""
     if bundle.name != "toy":
@@ -142,7 +137,7 @@ def sample_and_score(cfg: DictConfig, bundle: Bundle, out_dir: Path) -> dict:
     res = score_pipeline(pipe, int(cfg.after_train.n_videos), int(cfg.data.num_frames), int(cfg.data.size),
                          out_dir / "samples", seed=int(cfg.seed), overwrite=bool(cfg.overwrite),
                          scenes=scene_options(cfg.backbone))
-    summary = {"adapter": cfg.adapter.name, "noised_kv": bundle.noised_kv, "i2v_min_t": recorded_min_t(cfg, bundle),
+    summary = {"adapter": cfg.adapter.name, "noised_kv": bundle.noised_kv, "i2v_min_t": bundle.active_i2v_min_t,
                "seed": int(cfg.seed),
                **sampling_record(cfg.sampling),
                "n_videos": int(cfg.after_train.n_videos), "frames": int(cfg.data.num_frames), **res}
@@ -173,7 +168,7 @@ def evaluate_toy(cfg: DictConfig, out_dir: Path) -> dict:
                          write_videos=bool(toy_eval.get("write_videos", False)),
                          scenes=scene_options(cfg.backbone), oracle=oracle, oracle_steps=steps)
     summary = {"table": cfg.get("table"), "adapter": cfg.adapter.name, "noised_kv": bundle.noised_kv,
-               "i2v_min_t": recorded_min_t(cfg, bundle), "oracle": oracle, "oracle_steps": steps,
+               "i2v_min_t": bundle.active_i2v_min_t, "oracle": oracle, "oracle_steps": steps,
                "seed": int(cfg.seed), **sampling_record(cfg.sampling),
                "n_videos": n_videos, "frames": frames, **res}
     save_json(summary, out_dir / "metrics.json", overwrite=bool(cfg.overwrite))

@@ -81,8 +81,8 @@ def first_frame_clean_loss(unet, schedule, z: torch.Tensor, cond: dict, generato
     t then ε drawn from ``generator`` on the CPU, frame 0 kept clean, loss on frames 2..F. ``noised_kv``: the
     network runs through :func:`~i2v.models.noised_kv.with_noised_first_frame_kv`, frame 1 noised with its own ε
     (``adapter.noised_kv``, not the paper's method). ``min_t``: t drawn from {min_t..T-1} only
-    (``adapter.i2v_min_t``, the timesteps where the branch runs). Returns the loss and the tensors tests inspect (``z``, ``z_t``,
-    ``eps``, ``eps_hat``, ``target``, ``t``)."""
+    (``adapter.i2v_min_t``, the timesteps where the branch runs). Returns the loss and the tensors tests inspect
+    (``z``, ``z_t``, ``eps``, ``eps_hat``, ``target``, ``t``)."""
     t = sample_timesteps(z.shape[0], schedule.num_train_timesteps, timestep_skew, generator, low=min_t).to(z.device)
     eps = torch.randn(z.shape, generator=generator, device="cpu", dtype=z.dtype).to(z.device)
     z_t = first_frame_clean_noising(z, eps, t, schedule)

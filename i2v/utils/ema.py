@@ -37,7 +37,7 @@ class ExponentialMovingAverage:
             raise ValueError(f"an EMA decay must be in [0, 1) (0: the average is the last tensors), got {decay}")
         if form not in FORMS:
             raise ValueError(f"EMA form must be one of {FORMS}, got {form!r}")
-        self.decay, self.form, self.dtype = float(decay), form, dtype
+        self.decay, self.form = float(decay), form
         self.updates = 0
         if form == "bias_corrected":
             self.moment = {k: torch.zeros_like(p, dtype=dtype or p.dtype) for k, p in params.items()}
@@ -88,9 +88,10 @@ class ExponentialMovingAverage:
         if missing or unexpected:
             raise RuntimeError(f"{what} in the checkpoint does not match the tensors: missing {sorted(missing)[:5]}, "
                                f"unexpected {sorted(unexpected)[:5]}")
-        if float(state["decay"]) != self.decay or state.get("form", "bias_corrected") != self.form:
-            raise ValueError(f"{what} in the checkpoint has decay {state['decay']} ({state.get('form', 'bias_corrected')}"
-                             f"), this run {self.decay} ({self.form})")
+        form = state.get("form", "bias_corrected")
+        if float(state["decay"]) != self.decay or form != self.form:
+            raise ValueError(f"{what} in the checkpoint has decay {state['decay']} ({form}), this run {self.decay} "
+                             f"({self.form})")
         self.updates = int(state["updates"])
         for k in self.moment:
             self.moment[k] = state["moment"][k].to(self.moment[k].device, self.moment[k].dtype).clone()
