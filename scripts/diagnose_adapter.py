@@ -122,7 +122,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         captions = caption_probe(bundle, videos, texts, timesteps, seed=int(own.get("noise_seed", 0)),
                                  batch_size=int(own.get("batch_size", 8)))
         print("\ncaption probe (the model as measured in 'adapter on'; 'adapter off' without one): does it use its "
-              "caption, and the caption's direction words?")
+              "caption, the caption's direction words" + (", and the Content-Adapter's image?" if bundle.content_enabled
+                                                          else "?"))
         print(format_captions(captions))
     focus = {}
     focus_t = own.get("focus_t", 500)

@@ -1,14 +1,20 @@
-"""Does the model use its caption? The learning diagnostic's caption probe (``scripts/diagnose_adapter.py
-captions=true``).
+"""Does the model use its caption, and its Content-Adapter's image? The learning diagnostic's caption probe
+(``scripts/diagnose_adapter.py captions=true``).
 
 The ε-loss of :func:`i2v.training.diagnose.eps_loss_by_timestep`'s "adapter on" column (frame 1 clean, the same
 noise, the model as attached) with the caption, with no caption, and with each direction word of the caption
 (left/right/up/down) replaced by its opposite. A model whose loss does not move when "moving left" becomes "moving
 right" has not learnt the caption's direction: in its samples the motion's direction comes from the starting noise,
 not from the text, and no adapter that reads frame 1 (a still frame) can add it.
+
+With a Content-Adapter (IP-Adapter) the same loss is also taken with its image prompt dropped (the unconditional
+image tokens, what guidance contrasts), beside the caption and without it. A Content-Adapter whose image can be
+dropped at no cost, even where no caption says what the image shows, does not read its image: it acts as a fixed set
+of extra tokens (the toy world's, docs/toy_world.md "Conditioning").
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Optional, Sequence
 
@@ -44,14 +50,18 @@ def caption_probe(bundle, videos: torch.Tensor, texts: Sequence[str], timesteps:
     * ``caption`` -- the clip's own; ``no_caption`` -- the empty caption (what classifier-free guidance contrasts);
     * ``swapped`` -- each direction word replaced by its opposite (:func:`swap_directions`), on the ``n_direction``
       clips whose caption has one; ``caption_direction`` is the own caption's loss on those same clips (the swap's
-      reference). NaN where no caption has a direction word.
+      reference). NaN where no caption has a direction word;
+    * with a Content-Adapter (``bundle.content_enabled``): ``no_image`` -- the own caption, the image prompt dropped
+      (:meth:`~i2v.pipeline.bundle.Bundle.condition`'s ``drop_image``); ``no_caption_no_image`` -- neither (to set
+      against ``no_caption``: the image's worth where no caption tells what it shows). NaN without one.
     """
     check_clips(videos, texts)
     check_timesteps(bundle, timesteps)
     param = next(bundle.unet.parameters())
     swapped_all = [swap_directions(t) for t in texts]
     n_dir = sum(s is not None for s in swapped_all)
-    keys = ("caption", "no_caption", "caption_direction", "swapped")
+    image = bool(getattr(bundle, "content_enabled", False))
+    keys = ("caption", "no_caption", "caption_direction", "swapped", "no_image", "no_caption_no_image")
     sums = {int(t): {k: 0.0 for k in keys} for t in timesteps}
     for start in range(0, videos.shape[0], batch_size):
         video = videos[start:start + batch_size].to(param.device, param.dtype)
@@ -59,11 +69,16 @@ def caption_probe(bundle, videos: torch.Tensor, texts: Sequence[str], timesteps:
         swapped = swapped_all[start:start + batch_size]
         has_dir = torch.tensor([s is not None for s in swapped], device=param.device)
         z = bundle.encode_video(video, generator=torch.Generator().manual_seed(seed))
-        conds = {"caption": bundle.condition(caps, video[:, 0], hw=tuple(video.shape[-2:])),
-                 "no_caption": bundle.condition([""] * len(caps), video[:, 0], hw=tuple(video.shape[-2:]))}
+        hw = tuple(video.shape[-2:])
+        conds = {"caption": bundle.condition(caps, video[:, 0], hw=hw),
+                 "no_caption": bundle.condition([""] * len(caps), video[:, 0], hw=hw)}
+        if image:
+            drop = torch.ones(len(caps), dtype=torch.bool, device=param.device)
+            conds["no_image"] = bundle.condition(caps, video[:, 0], drop_image=drop, hw=hw)
+            conds["no_caption_no_image"] = bundle.condition([""] * len(caps), video[:, 0], drop_image=drop, hw=hw)
         if bool(has_dir.any()):
             conds["swapped"] = bundle.condition([s if s is not None else c for s, c in zip(swapped, caps)],
-                                                video[:, 0], hw=tuple(video.shape[-2:]))
+                                                video[:, 0], hw=hw)
         for t in timesteps:
             eps = clip_noise(z, seed, t, start)
             tt = torch.full((z.shape[0],), int(t), dtype=torch.long, device=z.device)
@@ -82,25 +97,40 @@ def caption_probe(bundle, videos: torch.Tensor, texts: Sequence[str], timesteps:
     for t, row in sums.items():
         out[t] = {"caption": row["caption"] / n, "no_caption": row["no_caption"] / n, "n_direction": n_dir,
                   "caption_direction": row["caption_direction"] / n_dir if n_dir else float("nan"),
-                  "swapped": row["swapped"] / n_dir if n_dir else float("nan")}
+                  "swapped": row["swapped"] / n_dir if n_dir else float("nan"),
+                  "no_image": row["no_image"] / n if image else float("nan"),
+                  "no_caption_no_image": row["no_caption_no_image"] / n if image else float("nan")}
     return out
 
 
 def format_captions(table: dict[int, dict[str, float]]) -> str:
-    """Markdown table of :func:`caption_probe`, each edit also as a multiple of the own caption's loss."""
-    lines = ["| t | own caption | no caption | x own | direction words swapped | x own (same clips) |",
-             "|---|---|---|---|---|---|"]
+    """Markdown table of :func:`caption_probe`, each edit also as a multiple of the loss it is set against (the own
+    caption's; for the image dropped without a caption, the no-caption loss). Image columns with a Content-Adapter
+    only."""
+    image = any(not math.isnan(r.get("no_image", float("nan"))) for r in table.values())
+    head = "| t | own caption | no caption | x own | direction words swapped | x own (same clips) |"
+    rule = "|---|---|---|---|---|---|"
+    if image:
+        head += " image dropped | x own | neither | x no caption |"
+        rule += "---|---|---|---|"
+    lines = [head, rule]
     for t, row in table.items():
         swap = (f"{row['swapped']:.4g} ({row['n_direction']} clips) | {row['swapped'] / row['caption_direction']:.4f}"
                 if row["n_direction"] else "– (no caption names a direction) | –")
-        lines.append(f"| {t} | {row['caption']:.4g} | {row['no_caption']:.4g} | "
-                     f"{row['no_caption'] / row['caption']:.4f} | {swap} |")
+        line = (f"| {t} | {row['caption']:.4g} | {row['no_caption']:.4g} | "
+                f"{row['no_caption'] / row['caption']:.4f} | {swap} |")
+        if image:
+            line += (f" {row['no_image']:.4g} | {row['no_image'] / row['caption']:.4f} | "
+                     f"{row['no_caption_no_image']:.4g} | {row['no_caption_no_image'] / row['no_caption']:.4f} |")
+        lines.append(line)
     return "\n".join(lines)
 
 
-def caption_findings(table: dict[int, dict[str, float]], tol: float = 0.005) -> list[str]:
-    """Lines for a model that ignores its caption (no caption within ``tol`` of the own caption's loss at every t)
-    or the caption's direction words (swapping them moves the loss by less than ``tol`` at every t)."""
+def caption_findings(table: dict[int, dict[str, float]], tol: float = 0.005, image_tol: float = 0.01) -> list[str]:
+    """Lines for a model that ignores its caption (no caption within ``tol`` of the own caption's loss at every t),
+    the caption's direction words (swapping them moves the loss by less than ``tol`` at every t) or its
+    Content-Adapter's image (dropping it moves the loss by less than ``image_tol`` at every t, beside the caption
+    and without it)."""
     out = []
     if table and all(abs(r["no_caption"] / r["caption"] - 1) < tol for r in table.values()):
         out.append(f"dropping the caption changes the loss by < {100 * tol:g}% at every t: the model does not use "
@@ -111,4 +141,12 @@ def caption_findings(table: dict[int, dict[str, float]], tol: float = 0.005) -> 
         out.append(f"swapping the caption's direction words (left/right, up/down) changes the loss by at most "
                    f"{100 * top:.2f}% at any t: the model has not learnt them, so the direction of the motion it "
                    f"samples comes from the starting noise, not from the caption")
+    rows = [r for r in table.values() if not math.isnan(r.get("no_image", float("nan")))]
+    if rows:
+        top = max(max(abs(r["no_image"] / r["caption"] - 1), abs(r["no_caption_no_image"] / r["no_caption"] - 1))
+                  for r in rows)
+        if top < image_tol:
+            out.append(f"dropping the Content-Adapter's image changes the loss by at most {100 * top:.2f}% at any t, "
+                       f"with or without the caption: it does not read its image (a fixed set of extra tokens), so "
+                       f"what reaches frames 2..F of frame 1 comes through the I2V-Adapter and the motion module")
     return out

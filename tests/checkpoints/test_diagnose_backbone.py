@@ -29,6 +29,8 @@ def test_diagnose_script_on_a_tiny_sd15_backbone(tmp_path, capsys):
     for t, row in res["captions"].items():
         assert row["caption"] == table[t]["adapter_on"] and row["n_direction"] == 2
         assert math.isfinite(row["no_caption"]) and math.isfinite(row["swapped"])
+        assert math.isfinite(row["no_image"]) and math.isfinite(row["no_caption_no_image"])   # the IP-Adapter's image
+    assert "image dropped" in printed
     assert (tmp_path / "diag.json").is_file()
     quiet = _script().main(args + ["captions=false", "probes=false", "focus_t=null"])
     assert quiet["captions"] == {} and "caption probe" not in capsys.readouterr().out

@@ -332,3 +332,57 @@ def test_caption_findings_name_an_ignored_caption_and_ignored_directions():
     deaf = caption_findings({500: row(1.001, 1.0), 950: row(0.999, 1.0)})
     assert any("does not use its text" in line for line in deaf)
     assert not caption_findings({500: row(1.03, 1.0, n=0)})
+
+
+def test_caption_probe_drops_the_content_adapters_image(clips):
+    """With a Content-Adapter the probe also scores the own caption and the empty caption with the image prompt
+    dropped (recomputed here through ``Bundle.condition(drop_image=...)`` on the documented noise); a random toy
+    Content-Adapter changes the loss; without one the image columns are NaN and not printed."""
+    from i2v.training.caption_probe import caption_probe, format_captions
+    from i2v.training.module import first_frame_clean_noising
+
+    videos, texts = clips
+    bundle = random_toy_bundle(for_training=False)
+    assert bundle.content_enabled
+    row = caption_probe(bundle, videos, texts, timesteps=[700], seed=2, batch_size=3)[700]
+    with torch.no_grad():
+        z = bundle.encode_video(videos, generator=torch.Generator().manual_seed(2))
+        eps = torch.randn(z.shape, generator=torch.Generator().manual_seed(2 * 1_000_003 + 700 * 1009 + 0))
+        tt = torch.full((3,), 700, dtype=torch.long)
+        z_t = first_frame_clean_noising(z, eps, tt, bundle.schedule)
+
+        def loss(captions, drop):
+            cond = bundle.condition(captions, videos[:, 0], drop_image=torch.full((3,), drop), hw=(32, 32))
+            out = bundle.schedule.to_eps(bundle.unet(z_t, tt, cond["context"]), z_t, tt)
+            return float((out - eps)[:, :, 1:].pow(2).flatten(1).mean(1).mean())
+        want = {"caption": loss(texts, False), "no_image": loss(texts, True),
+                "no_caption": loss([""] * 3, False), "no_caption_no_image": loss([""] * 3, True)}
+    for k, v in want.items():
+        assert row[k] == pytest.approx(v, rel=1e-5), k
+    assert row["no_image"] != pytest.approx(row["caption"], rel=1e-4)
+    assert row["no_caption_no_image"] != pytest.approx(row["no_caption"], rel=1e-4)
+    assert "image dropped" in format_captions({700: row})
+
+    plain = random_toy_bundle(content=False, for_training=False)
+    row = caption_probe(plain, videos, texts, timesteps=[700], seed=2)[700]
+    assert math.isnan(row["no_image"]) and math.isnan(row["no_caption_no_image"])
+    assert "image dropped" not in format_captions({700: row})
+
+
+def test_caption_findings_name_a_content_adapter_that_ignores_its_image():
+    """The line appears when dropping the image moves the loss by less than ``image_tol`` at every t, beside the
+    caption and without it; one t where it matters (either way) keeps it out; no image columns, no line."""
+    from i2v.training.caption_probe import caption_findings
+
+    def table(no_image, no_cap_no_image):
+        return {t: {"caption": 1.0, "no_caption": 1.2, "n_direction": 0, "caption_direction": float("nan"),
+                    "swapped": float("nan"), "no_image": a, "no_caption_no_image": b}
+                for t, a, b in zip((200, 800), no_image, no_cap_no_image)}
+
+    def says(tab):
+        return any("does not read its image" in line for line in caption_findings(tab))
+    assert says(table((1.004, 0.996), (1.2 * 1.008, 1.2 * 0.995)))
+    assert not says(table((1.004, 1.03), (1.2, 1.2)))                 # beside the caption at t = 800
+    assert not says(table((1.0, 1.0), (1.2, 1.2 * 1.05)))             # without the caption at t = 800
+    assert not says(table((1.0, 1.0), (1.2 * 0.97, 1.2)))             # dropping it helps: it is read (wrongly)
+    assert not says(table((float("nan"),) * 2, (float("nan"),) * 2))
