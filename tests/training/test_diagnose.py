@@ -292,28 +292,39 @@ def test_caption_probe_scores_own_empty_and_swapped_captions(clips):
     assert not any("direction words" in line for line in caption_findings(plain))
 
 
+def _probe_by_hand(bundle, videos, seed: int, t: int):
+    """``per_clip(captions, drop_image=False)``: each clip's ε-MSE on frames 2..F at ``t``, frame 1 clean, on the
+    noise the probe documents (a function of seed, t and the batch start, 0 here), written out independently."""
+    from i2v.training.module import first_frame_clean_noising
+
+    n = videos.shape[0]
+    with torch.no_grad():
+        z = bundle.encode_video(videos, generator=torch.Generator().manual_seed(seed))
+        eps = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + t * 1009 + 0))
+        tt = torch.full((n,), t, dtype=torch.long)
+        z_t = first_frame_clean_noising(z, eps, tt, bundle.schedule)
+
+    @torch.no_grad()
+    def per_clip(captions, drop_image: bool = False):
+        cond = bundle.condition(captions, videos[:, 0], drop_image=torch.full((n,), drop_image),
+                                hw=tuple(videos.shape[-2:]))
+        out = bundle.schedule.to_eps(bundle.unet(z_t, tt, cond["context"]), z_t, tt)
+        return (out - eps)[:, :, 1:].pow(2).flatten(1).mean(1)
+    return per_clip
+
+
 def test_caption_probe_swaps_only_the_clips_with_a_direction(clips):
     """Mixed captions: the swap and its reference cover the clips whose caption has a direction word only, each
     clip scored on the documented noise (recomputed here clip by clip)."""
     from i2v.training.caption_probe import caption_probe, swap_directions
-    from i2v.training.module import first_frame_clean_noising
 
     videos, texts = clips
     bundle = random_toy_bundle(for_training=False)
     mixed = [texts[0], "a red circle", texts[2]]
     table = caption_probe(bundle, videos, mixed, timesteps=[600], seed=1, batch_size=3)[600]
-    with torch.no_grad():
-        z = bundle.encode_video(videos, generator=torch.Generator().manual_seed(1))
-        eps = torch.randn(z.shape, generator=torch.Generator().manual_seed(1 * 1_000_003 + 600 * 1009 + 0))
-        tt = torch.full((3,), 600, dtype=torch.long)
-        z_t = first_frame_clean_noising(z, eps, tt, bundle.schedule)
-
-        def per_clip(captions):
-            cond = bundle.condition(captions, videos[:, 0], hw=tuple(videos.shape[-2:]))
-            out = bundle.schedule.to_eps(bundle.unet(z_t, tt, cond["context"]), z_t, tt)
-            return (out - eps)[:, :, 1:].pow(2).flatten(1).mean(1)
-        own = per_clip(mixed)
-        swapped = per_clip([swap_directions(c) or c for c in mixed])
+    per_clip = _probe_by_hand(bundle, videos, seed=1, t=600)
+    own = per_clip(mixed)
+    swapped = per_clip([swap_directions(c) or c for c in mixed])
     assert table["n_direction"] == 2
     assert table["caption"] == pytest.approx(float(own.mean()), rel=1e-5)
     assert table["caption_direction"] == pytest.approx(float(own[[0, 2]].mean()), rel=1e-5)
@@ -339,24 +350,15 @@ def test_caption_probe_drops_the_content_adapters_image(clips):
     dropped (recomputed here through ``Bundle.condition(drop_image=...)`` on the documented noise); a random toy
     Content-Adapter changes the loss; without one the image columns are NaN and not printed."""
     from i2v.training.caption_probe import caption_probe, format_captions
-    from i2v.training.module import first_frame_clean_noising
 
     videos, texts = clips
     bundle = random_toy_bundle(for_training=False)
     assert bundle.content_enabled
     row = caption_probe(bundle, videos, texts, timesteps=[700], seed=2, batch_size=3)[700]
-    with torch.no_grad():
-        z = bundle.encode_video(videos, generator=torch.Generator().manual_seed(2))
-        eps = torch.randn(z.shape, generator=torch.Generator().manual_seed(2 * 1_000_003 + 700 * 1009 + 0))
-        tt = torch.full((3,), 700, dtype=torch.long)
-        z_t = first_frame_clean_noising(z, eps, tt, bundle.schedule)
-
-        def loss(captions, drop):
-            cond = bundle.condition(captions, videos[:, 0], drop_image=torch.full((3,), drop), hw=(32, 32))
-            out = bundle.schedule.to_eps(bundle.unet(z_t, tt, cond["context"]), z_t, tt)
-            return float((out - eps)[:, :, 1:].pow(2).flatten(1).mean(1).mean())
-        want = {"caption": loss(texts, False), "no_image": loss(texts, True),
-                "no_caption": loss([""] * 3, False), "no_caption_no_image": loss([""] * 3, True)}
+    per_clip = _probe_by_hand(bundle, videos, seed=2, t=700)
+    want = {"caption": per_clip(texts), "no_image": per_clip(texts, drop_image=True),
+            "no_caption": per_clip([""] * 3), "no_caption_no_image": per_clip([""] * 3, drop_image=True)}
+    want = {k: float(v.mean()) for k, v in want.items()}
     for k, v in want.items():
         assert row[k] == pytest.approx(v, rel=1e-5), k
     assert row["no_image"] != pytest.approx(row["caption"], rel=1e-4)
