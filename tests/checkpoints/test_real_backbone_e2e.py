@@ -114,25 +114,36 @@ def test_sample_py_on_a_tiny_real_backbone(tmp_path, capsys, kind):
     meta = json.loads((tmp_path / "out" / "cat_42.json").read_text())
     assert (meta["num_frames"], meta["steps"], meta["t0"], meta["nfe"], meta["height"], meta["width"]) == \
         (5, 3, 0.8, 2, 32, 48)
+    assert meta["i2v_min_t"] == 0
+    # adapter.i2v_min_t on a real layout (SDXL: its added conditions pass through the gate): the branch runs at the
+    # first of the three steps only (t0 = 0.8 starts near t = 800), so the video differs from the ungated one
+    gated = [o for o in run if not o.startswith("out=")] + ["adapter.i2v_min_t=700", f"out={tmp_path / 'gated'}"]
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        res_gated = sample(compose(config_name="sample", overrides=gated))
+    assert json.loads((tmp_path / "gated" / "cat_42.json").read_text())["i2v_min_t"] == 700
+    assert not torch.equal(read_video(res_gated[0]["video"]), video)
 
 
 @pytest.mark.parametrize("kind,adapter", [("sd15", "full"), ("sdxl", "no_content")])
 def test_train_py_on_a_tiny_real_backbone(tmp_path, kind, adapter):
     """``python train.py backbone=<kind> stage=2`` (data swapped for synthetic clips): two steps train the adapter;
     the checkpoint holds adapter tensors only; ``trainer.enable_checkpointing=false`` writes no Lightning files."""
-    from i2v.checkpoints.adapter_io import read_adapter
+    from i2v.checkpoints.adapter_io import read_adapter, trained_i2v_min_t
     from i2v.train import train
 
     backbone = _files(tmp_path, kind) + [f"adapter={adapter}"]
     run = backbone + ["stage=2", "data=synthetic", "trainer=cpu", "logger=none", "data.size=32",
                       "data.num_frames=4", "data.batch_size=2", "data.dataset.n_items=8", "data.val_fraction=0",
                       "trainer.max_steps=2", "trainer.enable_checkpointing=false", f"out_dir={tmp_path / 'run'}"]
+    min_t = 500 if kind == "sdxl" else None          # adapter.i2v_min_t (not the paper's) on one real layout
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=quote_numeric_choices(run))
+        cfg = compose(config_name="train", overrides=quote_numeric_choices(
+            run + ([f"adapter.i2v_min_t={min_t}"] if min_t else [])))
     result = train(cfg)
     assert result["steps"] == 2
     tensors, info = read_adapter(result["adapter"])
     assert info["backbone"] == kind
+    assert trained_i2v_min_t(info) == (min_t or 0)                  # the file records it for sampling
     out_ff = [v for k, v in tensors.items() if k.endswith("to_out_ff.weight")]
     assert out_ff and all(v.abs().sum() > 0 for v in out_ff)          # W'_O left its zero init
     assert all(".to_q_ff." in k or ".to_out_ff." in k for k in tensors)
