@@ -55,7 +55,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / "i2v" / "assets" / "toy"), help="output folder")
     ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--base-steps", type=int, default=d.base_steps, help="phase A (text-to-video) steps")
+    ap.add_argument("--base-steps", type=int, default=d.base_steps,
+                    help="phase A (text-to-video) steps; 0 with --init-from: keep that base as it is and train the "
+                         "Content-Adapter (phase B) on it")
     ap.add_argument("--ip-steps", type=int, default=d.ip_steps, help="phase B (Content-Adapter) steps")
     ap.add_argument("--batch-size", type=int, default=d.batch_size)
     ap.add_argument("--lr", type=float, default=d.lr, help="phase A peak AdamW learning rate (warm-up + cosine)")
@@ -114,8 +116,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                          "while it trains (python scripts/diagnose_adapter.py experiment=toy adapter=none "
                          "backbone.unet=DIR/base_unet.safetensors backbone.text_encoder=DIR/text_encoder.safetensors)")
     args = ap.parse_args(argv)
-    if min(args.base_steps, args.ip_steps, args.batch_size, args.threads) < 1:
-        ap.error("--base-steps, --ip-steps, --batch-size and --threads must be >= 1")
+    if min(args.ip_steps, args.batch_size, args.threads) < 1 or args.base_steps < 0:
+        ap.error("--ip-steps, --batch-size and --threads must be >= 1, --base-steps >= 0")
+    if args.base_steps == 0 and not args.init_from:
+        ap.error("--base-steps 0 keeps the base as loaded: it needs --init-from DIR (the base to keep)")
+    if args.base_steps == 0 and args.peek:
+        ap.error("--peek exports a base phase in progress; --base-steps 0 has none")
     if args.workers < 0:
         ap.error("--workers must be >= 0")
     try:
@@ -144,7 +150,8 @@ def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
                          init_sha256=source_digests(args.init_from) if args.init_from else None,
                          state_dir=args.state_dir or str(Path(args.out) / ".pretrain_state"),
                          progress=not args.no_progress)
-    return dataclasses.replace(cfg, **QUICK) if args.quick else cfg
+    quick = {**QUICK, **({"base_steps": 0} if args.base_steps == 0 else {})}   # --base-steps 0 is kept
+    return dataclasses.replace(cfg, **quick) if args.quick else cfg
 
 
 def _repo_relative(path: str) -> str:
@@ -291,6 +298,8 @@ def loss_summary(hist: dict, n: int = 20) -> dict:
     """Mean of the first / last ``n`` raw losses, plus the EMA log ``[[step, ema], ...]``."""
     losses = hist["losses"]
     k = min(n, len(losses))
+    if not k:                 # a phase of 0 steps (--base-steps 0)
+        return {"first": None, "last": None, "ema_log": hist["log"]}
     return {"first": round(sum(losses[:k]) / k, 5), "last": round(sum(losses[-k:]) / k, 5), "ema_log": hist["log"]}
 
 
@@ -321,7 +330,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
           f"{sum(p.numel() for p in models.text.parameters()):,} parameters, {cfg.base_steps} steps x "
           f"batch {cfg.batch_size} x {cfg.num_frames} frames, {args.threads} thread(s), on {args.device}"
           + (f", {args.workers} clip workers" if args.workers else ""))
-    base = pretrain_base(models, stream, cfg, g)
+    base = pretrain_base(models, stream, cfg, g) if cfg.base_steps else {"losses": [], "log": []}
     t_base = time.time() - start
     content = train_content_adapter(models, stream, cfg, g)
     t_train = time.time() - start
@@ -350,8 +359,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     paths["MANIFEST.json"].chmod(0o644)
     shutil.rmtree(cfg.state_dir, ignore_errors=True)  # the files are written: the resumable state is spent
     lb, lc = manifest["losses"]["base"], manifest["losses"]["content"]
-    print(f"[make_toy_checkpoint] base loss {lb['first']:.4f} -> {lb['last']:.4f}, content loss "
-          f"{lc['first']:.4f} -> {lc['last']:.4f}; {manifest['wall_time_s']['total']:.0f} s; wrote {out}")
+    base_line = (f"base loss {lb['first']:.4f} -> {lb['last']:.4f}" if cfg.base_steps
+                 else f"base kept as loaded from {args.init_from}")
+    print(f"[make_toy_checkpoint] {base_line}, content loss {lc['first']:.4f} -> {lc['last']:.4f}; "
+          f"{manifest['wall_time_s']['total']:.0f} s; wrote {out}")
     print(f"[make_toy_checkpoint] regenerate with:\n  {manifest['command']}")
     return {"paths": paths, "manifest": manifest, "models": models}
 

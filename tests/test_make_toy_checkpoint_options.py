@@ -196,3 +196,29 @@ def test_init_from_continues_a_base_and_is_recorded(tmp_path):
     for other in (("--init-from", str(fresh)), ()):
         with pytest.raises(ValueError, match="other settings"):
             PhaseState("base", cfg(*other)).load()
+
+
+def test_base_steps_0_keeps_the_loaded_base_and_trains_the_content_adapter(tmp_path):
+    """--base-steps 0 --init-from DIR: the base UNet and text encoder written are DIR's tensor for tensor (at the
+    default lr, so a base step taken by mistake would show), the Content-Adapter files are new, MANIFEST.json says
+    no base loss and the regenerate command carries the flag; without --init-from it is refused."""
+    from safetensors.torch import load_file
+
+    mod = load_script("make_toy_checkpoint")
+    torch.set_num_threads(1)
+    src, out = tmp_path / "src", tmp_path / "ip"
+    mod.main(["--quick", "--no-progress", "--out", str(src), "--seed", "3"])
+    res = mod.main(["--quick", "--no-progress", "--out", str(out), "--seed", "4", "--base-steps", "0",
+                    "--init-from", str(src)])
+    for name in ("base_unet.safetensors", "text_encoder.safetensors"):
+        a, b = load_file(str(src / name)), load_file(str(out / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    a, b = load_file(str(src / "ip_adapter.safetensors")), load_file(str(out / "ip_adapter.safetensors"))
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+    manifest = res["manifest"]
+    assert manifest["losses"]["base"]["first"] is None and manifest["losses"]["content"]["first"] is not None
+    assert "--base-steps 0 " in manifest["command"] and manifest["config"]["base_steps"] == 0
+    with pytest.raises(SystemExit):
+        mod.parse_args(["--out", str(tmp_path / "x"), "--base-steps", "0"])
+    with pytest.raises(SystemExit):
+        mod.parse_args(["--out", str(tmp_path / "x"), "--base-steps", "-1", "--init-from", str(src)])
