@@ -22,6 +22,7 @@ import torch
 
 from i2v.training.diagnose import (DEFAULT_TIMESTEPS, check_clips, check_timesteps, clip_noise, frames_mse,
                                    predict_eps)
+from i2v.models.adapters import i2v_adapter_gated, i2v_adapter_layers
 from i2v.training.module import first_frame_clean_noising
 
 DIRECTION_WORDS = {"left": "right", "right": "left", "up": "down", "down": "up"}
@@ -44,8 +45,8 @@ def swap_directions(text: str) -> Optional[str]:
 def caption_probe(bundle, videos: torch.Tensor, texts: Sequence[str], timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
                   seed: int = 0, batch_size: int = 8) -> dict[int, dict[str, float]]:
     """Does the model use its caption? ε-MSE on frames 2..F, frame 1 clean, the bundle as it is (its I2V-Adapter on
-    if attached), on the noise of :func:`eps_loss_by_timestep` (so ``caption`` equals its ``adapter_on``, or
-    ``adapter_off`` without an adapter), with three captions per clip:
+    if attached, off at t below ``bundle.i2v_min_t`` as in sampling), on the noise of :func:`eps_loss_by_timestep`
+    (so ``caption`` equals its ``adapter_on``, or ``adapter_off`` without an adapter), with three captions per clip:
 
     * ``caption`` -- the clip's own; ``no_caption`` -- the empty caption (what classifier-free guidance contrasts);
     * ``swapped`` -- each direction word replaced by its opposite (:func:`swap_directions`), on the ``n_direction``
@@ -58,6 +59,7 @@ def caption_probe(bundle, videos: torch.Tensor, texts: Sequence[str], timesteps:
     check_clips(videos, texts)
     check_timesteps(bundle, timesteps)
     param = next(bundle.unet.parameters())
+    layers = i2v_adapter_layers(bundle.unet)
     swapped_all = [swap_directions(t) for t in texts]
     n_dir = sum(s is not None for s in swapped_all)
     image = bool(getattr(bundle, "content_enabled", False))
@@ -85,7 +87,10 @@ def caption_probe(bundle, videos: torch.Tensor, texts: Sequence[str], timesteps:
             z_t = first_frame_clean_noising(z, eps, tt, bundle.schedule)
             row = sums[int(t)]
             for name, cond in conds.items():
-                mse, _ = frames_mse(predict_eps(bundle, z, z_t, eps, tt, cond, noised_kv=bundle.noised_kv), eps)
+                # adapter.i2v_min_t: the branch off below it, as in sampling and in the diagnostic's "adapter on"
+                with i2v_adapter_gated(bundle.unet, int(t) >= getattr(bundle, "i2v_min_t", 0), layers):
+                    eps_hat = predict_eps(bundle, z, z_t, eps, tt, cond, noised_kv=bundle.noised_kv)
+                mse, _ = frames_mse(eps_hat, eps)
                 if name == "swapped":
                     row["swapped"] += float(mse[has_dir].sum())
                 else:

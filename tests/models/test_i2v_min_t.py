@@ -161,6 +161,29 @@ def test_diagnostic_on_equals_off_below_min_t():
     assert gated[700] == paper[700]
 
 
+def test_caption_probe_follows_the_gate_as_the_diagnostic_does():
+    """The caption probe's own-caption loss is the diagnostic's "adapter on" with the gate as well: the branch off at
+    t below adapter.i2v_min_t (it ran there before, scoring a branch that sampling never runs at those t)."""
+    from i2v.training.caption_probe import caption_probe
+    from i2v.training.diagnose import eps_loss_by_timestep
+
+    bundle = _bundle()
+    videos = torch.rand(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    texts = ["a red square moves left", "a blue circle moves up"]
+    paper = caption_probe(bundle, videos, texts, timesteps=[300, 700])
+    bundle.i2v_min_t = 500
+    gated = caption_probe(bundle, videos, texts, timesteps=[300, 700])
+    diag = eps_loss_by_timestep(bundle, videos, texts, timesteps=[300, 700])
+    for t in (300, 700):
+        assert gated[t]["caption"] == pytest.approx(diag[t]["adapter_on"], rel=1e-6)
+    assert gated[300]["caption"] == pytest.approx(diag[300]["adapter_off"], rel=1e-6)
+    assert not math.isclose(paper[300]["caption"], gated[300]["caption"], rel_tol=1e-4)
+    assert gated[700].keys() == paper[700].keys()
+    assert all(gated[700][k] == paper[700][k] or math.isnan(gated[700][k]) and math.isnan(paper[700][k])
+               for k in paper[700])                                          # no Content-Adapter: its columns NaN
+    assert all(a.processor.enabled for _, a in i2v_adapter_layers(bundle.unet))     # switches restored
+
+
 def test_a_start_below_min_t_is_told(caplog):
     """sampling.t0 low enough that every sampler step is below adapter.i2v_min_t: the branch never runs, and the
     pipeline says so (once per pipeline)."""
