@@ -130,7 +130,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if focus_t is not None:   # one batch of the clips
         n = int(own.get("batch_size", 8))
         focus = attention_focus(bundle, videos[:n], texts[:n], int(focus_t), seed=int(own.get("noise_seed", 0)))
-        print(f"\nattention focus at t={int(focus_t)} (spatial self-attention layers, frame 1 clean):")
+        gated = (f"; adapter.i2v_min_t={bundle.i2v_min_t} switches the branch off at this t in sampling: its "
+                 f"columns show where it would look (focus_t={bundle.i2v_min_t} or above for where it runs)"
+                 if bundle.trainable and int(focus_t) < bundle.i2v_min_t else "")
+        print(f"\nattention focus at t={int(focus_t)} (spatial self-attention layers, frame 1 clean{gated}):")
         print(format_focus(focus))
     notes = findings(table, bundle.i2v_min_t) + probe_findings(table) + caption_findings(captions) + focus_findings(focus)
     if bundle.noised_kv:

@@ -226,3 +226,21 @@ def test_sample_py_records_the_gate_a_file_brought(tmp_path):
     gated = json.loads(next((tmp_path / "gated" / "out").glob("*.json")).read_text())
     paper = json.loads(next((tmp_path / "paper" / "out").glob("*.json")).read_text())
     assert (gated["i2v_min_t"], paper["i2v_min_t"]) == (700, 0)
+
+
+def test_diagnostic_script_says_when_the_focus_t_is_gated(capsys):
+    """With the shipped gated file (τ = 700) the attention-focus section at the default t = 500 says the branch does
+    not run there; at t = 800 it does not."""
+    from script_loader import load_script
+
+    from i2v.cli.config import asset_path
+
+    ckpt = asset_path("toy/adapter_min_t700.safetensors")
+    script = load_script("diagnose_adapter")
+    common = ["experiment=toy", f"ckpt={ckpt}", "n_clips=2", "batch_size=2", "timesteps=[950]", "probes=false",
+              "captions=false"]
+    script.main(common)
+    assert "switches the branch off at this t in sampling" in capsys.readouterr().out
+    script.main(common + ["focus_t=800"])
+    out = capsys.readouterr().out
+    assert "attention focus at t=800" in out and "switches the branch off" not in out
