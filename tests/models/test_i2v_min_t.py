@@ -147,12 +147,16 @@ def test_the_config_key_reaches_the_bundle():
     assert bundle.i2v_min_t == 0 and not bundle.i2v_min_t_given
 
 
+def _probe_clips():
+    """Two random 4-frame clips and captions with direction words, for the diagnostic's probes."""
+    videos = torch.rand(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    return videos, ["a red square moves left", "a blue circle moves up"]
+
+
 def test_diagnostic_on_equals_off_below_min_t():
     from i2v.training.diagnose import eps_loss_by_timestep
 
-    bundle = _bundle()
-    videos = torch.rand(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(4)) * 2 - 1
-    texts = ["a red square moves left", "a blue circle moves up"]
+    bundle, videos, texts = _bundle(), *_probe_clips()
     paper = eps_loss_by_timestep(bundle, videos, texts, timesteps=[300, 700])
     bundle.i2v_min_t = 500
     gated = eps_loss_by_timestep(bundle, videos, texts, timesteps=[300, 700])
@@ -167,9 +171,7 @@ def test_caption_probe_follows_the_gate_as_the_diagnostic_does():
     from i2v.training.caption_probe import caption_probe
     from i2v.training.diagnose import eps_loss_by_timestep
 
-    bundle = _bundle()
-    videos = torch.rand(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(4)) * 2 - 1
-    texts = ["a red square moves left", "a blue circle moves up"]
+    bundle, videos, texts = _bundle(), *_probe_clips()
     paper = caption_probe(bundle, videos, texts, timesteps=[300, 700])
     bundle.i2v_min_t = 500
     gated = caption_probe(bundle, videos, texts, timesteps=[300, 700])
