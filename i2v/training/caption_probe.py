@@ -152,6 +152,6 @@ def caption_findings(table: dict[int, dict[str, float]], tol: float = 0.005, ima
                   for r in rows)
         if top < image_tol:
             out.append(f"dropping the Content-Adapter's image changes the loss by at most {100 * top:.2f}% at any t, "
-                       f"with or without the caption: it does not read its image (a fixed set of extra tokens), so "
-                       f"what reaches frames 2..F of frame 1 comes through the I2V-Adapter and the motion module")
+                       f"with or without the caption: it does not read its image (it acts as a fixed set of extra "
+                       f"tokens); whatever of frame 1 reaches frames 2..F does not come through it")
     return out
