@@ -108,10 +108,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     table = eps_loss_by_timestep(bundle, videos, texts, timesteps, seed=int(own.get("noise_seed", 0)),
                                  batch_size=int(own.get("batch_size", 8)), probes=bool(own.get("probes", True)),
                                  static_tol=float(own.get("static_tol", 1e-3)))
+    min_t = bundle.active_i2v_min_t    # adapter.i2v_min_t where there is a branch to switch off
     print(f"ε-MSE on frames 2..F, frame 1 clean; {len(texts)} clips; backbone={cfg.backbone.name} "
           f"adapter={cfg.adapter.name} ckpt={ckpt}" + (" noised_kv=true ('adapter on' is that forward)"
                                                         if bundle.noised_kv else "")
-          + (f" i2v_min_t={bundle.i2v_min_t} (the branch off below it)" if bundle.i2v_min_t else ""))
+          + (f" i2v_min_t={min_t} (the branch off below it)" if min_t else ""))
     print(format_table(table))
     if own.get("probes", True):
         print("\nattention probes (adapter off): does the base use its spatial self-attention, and what do frame 1's "
@@ -130,12 +131,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if focus_t is not None:   # one batch of the clips
         n = int(own.get("batch_size", 8))
         focus = attention_focus(bundle, videos[:n], texts[:n], int(focus_t), seed=int(own.get("noise_seed", 0)))
-        gated = (f"; adapter.i2v_min_t={bundle.i2v_min_t} switches the branch off at this t in sampling: its "
-                 f"columns show where it would look (focus_t={bundle.i2v_min_t} or above for where it runs)"
-                 if bundle.trainable and int(focus_t) < bundle.i2v_min_t else "")
+        gated = (f"; adapter.i2v_min_t={min_t} switches the branch off at this t in sampling: its columns show "
+                 f"where it would look (focus_t={min_t} or above for where it runs)" if int(focus_t) < min_t else "")
         print(f"\nattention focus at t={int(focus_t)} (spatial self-attention layers, frame 1 clean{gated}):")
         print(format_focus(focus))
-    notes = findings(table, bundle.i2v_min_t) + probe_findings(table) + caption_findings(captions) + focus_findings(focus)
+    notes = findings(table, min_t) + probe_findings(table) + caption_findings(captions) + focus_findings(focus)
     if bundle.noised_kv:
         notes.append("adapter.noised_kv: 'adapter on' is that forward; on the toy world its samples keep frame 1 "
                      "far better than this one-step ε ratio suggests (docs/toy_world.md, 'Noised first-frame "
@@ -143,7 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     for line in notes:
         print("-", line)
     result = {"backbone": cfg.backbone.name, "adapter": cfg.adapter.name, "ckpt": str(ckpt) if ckpt else None,
-              "noised_kv": bundle.noised_kv, "i2v_min_t": bundle.i2v_min_t,
+              "noised_kv": bundle.noised_kv, "i2v_min_t": min_t,
               "n_clips": len(texts), "table": {str(t): row for t, row in table.items()},
               "captions": {str(t): row for t, row in captions.items()}, "attention_focus": focus}
     if own.get("json"):

@@ -22,7 +22,6 @@ import torch
 
 from i2v.training.diagnose import (DEFAULT_TIMESTEPS, check_clips, check_timesteps, clip_noise, frames_mse,
                                    predict_eps)
-from i2v.models.adapters import i2v_adapter_gated, i2v_adapter_layers
 from i2v.training.module import first_frame_clean_noising
 
 DIRECTION_WORDS = {"left": "right", "right": "left", "up": "down", "down": "up"}
@@ -59,7 +58,6 @@ def caption_probe(bundle, videos: torch.Tensor, texts: Sequence[str], timesteps:
     check_clips(videos, texts)
     check_timesteps(bundle, timesteps)
     param = next(bundle.unet.parameters())
-    layers = i2v_adapter_layers(bundle.unet)
     swapped_all = [swap_directions(t) for t in texts]
     n_dir = sum(s is not None for s in swapped_all)
     image = bool(getattr(bundle, "content_enabled", False))
@@ -86,11 +84,8 @@ def caption_probe(bundle, videos: torch.Tensor, texts: Sequence[str], timesteps:
             tt = torch.full((z.shape[0],), int(t), dtype=torch.long, device=z.device)
             z_t = first_frame_clean_noising(z, eps, tt, bundle.schedule)
             row = sums[int(t)]
-            for name, cond in conds.items():
-                # adapter.i2v_min_t: the branch off below it, as in sampling and in the diagnostic's "adapter on"
-                with i2v_adapter_gated(bundle.unet, int(t) >= getattr(bundle, "i2v_min_t", 0), layers):
-                    eps_hat = predict_eps(bundle, z, z_t, eps, tt, cond, noised_kv=bundle.noised_kv)
-                mse, _ = frames_mse(eps_hat, eps)
+            for name, cond in conds.items():   # (predict_eps: the branch off below adapter.i2v_min_t)
+                mse, _ = frames_mse(predict_eps(bundle, z, z_t, eps, tt, cond, noised_kv=bundle.noised_kv), eps)
                 if name == "swapped":
                     row["swapped"] += float(mse[has_dir].sum())
                 else:

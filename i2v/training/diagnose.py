@@ -40,6 +40,7 @@ frame 1 to read?) and :mod:`i2v.training.caption_probe` (does the model use its 
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Sequence
 
 import torch
@@ -104,16 +105,20 @@ def clip_noise(z: torch.Tensor, seed: int, t: int, start: int) -> torch.Tensor:
 def predict_eps(bundle, z: torch.Tensor, z_t: torch.Tensor, eps: torch.Tensor, tt: torch.Tensor, cond: dict,
                  noised_kv: bool = False) -> torch.Tensor:
     """The UNet's prediction on ``z_t`` as the ε it stands for; ``noised_kv``: through the adapter.noised_kv forward
-    (frame 1 noised with its own ε for the keys/values pass)."""
+    (frame 1 noised with its own ε for the keys/values pass). At t below ``bundle.i2v_min_t`` (``adapter.i2v_min_t``)
+    the I2V-Adapter's branch is off, as in sampling: every probe of the diagnostic predicts through here."""
+    from i2v.models.adapters import i2v_adapter_gated
     from i2v.models.noised_kv import with_noised_first_frame_kv
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return bundle.unet(x, tt, cond["context"], added_cond=cond.get("added_cond"))
-    if noised_kv:
-        x1 = bundle.schedule.add_noise(z[:, :, :1], eps[:, :, :1], tt)
-        out = with_noised_first_frame_kv(bundle.unet, run, z_t, x1)
-    else:
-        out = run(z_t)
+    min_t = getattr(bundle, "i2v_min_t", 0)
+    with i2v_adapter_gated(bundle.unet, False) if min_t and int(tt.reshape(-1)[0]) < min_t else nullcontext():
+        if noised_kv:
+            x1 = bundle.schedule.add_noise(z[:, :, :1], eps[:, :, :1], tt)
+            out = with_noised_first_frame_kv(bundle.unet, run, z_t, x1)
+        else:
+            out = run(z_t)
     return bundle.schedule.to_eps(out, z_t, tt)
 
 
@@ -173,8 +178,8 @@ def eps_loss_by_timestep(bundle, videos: torch.Tensor, texts: Sequence[str],
                         if on:
                             row[name] = row[f"{name}_frame_mean"] = float("nan")
                             continue
-                    else:   # adapter.i2v_min_t: "on" below it is the branch gated off, as in sampling
-                        set_i2v_adapter_enabled(bundle.unet, on and int(t) >= getattr(bundle, "i2v_min_t", 0))
+                    else:   # adapter.i2v_min_t: predict_eps gates "on" off below it, as in sampling
+                        set_i2v_adapter_enabled(bundle.unet, on)
                     eps_hat = predict_eps(bundle, z, z_t, eps, tt, cond, noised_kv=on and bundle.noised_kv)
                     add(name, eps_hat)
                     if not on:
