@@ -9,7 +9,7 @@ training run.
         backbone.unet=... backbone.motion=... data=selfcollected data.dataset.root=/data/videos
 
 Arguments are the training config's overrides (``configs/train.yaml``: backbone, adapter, data, stage, ...) plus
-``ckpt=`` (adapter file; default: the experiment's ``ckpt``, none = base only), ``n_clips=`` (16),
+``ckpt=`` (adapter file; default: the experiment's ``ckpt``; the base alone: ``adapter=none``), ``n_clips=`` (16),
 ``timesteps=[200,500,800,950]``, ``noise_seed=`` (0), ``batch_size=`` (8), ``device=`` (auto), ``json=<path>``,
 ``focus_t=`` (500: the timestep of the attention-focus table, which shows per attn1 layer how close to uniform the
 base's self-attention and the adapter branch's attention to frame 1 are; ``focus_t=null`` skips it),
@@ -82,7 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     from omegaconf import OmegaConf
 
     import i2v.cli.config  # noqa: F401  (resolvers)
-    from i2v.pipeline.bundle import build_bundle
+    from i2v.pipeline.bundle import build_bundle, required_adapter_ckpt
     from i2v.training.attention_focus import attention_focus, focus_findings, format_focus
     from i2v.training.caption_probe import caption_findings, caption_probe, format_captions
     from i2v.training.diagnose import (DEFAULT_TIMESTEPS, eps_loss_by_timestep, findings, format_probes,
@@ -97,9 +97,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else ("cpu" if dev == "auto" else dev))
     bundle = build_bundle(cfg.backbone, cfg.adapter, device="cpu", dtype=torch.float32, for_training=False)
     if bundle.trainable:
-        if not ckpt:
-            raise ValueError(f"adapter={cfg.adapter.name} has an I2V-Adapter: give ckpt=<adapter.safetensors>")
-        bundle.load_i2v_adapter(str(ckpt))
+        ckpt = required_adapter_ckpt(ckpt, cfg.adapter.name)
+        bundle.load_i2v_adapter(ckpt)
     else:
         ckpt = None   # no I2V-Adapter in this adapter config: nothing is loaded
     bundle = bundle.to(device)

@@ -114,6 +114,8 @@ def test_torch_file_named_safetensors_says_what_it_is(tmp_path, png):
 
 @pytest.mark.parametrize("over,message", [
     ("ckpt={tmp}/missing.safetensors", "I2V-Adapter checkpoint not found"),
+    ("ckpt=none", "pass adapter=none .the base alone."),     # what users type for "no adapter"
+    ("ckpt=null", "pass adapter=none .the base alone."),
     ("ckpt={tmp}/pickle.safetensors", "this is a torch pickle"),
     ("lora=[{{path: {tmp}/style.safetensors, scale: 0.8}}]", "LoRA file not found"),
 ])

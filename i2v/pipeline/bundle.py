@@ -260,6 +260,16 @@ def build_bundle(backbone: DictConfig, adapter: DictConfig, *, device="cpu", dty
     return bundle.to(device=device, dtype=dtype).eval()
 
 
+def required_adapter_ckpt(ckpt, adapter_name: str) -> str:
+    """``ckpt=`` as a path for an adapter config with an I2V-Adapter; a missing one, or ``none``/``null`` (what a
+    user types for "no adapter"), is a one-line error that names the adapter configs without one."""
+    if ckpt is None or str(ckpt).strip().lower() in ("", "none", "null"):
+        raise ValueError(f"adapter={adapter_name} uses the I2V-Adapter: give ckpt=<adapter.safetensors>; without an "
+                         f"I2V-Adapter, pass adapter=none (the base alone) or adapter=no_i2v (with the "
+                         f"Content-Adapter) instead of ckpt={ckpt}")
+    return str(ckpt)
+
+
 def load_bundle_for_sampling(cfg: DictConfig, device, dtype) -> Bundle:
     """The frozen bundle of an entry's config (``backbone``, ``adapter``) with ``ckpt=`` (the I2V-Adapter) and
     ``lora=`` merged, built in fp32 on the CPU, then moved to ``device``/``dtype`` (sample.py, evaluate.py, the app)."""
@@ -267,9 +277,8 @@ def load_bundle_for_sampling(cfg: DictConfig, device, dtype) -> Bundle:
 
     ckpt, adapter_file = cfg.get("ckpt"), None
     if cfg.adapter.i2v:   # the adapter file is read before the base loads: a wrong ckpt= fails in seconds
-        if not ckpt:
-            raise ValueError(f"adapter={cfg.adapter.name} uses the I2V-Adapter: give ckpt=<adapter.safetensors>")
-        adapter_file = read_adapter(str(ckpt))
+        ckpt = required_adapter_ckpt(ckpt, cfg.adapter.name)
+        adapter_file = read_adapter(ckpt)
     for spec in cfg.get("lora") or []:
         if not Path(str(spec["path"])).is_file():
             raise FileNotFoundError(f"LoRA file not found: {spec['path']} (lora=[{{path: ..., scale: ...}}])")

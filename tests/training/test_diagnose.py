@@ -388,3 +388,14 @@ def test_caption_findings_name_a_content_adapter_that_ignores_its_image():
     assert not says(table((1.0, 1.0), (1.2, 1.2 * 1.05)))             # without the caption at t = 800
     assert not says(table((1.0, 1.0), (1.2 * 0.97, 1.2)))             # dropping it helps: it is read (wrongly)
     assert not says(table((float("nan"),) * 2, (float("nan"),) * 2))
+
+
+@pytest.mark.parametrize("ckpt", ["ckpt=none", "ckpt=null"])
+def test_script_says_how_to_measure_the_base_alone(ckpt):
+    """`ckpt=none` is what a user types for "the base without an adapter"; with an adapter config that has an
+    I2V-Adapter the script says which adapter configs measure that instead of looking for a file called "none"."""
+    from script_loader import load_script
+
+    script = load_script("diagnose_adapter")
+    with pytest.raises(ValueError, match=r"adapter=none \(the base alone\) or adapter=no_i2v"):
+        script.main(["experiment=toy", ckpt, "n_clips=2", "timesteps=[950]", "probes=false", "captions=false"])
