@@ -5,7 +5,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from i2v.cli.config import expand_sampling_aliases, quote_numeric_choices, refuse_renamed_keys, run_entry  # (importing i2v.cli.config registers the ${asset:...} resolver)
+from i2v.cli.config import expand_sampling_aliases, quote_free_text, quote_numeric_choices, refuse_renamed_keys, run_entry  # (importing i2v.cli.config registers the ${asset:...} resolver)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="app")
@@ -21,5 +21,5 @@ if __name__ == "__main__":
     # backbone=sd15|sdxl drops the default toy experiment (i2v.app.app_argv)
     from i2v.app import app_argv
 
-    sys.argv[1:] = app_argv(expand_sampling_aliases(quote_numeric_choices(refuse_renamed_keys(sys.argv[1:]))))
+    sys.argv[1:] = app_argv(quote_free_text(expand_sampling_aliases(quote_numeric_choices(refuse_renamed_keys(sys.argv[1:])))))
     main()

@@ -4,7 +4,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from i2v.cli.config import expand_sampling_aliases, quote_numeric_choices, refuse_renamed_keys, run_entry  # (importing i2v.cli.config registers the ${asset:...} resolver)
+from i2v.cli.config import expand_sampling_aliases, quote_free_text, quote_numeric_choices, refuse_renamed_keys, run_entry  # (importing i2v.cli.config registers the ${asset:...} resolver)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
@@ -16,5 +16,5 @@ def main(cfg: DictConfig):
 
 if __name__ == "__main__":
     # stage=2 selects configs/stage/2.yaml; t0=0.8 p=0.5 steps=... cfg=... are the sampling.* keys
-    sys.argv[1:] = expand_sampling_aliases(quote_numeric_choices(refuse_renamed_keys(sys.argv[1:])))
+    sys.argv[1:] = quote_free_text(expand_sampling_aliases(quote_numeric_choices(refuse_renamed_keys(sys.argv[1:]))))
     main()

@@ -208,3 +208,44 @@ def test_the_readme_states_the_sampling_and_progress_defaults_the_configs_have()
     cfgs = {"sampling": _compose("sample", []), "train": _compose("train", ["stage=2", *DATA["2"]])}
     for key, value in stated:
         assert float(OmegaConf.select(cfgs[key.split(".")[0]], key)) == float(value), (key, value)
+
+
+@pytest.mark.parametrize("text", [
+    "a red ball, moving left", "it's raining", "a cat: 4k, [masterpiece] {x} = y", "ends with a backslash\\",
+    "a \\' quote after a backslash", 'say "hi"', "ünïcödé ☃", "a, b, c", "'", "\\"])
+def test_a_prompt_is_taken_as_typed(text):
+    """sample.py quotes prompt=/negative_prompt= values for Hydra: what Hydra parses back is the text as typed
+    (unquoted, a comma is a list or sweep and an apostrophe a lexer error)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from i2v.cli.config import expand_sampling_aliases, quote_free_text
+
+    parser = OverridesParser.create()
+    for arg in quote_free_text(expand_sampling_aliases([f"prompt={text}", f"negative_prompt={text}"])):
+        assert parser.parse_override(arg).value() == text, arg
+
+
+def test_quoting_leaves_quoted_null_and_multirun_values_alone():
+    from i2v.cli.config import quote_free_text
+
+    kept = ["prompt='a, b'", 'prompt="a, b"', "prompt=null", "prompt=", "seed=1,2", "image=a,b.png"]
+    assert quote_free_text(kept) == kept
+    assert quote_free_text(["-m", "prompt=a,b"]) == ["-m", "prompt=a,b"]     # a sweep over two prompts
+
+
+def test_sample_py_takes_a_prompt_with_commas_and_an_apostrophe(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (0, 0, 255)).save(tmp_path / "in.png")
+    prompt = "it's a red circle, moving left"
+    r = subprocess.run([sys.executable, "sample.py", "experiment=toy", f"image={tmp_path / 'in.png'}",
+                        f"prompt={prompt}", "steps=2", f"out={tmp_path / 'out'}"], capture_output=True, text=True,
+                       cwd=CONFIGS.parent, env={**os.environ, "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    (meta,) = (tmp_path / "out").glob("*.json")
+    assert json.loads(meta.read_text())["prompt"] == prompt

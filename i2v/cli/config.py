@@ -3,6 +3,7 @@ command-line quoting that lets ``stage=2`` select ``configs/stage/2.yaml`` and t
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Any, Callable
 
@@ -46,6 +47,36 @@ def expand_sampling_aliases(overrides: list[str]) -> list[str]:
         name = key[len(prefix):]
         if sep and name in SAMPLING_ALIASES:
             arg = f"{prefix.replace('+', '')}sampling.{SAMPLING_ALIASES[name]}={value}"
+        out.append(arg)
+    return out
+
+
+# Free-text keys: a prompt is prose ("a cat, in the rain", "it's raining"), but Hydra parses an override's value as
+# its grammar (a comma makes a list or a sweep, an apostrophe opens a quoted string), so such prompts stop with
+# "Ambiguous value" or a lexer error unless the user quotes them for Hydra inside the shell's quotes.
+FREE_TEXT_KEYS = ("prompt", "sampling.negative_prompt")
+
+
+def _hydra_quoted(text: str) -> str:
+    """``text`` as a single-quoted Hydra string that parses back to ``text`` (a quote is escaped with a backslash;
+    backslashes right before a quote, or at the end, are doubled; others are literal in Hydra's quoted strings)."""
+    body = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
+    body = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, body)
+    return f"'{body}'"
+
+
+def quote_free_text(overrides: list[str], keys: tuple[str, ...] = FREE_TEXT_KEYS) -> list[str]:
+    """``prompt=a cat, in the rain`` -> ``prompt='a cat, in the rain'`` (also ``sampling.negative_prompt``, so run
+    it after :func:`expand_sampling_aliases`): the text is taken as typed. Left alone: values already quoted for
+    Hydra, ``null``, and every override of a ``-m``/``--multirun`` command line (there a comma is a sweep)."""
+    if any(a in ("-m", "--multirun") for a in overrides):
+        return list(overrides)
+    out = []
+    for arg in overrides:
+        key, sep, value = arg.partition("=")
+        quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
+        if sep and key.lstrip("+") in keys and value and value != "null" and not quoted:
+            arg = f"{key}={_hydra_quoted(value)}"
         out.append(arg)
     return out
 
