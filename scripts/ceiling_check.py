@@ -135,4 +135,6 @@ def _forever(dm):
 
 
 if __name__ == "__main__":
-    main()
+    from i2v.cli.config import run_script
+
+    sys.exit(run_script(main, __doc__))

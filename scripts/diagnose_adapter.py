@@ -151,4 +151,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from i2v.cli.config import run_script
+
+    sys.exit(run_script(main, __doc__))

@@ -32,4 +32,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from i2v.cli.config import run_script
+
+    sys.exit(run_script(main, __doc__))

@@ -8,6 +8,8 @@ paper rows with no matching run are listed with "—". Unmatched runs go to an "
 """
 from __future__ import annotations
 
+import sys
+
 import argparse
 import json
 import math
@@ -151,4 +153,6 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from i2v.cli.config import run_script
+
+    sys.exit(run_script(main, None))

@@ -332,13 +332,13 @@ def write_sheets(runs: list[dict], out_dir: str, clip: int = 0, scale: int = 4) 
     return written
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("paths", nargs="+")
     ap.add_argument("--out", default=None, help="also write the markdown here")
     ap.add_argument("--sheets", default=None, help="folder for the contact-sheet PNGs")
     ap.add_argument("--clip", type=int, default=0, help="which held-out clip the sheets show")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     runs = load_runs(args.paths)
     text = render(runs) + render_sweeps(runs)
     print(text)
@@ -350,4 +350,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from i2v.cli.config import run_script
+
+    sys.exit(run_script(main, None))

@@ -122,3 +122,26 @@ def run_entry(fn: Callable[[Any], Any], cfg: Any) -> Any:
     except (*USER_ERRORS, BatchFailed) as e:
         print(f"error: {e}\n(HYDRA_FULL_ERROR=1 shows where it was raised)", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+def run_script(main: Callable[[list[str]], Any], doc: str | None = None, argv: list[str] | None = None) -> int:
+    """``main(argv)`` for a script of ``scripts/``: ``-h``/``--help`` prints ``doc`` (the script's docstring: its
+    ``key=value`` arguments; ``doc=None`` leaves the flags to the script's own argparse), and bad input -- a missing
+    file, a value out of range, a malformed or unknown Hydra override -- ends it with ``error: <message>`` on
+    stderr and exit status 2 instead of a traceback (``HYDRA_FULL_ERROR=1`` shows it), as :func:`run_entry` does
+    for the entries. Returns the exit status for ``sys.exit``."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if doc is not None and any(a in ("-h", "--help") for a in argv):
+        print(doc.strip())
+        return 0
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        main(argv)
+        return 0
+    try:
+        main(argv)
+    except (*USER_ERRORS, OverrideParseException, ConfigCompositionException, MissingConfigException) as e:
+        print(f"error: {e}\n(HYDRA_FULL_ERROR=1 shows where it was raised)", file=sys.stderr, flush=True)
+        return 2
+    return 0
