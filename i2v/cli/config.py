@@ -110,18 +110,24 @@ def refuse_renamed_keys(overrides: list[str], entry_names: dict[str, str] | None
 USER_ERRORS = (ValueError, OSError)
 
 
+def _or_one_line_error(fn: Callable[..., Any], arg: Any, errors: tuple) -> Any:
+    """``fn(arg)``; one of ``errors`` ends the process with ``error: <message>`` on stderr and exit status 2, without
+    a traceback, unless ``HYDRA_FULL_ERROR=1`` asks for it."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return fn(arg)
+    try:
+        return fn(arg)
+    except errors as e:
+        print(f"error: {e}\n(HYDRA_FULL_ERROR=1 shows where it was raised)", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 def run_entry(fn: Callable[[Any], Any], cfg: Any) -> Any:
     """``fn(cfg)`` for ``train.py``/``sample.py``/``evaluate.py``: bad input ends the run with ``error: <message>``
     on stderr and exit status 2, without a traceback (``HYDRA_FULL_ERROR=1`` shows it)."""
     from i2v.sampling import BatchFailed   # (i2v.sampling imports torch: not needed until an entry runs)
 
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        return fn(cfg)
-    try:
-        return fn(cfg)
-    except (*USER_ERRORS, BatchFailed) as e:
-        print(f"error: {e}\n(HYDRA_FULL_ERROR=1 shows where it was raised)", file=sys.stderr, flush=True)
-        sys.exit(2)
+    return _or_one_line_error(fn, cfg, (*USER_ERRORS, BatchFailed))
 
 
 def run_script(main: Callable[[list[str]], Any], doc: str | None = None, argv: list[str] | None = None) -> int:
@@ -136,12 +142,6 @@ def run_script(main: Callable[[list[str]], Any], doc: str | None = None, argv: l
     if doc is not None and any(a in ("-h", "--help") for a in argv):
         print(doc.strip())
         return 0
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        main(argv)
-        return 0
-    try:
-        main(argv)
-    except (*USER_ERRORS, OverrideParseException, ConfigCompositionException, MissingConfigException) as e:
-        print(f"error: {e}\n(HYDRA_FULL_ERROR=1 shows where it was raised)", file=sys.stderr, flush=True)
-        return 2
+    _or_one_line_error(main, argv, (*USER_ERRORS, OverrideParseException, ConfigCompositionException,
+                                    MissingConfigException))
     return 0
