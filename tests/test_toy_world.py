@@ -112,6 +112,34 @@ def test_toy_experiment_fast_dev_run(tmp_path):
     assert res["adapter"] == str(tmp_path / "adapter.safetensors")
 
 
+def test_after_train_scores_the_trained_clip_length(tmp_path):
+    """experiment=toy sets sampling.num_frames (8, for sample.py); a run trained on other clip lengths samples and
+    scores its own (it crashed with 16: 8 sampled frames against 16 frames of ground truth)."""
+    from PIL import Image
+
+    from i2v.train import train
+
+    cfg = _compose("train", ["experiment=toy", f"out_dir={tmp_path}", "+trainer.fast_dev_run=1", "data.num_frames=12",
+                             "after_train.n_videos=1", "sampling.steps=2", "logger=none"])
+    train(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["frames"] == 12 and 0.0 <= metrics["model"]["identity"] <= 1.0
+    strip = Image.open(tmp_path / "samples" / "clip000.png")
+    assert strip.size[0] == 12 * strip.size[1], strip.size     # twelve 32² frames side by side
+
+
+def test_scoring_refuses_two_clip_lengths():
+    from i2v.pipeline.sampling import FSPSettings, I2VPipeline, SamplingSettings
+    from i2v.toy.build import random_toy_bundle
+    from i2v.toy.evaluate import score_pipeline
+
+    settings = SamplingSettings(steps=2, guidance_scale=1.0, t0=1.0, p=0.0, num_frames=8, scheduler="ddim",
+                                fsp=FSPSettings(enabled=True, kernel_size=3, sigma=1.0))
+    pipe = I2VPipeline(random_toy_bundle(), settings)
+    with pytest.raises(ValueError, match="samples 8 frames but the ground truth has 16"):
+        score_pipeline(pipe, 1, 16, 32)
+
+
 def test_sample_video_callback_logs_a_video(tmp_path):
     """train.sample_every_n_steps > 0: a short video from the current adapter goes to every logger with log_video."""
     import lightning as L

@@ -7,6 +7,8 @@ same scores for the ground-truth clips as a reference row.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from pathlib import Path
 
@@ -72,6 +74,9 @@ def score_pipeline(pipe: I2VPipeline, n_videos: int, num_frames: int, size: int,
     ``first_frame_attention`` / ``noised_first_frame_kv``: zero-shot references that read frame 1 noised to t
     (:class:`~i2v.toy.oracle.FirstFrameAttention`, :class:`~i2v.toy.oracle.NoisedFirstFrameKV`). ``oracle_steps``:
     ``[lo, hi]``, the frame-1 oracle at those sampler timesteps only (None: every step)."""
+    if pipe.settings.num_frames != num_frames:
+        raise ValueError(f"the pipeline samples {pipe.settings.num_frames} frames but the ground truth has "
+                         f"{num_frames}: score_pipeline needs one clip length")
     data = held_out_scenes(n_videos, num_frames, size, scenes)
     model_m, gt_m = ToyMetrics(), ToyMetrics()
     written = []
@@ -133,7 +138,10 @@ def sample_and_score(cfg: DictConfig, bundle: Bundle, out_dir: Path) -> dict:
     if bundle.name != "toy":
         raise ValueError("after_train.sample/evaluate score against synthetic ground truth (toy world only); "
                          "for sd15/sdxl use sample.py and evaluate.py")
-    pipe = I2VPipeline(bundle, SamplingSettings.from_config(cfg.sampling))
+    # scored at the clip length it trained on (experiment=toy sets sampling.num_frames for sample.py, where there is
+    # no data.num_frames; a run with data.num_frames=16 samples and scores 16 frames)
+    settings = dataclasses.replace(SamplingSettings.from_config(cfg.sampling), num_frames=int(cfg.data.num_frames))
+    pipe = I2VPipeline(bundle, settings)
     res = score_pipeline(pipe, int(cfg.after_train.n_videos), int(cfg.data.num_frames), int(cfg.data.size),
                          out_dir / "samples", seed=int(cfg.seed), overwrite=bool(cfg.overwrite),
                          scenes=scene_options(cfg.backbone))
