@@ -78,3 +78,21 @@ def test_color_match_settings_from_the_sampling_config():
         {"reference": "decoded_frame0", "channels": "ab"}
     assert settings({"color_match": True}) == {"reference": "input", "channels": "ab"}    # older configs: a bool
     assert settings({"color_match": False}) is None and settings({}) is None
+
+
+@pytest.mark.parametrize("orientation,upright", [(6, Image.Transpose.ROTATE_270), (3, Image.Transpose.ROTATE_180),
+                                                  (8, Image.Transpose.ROTATE_90)])
+def test_exif_orientation_is_applied(tmp_path, capsys, orientation, upright):
+    """A phone photo stores the sensor's pixels and an EXIF Orientation tag; the image is read as viewers show it."""
+    rng = np.random.default_rng(0)
+    pixels = Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8))
+    exif = pixels.getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / "phone.png"
+    pixels.save(path, exif=exif)
+    want = np.asarray(pixels.transpose(upright), dtype=np.float32) / 127.5 - 1.0
+    got = load_image(path).permute(1, 2, 0).numpy()
+    assert got.shape == want.shape and np.array_equal(got, want)
+    assert f"EXIF orientation {orientation}" in capsys.readouterr().out
+    pixels.save(tmp_path / "plain.png")                        # no tag: untouched, no note
+    assert load_image(tmp_path / "plain.png").shape == (3, 40, 60) and "EXIF" not in capsys.readouterr().out

@@ -181,6 +181,12 @@ def load_image(path, size: tuple[int, int] | None = None, resize: str = "crop",
         img.load()
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"cannot read image {p}: {e}") from e
+    orientation = img.getexif().get(0x0112, 1)   # EXIF Orientation: phones store the sensor's pixels plus this tag
+    if orientation not in (1, None):
+        from PIL import ImageOps
+
+        print(f"note: {p.name} has EXIF orientation {orientation}; turned upright as image viewers show it")
+        img = ImageOps.exif_transpose(img)
     if img.mode != "RGB":
         print(f"note: {p.name} has mode {img.mode}; converting to RGB")
         img = to_rgb8(img)
