@@ -118,7 +118,7 @@ def test_readme_toy_commands_run(tmp_path):
     """Every ``train.py experiment=toy ...`` and ``sample.py experiment=toy ...`` of the README as written, each in its
     own run folder, with tiny step counts (the commands' own ``trainer.max_steps``/``val_check_interval`` replaced)."""
     from i2v.data.synthetic import SyntheticVideos
-    from i2v.utils.io import save_frames
+    from i2v.utils.io import save_frames, save_mp4
     from i2v.sampling import sample
     from i2v.train import train
 
@@ -126,12 +126,18 @@ def test_readme_toy_commands_run(tmp_path):
     assert {c.split()[1] for c in toy} == {"train.py", "sample.py"}
     save_frames(SyntheticVideos(1, num_frames=1, size=32, seed=7, texture=0.5, texture_cells=16)[0]["video"],
                 tmp_path / "toy_input")
-    tiny = {"train": ["trainer.max_steps=2", "after_train.n_videos=1", "sampling.steps=2", "logger=csv"],
+    videos = tmp_path / "videos"               # data.dataset.root=<videos>: a folder of clips with .txt captions
+    for j, item in enumerate(SyntheticVideos(6, num_frames=8, size=48, seed=5)):
+        save_mp4(item["video"], videos / f"clip{j}.mp4")
+        (videos / f"clip{j}.txt").write_text(item["text"])
+    tiny = {"train": ["trainer.max_steps=2", "after_train.n_videos=1", "sampling.steps=2", "logger=csv",
+                      "data.num_workers=0"],
             "sample": ["sampling.steps=2", f"out={tmp_path / 'samples'}"]}
     for i, command in enumerate(toy):
         name, _, overrides = split_command(command.replace("toy_input/", f"{tmp_path}/toy_input/"), tmp_path)
         run = tmp_path / f"run{i}"
         overrides = [o for o in overrides if not o.startswith(("trainer.max_steps=", "trainer.val_check_interval="))]
+        overrides = [f"data.dataset.root={videos}" if o.startswith("data.dataset.root=") else o for o in overrides]
         extra = tiny[name] + ([f"out_dir={run}"] if name == "train" else [])
         cfg = _compose(name, overrides + extra, hydra_node=False)
         if name == "train":

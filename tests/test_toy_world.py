@@ -128,6 +128,26 @@ def test_after_train_scores_the_trained_clip_length(tmp_path):
     assert strip.size[0] == 12 * strip.size[1], strip.size     # twelve 32² frames side by side
 
 
+def test_the_toy_base_trains_on_a_folder_of_your_videos(tmp_path):
+    """`experiment=toy data=selfcollected`: the toy experiment's synthetic-only settings (4,000 rendered clips) do not
+    reach the folder data set (was: FolderVideos got n_items), and a folder with fewer batches than the validation
+    interval trains (was: Lightning refused val_check_interval 200 > 2 batches)."""
+    from i2v.data.synthetic import SyntheticVideos
+    from i2v.train import train
+    from i2v.utils.io import save_mp4
+
+    videos = tmp_path / "videos"
+    for i, item in enumerate(SyntheticVideos(6, num_frames=8, size=32, seed=3)):
+        save_mp4(item["video"], videos / f"clip{i}.mp4")
+    cfg = _compose("train", ["experiment=toy", "data=selfcollected", f"data.dataset.root={videos}",
+                             "data.dataset.default_caption=a shape moving", "data.dataset.min_short_side=0",
+                             "data.num_workers=0", f"out_dir={tmp_path / 'run'}", "trainer.max_steps=3",
+                             "after_train.n_videos=1", "sampling.steps=2", "logger=none"])
+    assert "n_items" not in cfg.data.dataset
+    train(cfg)
+    assert (tmp_path / "run" / "adapter.safetensors").exists() and (tmp_path / "run" / "metrics.json").exists()
+
+
 def test_scoring_refuses_two_clip_lengths():
     from i2v.pipeline.sampling import FSPSettings, I2VPipeline, SamplingSettings
     from i2v.toy.build import random_toy_bundle
