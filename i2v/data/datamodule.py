@@ -169,11 +169,22 @@ class VideoDataModule(LightningDataModule):
                 self._split(train_full)
             if self.check_data:  # fail fast, in the main process, before any worker starts
                 self._check_usable()
+            self._check_one_full_batch()
             log.info("VideoDataModule: train %s, val %s", self._describe(self.train_dataset),
                      self._describe(self.val_dataset))
         trainer = getattr(self, "trainer", None)
         if trainer is not None and not any(isinstance(c, DataSkipReport) for c in trainer.callbacks):
             trainer.callbacks.append(DataSkipReport())
+
+    def _check_one_full_batch(self) -> None:
+        """Fewer training clips than one batch, with the last partial batch dropped, is an epoch of no steps: a run
+        that would end at once, having trained nothing. Said before training starts."""
+        ds = self.train_dataset
+        if self.drop_last and hasattr(ds, "__len__") and not isinstance(ds, IterableDataset) and \
+                len(ds) < self.batch_size:
+            raise ValueError(f"{len(ds)} training clip(s) do not make one batch of data.batch_size={self.batch_size} "
+                             f"(a last partial batch is dropped, so training would take no step): add clips or lower "
+                             f"data.batch_size")
 
     def _check_usable(self) -> None:
         if hasattr(self.train_dataset, "check_usable"):

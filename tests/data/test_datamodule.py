@@ -180,3 +180,15 @@ def test_every_dataset_gets_one_clip_spec_and_the_specs_own_clip_entries_win():
     assert got == {"clip": {"num_frames": 6, "stride": 2, "hflip": True}, "deterministic": False}
     got = build_dataset({"_target_": "builtins.dict", "clip": {"hflip": True}}, {"num_frames": 6}, True)
     assert got == {"clip": {"num_frames": 6, "hflip": False}, "deterministic": True}
+
+
+def test_fewer_clips_than_one_batch_is_refused_before_training():
+    """With the last partial batch dropped, 3 training clips at batch 4 is an epoch of no steps: a run that ends at
+    once having trained nothing. setup says so; one clip more trains."""
+    few = _data_cfg("synthetic", **{"dataset.n_items": 4, "val_fraction": 0.25, "batch_size": 4})
+    with pytest.raises(ValueError, match=r"3 training clip\(s\) do not make one batch of data.batch_size=4"):
+        hydra.utils.instantiate(few).setup("fit")
+    enough = hydra.utils.instantiate(_data_cfg("synthetic", **{"dataset.n_items": 5, "val_fraction": 0.2,
+                                                                 "batch_size": 4}))
+    enough.setup("fit")
+    assert len(enough.train_dataloader()) == 1
