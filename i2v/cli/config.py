@@ -135,7 +135,7 @@ def run_script(main: Callable[[list[str]], Any], doc: str | None = None, argv: l
     ``key=value`` arguments; ``doc=None`` leaves the flags to the script's own argparse), and bad input -- a missing
     file, a value out of range, a malformed or unknown Hydra override -- ends it with ``error: <message>`` on
     stderr and exit status 2 instead of a traceback (``HYDRA_FULL_ERROR=1`` shows it), as :func:`run_entry` does
-    for the entries. Returns the exit status for ``sys.exit``."""
+    for the entries. Returns 0 for ``sys.exit`` when ``main`` returns."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
     argv = sys.argv[1:] if argv is None else list(argv)

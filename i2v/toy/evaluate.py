@@ -8,7 +8,6 @@ same scores for the ground-truth clips as a reference row.
 from __future__ import annotations
 
 import dataclasses
-
 import math
 from pathlib import Path
 
