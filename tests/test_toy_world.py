@@ -148,6 +148,25 @@ def test_the_toy_base_trains_on_a_folder_of_your_videos(tmp_path):
     assert (tmp_path / "run" / "adapter.safetensors").exists() and (tmp_path / "run" / "metrics.json").exists()
 
 
+def test_a_folder_without_captions_is_one_line(tmp_path, capsys):
+    """Videos without captions (and no default_caption) are unusable: train.py says so in one line, exit status 2."""
+    from i2v.cli.config import run_entry
+    from i2v.data.synthetic import SyntheticVideos
+    from i2v.train import train
+    from i2v.utils.io import save_mp4
+
+    videos = tmp_path / "videos"
+    for i, item in enumerate(SyntheticVideos(3, num_frames=8, size=32, seed=3)):
+        save_mp4(item["video"], videos / f"clip{i}.mp4")
+    cfg = _compose("train", ["experiment=toy", "data=selfcollected", f"data.dataset.root={videos}",
+                             "data.dataset.min_short_side=0", "data.num_workers=0", f"out_dir={tmp_path / 'run'}",
+                             "logger=none"])
+    with pytest.raises(SystemExit) as exit_:
+        run_entry(train, cfg)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: FolderVideos: ") and "missing_caption=" in err, err
+
+
 def test_scoring_refuses_two_clip_lengths():
     from i2v.pipeline.sampling import FSPSettings, I2VPipeline, SamplingSettings
     from i2v.toy.build import random_toy_bundle

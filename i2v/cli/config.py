@@ -125,9 +125,10 @@ def _or_one_line_error(fn: Callable[..., Any], arg: Any, errors: tuple) -> Any:
 def run_entry(fn: Callable[[Any], Any], cfg: Any) -> Any:
     """``fn(cfg)`` for ``train.py``/``sample.py``/``evaluate.py``: bad input ends the run with ``error: <message>``
     on stderr and exit status 2, without a traceback (``HYDRA_FULL_ERROR=1`` shows it)."""
-    from i2v.sampling import BatchFailed   # (i2v.sampling imports torch: not needed until an entry runs)
+    from i2v.data.stats import UnusableData   # (these import torch: not needed until an entry runs)
+    from i2v.sampling import BatchFailed
 
-    return _or_one_line_error(fn, cfg, (*USER_ERRORS, BatchFailed))
+    return _or_one_line_error(fn, cfg, (*USER_ERRORS, BatchFailed, UnusableData))
 
 
 def run_script(main: Callable[[list[str]], Any], doc: str | None = None, argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from typing import Mapping, Optional, Sequence
 
 from i2v.data.base import RobustMapDataset, StringTable, check_inside
 from i2v.data.clip import ClipSpec
-from i2v.data.stats import BadSample, format_counts
+from i2v.data.stats import BadSample, UnusableData, format_counts
 from i2v.data.video import probe_video
 from i2v.utils.tables import read_rows
 
@@ -115,7 +115,7 @@ class FolderVideos(RobustMapDataset):
         log.info("FolderVideos prefilter (min_short_side=%d): kept %d of %d, dropped %s",
                  self.min_short_side, len(keep), len(self.paths), format_counts(dropped))
         if not keep:
-            raise RuntimeError(f"FolderVideos: no video passes min_short_side={self.min_short_side} "
+            raise UnusableData(f"FolderVideos: no video passes min_short_side={self.min_short_side} "
                                f"({format_counts(dropped)})")
         self.paths = StringTable([self.paths[i] for i in keep])
         if self.captions is not None:

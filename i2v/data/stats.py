@@ -112,6 +112,12 @@ def format_counts(counts: dict[str, int]) -> str:
     return " ".join(parts) if parts else "none"
 
 
+class UnusableData(RuntimeError):
+    """The data set has no usable sample where one was needed (paths, files, captions or size filters are wrong):
+    a user's input error, which the entries report in one line. A RuntimeError, which the validation split catches
+    to train without a hold-out."""
+
+
 class FailureTracker:
     """Fail-fast rule for datasets where everything is bad (process-local).
 
@@ -141,7 +147,7 @@ class FailureTracker:
         for e in self.run:
             by_reason[e.reason] = by_reason.get(e.reason, 0) + 1
         examples = "; ".join(str(e) for e in self.run[:3])
-        raise RuntimeError(
+        raise UnusableData(
             f"{self.name}: {why} ({format_counts(by_reason)}). Check the data paths and files. Examples: {examples}"
         )
 
