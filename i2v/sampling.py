@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from i2v.pipeline.bundle import Bundle, load_bundle_for_sampling
-from i2v.pipeline.items import preflight, read_items  # read_items re-exported: sample.py's items
+from i2v.pipeline.items import is_batch, preflight, read_items  # read_items re-exported: sample.py's items
 from i2v.pipeline.sampling import I2VPipeline, SamplingSettings, resolve_device
 from i2v.utils.io import load_image, save_frames, save_gif, save_json, save_mp4
 
@@ -44,7 +44,7 @@ def generate_videos(cfg: DictConfig, items: list[dict], out_dir, bundle: Optiona
     size = (settings.height or int(side), settings.width or int(side)) if side else None
     items = preflight(items, out_dir, lambda name: output_paths(cfg, out_dir, name),
                       overwrite=bool(cfg.get("overwrite", False)), size=size, resize=resize,
-                      strict=not cfg.get("prompts"))
+                      strict=not is_batch(cfg))
     if all("error" in it for it in items):   # a batch with no good row: say so before loading anything
         raise BatchFailed(f"all {len(items)} rows failed, nothing was sampled:\n  "
                           + "\n  ".join(it["error"] for it in items))

@@ -1,5 +1,6 @@
 """Issue 15, a newcomer's first hour: the README snippet's prompt fits its scene, bad input is found before any
 model loads (one line, no traceback), two prompts on one image never collide, shipped files carry no machine paths."""
+import hashlib
 import json
 import os
 import re
@@ -119,3 +120,34 @@ def test_adapter_metadata_paths_are_made_portable(tmp_path):
            "data": {"root": "/data/videos", "n": 3}}
     assert portable_paths(cfg, cwd=tmp_path) == {"ckpt": "${asset:toy/adapter.safetensors}",
                                                  "out_dir": "outputs/run", "data": {"root": "/data/videos", "n": 3}}
+
+
+def test_a_folder_of_images_gives_one_video_each(tmp_path):
+    """image=<folder> with one prompt: a video per image file (other files ignored), named after the image; a file
+    that is not an image is reported by name while the others are written."""
+    from i2v.sampling import BatchFailed, sample
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), (0, 0, 255)).save(folder / "b.png")
+    Image.new("RGB", (40, 30), (255, 0, 0)).save(folder / "a.jpg")
+    (folder / "notes.txt").write_text("not an image, not sampled")
+    results = sample(toy_sample_cfg(tmp_path, f"image={folder}", "prompt=a shape moving"))
+    assert [os.path.basename(r["video"]) for r in results] == ["a_42.mp4", "b_42.mp4"]
+    assert {json.loads((tmp_path / "out" / f"{n}_42.json").read_text())["prompt"] for n in "ab"} == {"a shape moving"}
+    (folder / "c.png").write_bytes(b"not a png")
+    with pytest.raises(BatchFailed, match=r"c\.png"):
+        sample(toy_sample_cfg(tmp_path, f"image={folder}", "prompt=another prompt"))
+    tag = hashlib.sha1(b"another prompt").hexdigest()[:8]          # same image and seed, another prompt
+    assert (tmp_path / "out" / f"a_42_{tag}.mp4").exists() and (tmp_path / "out" / f"b_42_{tag}.mp4").exists()
+
+
+def test_a_folder_without_images_or_with_one_name_is_refused(tmp_path):
+    from i2v.sampling import sample
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no image file"):
+        sample(toy_sample_cfg(tmp_path, f"image={tmp_path / 'empty'}", "prompt=a"))
+    Image.new("RGB", (32, 32)).save(tmp_path / "empty" / "x.png")
+    with pytest.raises(ValueError, match="name= names one video"):
+        sample(toy_sample_cfg(tmp_path, f"image={tmp_path / 'empty'}", "prompt=a", "name=clip"))

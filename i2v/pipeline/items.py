@@ -1,4 +1,5 @@
-"""What ``sample.py`` samples: one ``image=``/``prompt=`` pair, or the rows of a ``prompts=`` CSV/JSONL file.
+"""What ``sample.py`` samples: one ``image=``/``prompt=`` pair, every image of an ``image=<folder>`` with that prompt, or
+the rows of a ``prompts=`` CSV/JSONL file.
 
 Every item is ``{row, image, prompt, seed, name}`` (``row`` = 1-based data row of the file; 0 for the single pair)
 or ``{row, error}`` for a row that cannot be sampled: a bad row is reported by number while the others go on.
@@ -63,11 +64,38 @@ def _item(path: Path, n: int, r: object, default_seed: int) -> dict:
             "name": safe_name(given) if given else None, "default_name": safe_name(f"{img.stem}_{seed}")}
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def is_batch(cfg: DictConfig) -> bool:
+    """Several items (``prompts=`` or ``image=<folder>``): a bad one is reported by row while the others go on."""
+    return bool(cfg.get("prompts")) or (bool(cfg.get("image")) and Path(str(cfg.image)).is_dir())
+
+
+def _folder_items(folder: Path, prompt: str, seed: int, name) -> list[dict]:
+    """``image=<folder>``: one item per image file in it (sorted by name; rows 1..N), all with ``prompt`` and
+    ``seed``, named ``<image stem>_<seed>``."""
+    if name:
+        raise ValueError(f"name= names one video; image={folder} is a folder (each video is named after its image)")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"image={folder} is a folder with no image file ({', '.join(IMAGE_SUFFIXES)})")
+    items, used = [], set()
+    for n, f in enumerate(files, start=1):
+        stem = safe_name(f"{f.stem}_{seed}")
+        stem = stem if stem not in used else f"{stem}_row{n}"      # a.png and a.jpg
+        used.add(stem)
+        items.append({"row": n, "image": str(f), "prompt": prompt, "seed": seed, "name": stem, "auto_name": True})
+    return items
+
+
 def read_items(cfg: DictConfig) -> list[dict]:
     """Items ``{row, image, prompt, seed, name}`` (or ``{row, error}``) from ``image``+``prompt`` or ``prompts``."""
     if not cfg.get("prompts"):
         if not cfg.get("image") or cfg.get("prompt") is None:
-            raise ValueError("give image=<file> and prompt=\"...\" (or prompts=<file.csv|jsonl>)")
+            raise ValueError("give image=<file or folder> and prompt=\"...\" (or prompts=<file.csv|jsonl>)")
+        if Path(str(cfg.image)).is_dir():
+            return _folder_items(Path(str(cfg.image)), str(cfg.prompt), int(cfg.seed), cfg.get("name"))
         name = safe_name(cfg.get("name") or f"{Path(str(cfg.image)).stem}_{int(cfg.seed)}")
         return [{"row": 0, "image": str(cfg.image), "prompt": str(cfg.prompt), "seed": int(cfg.seed), "name": name,
                  "auto_name": not cfg.get("name")}]
