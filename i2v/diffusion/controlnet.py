@@ -17,7 +17,6 @@ pass only the text tokens (diffusers' IP-Adapter + ControlNet pipelines do the s
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -27,7 +26,8 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+from i2v.utils.io import image_files
+
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
 
 
@@ -108,10 +108,6 @@ class VideoControlNet(nn.Module):
         return tuple(down), mid
 
 
-def _natural_key(name: str) -> List:
-    return [int(s) if s.isdigit() else s.lower() for s in re.split(r"(\d+)", name)]
-
-
 def _read_video_frames(path: Path, num_frames: int, stride: int) -> List[np.ndarray]:
     import av
 
@@ -143,7 +139,7 @@ def load_control_frames(path: str | os.PathLike, num_frames: int, size: Sequence
 
     p = Path(path)
     if p.is_dir():
-        files = sorted((q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTS), key=lambda q: _natural_key(q.name))
+        files = image_files(p)
         files = files[::stride][:num_frames]
         arrays = [np.asarray(Image.open(q).convert("RGB")) for q in files]
     elif p.is_file():

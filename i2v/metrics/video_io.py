@@ -5,21 +5,15 @@ Every reader returns ``(F, 3, H, W)`` float in [-1, 1] decoded from uint8 RGB, l
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from i2v.utils.io import load_image
+from i2v.utils.io import IMAGE_EXTS, image_files, load_image, natural_key
 
 VIDEO_EXTS = (".mp4", ".webm", ".mov", ".avi", ".mkv", ".m4v")
 GIF_EXTS = (".gif",)
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
-
-def _natural_key(p: Path):
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
 
 
 def _from_uint8(arr: np.ndarray, source: Path) -> torch.Tensor:
@@ -53,10 +47,6 @@ def _read_gif(path: Path) -> np.ndarray:
     return np.stack(frames)
 
 
-def _frame_files(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file()), key=_natural_key)
-
-
 def read_video(path: str | Path, max_frames: int | None = None) -> torch.Tensor:
     """Decode a video file, gif or frame folder to ``(F, 3, H, W)`` float in [-1, 1] (all frames, or the first
     ``max_frames``). Raises FileNotFoundError / ValueError naming the file on missing or unreadable input."""
@@ -64,7 +54,7 @@ def read_video(path: str | Path, max_frames: int | None = None) -> torch.Tensor:
     if not p.exists():
         raise FileNotFoundError(f"video not found: {p}")
     if p.is_dir():
-        files = _frame_files(p)
+        files = image_files(p)
         if not files:
             raise ValueError(f"{p}: frame folder holds no images ({', '.join(IMAGE_EXTS)})")
         files = files[:max_frames] if max_frames else files
@@ -100,7 +90,7 @@ def is_video_path(p: Path) -> bool:
     """A video file, a gif, or a folder that directly holds frame images."""
     if p.is_file():
         return p.suffix.lower() in VIDEO_EXTS + GIF_EXTS
-    return p.is_dir() and bool(_frame_files(p))
+    return p.is_dir() and bool(image_files(p))
 
 
 def find_videos(folder: str | Path) -> dict[str, Path]:
@@ -111,7 +101,7 @@ def find_videos(folder: str | Path) -> dict[str, Path]:
         raise FileNotFoundError(f"video folder not found: {root}")
     rank = {ext: i for i, ext in enumerate(VIDEO_EXTS + GIF_EXTS)}
     found: dict[str, Path] = {}
-    for p in sorted(root.iterdir(), key=_natural_key):
+    for p in sorted(root.iterdir(), key=natural_key):
         if not is_video_path(p):
             continue
         key = p.stem if p.is_file() else p.name

@@ -23,7 +23,7 @@ from typing import Callable
 
 from omegaconf import DictConfig
 
-from i2v.utils.io import image_size
+from i2v.utils.io import IMAGE_EXTS, image_files, image_size
 from i2v.utils.tables import read_rows
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=,@-]+")
@@ -64,26 +64,27 @@ def _item(path: Path, n: int, r: object, default_seed: int) -> dict:
             "name": safe_name(given) if given else None, "default_name": safe_name(f"{img.stem}_{seed}")}
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-
-
 def is_batch(cfg: DictConfig) -> bool:
     """Several items (``prompts=`` or ``image=<folder>``): a bad one is reported by row while the others go on."""
     return bool(cfg.get("prompts")) or (bool(cfg.get("image")) and Path(str(cfg.image)).is_dir())
 
 
+def _free_name(default: str, used, n: int) -> str:
+    """``default`` (``<image stem>_<seed>``), or ``<default>_row<N>`` when an earlier item of the batch has it."""
+    return default if default not in used else f"{default}_row{n}"
+
+
 def _folder_items(folder: Path, prompt: str, seed: int, name) -> list[dict]:
-    """``image=<folder>``: one item per image file in it (sorted by name; rows 1..N), all with ``prompt`` and
-    ``seed``, named ``<image stem>_<seed>``."""
+    """``image=<folder>``: one item per image file in it (:func:`~i2v.utils.io.image_files`; rows 1..N), all with
+    ``prompt`` and ``seed``, named ``<image stem>_<seed>``."""
     if name:
         raise ValueError(f"name= names one video; image={folder} is a folder (each video is named after its image)")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(folder)
     if not files:
-        raise ValueError(f"image={folder} is a folder with no image file ({', '.join(IMAGE_SUFFIXES)})")
+        raise ValueError(f"image={folder} is a folder with no image file ({', '.join(IMAGE_EXTS)})")
     items, used = [], set()
     for n, f in enumerate(files, start=1):
-        stem = safe_name(f"{f.stem}_{seed}")
-        stem = stem if stem not in used else f"{stem}_row{n}"      # a.png and a.jpg
+        stem = _free_name(safe_name(f"{f.stem}_{seed}"), used, n)     # a.png and a.jpg
         used.add(stem)
         items.append({"row": n, "image": str(f), "prompt": prompt, "seed": seed, "name": stem, "auto_name": True})
     return items
@@ -116,7 +117,7 @@ def read_items(cfg: DictConfig) -> list[dict]:
             continue
         auto = name is None
         if auto:
-            name = default if default not in used else f"{default}_row{n}"
+            name = _free_name(default, used, n)
         used[name] = n
         items.append({**it, "name": name, "auto_name": auto})
     if not items:

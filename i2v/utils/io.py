@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -134,6 +135,21 @@ def save_json(obj: Any, path, overwrite: bool = False, allow_nan: bool = True) -
     """``allow_nan=False``: NaN/Infinity (not JSON) raise ValueError before anything is written."""
     text = json.dumps(obj, indent=2, sort_keys=False, default=str, allow_nan=allow_nan)
     return atomic_write(path, lambda tmp: tmp.write_text(text), overwrite)
+
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")   # what a folder of images is read for
+
+
+def natural_key(path: Path) -> list:
+    """Sort key by file name with digit runs as numbers: frame2.png before frame10.png."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", Path(path).name)]
+
+
+def image_files(folder) -> list[Path]:
+    """The image files (:data:`IMAGE_EXTS`) of ``folder``, in natural name order: a folder of frames, of ControlNet
+    control images, or of input images for ``sample.py image=<folder>``."""
+    return sorted((p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file()),
+                  key=natural_key)
 
 
 RESIZE_MODES = ("crop", "fit")
