@@ -212,17 +212,19 @@ def test_the_readme_states_the_sampling_and_progress_defaults_the_configs_have()
 
 @pytest.mark.parametrize("text", [
     "a red ball, moving left", "it's raining", "a cat: 4k, [masterpiece] {x} = y", "ends with a backslash\\",
-    "a \\' quote after a backslash", 'say "hi"', "ünïcödé ☃", "a, b, c", "'", "\\"])
+    "a \\' quote after a backslash", 'say "hi"', "ünïcödé ☃", "a, b, c", "'", "\\",
+    "costs ${price}", "a \\${x} and \\\\${y}", "$ {x} $5 ${", "${a}'s ${b}\\"])
 def test_a_prompt_is_taken_as_typed(text):
-    """sample.py quotes prompt=/negative_prompt= values for Hydra: what Hydra parses back is the text as typed
-    (unquoted, a comma is a list or sweep and an apostrophe a lexer error)."""
+    """sample.py quotes prompt=/negative_prompt= values for Hydra: what Hydra parses back, and OmegaConf then
+    resolves, is the text as typed (unquoted, a comma is a list or sweep and an apostrophe a lexer error; ``${x}``
+    an interpolation that fails)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from i2v.cli.config import expand_sampling_aliases, quote_free_text
 
     parser = OverridesParser.create()
     for arg in quote_free_text(expand_sampling_aliases([f"prompt={text}", f"negative_prompt={text}"])):
-        assert parser.parse_override(arg).value() == text, arg
+        assert OmegaConf.create({"v": parser.parse_override(arg).value()}).v == text, arg
 
 
 def test_quoting_leaves_quoted_null_and_multirun_values_alone():
@@ -242,7 +244,7 @@ def test_sample_py_takes_a_prompt_with_commas_and_an_apostrophe(tmp_path):
     from PIL import Image
 
     Image.new("RGB", (32, 32), (0, 0, 255)).save(tmp_path / "in.png")
-    prompt = "it's a red circle, moving left"
+    prompt = "it's a red circle, moving left for ${price}"
     r = subprocess.run([sys.executable, "sample.py", "experiment=toy", f"image={tmp_path / 'in.png'}",
                         f"prompt={prompt}", "steps=2", f"out={tmp_path / 'out'}"], capture_output=True, text=True,
                        cwd=CONFIGS.parent, env={**os.environ, "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"})

@@ -58,9 +58,12 @@ FREE_TEXT_KEYS = ("prompt", "sampling.negative_prompt")
 
 
 def _hydra_quoted(text: str) -> str:
-    """``text`` as a single-quoted Hydra string that parses back to ``text`` (a quote is escaped with a backslash;
-    backslashes right before a quote, or at the end, are doubled; others are literal in Hydra's quoted strings)."""
-    body = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
+    """``text`` as a single-quoted Hydra string that parses back, and resolves in OmegaConf, to ``text`` (a quote is
+    escaped with a backslash; backslashes right before a quote, or at the end, are doubled; others are literal in
+    Hydra's quoted strings; ``${`` is escaped, and backslashes right before it doubled, so that OmegaConf does not
+    read it as an interpolation)."""
+    body = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text)
+    body = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", body)
     body = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, body)
     return f"'{body}'"
 
