@@ -87,11 +87,26 @@ def _save_config(cfg: DictConfig, out_dir: Path) -> None:
     (out_dir / "resolved_config.yaml").write_text(text)
 
 
+# What each mode writes into out_dir (checked before any model loads: an earlier run's results are never replaced
+# unless overwrite=true).
+RESULTS = {"toy": ("metrics.json", "samples/clip000.png"), "score": ("summary.json", "per_video.csv"),
+           "generate": ("summary.json", "per_video.csv")}
+
+
+def check_results_free(out_dir: Path, mode: str, overwrite: bool) -> None:
+    """Refuse (FileExistsError) an ``out_dir`` that already holds this mode's results, unless ``overwrite``."""
+    taken = [out_dir / name for name in RESULTS.get(mode, ()) if (out_dir / name).exists()]
+    if taken and not overwrite:
+        raise FileExistsError(f"{taken[0]} exists (an earlier evaluation in out_dir={out_dir}); choose another "
+                              f"out_dir, or pass overwrite=true to replace it")
+
+
 def evaluate(cfg: DictConfig) -> dict:
     """Run one evaluation job (see module docstring); returns the summary dict also written to summary.json."""
     from i2v.metrics.scoring import build_metrics, collect_items, format_summary, score_items
 
     out_dir = Path(str(cfg.out_dir))
+    check_results_free(out_dir, str(cfg.mode), bool(cfg.get("overwrite", False)))
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.mode == "toy":
         from i2v.toy.evaluate import evaluate_toy

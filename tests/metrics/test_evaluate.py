@@ -148,3 +148,26 @@ def test_toy_videos_score_without_weights_and_missing_weights_are_listed_at_once
     with pytest.raises(FileNotFoundError) as err:
         evaluate(plain)
     assert "clip_temp:" in str(err.value) and "flow_score:" in str(err.value) and "warping_error:" in str(err.value)
+
+
+@pytest.mark.parametrize("mode,result", [("score", "summary.json"), ("score", "per_video.csv"),
+                                         ("generate", "summary.json"), ("toy", "metrics.json"),
+                                         ("toy", "samples/clip000.png")])
+def test_an_earlier_evaluation_is_refused_before_anything_loads(tmp_path, monkeypatch, mode, result):
+    """out_dir= pointing at an earlier evaluation: one FileExistsError naming the file, before metrics or models
+    load (was: score mode replaced per_video.csv/summary.json silently; toy mode refused after loading the model)."""
+    import i2v.metrics.scoring as scoring
+    import i2v.pipeline.bundle as bundle
+
+    earlier = tmp_path / "out" / result
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("an earlier run's result")
+    monkeypatch.setattr(scoring, "build_metrics", lambda *a, **k: pytest.fail("metrics built before the check"))
+    monkeypatch.setattr(bundle, "load_bundle_for_sampling", lambda *a, **k: pytest.fail("model loaded first"))
+    extra = ["experiment=toy_table2"] if mode == "toy" else [f"videos={tmp_path}"]
+    with pytest.raises(FileExistsError, match=str(result).split("/")[-1]):
+        evaluate(cfg_for(tmp_path, f"mode={mode}", *extra))
+    assert earlier.read_text() == "an earlier run's result"
+    from i2v.evaluate import check_results_free
+
+    check_results_free(tmp_path / "out", mode, overwrite=True)     # overwrite=true lets the run replace it
