@@ -46,8 +46,13 @@ def check_stage(cfg: DictConfig) -> None:
                          f"not stage={stage}: pass stage={allowed[0]}")
 
 
+# The data paths the datasets of configs/data/ read (a folder or a file), checked before any model loads.
+DATA_PATHS = {"root": "folder", "video_folder": "folder", "csv_path": "file", "manifest": "file"}
+
+
 def check_run_inputs(cfg: DictConfig) -> None:
-    """One error naming every unset weight path and every unset data field (``???``) of this run."""
+    """One error naming every unset weight path, every unset data field (``???``) and every data path that does
+    not exist, of this run."""
     problems = []
     try:
         check_paths(cfg.backbone, cfg.adapter)
@@ -57,6 +62,10 @@ def check_run_inputs(cfg: DictConfig) -> None:
     if unset:
         target = str(cfg.data.dataset.get("_target_", "")).rsplit(".", 1)[-1]
         problems.append(f"stage={cfg.stage.name} data ({target}) needs: " + ", ".join(unset))
+    for key, kind in DATA_PATHS.items():   # said here, not after the base has loaded
+        value = None if OmegaConf.is_missing(cfg.data.dataset, key) else cfg.data.dataset.get(key)
+        if value and not (Path(str(value)).is_dir() if kind == "folder" else Path(str(value)).is_file()):
+            problems.append(f"data.dataset.{key}={value} is not a {kind}")
     if problems:
         raise FileNotFoundError("\n".join(problems))
 

@@ -70,6 +70,19 @@ def test_missing_inputs_are_named_by_their_real_keys():
         assert f"backbone.{key} (unset)" in msg
 
 
+def test_data_paths_that_do_not_exist_are_named_before_any_model_loads(tmp_path):
+    cfg = _compose("train", ["stage=1", f"data.dataset.csv_path={tmp_path / 'no.csv'}",
+                             f"data.dataset.video_folder={tmp_path}"])
+    with pytest.raises(FileNotFoundError) as e:
+        check_run_inputs(cfg)
+    assert f"data.dataset.csv_path={tmp_path / 'no.csv'} is not a file" in str(e.value)
+    assert "video_folder" not in str(e.value)   # it exists
+    cfg = _compose("train", ["experiment=toy", "data=selfcollected", f"data.dataset.root={tmp_path / 'nowhere'}"])
+    with pytest.raises(FileNotFoundError, match=f"^data.dataset.root={tmp_path / 'nowhere'} is not a folder$"):
+        check_run_inputs(cfg)
+    check_run_inputs(_compose("train", ["experiment=toy", "data=selfcollected", f"data.dataset.root={tmp_path}"]))
+
+
 def test_one_sampling_config_for_every_entry():
     for name in ("train", "sample", "evaluate"):
         cfg = _compose(name, ["experiment=toy", "sampling.guidance_scale=2.5"])

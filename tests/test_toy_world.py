@@ -167,6 +167,30 @@ def test_a_folder_without_captions_is_one_line(tmp_path, capsys):
     assert exit_.value.code == 2 and err.startswith("error: FolderVideos: ") and "missing_caption=" in err, err
 
 
+@pytest.mark.parametrize("case", ["empty", "too_small"])
+def test_a_data_folder_that_gives_no_video_is_one_line(tmp_path, capsys, case):
+    """The dataset's own refusal, raised inside Hydra's instantiate (an empty folder; prefilter=true with no video
+    as large as min_short_side), is one line with exit status 2, not Hydra's 'Error in call to target' block."""
+    from i2v.cli.config import run_entry
+    from i2v.data.synthetic import SyntheticVideos
+    from i2v.train import train
+    from i2v.utils.io import save_mp4
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    if case == "too_small":
+        save_mp4(SyntheticVideos(1, num_frames=8, size=32, seed=3)[0]["video"], videos / "clip0.mp4")
+        (videos / "clip0.txt").write_text("a red circle moving left on a blue background")
+    cfg = _compose("train", ["experiment=toy", "data=selfcollected", f"data.dataset.root={videos}",
+                             "data.dataset.prefilter=true", "data.num_workers=0", f"out_dir={tmp_path / 'run'}",
+                             "logger=none"])
+    with pytest.raises(SystemExit) as exit_:
+        run_entry(train, cfg)
+    err = capsys.readouterr().err
+    said = "no videos found" if case == "empty" else "no video passes min_short_side=720"
+    assert exit_.value.code == 2 and err.startswith(f"error: FolderVideos: {said}") and len(err.splitlines()) == 2, err
+
+
 def test_scoring_refuses_two_clip_lengths():
     from i2v.pipeline.sampling import FSPSettings, I2VPipeline, SamplingSettings
     from i2v.toy.build import random_toy_bundle

@@ -116,13 +116,20 @@ USER_ERRORS = (ValueError, OSError)
 def _or_one_line_error(fn: Callable[..., Any], arg: Any, errors: tuple) -> Any:
     """``fn(arg)``; one of ``errors`` ends the process with ``error: <message>`` on stderr and exit status 2, without
     a traceback, unless ``HYDRA_FULL_ERROR=1`` asks for it."""
+    from hydra.errors import InstantiationException
+
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         return fn(arg)
     try:
         return fn(arg)
     except errors as e:
-        print(f"error: {e}\n(HYDRA_FULL_ERROR=1 shows where it was raised)", file=sys.stderr, flush=True)
-        sys.exit(2)
+        said = e
+    except InstantiationException as e:   # a config's _target_ refused its arguments (a data root with no videos)
+        if not isinstance(e.__cause__, errors):
+            raise
+        said = e.__cause__
+    print(f"error: {said}\n(HYDRA_FULL_ERROR=1 shows where it was raised)", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 def run_entry(fn: Callable[[Any], Any], cfg: Any) -> Any:
