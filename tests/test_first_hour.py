@@ -53,6 +53,12 @@ def test_missing_image_is_reported_before_any_model_loads(tmp_path, monkeypatch)
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="cannot read image"):
         sampling.sample(toy_sample_cfg(tmp_path, f"image={tmp_path / 'bad.png'}", "prompt=a"))
+    with pytest.raises(ValueError, match=r"^image https://example\.org/cat\.png is a URL: .*give its path$"):
+        sampling.sample(toy_sample_cfg(tmp_path, "image=https://example.org/cat.png", "prompt=a"))
+    rows = tmp_path / "rows.csv"   # a prompts= row: reported by row with the address as written
+    rows.write_text(f"image,prompt\nhttps://example.org/cat.png,a\n")
+    with pytest.raises(Exception, match=r"row 1: image https://example\.org/cat\.png is a URL"):
+        sampling.sample(toy_sample_cfg(tmp_path, f"prompts={rows}"))
 
 
 def test_sample_py_prints_one_line_without_traceback(tmp_path):

@@ -96,3 +96,28 @@ def test_exif_orientation_is_applied(tmp_path, capsys, orientation, upright):
     assert f"EXIF orientation {orientation}" in capsys.readouterr().out
     pixels.save(tmp_path / "plain.png")                        # no tag: untouched, no note
     assert load_image(tmp_path / "plain.png").shape == (3, 40, 60) and "EXIF" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparent_pixels_are_laid_on_white(tmp_path, capsys, mode):
+    """A cut-out PNG stores arbitrary colours (here black) under its transparent pixels: they read as white, a
+    half-transparent pixel as the blend of its colour and white, opaque pixels as they are."""
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)         # transparent black
+    rgba[:4, :, :] = (200, 30, 60, 255)                # opaque
+    rgba[4:6, :, :] = (0, 0, 0, 128)                   # half-transparent black
+    img = Image.fromarray(rgba, "RGBA")
+    if mode == "LA":
+        img = img.convert("LA")
+    elif mode == "P":     # a palette image with one transparent index, as GIF-like PNGs store it
+        img = Image.fromarray(rgba[..., :3]).quantize(4)
+        img.info["transparency"] = img.getpixel((7, 7))
+        rgba[4:6, :, 3] = 0                            # a palette marks whole colours transparent, not halves
+    path = tmp_path / "cutout.png"
+    img.save(path, transparency=img.info["transparency"]) if mode == "P" else img.save(path)
+    got = (load_image(path).permute(1, 2, 0).numpy() + 1.0) * 127.5
+    alpha = rgba[..., 3:].astype(np.float32) / 255.0
+    colour = np.asarray(img.convert("RGBA"), dtype=np.float32)[..., :3]
+    want = colour * alpha + 255.0 * (1.0 - alpha)
+    assert np.abs(got - want).max() <= 1.0, np.abs(got - want).max()
+    assert got[7, 7].min() >= 254.0                    # the transparent corner: white, not the stored black
+    assert "transparent pixels laid on white" in capsys.readouterr().out

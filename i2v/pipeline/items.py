@@ -54,14 +54,20 @@ def _item(path: Path, n: int, r: object, default_seed: int) -> dict:
     if not r.get("image") or r.get("prompt") is None:
         raise ValueError(f"needs 'image' and 'prompt' columns, got {sorted(r)}")
     img = Path(str(r["image"]))
-    img = img if img.is_absolute() else path.parent / img
+    img = img if img.is_absolute() or is_url(str(r["image"])) else path.parent / img
     try:
         seed = int(r["seed"]) if r.get("seed") not in (None, "") else default_seed
     except (TypeError, ValueError):
         raise ValueError(f"seed {r.get('seed')!r} is not an integer") from None
     given = r.get("name")
-    return {"row": n, "image": str(img), "prompt": str(r["prompt"]), "seed": seed,
+    return {"row": n, "image": str(r["image"]) if is_url(str(r["image"])) else str(img), "prompt": str(r["prompt"]),
+            "seed": seed,
             "name": safe_name(given) if given else None, "default_name": safe_name(f"{img.stem}_{seed}")}
+
+
+def is_url(text: str) -> bool:
+    """``https://...``, ``s3://...``: an address, not a local file."""
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text) is not None
 
 
 def is_batch(cfg: DictConfig) -> bool:
@@ -154,6 +160,10 @@ def preflight(items: list[dict], out_dir: Path, outputs: Callable[[str], list[Pa
     for it in items:
         if "error" in it:
             checked.append(it)
+            continue
+        if is_url(it["image"]):
+            fail(it, ValueError, f"image {it['image']} is a URL: images are read from local files (nothing is "
+                                 "downloaded); save it and give its path")
             continue
         image = Path(it["image"])
         try:

@@ -203,8 +203,9 @@ def load_image(path, size: tuple[int, int] | None = None, resize: str = "crop",
 
         print(f"note: {p.name} has EXIF orientation {orientation}; turned upright as image viewers show it")
         img = ImageOps.exif_transpose(img)
-    if img.mode != "RGB":
-        print(f"note: {p.name} has mode {img.mode}; converting to RGB")
+    if img.mode != "RGB" or has_alpha(img):
+        white = "; its transparent pixels laid on white" if has_alpha(img) else ""
+        print(f"note: {p.name} has mode {img.mode}; converting to RGB{white}")
         img = to_rgb8(img)
     if size is not None and resize == "fit":
         h, w = fit_size(img.height, img.width, min(size), multiple)
@@ -215,10 +216,20 @@ def load_image(path, size: tuple[int, int] | None = None, resize: str = "crop",
     return x / 127.5 - 1.0
 
 
+def has_alpha(img) -> bool:
+    """Whether a PIL image has transparency (an alpha band, or a palette/greyscale image's transparent colour)."""
+    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+
+
 def to_rgb8(img):
     """An RGB 8-bit PIL image. 16/32-bit integer and float greyscale (``I;16*``, ``I``, ``F``) are scaled to 8
-    bits first (``convert("RGB")`` would clip them: a 16-bit PNG would come out nearly all white)."""
+    bits first (``convert("RGB")`` would clip them: a 16-bit PNG would come out nearly all white). Transparent
+    pixels are laid on white (``convert("RGB")`` would keep whatever colour they store, often black)."""
     from PIL import Image
+
+    if has_alpha(img):
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
 
     if img.mode.startswith("I;16") or img.mode in ("I", "F"):
         arr = np.asarray(img, dtype=np.float64)
