@@ -61,6 +61,27 @@ def test_missing_image_is_reported_before_any_model_loads(tmp_path, monkeypatch)
         sampling.sample(toy_sample_cfg(tmp_path, f"prompts={rows}"))
 
 
+def test_an_adapter_of_another_backbone_is_named_before_any_model_loads(tmp_path, png, monkeypatch):
+    """``sample.py ckpt=<the toy adapter>`` without experiment=toy: the file's backbone and the fix, not a list of
+    SD1.5 weight paths to set; the same for a file of a real backbone given to the toy."""
+    from hydra import compose, initialize_config_dir
+    from safetensors.torch import load_file
+
+    import i2v.pipeline.bundle as bundle
+    import i2v.sampling as sampling
+    from i2v.checkpoints.adapter_io import save_adapter
+
+    monkeypatch.setattr(bundle, "build_bundle", lambda *a, **k: pytest.fail("a model was loaded first"))
+    toy_file = ASSETS / "toy" / "adapter.safetensors"
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("sample", [f"ckpt={toy_file}", f"image={png}", "prompt=a", f"out={tmp_path / 'out'}"])
+    with pytest.raises(ValueError, match=r"for backbone 'toy', but the model is backbone 'sd15' \(add experiment=toy"):
+        sampling.sample(cfg)
+    sdxl_file = save_adapter(tmp_path / "sdxl.safetensors", load_file(str(toy_file)), backbone="sdxl")
+    with pytest.raises(ValueError, match=r"for backbone 'sdxl', but the model is backbone 'toy' \(add backbone=sdxl"):
+        sampling.sample(toy_sample_cfg(tmp_path, f"ckpt={sdxl_file}", f"image={png}", "prompt=a"))
+
+
 def test_sample_py_prints_one_line_without_traceback(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "sample.py"), "experiment=toy", f"image={tmp_path}/nope.png",
                         "prompt=a", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, capture_output=True, text=True,

@@ -91,6 +91,16 @@ def _official_tensors(tensors: dict[str, torch.Tensor], source: object) -> dict[
     return tensors
 
 
+def check_adapter_backbone(path: Union[str, Path], info: dict[str, Any], backbone: str) -> None:
+    """ValueError naming both backbones, and the override that fixes it, when the file (``info`` from
+    :func:`read_adapter`) was trained on another backbone than ``backbone``."""
+    trained = info.get("backbone")
+    if trained is not None and trained != backbone:
+        fix = "experiment=toy" if trained == "toy" else f"backbone={trained}"
+        raise ValueError(f"{path} holds an I2V-Adapter for backbone {trained!r}, but the model is backbone "
+                         f"{backbone!r} (add {fix} to sample with it)")
+
+
 def read_adapter(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Return ``(tensors, info)`` with ``info = {"backbone", "num_layers", "config" (dict), "format_version",
     "format"}``. Our ``.safetensors`` (metadata ``format=i2v-adapter``) or the official layout: a
@@ -164,9 +174,7 @@ def load_adapter(unet: nn.Module, path: Union[str, Path], backbone: str,
     if bad:
         raise ValueError(f"{path}: {len(bad)} adapter tensor(s) hold NaN/Inf (a damaged file or a diverged run), "
                          f"e.g. {bad[:3]}; refusing to load it")
-    if info["backbone"] is not None and info["backbone"] != backbone:
-        raise ValueError(f"{path} holds an I2V-Adapter for backbone {info['backbone']!r}, "
-                         f"but the model is backbone {backbone!r}")
+    check_adapter_backbone(path, info, backbone)
     if not i2v_adapter_layers(unet):
         attach_i2v_adapter(unet)
     params = i2v_adapter_parameters(unet)

@@ -273,12 +273,13 @@ def required_adapter_ckpt(ckpt, adapter_name: str) -> str:
 def load_bundle_for_sampling(cfg: DictConfig, device, dtype) -> Bundle:
     """The frozen bundle of an entry's config (``backbone``, ``adapter``) with ``ckpt=`` (the I2V-Adapter) and
     ``lora=`` merged, built in fp32 on the CPU, then moved to ``device``/``dtype`` (sample.py, evaluate.py, the app)."""
-    from i2v.checkpoints.adapter_io import read_adapter
+    from i2v.checkpoints.adapter_io import check_adapter_backbone, read_adapter
 
     ckpt, adapter_file = cfg.get("ckpt"), None
     if cfg.adapter.i2v:   # the adapter file is read before the base loads: a wrong ckpt= fails in seconds
         ckpt = required_adapter_ckpt(ckpt, cfg.adapter.name)
         adapter_file = read_adapter(ckpt)
+        check_adapter_backbone(ckpt, adapter_file[1], str(cfg.backbone.name))   # before its weight paths are asked
     for spec in cfg.get("lora") or []:
         if not Path(str(spec["path"])).is_file():
             raise FileNotFoundError(f"LoRA file not found: {spec['path']} (lora=[{{path: ..., scale: ...}}])")
