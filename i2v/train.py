@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
 import lightning as L
@@ -48,6 +49,28 @@ def check_stage(cfg: DictConfig) -> None:
 
 # The data paths the datasets of configs/data/ read (a folder or a file), checked before any model loads.
 DATA_PATHS = {"root": "folder", "video_folder": "folder", "csv_path": "file", "manifest": "file"}
+
+
+def resume_checkpoint(value) -> str | None:
+    """``train.resume`` as the Lightning checkpoint to resume from: a ``.ckpt`` file, or a run folder of train.py
+    (its ``lightning/last.ckpt``). Anything else is a one-line error, said before any model loads."""
+    if value is None or str(value).strip() == "":
+        return None
+    path = Path(str(value))
+    if path.is_dir():
+        last = path / "lightning" / "last.ckpt"
+        if not last.is_file():
+            raise FileNotFoundError(f"train.resume={value}: this folder has no lightning/last.ckpt (train.py writes "
+                                    f"one in its run folder every train.save_every_n_steps steps)")
+        return str(last)
+    if not path.is_file():
+        raise FileNotFoundError(f"train.resume={value} not found: give a run folder of train.py or its "
+                                f"lightning/*.ckpt")
+    if path.suffix == ".safetensors" or not zipfile.is_zipfile(path):
+        raise ValueError(f"train.resume={value} is not a Lightning checkpoint: give a run folder of train.py or its "
+                         f"lightning/*.ckpt (which also hold the optimizer state and the data position; an "
+                         f"adapter .safetensors holds the adapter tensors only)")
+    return str(path)
 
 
 def check_run_inputs(cfg: DictConfig) -> None:
@@ -125,6 +148,7 @@ def train(cfg: DictConfig) -> dict:
     check_schedule(str(cfg.optim.get("schedule", "constant")), int(cfg.optim.get("warmup_steps", 0)),
                    float(cfg.optim.get("min_lr_ratio", 0.0)))                     # bad optim.* values: say so now
     check_run_inputs(cfg)
+    resume = resume_checkpoint(cfg.train.get("resume"))
     final = out_dir / "adapter.safetensors"
     if final.exists() and not cfg.overwrite:
         raise FileExistsError(f"{final} exists; pass overwrite=true to replace it")
@@ -144,7 +168,7 @@ def train(cfg: DictConfig) -> dict:
                                   config=OmegaConf.to_container(cfg, resolve=True))
         trainer = build_trainer(cfg, out_dir)
         # weights_only=True explicitly: a resume file cannot run code, even with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.train.resume, weights_only=True)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         module.use_average()   # train.ema_decay > 0: the after-train samples use the saved average
         result["adapter"] = str(final)
         result["steps"] = int(trainer.global_step)
