@@ -11,7 +11,10 @@ from i2v.cli.config import quote_numeric_choices, refuse_renamed_keys, run_entry
 def main(cfg: DictConfig):
     from i2v.train import train
 
-    return run_entry(train, cfg)   # bad input: one line, no traceback
+    result = run_entry(train, cfg)   # bad input: one line, no traceback
+    if result.get("interrupted") is not None:
+        sys.exit(130)   # Ctrl-C, the step reached saved: the shell's status for an interrupted command (a sweep stops)
+    return result
 
 
 if __name__ == "__main__":

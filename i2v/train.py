@@ -108,6 +108,9 @@ def quiet_known_noise() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # intended: the frozen base (UNet, encoders, codec) stays in eval mode; only the adapter tensors train
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    # train.resume=<run folder>: the resumed run writes to its own folder, so Lightning's best-k bookkeeping of the
+    # old folder is not carried over (none is used here)
+    warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
 
 
 def _no_advert(record: logging.LogRecord) -> bool:
@@ -169,11 +172,20 @@ def train(cfg: DictConfig) -> dict:
         trainer = build_trainer(cfg, out_dir)
         # weights_only=True explicitly: a resume file cannot run code, even with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
-        module.use_average()   # train.ema_decay > 0: the after-train samples use the saved average
-        result["adapter"] = str(final)
         result["steps"] = int(trainer.global_step)
         if trainer.callback_metrics.get("train/loss") is not None:
             result["final_loss"] = float(trainer.callback_metrics["train/loss"])
+        stopped = next(c for c in trainer.callbacks if isinstance(c, AdapterCheckpoint)).interrupted_at
+        if stopped is not None:   # Ctrl-C: that step is saved; no final adapter, no after-train samples
+            result.update(interrupted=stopped, adapter=str(out_dir / "checkpoints" / f"adapter-step{stopped}.safetensors"))
+            resumable = (out_dir / "lightning" / "last.ckpt").is_file()
+            print(closing_summary(result, time.perf_counter() - start))
+            print(f"interrupted at step {stopped} of {trainer.max_steps}: "
+                  + (f"go on with the same command and train.resume={out_dir}" if resumable else
+                     "no resumable checkpoint (trainer.enable_checkpointing=false)"))
+            return result
+        module.use_average()   # train.ema_decay > 0: the after-train samples use the saved average
+        result["adapter"] = str(final)
     if cfg.after_train.sample or cfg.after_train.evaluate:
         from i2v.toy.evaluate import sample_and_score
 

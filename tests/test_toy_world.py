@@ -1,6 +1,7 @@
 """The toy world end to end through the real configs and entries: shipped checkpoints, train fast_dev_run,
 sample.py writing a valid mp4, frame 1 exact with the shipped adapter."""
 import json
+import re
 
 import pytest
 import torch
@@ -343,3 +344,72 @@ def test_train_resume_takes_a_run_folder_and_continues_as_one_run(tmp_path):
                       (tmp_path / "first" / "adapter.safetensors", "is not a Lightning checkpoint")]:
         with pytest.raises((FileNotFoundError, ValueError), match=said):
             resume_checkpoint(bad)
+
+
+def test_ctrl_c_keeps_the_step_reached_and_resumes_as_one_run(tmp_path, monkeypatch):
+    """The first Ctrl-C (SIGINT) stops training at the end of the step: that step's adapter and a resumable
+    lightning/last.ckpt are written (no final adapter.safetensors, no after-train samples), and resuming from the
+    run folder gives the adapter of an uninterrupted run bit for bit."""
+    import os
+    import signal
+
+    import lightning as L
+    from safetensors.torch import load_file
+
+    import i2v.train as train_mod
+
+    class CtrlCAt(L.Callback):            # as if the user pressed Ctrl-C during step 5
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 5:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    def run(name, steps, *extra, ctrl_c=False):
+        if ctrl_c:
+            build = train_mod.build_trainer
+            monkeypatch.setattr(train_mod, "build_trainer", lambda cfg, out: build(cfg, out, [CtrlCAt()]))
+        cfg = _compose("train", ["experiment=toy", f"trainer.max_steps={steps}", "train.save_every_n_steps=100",
+                                 "after_train.n_videos=1", "logger=none", f"out_dir={tmp_path / name}", *extra])
+        result = train_mod.train(cfg)
+        monkeypatch.undo()
+        return result
+
+    before = signal.getsignal(signal.SIGINT)
+    stopped = run("stopped", 12, ctrl_c=True)
+    assert signal.getsignal(signal.SIGINT) is before                       # the handler is put back
+    out = tmp_path / "stopped"
+    assert stopped["interrupted"] == 6 and stopped["adapter"] == str(out / "checkpoints" / "adapter-step6.safetensors")
+    assert sorted(p.name for p in (out / "lightning").iterdir()) == ["last.ckpt"]
+    assert not (out / "adapter.safetensors").exists() and not (out / "metrics.json").exists()
+    run("whole", 12, "after_train.sample=false", "after_train.evaluate=false")
+    run("resumed", 12, f"train.resume={out}", "after_train.sample=false", "after_train.evaluate=false")
+    whole, resumed = (load_file(str(tmp_path / n / "adapter.safetensors")) for n in ("whole", "resumed"))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    step6 = load_file(stopped["adapter"])
+    assert not all(torch.equal(whole[k], step6[k]) for k in whole)
+
+
+def test_train_py_exits_130_on_ctrl_c_and_says_how_to_go_on(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "train.py", "experiment=toy", "trainer.max_steps=400", "logger=none",
+                          "train.progress_every_n_steps=2", f"hydra.run.dir={run_dir}"], cwd=CONFIGS.parent,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines = []
+    for line in p.stdout:                 # Ctrl-C once training has begun
+        lines.append(line)
+        if line.startswith("step 2/400"):
+            p.send_signal(signal.SIGINT)
+            break
+    rest, _ = p.communicate(timeout=120)
+    text = "".join(lines) + rest
+    assert p.returncode == 130, text[-3000:]
+    step = int(re.search(r"interrupted at step (\d+) of 400: go on with the same command and train\.resume=(\S+)",
+                         text).group(1))
+    assert (run_dir / "checkpoints" / f"adapter-step{step}.safetensors").is_file() and \
+        (run_dir / "lightning" / "last.ckpt").is_file() and not (run_dir / "adapter.safetensors").exists(), text[-3000:]

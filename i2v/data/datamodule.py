@@ -20,6 +20,8 @@ resume for map-style datasets; shard streams restart their epoch).
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from typing import Any, Mapping, Optional
 
 import hydra
@@ -70,6 +72,23 @@ def build_dataset(spec: Mapping, clip: Mapping, deterministic: bool, **extra) ->
     if deterministic:
         merged["hflip"] = False
     return hydra.utils.instantiate(cfg, clip=merged, deterministic=deterministic, **extra, _convert_="all")
+
+
+class WorkerInit:
+    """A data worker ignores Ctrl-C: the terminal sends it to the whole process group, and a worker that dies of it
+    takes the batch the main process needs to finish the step it keeps on a first Ctrl-C (``AdapterCheckpoint``).
+    Then it seeds its generators as Lightning does for ``seed_everything(workers=True)`` (a loader with its own
+    ``worker_init_fn`` does not get Lightning's)."""
+
+    def __init__(self, rank: int = 0):
+        self.rank = int(rank)
+
+    def __call__(self, worker_id: int) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if int(os.environ.get("PL_SEED_WORKERS", 0)):
+            from lightning.fabric.utilities.seed import pl_worker_init_function
+
+            pl_worker_init_function(worker_id, rank=self.rank)
 
 
 class EpochShuffleSampler(torch.utils.data.Sampler):
@@ -224,6 +243,7 @@ class VideoDataModule(LightningDataModule):
             collate_fn=collate_videos,
             multiprocessing_context=self.multiprocessing_context if workers > 0 else None,
             timeout=self.worker_timeout if workers > 0 else 0,
+            worker_init_fn=WorkerInit(getattr(getattr(self, "trainer", None), "global_rank", 0)) if workers else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -4,7 +4,9 @@ from __future__ import annotations
 import datetime
 import logging
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,7 +25,12 @@ log = logging.getLogger(__name__)
 class AdapterCheckpoint(L.Callback):
     """Writes ``checkpoints/adapter-step{N}.safetensors`` every ``every_n_steps`` and ``adapter.safetensors`` at the
     end of training: exactly the I2V-Adapter tensors (their moving average with ``train.ema_decay > 0``) + the
-    resolved config (what ``sample.py ckpt=...`` loads)."""
+    resolved config (what ``sample.py ckpt=...`` loads).
+
+    Ctrl-C (SIGINT) stops the run at the end of the current step instead of losing the steps since the last save:
+    the adapter of that step (``checkpoints/adapter-step{N}.safetensors``) and, unless checkpointing is off, a
+    resumable ``lightning/last.ckpt`` are written, ``adapter.safetensors`` is not (the run is not finished), and
+    ``interrupted_at`` holds the step. A second Ctrl-C stops at once, as before."""
 
     def __init__(self, out_dir, every_n_steps: int = 1000, config: DictConfig | dict | None = None,
                  overwrite: bool = False):
@@ -33,6 +40,9 @@ class AdapterCheckpoint(L.Callback):
         self.config = portable_paths(config)   # no absolute path of this machine in a file that may be shipped
         self.overwrite = overwrite
         self._last_saved: int | None = None
+        self.interrupted_at: int | None = None
+        self._stop_asked = False
+        self._old_handler = None
 
     def _save(self, module, path: Path, overwrite: bool) -> None:
         from i2v.checkpoints.adapter_io import save_adapter
@@ -43,16 +53,47 @@ class AdapterCheckpoint(L.Callback):
         save_adapter(path, tensors, backbone=module.bundle.name, config=self.config, overwrite=overwrite)
         log.info("saved adapter to %s", path)
 
+    # ---- Ctrl-C: stop at the end of the step, keeping it ---------------------------------------------------------
+    def _on_sigint(self, signum, frame) -> None:
+        if self._stop_asked:          # the second Ctrl-C: Python's KeyboardInterrupt, Lightning's shutdown
+            self._restore_handler()
+            raise KeyboardInterrupt
+        self._stop_asked = True
+        print("\nCtrl-C: stopping after this step and saving it (Ctrl-C again to stop at once, losing it)",
+              file=sys.stderr, flush=True)
+
+    def _restore_handler(self) -> None:
+        if self._old_handler is not None:
+            signal.signal(signal.SIGINT, self._old_handler)
+            self._old_handler = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if threading.current_thread() is threading.main_thread():   # handlers can only be set there
+            self._old_handler = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._restore_handler()
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         # a skipped (NaN) step repeats global_step: save each step once; an existing file of another run is kept
-        if self.every and step > 0 and step % self.every == 0 and step != self._last_saved:
+        due = self.every and step > 0 and step % self.every == 0
+        if (due or self._stop_asked and step > 0) and step != self._last_saved:
             self._last_saved = step
             self._save(pl_module, self.out_dir / "checkpoints" / f"adapter-step{step}.safetensors",
                        overwrite=self.overwrite)
+        if self._stop_asked and self.interrupted_at is None:
+            self.interrupted_at = step
+            if trainer.checkpoint_callbacks:   # what train.resume=<run folder> reads: the data position mid-epoch
+                trainer.save_checkpoint(self.out_dir / "lightning" / "last.ckpt", weights_only=False)
+                for cb in trainer.checkpoint_callbacks:   # not again at the epoch's end (as last-v1.ckpt, whose
+                    cb.save_last = False                  # resume would skip the rest of the epoch)
+            trainer.should_stop = True
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._save(pl_module, self.out_dir / "adapter.safetensors", overwrite=self.overwrite)
+        self._restore_handler()
+        if self.interrupted_at is None:
+            self._save(pl_module, self.out_dir / "adapter.safetensors", overwrite=self.overwrite)
 
 
 class SampleVideos(L.Callback):

@@ -192,3 +192,63 @@ def test_fewer_clips_than_one_batch_is_refused_before_training():
                                                                  "batch_size": 4}))
     enough.setup("fit")
     assert len(enough.train_dataloader()) == 1
+
+
+def test_dataloader_workers_outlive_a_ctrl_c(monkeypatch):
+    """Ctrl-C reaches every process of the terminal's group: the workers ignore it, so the main process can finish
+    the step it keeps (without it a worker dies and the next batch is 'worker exited unexpectedly')."""
+    import signal
+    import time
+
+    from i2v.data import SyntheticVideos
+
+    monkeypatch.setenv("PL_SEED_WORKERS", "1")
+    dm = VideoDataModule(dataset=SyntheticVideos(n_items=12, num_frames=2, size=16, seed=0), batch_size=2,
+                         val_fraction=0.0, num_workers=2, multiprocessing_context="spawn", persistent_workers=False,
+                         shuffle_seed=0)
+    dm.setup("fit")
+    import multiprocessing
+
+    it = iter(dm.train_dataloader())
+    next(it)                                             # the workers have started (and run their init)
+    workers = multiprocessing.active_children()
+    assert len(workers) == 2
+    for w in workers:
+        os.kill(w.pid, signal.SIGINT)
+    time.sleep(0.5)
+    assert all(w.is_alive() for w in workers)
+    assert len(list(it)) == 5
+
+
+def test_worker_init_seeds_as_lightning_does():
+    """A loader with our worker_init_fn does not get Lightning's; ours seeds the workers the same way."""
+    from functools import partial
+
+    from lightning.fabric.utilities.seed import pl_worker_init_function
+    from torch.utils.data import DataLoader, Dataset
+
+    from i2v.data.datamodule import WorkerInit
+
+    class Draws(Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            import random
+
+            import numpy as np
+            return torch.tensor([torch.rand(()).item(), random.random(), np.random.rand()])
+
+    def draws(init, rank):
+        os.environ["PL_SEED_WORKERS"] = "1"
+        loader = DataLoader(Draws(), batch_size=1, num_workers=2, multiprocessing_context="fork",
+                            worker_init_fn=init, generator=torch.Generator().manual_seed(3))
+        return torch.cat(list(loader))
+
+    try:
+        for rank in (0, 1):
+            ours, lightnings = draws(WorkerInit(rank), rank), draws(partial(pl_worker_init_function, rank=rank), rank)
+            assert torch.equal(ours, lightnings)
+        assert not torch.equal(draws(WorkerInit(0), 0), draws(WorkerInit(1), 1))   # the rank is used
+    finally:
+        os.environ.pop("PL_SEED_WORKERS", None)
