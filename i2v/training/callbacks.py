@@ -76,13 +76,16 @@ class AdapterCheckpoint(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
+        stop = self._stop_asked
+        if trainer.world_size > 1:   # every rank stops at the same step, whichever got the Ctrl-C (one scalar)
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         # a skipped (NaN) step repeats global_step: save each step once; an existing file of another run is kept
         due = self.every and step > 0 and step % self.every == 0
-        if (due or self._stop_asked and step > 0) and step != self._last_saved:
+        if (due or stop and step > 0) and step != self._last_saved:
             self._last_saved = step
             self._save(pl_module, self.out_dir / "checkpoints" / f"adapter-step{step}.safetensors",
                        overwrite=self.overwrite)
-        if self._stop_asked and self.interrupted_at is None:
+        if stop and self.interrupted_at is None:
             self.interrupted_at = step
             if trainer.checkpoint_callbacks:   # what train.resume=<run folder> reads: the data position mid-epoch
                 trainer.save_checkpoint(self.out_dir / "lightning" / "last.ckpt", weights_only=False)

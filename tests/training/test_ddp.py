@@ -42,3 +42,36 @@ def test_two_process_gloo_ddp(tmp_path, monkeypatch):
                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                         default_root_dir=tmp_path, callbacks=[RecordRanks()])
     trainer.fit(mod, datamodule=dm)
+
+
+class CtrlCOnRankOne(L.Callback):
+    """As if only rank 1 got the Ctrl-C, during step 2."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        from i2v.training.callbacks import AdapterCheckpoint
+
+        if trainer.global_rank == 1 and trainer.global_step == 2:
+            next(c for c in trainer.callbacks if isinstance(c, AdapterCheckpoint))._stop_asked = True
+
+    def on_train_end(self, trainer, pl_module):
+        assert trainer.global_step == 3, trainer.global_step      # both ranks stopped after the same step
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, monkeypatch):
+    from i2v.training.callbacks import AdapterCheckpoint
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    mod = I2VAdapterModule(random_toy_bundle(seed=0), OPTIM, TRAIN, config={"seed": 0})
+    dm = VideoDataModule(dataset=SyntheticVideos(n_items=16, num_frames=4, size=32, seed=0), batch_size=1,
+                         val_fraction=0.0, shuffle_seed=0)
+    saver = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "lightning", save_last=True,
+                                                every_n_train_steps=100)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=6, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                        callbacks=[AdapterCheckpoint(tmp_path, every_n_steps=100), saver, CtrlCOnRankOne()])
+    trainer.fit(mod, datamodule=dm)
+    assert (tmp_path / "checkpoints" / "adapter-step3.safetensors").is_file()
+    assert sorted(p.name for p in (tmp_path / "lightning").iterdir()) == ["last.ckpt"]
+    assert not (tmp_path / "adapter.safetensors").exists()
