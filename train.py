@@ -12,8 +12,8 @@ def main(cfg: DictConfig):
     from i2v.train import train
 
     result = run_entry(train, cfg)   # bad input: one line, no traceback
-    if result.get("interrupted") is not None:
-        sys.exit(130)   # Ctrl-C, the step reached saved: the shell's status for an interrupted command (a sweep stops)
+    if result.get("interrupted") is not None:   # the step reached is saved; a sweep stops too
+        sys.exit(143 if result.get("signal") == "SIGTERM" else 130)   # the shell's status for that signal
     return result
 
 

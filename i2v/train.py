@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from i2v.pipeline.bundle import build_bundle, check_paths
@@ -171,16 +172,22 @@ def train(cfg: DictConfig) -> dict:
                                   config=OmegaConf.to_container(cfg, resolve=True))
         trainer = build_trainer(cfg, out_dir)
         # weights_only=True explicitly: a resume file cannot run code, even with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+        saver = next(c for c in trainer.callbacks if isinstance(c, AdapterCheckpoint))
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+        except SIGTERMException:   # Lightning ends a fit on SIGTERM with a SystemExit (status 0): after the save
+            if saver.interrupted_at is None:
+                raise
         result["steps"] = int(trainer.global_step)
         if trainer.callback_metrics.get("train/loss") is not None:
             result["final_loss"] = float(trainer.callback_metrics["train/loss"])
-        stopped = next(c for c in trainer.callbacks if isinstance(c, AdapterCheckpoint)).interrupted_at
-        if stopped is not None:   # Ctrl-C: that step is saved; no final adapter, no after-train samples
-            result.update(interrupted=stopped, adapter=str(out_dir / "checkpoints" / f"adapter-step{stopped}.safetensors"))
+        stopped = saver.interrupted_at
+        if stopped is not None:   # Ctrl-C or SIGTERM: that step is saved; no final adapter, no after-train samples
+            result.update(interrupted=stopped, signal=saver.stopped_by,
+                          adapter=str(out_dir / "checkpoints" / f"adapter-step{stopped}.safetensors"))
             resumable = (out_dir / "lightning" / "last.ckpt").is_file()
             print(closing_summary(result, time.perf_counter() - start))
-            print(f"interrupted at step {stopped} of {trainer.max_steps}: "
+            print(f"interrupted ({saver.stopped_by}) at step {stopped} of {trainer.max_steps}: "
                   + (f"go on with the same command and train.resume={out_dir}" if resumable else
                      "no resumable checkpoint (trainer.enable_checkpointing=false)"))
             return result

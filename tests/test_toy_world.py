@@ -346,10 +346,12 @@ def test_train_resume_takes_a_run_folder_and_continues_as_one_run(tmp_path):
             resume_checkpoint(bad)
 
 
-def test_ctrl_c_keeps_the_step_reached_and_resumes_as_one_run(tmp_path, monkeypatch):
-    """The first Ctrl-C (SIGINT) stops training at the end of the step: that step's adapter and a resumable
-    lightning/last.ckpt are written (no final adapter.safetensors, no after-train samples), and resuming from the
-    run folder gives the adapter of an uninterrupted run bit for bit."""
+@pytest.mark.parametrize("how,kept", [("SIGINT", 6), ("SIGTERM", 6), ("SIGTERM_after_the_hook", 5)])
+def test_ctrl_c_keeps_the_step_reached_and_resumes_as_one_run(tmp_path, monkeypatch, how, kept):
+    """The first Ctrl-C (SIGINT), or SIGTERM, ends training at the end of the step: that step's adapter and a
+    resumable lightning/last.ckpt are written (no final adapter.safetensors, no after-train samples), and resuming
+    from the run folder gives the adapter of an uninterrupted run bit for bit. SIGTERM_after_the_hook: the signal
+    lands after the step's on_train_batch_end, where Lightning ends the fit at once (as a SystemExit)."""
     import os
     import signal
 
@@ -358,37 +360,43 @@ def test_ctrl_c_keeps_the_step_reached_and_resumes_as_one_run(tmp_path, monkeypa
 
     import i2v.train as train_mod
 
-    class CtrlCAt(L.Callback):            # as if the user pressed Ctrl-C during step 5
-        def on_train_batch_end(self, trainer, *args):
-            if trainer.global_step == 5:
-                os.kill(os.getpid(), signal.SIGINT)
+    class SignalAt(L.Callback):           # as if the signal came during step 6 (or right after step 5)
+        def on_train_batch_start(self, trainer, *args):
+            if trainer.global_step == 5 and how in ("SIGINT", "SIGTERM"):
+                os.kill(os.getpid(), getattr(signal, how))
 
-    def run(name, steps, *extra, ctrl_c=False):
-        if ctrl_c:
+        def on_train_batch_end(self, trainer, *args):   # runs after AdapterCheckpoint's
+            if trainer.global_step == 5 and how == "SIGTERM_after_the_hook":
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    def run(name, steps, *extra, signal_=False):
+        if signal_:
             build = train_mod.build_trainer
-            monkeypatch.setattr(train_mod, "build_trainer", lambda cfg, out: build(cfg, out, [CtrlCAt()]))
+            monkeypatch.setattr(train_mod, "build_trainer", lambda cfg, out: build(cfg, out, [SignalAt()]))
         cfg = _compose("train", ["experiment=toy", f"trainer.max_steps={steps}", "train.save_every_n_steps=100",
                                  "after_train.n_videos=1", "logger=none", f"out_dir={tmp_path / name}", *extra])
         result = train_mod.train(cfg)
         monkeypatch.undo()
         return result
 
-    before = signal.getsignal(signal.SIGINT)
-    stopped = run("stopped", 12, ctrl_c=True)
-    assert signal.getsignal(signal.SIGINT) is before                       # the handler is put back
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    stopped = run("stopped", 12, signal_=True)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before   # handlers put back
     out = tmp_path / "stopped"
-    assert stopped["interrupted"] == 6 and stopped["adapter"] == str(out / "checkpoints" / "adapter-step6.safetensors")
+    assert stopped["interrupted"] == kept and stopped["signal"] == how.split("_")[0]
+    assert stopped["adapter"] == str(out / "checkpoints" / f"adapter-step{kept}.safetensors")
     assert sorted(p.name for p in (out / "lightning").iterdir()) == ["last.ckpt"]
     assert not (out / "adapter.safetensors").exists() and not (out / "metrics.json").exists()
     run("whole", 12, "after_train.sample=false", "after_train.evaluate=false")
     run("resumed", 12, f"train.resume={out}", "after_train.sample=false", "after_train.evaluate=false")
     whole, resumed = (load_file(str(tmp_path / n / "adapter.safetensors")) for n in ("whole", "resumed"))
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
-    step6 = load_file(stopped["adapter"])
-    assert not all(torch.equal(whole[k], step6[k]) for k in whole)
+    kept_adapter = load_file(stopped["adapter"])
+    assert not all(torch.equal(whole[k], kept_adapter[k]) for k in whole)
 
 
-def test_train_py_exits_130_on_ctrl_c_and_says_how_to_go_on(tmp_path):
+@pytest.mark.parametrize("sig,status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_train_py_exits_with_the_signals_status_and_says_how_to_go_on(tmp_path, sig, status):
     import os
     import signal
     import subprocess
@@ -401,15 +409,17 @@ def test_train_py_exits_130_on_ctrl_c_and_says_how_to_go_on(tmp_path):
                          env={**os.environ, "OMP_NUM_THREADS": "1"},
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
-    for line in p.stdout:                 # Ctrl-C once training has begun
+    for line in p.stdout:                 # the signal once training has begun
         lines.append(line)
         if line.startswith("step 2/400"):
-            p.send_signal(signal.SIGINT)
+            p.send_signal(getattr(signal, sig))
             break
     rest, _ = p.communicate(timeout=120)
     text = "".join(lines) + rest
-    assert p.returncode == 130, text[-3000:]
-    step = int(re.search(r"interrupted at step (\d+) of 400: go on with the same command and train\.resume=(\S+)",
-                         text).group(1))
+    assert p.returncode == status, text[-3000:]
+    said = re.search(rf"interrupted \({sig}\) at step (\d+) of 400: go on with the same command and "
+                     rf"train\.resume={re.escape(str(run_dir))}\n", text)
+    assert said, text[-3000:]
+    step = int(said.group(1))
     assert (run_dir / "checkpoints" / f"adapter-step{step}.safetensors").is_file() and \
         (run_dir / "lightning" / "last.ckpt").is_file() and not (run_dir / "adapter.safetensors").exists(), text[-3000:]

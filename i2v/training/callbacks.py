@@ -27,10 +27,11 @@ class AdapterCheckpoint(L.Callback):
     end of training: exactly the I2V-Adapter tensors (their moving average with ``train.ema_decay > 0``) + the
     resolved config (what ``sample.py ckpt=...`` loads).
 
-    Ctrl-C (SIGINT) stops the run at the end of the current step instead of losing the steps since the last save:
-    the adapter of that step (``checkpoints/adapter-step{N}.safetensors``) and, unless checkpointing is off, a
-    resumable ``lightning/last.ckpt`` are written, ``adapter.safetensors`` is not (the run is not finished), and
-    ``interrupted_at`` holds the step. A second Ctrl-C stops at once, as before."""
+    Ctrl-C (SIGINT) or SIGTERM (``kill``, a scheduler's stop) ends the run at the end of the current step instead
+    of losing the steps since the last save: the adapter of that step (``checkpoints/adapter-step{N}.safetensors``)
+    and, unless checkpointing is off, a resumable ``lightning/last.ckpt`` are written, ``adapter.safetensors`` is
+    not (the run is not finished); ``interrupted_at`` holds the step and ``stopped_by`` the signal's name. A second
+    Ctrl-C stops at once, as before."""
 
     def __init__(self, out_dir, every_n_steps: int = 1000, config: DictConfig | dict | None = None,
                  overwrite: bool = False):
@@ -41,6 +42,7 @@ class AdapterCheckpoint(L.Callback):
         self.overwrite = overwrite
         self._last_saved: int | None = None
         self.interrupted_at: int | None = None
+        self.stopped_by: str | None = None
         self._stop_asked = False
         self._old_handler = None
 
@@ -73,25 +75,40 @@ class AdapterCheckpoint(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self._restore_handler()
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # SIGTERM received after this step's on_train_batch_end: Lightning ends the fit before the next one
+        if isinstance(exception, SIGTERMException) and self.interrupted_at is None and trainer.global_step > 0:
+            self._keep_step(trainer, pl_module, "SIGTERM")
+
+    def _keep_step(self, trainer, pl_module, by: str) -> None:
+        """The step reached, kept: its adapter file and (unless checkpointing is off) a resumable last.ckpt."""
         step = trainer.global_step
-        stop = self._stop_asked
-        if trainer.world_size > 1:   # every rank stops at the same step, whichever got the Ctrl-C (one scalar)
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        # a skipped (NaN) step repeats global_step: save each step once; an existing file of another run is kept
-        due = self.every and step > 0 and step % self.every == 0
-        if (due or stop and step > 0) and step != self._last_saved:
+        if step != self._last_saved:
             self._last_saved = step
             self._save(pl_module, self.out_dir / "checkpoints" / f"adapter-step{step}.safetensors",
                        overwrite=self.overwrite)
-        if stop and self.interrupted_at is None:
-            self.interrupted_at = step
-            if trainer.checkpoint_callbacks:   # what train.resume=<run folder> reads: the data position mid-epoch
-                trainer.save_checkpoint(self.out_dir / "lightning" / "last.ckpt", weights_only=False)
-                for cb in trainer.checkpoint_callbacks:   # not again at the epoch's end (as last-v1.ckpt, whose
-                    cb.save_last = False                  # resume would skip the rest of the epoch)
+        self.interrupted_at, self.stopped_by = step, by
+        if trainer.checkpoint_callbacks:   # what train.resume=<run folder> reads: the data position mid-epoch
+            trainer.save_checkpoint(self.out_dir / "lightning" / "last.ckpt", weights_only=False)
+            for cb in trainer.checkpoint_callbacks:   # not again at the epoch's end (as last-v1.ckpt, whose
+                cb.save_last = False                  # resume would skip the rest of the epoch)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        # Lightning's own SIGTERM handler sets received_sigterm (and ends the fit after this hook, as a SystemExit)
+        sigterm = bool(getattr(trainer, "received_sigterm", False))
+        stop = self._stop_asked or sigterm
+        if trainer.world_size > 1:   # every rank stops at the same step, whichever got the Ctrl-C (one scalar)
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop and step > 0 and self.interrupted_at is None:
+            self._keep_step(trainer, pl_module, "SIGTERM" if sigterm else "SIGINT")
             trainer.should_stop = True
+        # a skipped (NaN) step repeats global_step: save each step once; an existing file of another run is kept
+        if self.every and step > 0 and step % self.every == 0 and step != self._last_saved:
+            self._last_saved = step
+            self._save(pl_module, self.out_dir / "checkpoints" / f"adapter-step{step}.safetensors",
+                       overwrite=self.overwrite)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._restore_handler()
