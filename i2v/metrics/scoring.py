@@ -137,6 +137,19 @@ def collect_items(videos: str, images: Optional[str] = None, manifest: Optional[
     return items
 
 
+def _is_frame_strip(image_path: str, video: torch.Tensor) -> bool:
+    """The same-stem image beside a video is its own frames side by side (``clipNNN.png`` of a toy run's samples),
+    not the input image: as tall as one frame, as wide as all of them, and showing them (mean difference under 5%
+    of the range: a lossy mp4 of the toy's strips differs by ~1%)."""
+    from i2v.utils.io import image_size
+
+    (w, h), (f, _, fh, fw) = image_size(image_path), video.shape
+    if (w, h) != (f * fw, fh) or f < 2:
+        return False
+    strip = read_image(image_path).reshape(3, fh, f, fw).permute(2, 0, 1, 3)
+    return bool((strip - video.float()).abs().mean() < 0.1)
+
+
 def _summary_stats(values: list[float]) -> dict:
     vals = [v for v in values if v is not None and not math.isnan(v)]
     n = len(vals)
@@ -158,6 +171,10 @@ def score_items(items: list[dict], metrics: dict, out_dir: str | Path, device: s
     for it in items:
         try:
             video = read_video(it["video"], max_frames)
+            if it.get("image") and _is_frame_strip(it["image"], video):
+                print(f"note: {it['image']} is the frames of {it['name']} side by side (a toy run's strip), not an "
+                      f"input image: scored against the video's first frame")
+                it = {**it, "image": None}
             image = read_image(it["image"], size=tuple(video.shape[-2:])) if it.get("image") else None
         except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
             skipped.append({"name": it["name"], "reason": str(e)})

@@ -171,3 +171,30 @@ def test_an_earlier_evaluation_is_refused_before_anything_loads(tmp_path, monkey
     from i2v.evaluate import check_results_free
 
     check_results_free(tmp_path / "out", mode, overwrite=True)     # overwrite=true lets the run replace it
+
+
+def test_a_toy_runs_frame_strip_is_not_taken_for_the_input_image(tmp_path, capsys):
+    """A toy run's samples/ folder holds clipNNN.mp4|gif beside clipNNN.png, the same frames side by side: scoring
+    that folder pairs the video with no input image (its first frame), not with the strip squeezed to one frame.
+    An image as wide as the frames but showing something else is still the input image."""
+    rng = np.random.default_rng(2)
+    frames = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(4)]
+    for name in ("strip", "other"):
+        d = tmp_path / name
+        d.mkdir()
+        write_gif(d / "clip000.gif", frames)
+    Image.fromarray(np.concatenate(frames, axis=1)).save(tmp_path / "strip" / "clip000.png")
+    Image.fromarray(255 - np.concatenate(frames, axis=1)).save(tmp_path / "other" / "clip000.png")
+    (tmp_path / "none").mkdir()
+    write_gif(tmp_path / "none" / "clip000.gif", frames)
+    runs = {}
+    for name in ("strip", "other", "none"):
+        with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+            cfg = compose("evaluate", overrides=[f"out_dir={tmp_path / ('out_' + name)}", "device=cpu", "metrics=toy",
+                                                 f"videos={tmp_path / name}"])
+        runs[name] = list(csv.DictReader(open(tmp_path / f"out_{name}" / "per_video.csv")))[0] if evaluate(cfg) else None
+    assert "is the frames of clip000 side by side" in capsys.readouterr().out
+    assert runs["strip"]["image"] == "" and runs["other"]["image"].endswith("clip000.png")
+    keys = [k for k in runs["none"] if k.startswith("toy_")]
+    assert [runs["strip"][k] for k in keys] == [runs["none"][k] for k in keys]
+    assert [runs["other"][k] for k in keys] != [runs["none"][k] for k in keys]
