@@ -117,7 +117,8 @@ def build_metrics(mcfg: DictConfig, device: str | torch.device = "cpu") -> tuple
 
 def collect_items(videos: str, images: Optional[str] = None, manifest: Optional[str] = None) -> list[dict]:
     """Pair each video in ``videos`` with its input image: by name through a manifest (``name``/``image``
-    [/``video``/``prompt``]), else the same-stem image in ``images``, else beside the video. Image may be None."""
+    [/``video``/``prompt``]), else the same-stem image in ``images``, else beside the video, else the image (and
+    prompt) that sample.py recorded in the video's ``.json``. Image may be None."""
     from i2v.metrics.mjhq import read_manifest
 
     found = find_videos(videos) if videos else {}
@@ -133,8 +134,25 @@ def collect_items(videos: str, images: Optional[str] = None, manifest: Optional[
     items = []
     for stem, path in found.items():
         img = find_image(images, stem) if images else find_image(path.parent, stem)
-        items.append({"name": stem, "video": str(path), "image": str(img) if img else None, "prompt": None})
+        record = _sample_record(path) if img is None else {}
+        if img is None and record.get("image"):
+            if Path(record["image"]).is_file():
+                img = record["image"]
+            else:
+                print(f"note: {stem}: the input image its .json names is gone ({record['image']})")
+        items.append({"name": stem, "video": str(path), "image": str(img) if img else None,
+                      "prompt": record.get("prompt")})
     return items
+
+
+def _sample_record(video: Path) -> dict:
+    """What sample.py wrote beside a video (``<stem>.json``: its input ``image``, its ``prompt``), or {}."""
+    sidecar = video.with_suffix(".json") if video.is_file() else video.with_name(video.name + ".json")
+    try:
+        record = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) and "image" in record and "prompt" in record else {}
 
 
 def _is_frame_strip(image_path: str, video: torch.Tensor) -> bool:

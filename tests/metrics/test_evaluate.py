@@ -198,3 +198,26 @@ def test_a_toy_runs_frame_strip_is_not_taken_for_the_input_image(tmp_path, capsy
     keys = [k for k in runs["none"] if k.startswith("toy_")]
     assert [runs["strip"][k] for k in keys] == [runs["none"][k] for k in keys]
     assert [runs["other"][k] for k in keys] != [runs["none"][k] for k in keys]
+
+
+def test_sample_py_outputs_are_paired_with_the_image_their_json_records(tmp_path, capsys):
+    """evaluate.py videos=<a sample.py out folder>: no input image sits beside the videos, but each <name>.json
+    records it; that image is the reference (a gone one is said, and the video scored without one)."""
+    from i2v.metrics.scoring import collect_items
+
+    rng = np.random.default_rng(3)
+    inputs, out = tmp_path / "inputs", tmp_path / "out"
+    inputs.mkdir()
+    out.mkdir()
+    for name in ("a_42", "b_42"):
+        frames = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(3)]
+        write_gif(out / f"{name}.gif", frames)
+        Image.fromarray(frames[0]).save(inputs / f"{name[0]}.png")
+        (out / f"{name}.json").write_text(json.dumps({"prompt": f"prompt {name}", "image": str(inputs / f"{name[0]}.png"),
+                                                      "seed": 42}))
+    (inputs / "b.png").unlink()
+    items = {it["name"]: it for it in collect_items(str(out))}
+    assert items["a_42"]["image"] == str(inputs / "a.png") and items["a_42"]["prompt"] == "prompt a_42"
+    assert items["b_42"]["image"] is None and "b_42: the input image its .json names is gone" in capsys.readouterr().out
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(out / "a_42.png")   # an image beside the video still wins
+    assert collect_items(str(out))[0]["image"] == str(out / "a_42.png")
