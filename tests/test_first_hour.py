@@ -178,3 +178,11 @@ def test_a_folder_without_images_or_with_one_name_is_refused(tmp_path):
     Image.new("RGB", (32, 32)).save(tmp_path / "empty" / "x.png")
     with pytest.raises(ValueError, match="name= names one video"):
         sample(toy_sample_cfg(tmp_path, f"image={tmp_path / 'empty'}", "prompt=a", "name=clip"))
+
+
+def test_sample_py_steps_past_the_schedule_is_one_line(tmp_path, png):
+    r = subprocess.run([sys.executable, str(ROOT / "sample.py"), "experiment=toy", f"image={png}", "prompt=a",
+                        "steps=1000", f"out={tmp_path / 'out'}"], cwd=tmp_path, capture_output=True, text=True,
+                       env={**os.environ, "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 2 and r.stderr.startswith("error: sampling.steps=1000 does not fit the 1000 training "
+                                                     "timesteps: use at most 999"), r.stderr[-2000:]

@@ -55,6 +55,21 @@ def check_scheduler(scheduler, schedule) -> None:
                          f"backbone was trained for {schedule.prediction_type!r} (schedule.prediction_type)")
 
 
+def check_steps(scheduler, steps: int, num_train_timesteps: int) -> None:
+    """Raise (one line) when ``scheduler`` cannot take ``steps`` sampling steps on a schedule of
+    ``num_train_timesteps``: more steps than timesteps, or (``leading`` spacing with ``steps_offset`` 1, the official
+    setting) a timestep past the last one, as 1000 steps of 1000 give, or before the first (``trailing``, 998)."""
+    if steps >= num_train_timesteps:
+        raise ValueError(f"sampling.steps={steps} does not fit the {num_train_timesteps} training timesteps: use at "
+                         f"most {num_train_timesteps - 1}")
+    scheduler.set_timesteps(int(steps))
+    lo, hi = int(scheduler.timesteps.min()), int(scheduler.timesteps.max())
+    if lo < 0 or hi >= num_train_timesteps:
+        raise ValueError(f"sampling.steps={steps} does not fit the {num_train_timesteps} training timesteps with "
+                         f"scheduler {type(scheduler).__name__} (its timesteps would reach "
+                         f"{lo if lo < 0 else hi}): use fewer steps")
+
+
 class Denoiser:
     """Guided ε: ``denoise(x (B,C,F,H,W), t (scalar), cond, uncond) -> ε (B,C,F,H,W)``.
 

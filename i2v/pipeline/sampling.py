@@ -21,7 +21,7 @@ from PIL import Image
 from i2v.diffusion.color import color_match
 from i2v.diffusion.fsp import check_blur, check_noise_dc, initial_latents
 from i2v.diffusion.guidance import negative_prompt
-from i2v.diffusion.sampler import Denoiser, check_scheduler, sample_video
+from i2v.diffusion.sampler import Denoiser, check_scheduler, check_steps, sample_video
 from i2v.diffusion.schedule import SamplerConfig, make_scheduler
 from i2v.models.adapters import I2VTimestepGate
 from i2v.models.noised_kv import NoisedKVDenoiser
@@ -175,6 +175,7 @@ class I2VPipeline:
         self.scheduler = make_scheduler(settings.scheduler, bundle.schedule,
                                         SamplerConfig(timestep_spacing=settings.timestep_spacing))
         check_scheduler(self.scheduler, bundle.schedule)
+        check_steps(self.scheduler, settings.steps, bundle.schedule.num_train_timesteps)
         self.denoiser = Denoiser(bundle.unet, settings.guidance_scale, controlnet, control)
         self._warned_gate = False
 

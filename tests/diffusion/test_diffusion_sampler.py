@@ -205,3 +205,26 @@ def test_real_toy_unet(name, sampler):
     assert torch.equal(out["latents"][:, :, 0], first)
     assert all(torch.equal(c, torch.cat([first, first])) for c in calls)
     assert torch.isfinite(out["latents"]).all()
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_a_step_count_that_leaves_the_schedule_is_refused(name, spacing):
+    """sampling.steps=1000 on 1000 training timesteps (and DPM++ 999 with leading spacing) would put a timestep at
+    1000, past the schedule's last (an IndexError deep in the prior), trailing spacing at 998 one at -1: refused in
+    one line; every accepted count keeps its timesteps inside the schedule."""
+    from i2v.diffusion.sampler import check_steps
+    from i2v.diffusion.schedule import SamplerConfig
+
+    refused = []
+    for steps in [1, 2, 25, 50, 500, 998, 999, 1000, 1001]:
+        sched = make_scheduler(name, NoiseSchedule(), SamplerConfig(timestep_spacing=spacing))
+        try:
+            check_steps(sched, steps, 1000)
+        except ValueError as e:
+            assert str(e).startswith(f"sampling.steps={steps} does not fit the 1000 training timesteps"), e
+            refused.append(steps)
+            continue
+        sched.set_timesteps(steps)
+        assert 0 <= int(sched.timesteps.min()) and int(sched.timesteps.max()) < 1000, (steps, sched.timesteps)
+    assert {1000, 1001} <= set(refused) and set(refused) <= {998, 999, 1000, 1001}, refused
