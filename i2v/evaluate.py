@@ -57,7 +57,9 @@ def eval_set_items(cfg: DictConfig, out_dir: Path) -> list[dict]:
     missing = [it["name"] for it in items if not it.get("prompt")]
     if missing:
         raise ValueError(f"eval set items without a prompt: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    seed = lambda it: int(it["seed"]) if it.get("seed") not in (None, "") else int(cfg.seed)  # noqa: E731
+    from i2v.pipeline.items import as_seed
+
+    seed = lambda it: as_seed(it["seed"]) if it.get("seed") not in (None, "") else as_seed(cfg.seed)  # noqa: E731
     return [{"image": it["image"], "prompt": it["prompt"], "seed": seed(it), "name": it["name"]} for it in items]
 
 

@@ -186,3 +186,19 @@ def test_sample_py_steps_past_the_schedule_is_one_line(tmp_path, png):
                        env={**os.environ, "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"})
     assert r.returncode == 2 and r.stderr.startswith("error: sampling.steps=1000 does not fit the 1000 training "
                                                      "timesteps: use at most 999"), r.stderr[-2000:]
+
+
+def test_a_seed_that_is_not_an_integer_is_refused_not_truncated(tmp_path, png):
+    from i2v.pipeline.items import as_seed
+    from i2v.sampling import sample
+
+    assert [as_seed(v) for v in (7, "7", " 7 ", 7.0, "-3", "1e3")] == [7, 7, 7, 7, -3, 1000]
+    for bad in (1.5, "1.5", "abc", True, "", None):
+        with pytest.raises(ValueError, match="is not an integer"):
+            as_seed(bad)
+    with pytest.raises(ValueError, match=r"^seed 1.5 is not an integer$"):
+        sample(toy_sample_cfg(tmp_path, f"image={png}", "prompt=a", "seed=1.5"))
+    rows = tmp_path / "rows.jsonl"   # a prompts= row's seed from JSON: 2.5 was run as seed 2
+    rows.write_text(json.dumps({"image": str(png), "prompt": "a", "seed": 2.5}) + "\n")
+    with pytest.raises(Exception, match=r"row 1: seed 2.5 is not an integer"):
+        sample(toy_sample_cfg(tmp_path, f"prompts={rows}"))

@@ -55,10 +55,7 @@ def _item(path: Path, n: int, r: object, default_seed: int) -> dict:
         raise ValueError(f"needs 'image' and 'prompt' columns, got {sorted(r)}")
     img = Path(str(r["image"]))
     img = img if img.is_absolute() or is_url(str(r["image"])) else path.parent / img
-    try:
-        seed = int(r["seed"]) if r.get("seed") not in (None, "") else default_seed
-    except (TypeError, ValueError):
-        raise ValueError(f"seed {r.get('seed')!r} is not an integer") from None
+    seed = as_seed(r["seed"]) if r.get("seed") not in (None, "") else default_seed
     given = r.get("name")
     return {"row": n, "image": str(r["image"]) if is_url(str(r["image"])) else str(img), "prompt": str(r["prompt"]),
             "seed": seed,
@@ -96,15 +93,32 @@ def _folder_items(folder: Path, prompt: str, seed: int, name) -> list[dict]:
     return items
 
 
+def as_seed(value, key: str = "seed") -> int:
+    """``value`` as a seed: an integer, or text or a float that is one (``"7"``, ``7.0``); anything else (``1.5``,
+    ``abc``, ``true``) is a ValueError naming it, not silently truncated."""
+    if isinstance(value, bool):
+        raise ValueError(f"{key} {value!r} is not an integer")
+    if isinstance(value, int):
+        return value
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise ValueError(f"{key} {value!r} is not an integer") from None
+    if not number.is_integer():
+        raise ValueError(f"{key} {value!r} is not an integer")
+    return int(number)
+
+
 def read_items(cfg: DictConfig) -> list[dict]:
     """Items ``{row, image, prompt, seed, name}`` (or ``{row, error}``) from ``image``+``prompt`` or ``prompts``."""
+    seed = as_seed(cfg.seed)
     if not cfg.get("prompts"):
         if not cfg.get("image") or cfg.get("prompt") is None:
             raise ValueError("give image=<file or folder> and prompt=\"...\" (or prompts=<file.csv|jsonl>)")
         if Path(str(cfg.image)).is_dir():
-            return _folder_items(Path(str(cfg.image)), str(cfg.prompt), int(cfg.seed), cfg.get("name"))
-        name = safe_name(cfg.get("name") or f"{Path(str(cfg.image)).stem}_{int(cfg.seed)}")
-        return [{"row": 0, "image": str(cfg.image), "prompt": str(cfg.prompt), "seed": int(cfg.seed), "name": name,
+            return _folder_items(Path(str(cfg.image)), str(cfg.prompt), seed, cfg.get("name"))
+        name = safe_name(cfg.get("name") or f"{Path(str(cfg.image)).stem}_{seed}")
+        return [{"row": 0, "image": str(cfg.image), "prompt": str(cfg.prompt), "seed": seed, "name": name,
                  "auto_name": not cfg.get("name")}]
     path = Path(str(cfg.prompts))
     if not path.is_file():
@@ -112,7 +126,7 @@ def read_items(cfg: DictConfig) -> list[dict]:
     items, used = [], {}
     for n, r in _read_rows(path):
         try:
-            it = _item(path, n, r, int(cfg.seed))
+            it = _item(path, n, r, seed)
         except ValueError as e:
             items.append({"row": n, "error": f"{path} row {n}: {e}"})
             continue
