@@ -149,29 +149,11 @@ def test_the_toy_base_trains_on_a_folder_of_your_videos(tmp_path):
     assert (tmp_path / "run" / "adapter.safetensors").exists() and (tmp_path / "run" / "metrics.json").exists()
 
 
-def test_a_folder_without_captions_is_one_line(tmp_path, capsys):
-    """Videos without captions (and no default_caption) are unusable: train.py says so in one line, exit status 2."""
-    from i2v.cli.config import run_entry
-    from i2v.data.synthetic import SyntheticVideos
-    from i2v.train import train
-    from i2v.utils.io import save_mp4
-
-    videos = tmp_path / "videos"
-    for i, item in enumerate(SyntheticVideos(3, num_frames=8, size=32, seed=3)):
-        save_mp4(item["video"], videos / f"clip{i}.mp4")
-    cfg = _compose("train", ["experiment=toy", "data=selfcollected", f"data.dataset.root={videos}",
-                             "data.dataset.min_short_side=0", "data.num_workers=0", f"out_dir={tmp_path / 'run'}",
-                             "logger=none"])
-    with pytest.raises(SystemExit) as exit_:
-        run_entry(train, cfg)
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and err.startswith("error: FolderVideos: ") and "missing_caption=" in err, err
-
-
-@pytest.mark.parametrize("case", ["empty", "too_small"])
-def test_a_data_folder_that_gives_no_video_is_one_line(tmp_path, capsys, case):
-    """The dataset's own refusal, raised inside Hydra's instantiate (an empty folder; prefilter=true with no video
-    as large as min_short_side), is one line with exit status 2, not Hydra's 'Error in call to target' block."""
+@pytest.mark.parametrize("case", ["no_captions", "empty", "too_small"])
+def test_a_data_folder_that_gives_no_usable_clip_is_one_line(tmp_path, capsys, case):
+    """train.py on a folder of videos that gives no training clip says why in one line, exit status 2: videos without
+    captions (and no default_caption); an empty folder and prefilter=true with no video as large as min_short_side,
+    both refused inside Hydra's instantiate (not its 'Error in call to target' block)."""
     from i2v.cli.config import run_entry
     from i2v.data.synthetic import SyntheticVideos
     from i2v.train import train
@@ -179,17 +161,21 @@ def test_a_data_folder_that_gives_no_video_is_one_line(tmp_path, capsys, case):
 
     videos = tmp_path / "videos"
     videos.mkdir()
-    if case == "too_small":
-        save_mp4(SyntheticVideos(1, num_frames=8, size=32, seed=3)[0]["video"], videos / "clip0.mp4")
-        (videos / "clip0.txt").write_text("a red circle moving left on a blue background")
-    cfg = _compose("train", ["experiment=toy", "data=selfcollected", f"data.dataset.root={videos}",
-                             "data.dataset.prefilter=true", "data.num_workers=0", f"out_dir={tmp_path / 'run'}",
-                             "logger=none"])
+    n = {"no_captions": 3, "empty": 0, "too_small": 1}[case]
+    for i, item in enumerate(SyntheticVideos(n, num_frames=8, size=32, seed=3) if n else []):
+        save_mp4(item["video"], videos / f"clip{i}.mp4")
+        if case == "too_small":
+            (videos / f"clip{i}.txt").write_text(item["text"])
+    size = ["data.dataset.min_short_side=0"] if case == "no_captions" else ["data.dataset.prefilter=true"]
+    cfg = _compose("train", ["experiment=toy", "data=selfcollected", f"data.dataset.root={videos}", *size,
+                             "data.num_workers=0", f"out_dir={tmp_path / 'run'}", "logger=none"])
     with pytest.raises(SystemExit) as exit_:
         run_entry(train, cfg)
     err = capsys.readouterr().err
-    said = "no videos found" if case == "empty" else "no video passes min_short_side=720"
-    assert exit_.value.code == 2 and err.startswith(f"error: FolderVideos: {said}") and len(err.splitlines()) == 2, err
+    said = {"no_captions": "FolderVideos: ", "empty": "FolderVideos: no videos found",
+            "too_small": "FolderVideos: no video passes min_short_side=720"}[case]
+    assert exit_.value.code == 2 and err.startswith(f"error: {said}") and len(err.splitlines()) == 2, err
+    assert case != "no_captions" or "missing_caption=" in err, err
 
 
 def test_scoring_refuses_two_clip_lengths():

@@ -30,14 +30,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_process_gloo_ddp(tmp_path, monkeypatch):
-    # loopback address and a port picked here: no host-name lookup, no port shared with another test process
+def _two_process_setup(monkeypatch, n_items: int):
+    """A toy module and data for two gloo processes; loopback address and a port picked here: no host-name lookup,
+    no port shared with another test process."""
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))
     mod = I2VAdapterModule(random_toy_bundle(seed=0), OPTIM, TRAIN, config={"seed": 0})
-    dm = VideoDataModule(dataset=SyntheticVideos(n_items=8, num_frames=4, size=32, seed=0), batch_size=1,
+    dm = VideoDataModule(dataset=SyntheticVideos(n_items=n_items, num_frames=4, size=32, seed=0), batch_size=1,
                          val_fraction=0.0, shuffle_seed=0)
+    return mod, dm
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp(tmp_path, monkeypatch):
+    mod, dm = _two_process_setup(monkeypatch, 8)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=2, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                         default_root_dir=tmp_path, callbacks=[RecordRanks()])
@@ -61,11 +67,7 @@ class CtrlCOnRankOne(L.Callback):
 def test_ctrl_c_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, monkeypatch):
     from i2v.training.callbacks import AdapterCheckpoint
 
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
-    mod = I2VAdapterModule(random_toy_bundle(seed=0), OPTIM, TRAIN, config={"seed": 0})
-    dm = VideoDataModule(dataset=SyntheticVideos(n_items=16, num_frames=4, size=32, seed=0), batch_size=1,
-                         val_fraction=0.0, shuffle_seed=0)
+    mod, dm = _two_process_setup(monkeypatch, 16)
     saver = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "lightning", save_last=True,
                                                 every_n_train_steps=100)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=6, logger=False,
