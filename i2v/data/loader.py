@@ -13,8 +13,11 @@ decoder deadlock); it is re-raised as :class:`DataLoaderStuck` naming the items 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import signal
+import threading
 from typing import Any, Iterator, Optional
 
 from torch.utils.data import DataLoader
@@ -52,6 +55,21 @@ def _dataset_with_loading(ds) -> Any:
         if cand is not None and hasattr(cand, "loading_names"):
             return cand
     return None
+
+
+@contextlib.contextmanager
+def _workers_born_ignoring_sigint(num_workers: int):
+    """Ctrl-C ignored while the workers are started, so that they start ignoring it (a spawned Python keeps an
+    ignored SIGINT): one started just before a Ctrl-C would otherwise die of it before its ``worker_init_fn`` runs,
+    and the step being kept would fail for want of its batch. Milliseconds in the main process."""
+    if not num_workers or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 class ResumableLoader(DataLoader):
@@ -95,7 +113,8 @@ class ResumableLoader(DataLoader):
         if self._iterator is not None:  # persistent workers: the kept iterator re-reads its index sampler
             self._iterator._index_sampler = self._index_sampler
         try:
-            it = super().__iter__()
+            with _workers_born_ignoring_sigint(self.num_workers):
+                it = super().__iter__()
         finally:
             self._resume = None
         while True:

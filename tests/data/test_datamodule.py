@@ -210,14 +210,35 @@ def test_dataloader_workers_outlive_a_ctrl_c(monkeypatch):
     import multiprocessing
 
     it = iter(dm.train_dataloader())
-    next(it)                                             # the workers have started (and run their init)
+    next(it), next(it)                                   # one batch from each worker: both are up
     workers = multiprocessing.active_children()
     assert len(workers) == 2
     for w in workers:
         os.kill(w.pid, signal.SIGINT)
     time.sleep(0.5)
     assert all(w.is_alive() for w in workers)
-    assert len(list(it)) == 5
+    assert len(list(it)) == 4
+
+
+def test_dataloader_workers_are_born_ignoring_ctrl_c():
+    """A Ctrl-C that comes while a worker is still starting (before any worker_init_fn) does not kill it either:
+    the training loader starts its workers with SIGINT ignored (the fork here shows the disposition they get)."""
+    import signal
+
+    from torch.utils.data import Dataset
+
+    from i2v.data.loader import ResumableLoader
+
+    class Disposition(Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.tensor(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+
+    loader = ResumableLoader(Disposition(), batch_size=1, num_workers=2, multiprocessing_context="fork")
+    assert torch.cat(list(loader)).all()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler      # the main process's is put back
 
 
 def test_worker_init_seeds_as_lightning_does():
