@@ -148,6 +148,10 @@ def train(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_stage(cfg)
+    frames = cfg.data.get("num_frames") if not OmegaConf.is_missing(cfg.data, "num_frames") else None
+    if frames is not None and int(frames) < 2:   # the loss is on frames 2..F (frame 1 is kept clean, §3.2)
+        raise ValueError(f"data.num_frames must be >= 2 to train the I2V-Adapter (frame 1 is its condition, the "
+                         f"loss is on frames 2..F), got {frames}")
     check_noised_kv_training(bool(cfg.adapter.get("noised_kv", False)), cfg.train)   # before the base loads
     check_schedule(str(cfg.optim.get("schedule", "constant")), int(cfg.optim.get("warmup_steps", 0)),
                    float(cfg.optim.get("min_lr_ratio", 0.0)))                     # bad optim.* values: say so now

@@ -409,3 +409,13 @@ def test_train_py_exits_with_the_signals_status_and_says_how_to_go_on(tmp_path, 
     step = int(said.group(1))
     assert (run_dir / "checkpoints" / f"adapter-step{step}.safetensors").is_file() and \
         (run_dir / "lightning" / "last.ckpt").is_file() and not (run_dir / "adapter.safetensors").exists(), text[-3000:]
+
+
+def test_one_frame_clips_are_refused_before_any_model_loads(tmp_path, monkeypatch):
+    """data.num_frames=1 leaves no frame for the loss (frames 2..F): was 10 NaN steps, then a traceback."""
+    import i2v.train as train_mod
+
+    monkeypatch.setattr(train_mod, "build_bundle", lambda *a, **k: pytest.fail("a model was loaded first"))
+    cfg = _compose("train", ["experiment=toy", "data.num_frames=1", f"out_dir={tmp_path}", "logger=none"])
+    with pytest.raises(ValueError, match=r"^data.num_frames must be >= 2 to train the I2V-Adapter .* got 1$"):
+        train_mod.train(cfg)
