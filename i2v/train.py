@@ -177,6 +177,9 @@ def train(cfg: DictConfig) -> dict:
         trainer = build_trainer(cfg, out_dir)
         # weights_only=True explicitly: a resume file cannot run code, even with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
         saver = next(c for c in trainer.callbacks if isinstance(c, AdapterCheckpoint))
+        if trainer.max_steps == 0:
+            log.warning("trainer.max_steps=0: no training step is taken; adapter.safetensors is the adapter as "
+                        "initialised (its output is zero: the model samples as without it)")
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         except SIGTERMException:   # Lightning ends a fit on SIGTERM with a SystemExit (status 0): after the save
@@ -195,6 +198,8 @@ def train(cfg: DictConfig) -> dict:
                   + (f"go on with the same command and train.resume={out_dir}" if resumable else
                      "no resumable checkpoint (trainer.enable_checkpointing=false)"))
             return result
+        if not final.exists():   # max_steps=0: Lightning skips training and its end hook; the file is still due
+            saver.save(module, final)
         module.use_average()   # train.ema_decay > 0: the after-train samples use the saved average
         result["adapter"] = str(final)
     if cfg.after_train.sample or cfg.after_train.evaluate:

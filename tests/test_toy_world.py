@@ -419,3 +419,19 @@ def test_one_frame_clips_are_refused_before_any_model_loads(tmp_path, monkeypatc
     cfg = _compose("train", ["experiment=toy", "data.num_frames=1", f"out_dir={tmp_path}", "logger=none"])
     with pytest.raises(ValueError, match=r"^data.num_frames must be >= 2 to train the I2V-Adapter .* got 1$"):
         train_mod.train(cfg)
+
+
+def test_max_steps_0_says_the_adapter_is_untrained(tmp_path, caplog):
+    import logging
+
+    from safetensors.torch import load_file
+
+    from i2v.train import train
+
+    cfg = _compose("train", ["experiment=toy", "trainer.max_steps=0", "after_train.sample=false",
+                             "after_train.evaluate=false", f"out_dir={tmp_path}", "logger=none"])
+    with caplog.at_level(logging.WARNING, logger="i2v.train"):
+        train(cfg)
+    assert "trainer.max_steps=0: no training step is taken" in caplog.text
+    out = {k: v for k, v in load_file(str(tmp_path / "adapter.safetensors")).items() if "to_out" in k}
+    assert out and all(not v.any() for v in out.values())      # the zero output projection, as the message says

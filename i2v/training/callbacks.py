@@ -46,6 +46,10 @@ class AdapterCheckpoint(L.Callback):
         self._stop_asked = False
         self._old_handler = None
 
+    def save(self, module, path: Path) -> None:
+        """The adapter of ``module`` to ``path`` now (as at the end of training)."""
+        self._save(module, path, overwrite=self.overwrite)
+
     def _save(self, module, path: Path, overwrite: bool) -> None:
         from i2v.checkpoints.adapter_io import save_adapter
 
