@@ -27,7 +27,8 @@ def main(argv: list[str]) -> int:
     path, info = export_adapter(str(args.ckpt), str(args.to), str(args.out), backbone=args.get("backbone"),
                                 dtype=args.get("dtype"), overwrite=bool(args.get("overwrite", False)))
     print(f"wrote {path}: {info['num_layers']} I2V-Adapter layers ({3 * info['num_layers']} tensors) from "
-          f"{args.ckpt} ({info['format']} layout, backbone {info['backbone']}) -> {args.to} layout")
+          f"{args.ckpt} ({info['format']} layout, backbone "
+          f"{info['backbone'] or str(args.get('backbone')) + ' (given)'}) -> {args.to} layout")
     return 0
 
 

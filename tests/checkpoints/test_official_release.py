@@ -127,3 +127,16 @@ def test_export_round_trip_is_bit_exact(widths, tmp_path, capsys):
     export_adapter.main([f"ckpt={ours}", "to=official", f"out={official}", "dtype=float16", "overwrite=true"])
     half = torch.load(str(official), weights_only=True)
     assert all(v.dtype == torch.float16 and torch.equal(v, written[k].half()) for k, v in half.items())
+
+
+def test_export_names_the_backbone_given_for_layer_names_of_no_release(tmp_path, capsys):
+    """The toy's layer names are no release backbone's: to=ours needs backbone=, and the line says it was given
+    (was: 'backbone None' while the file was written for the given one)."""
+    from i2v.cli.config import ASSETS
+
+    official = tmp_path / "toy.pth"
+    export_adapter.main([f"ckpt={ASSETS / 'toy' / 'adapter.safetensors'}", "to=official", f"out={official}"])
+    back = tmp_path / "toy.safetensors"
+    export_adapter.main([f"ckpt={official}", "to=ours", f"out={back}", "backbone=toy"])
+    assert "(official layout, backbone toy (given)) -> ours layout" in capsys.readouterr().out
+    assert read_adapter(back)[1]["backbone"] == "toy"
