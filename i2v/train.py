@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import time
 import warnings
 import zipfile
@@ -119,6 +120,23 @@ def _no_advert(record: logging.LogRecord) -> bool:
     return not str(record.getMessage()).startswith("💡 Tip")
 
 
+def _how_to_go_on(out_dir: Path) -> str:
+    """The command that resumes this run: the same one plus train.resume=; for a job of a multirun sweep, that
+    job's own overrides (the sweep's command would run every job again)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            overrides = " ".join(shlex.quote(a) for a in hc.overrides.task if not a.startswith("train.resume="))
+            return (f"go on with this job alone: python train.py {overrides} train.resume={shlex.quote(str(out_dir))}"
+                    f" (the sweep's later jobs did not run)")
+    except ValueError:   # not inside a Hydra app (tests, notebooks)
+        pass
+    return f"go on with the same command and train.resume={out_dir}"
+
+
 def closing_summary(result: dict, seconds: float) -> str:
     """3-6 lines: where the adapter, the videos and the metrics went, the key metrics and the wall time."""
     lines = [f"adapter:  {result['adapter'] or '(none: nothing to train)'}"]
@@ -195,7 +213,7 @@ def train(cfg: DictConfig) -> dict:
             resumable = (out_dir / "lightning" / "last.ckpt").is_file()
             print(closing_summary(result, time.perf_counter() - start))
             print(f"interrupted ({saver.stopped_by}) at step {stopped} of {trainer.max_steps}: "
-                  + (f"go on with the same command and train.resume={out_dir}" if resumable else
+                  + (_how_to_go_on(out_dir) if resumable else
                      "no resumable checkpoint (trainer.enable_checkpointing=false)"))
             return result
         if not final.exists():   # max_steps=0: Lightning skips training and its end hook; the file is still due

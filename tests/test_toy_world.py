@@ -435,3 +435,33 @@ def test_max_steps_0_says_the_adapter_is_untrained(tmp_path, caplog):
     assert "trainer.max_steps=0: no training step is taken" in caplog.text
     out = {k: v for k, v in load_file(str(tmp_path / "adapter.safetensors")).items() if "to_out" in k}
     assert out and all(not v.any() for v in out.values())      # the zero output projection, as the message says
+
+
+def test_ctrl_c_in_a_sweep_stops_it_and_names_the_jobs_own_command(tmp_path):
+    """train.py -m ...: the first Ctrl-C keeps the running job's step, stops the sweep (status 130), and the line
+    gives that job's own overrides (the sweep's command would run every job again)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    sweep = tmp_path / "sweep"
+    p = subprocess.Popen([sys.executable, "train.py", "-m", "experiment=toy", "seed=0,1", "trainer.max_steps=400",
+                          "logger=none", "train.progress_every_n_steps=2", f"hydra.sweep.dir={sweep}"],
+                         cwd=CONFIGS.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines = []
+    for line in p.stdout:
+        lines.append(line)
+        if line.startswith("step 2/400"):
+            p.send_signal(signal.SIGINT)
+            break
+    rest, _ = p.communicate(timeout=120)
+    text = "".join(lines) + rest
+    assert p.returncode == 130, text[-3000:]
+    said = re.search(r"go on with this job alone: python train\.py (.*) train\.resume=(\S+) \(the sweep's later "
+                     r"jobs did not run\)", text)
+    assert said and said.group(2) == str(sweep / "0"), text[-3000:]
+    assert "seed=0" in said.group(1).split() and "seed=0,1" not in said.group(1), said.group(1)
+    assert (sweep / "0" / "lightning" / "last.ckpt").is_file() and not (sweep / "1").exists()
