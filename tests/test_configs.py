@@ -264,3 +264,24 @@ def test_sample_py_takes_a_prompt_with_commas_and_an_apostrophe(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     (meta,) = (tmp_path / "out").glob("*.json")
     assert json.loads(meta.read_text())["prompt"] == prompt
+
+
+def test_ctrl_c_in_an_entry_is_one_line_and_status_130(capsys, monkeypatch):
+    """sample.py / evaluate.py / a script stopped with Ctrl-C: one line, exit status 130, no KeyboardInterrupt
+    traceback through the UNet (HYDRA_FULL_ERROR=1 keeps Python's)."""
+    from i2v.cli.config import run_entry
+
+    def pressed(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        try:
+            run_entry(pressed, None)
+        except KeyboardInterrupt:        # (let through, it would stop the whole test session)
+            pytest.fail("Ctrl-C went through run_entry as a KeyboardInterrupt")
+    assert exit_.value.code == 130
+    assert capsys.readouterr().err.strip() == "interrupted (Ctrl-C); the files written before it are complete"
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(KeyboardInterrupt):
+        run_entry(pressed, None)

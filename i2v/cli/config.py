@@ -114,8 +114,8 @@ USER_ERRORS = (ValueError, OSError)
 
 
 def _or_one_line_error(fn: Callable[..., Any], arg: Any, errors: tuple) -> Any:
-    """``fn(arg)``; one of ``errors`` ends the process with ``error: <message>`` on stderr and exit status 2, without
-    a traceback, unless ``HYDRA_FULL_ERROR=1`` asks for it."""
+    """``fn(arg)``; one of ``errors`` ends the process with ``error: <message>`` on stderr and exit status 2, and
+    Ctrl-C with one line and status 130, without a traceback, unless ``HYDRA_FULL_ERROR=1`` asks for it."""
     from hydra.errors import InstantiationException
 
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -128,6 +128,9 @@ def _or_one_line_error(fn: Callable[..., Any], arg: Any, errors: tuple) -> Any:
         if not isinstance(e.__cause__, errors):
             raise
         said = e.__cause__
+    except KeyboardInterrupt:   # Ctrl-C: no traceback; what was written is whole (files are written atomically)
+        print("\ninterrupted (Ctrl-C); the files written before it are complete", file=sys.stderr, flush=True)
+        sys.exit(130)
     print(f"error: {said}\n(HYDRA_FULL_ERROR=1 shows where it was raised)", file=sys.stderr, flush=True)
     sys.exit(2)
 
