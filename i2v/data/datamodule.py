@@ -33,7 +33,7 @@ from omegaconf.errors import MissingMandatoryValue
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from i2v.data.base import RobustMapDataset
-from i2v.data.loader import ResumableLoader
+from i2v.data.loader import QuietStartLoader, ResumableLoader
 from i2v.data.stats import DataSkipReport, format_counts
 from i2v.data.webdataset import WebDatasetVideos
 
@@ -230,7 +230,7 @@ class VideoDataModule(LightningDataModule):
         sampler = None
         if train and not iterable and self.shuffle_seed is not None:
             sampler = EpochShuffleSampler(len(ds), self.shuffle_seed)
-        cls = ResumableLoader if train and not iterable else DataLoader
+        cls = ResumableLoader if train and not iterable else QuietStartLoader
         return cls(
             ds,
             batch_size=batch_size,

@@ -72,6 +72,15 @@ def _workers_born_ignoring_sigint(num_workers: int):
         signal.signal(signal.SIGINT, old)
 
 
+class QuietStartLoader(DataLoader):
+    """A DataLoader whose workers are born ignoring Ctrl-C (the validation loader; ``ResumableLoader`` does the same
+    for training)."""
+
+    def __iter__(self) -> Iterator:
+        with _workers_born_ignoring_sigint(self.num_workers):
+            return super().__iter__()
+
+
 class ResumableLoader(DataLoader):
     """DataLoader with ``state_dict``/``load_state_dict`` (epoch, consumed batches) and named worker timeouts."""
 

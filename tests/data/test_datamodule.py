@@ -218,16 +218,24 @@ def test_dataloader_workers_outlive_a_ctrl_c(monkeypatch):
     time.sleep(0.5)
     assert all(w.is_alive() for w in workers)
     assert len(list(it)) == 4
+    held_out = VideoDataModule(dataset=SyntheticVideos(n_items=12, num_frames=2, size=16, seed=0), batch_size=2,
+                               val_fraction=0.5, num_workers=2, multiprocessing_context="spawn")
+    held_out.setup("fit")
+    assert type(held_out.val_dataloader()).__name__ == "QuietStartLoader"   # validation's workers: born ignoring it
 
 
-def test_dataloader_workers_are_born_ignoring_ctrl_c():
+@pytest.mark.parametrize("loader_cls", ["ResumableLoader", "QuietStartLoader"])
+def test_dataloader_workers_are_born_ignoring_ctrl_c(loader_cls):
     """A Ctrl-C that comes while a worker is still starting (before any worker_init_fn) does not kill it either:
-    the training loader starts its workers with SIGINT ignored (the fork here shows the disposition they get)."""
+    the training and validation loaders start their workers with SIGINT ignored (the fork here shows the
+    disposition they get)."""
     import signal
 
     from torch.utils.data import Dataset
 
-    from i2v.data.loader import ResumableLoader
+    import i2v.data.loader
+
+    cls = getattr(i2v.data.loader, loader_cls)
 
     class Disposition(Dataset):
         def __len__(self):
@@ -236,7 +244,7 @@ def test_dataloader_workers_are_born_ignoring_ctrl_c():
         def __getitem__(self, i):
             return torch.tensor(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
 
-    loader = ResumableLoader(Disposition(), batch_size=1, num_workers=2, multiprocessing_context="fork")
+    loader = cls(Disposition(), batch_size=1, num_workers=2, multiprocessing_context="fork")
     assert torch.cat(list(loader)).all()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler      # the main process's is put back
 
