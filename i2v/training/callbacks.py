@@ -94,7 +94,8 @@ class AdapterCheckpoint(L.Callback):
                        overwrite=self.overwrite)
         self.interrupted_at, self.stopped_by = step, by
         if trainer.checkpoint_callbacks:   # what train.resume=<run folder> reads: the data position mid-epoch
-            trainer.save_checkpoint(self.out_dir / "lightning" / "last.ckpt", weights_only=False)
+            where = getattr(trainer.checkpoint_callback, "dirpath", None) or self.out_dir / "lightning"
+            trainer.save_checkpoint(Path(where) / "last.ckpt", weights_only=False)
             for cb in trainer.checkpoint_callbacks:   # not again at the epoch's end (as last-v1.ckpt, whose
                 cb.save_last = False                  # resume would skip the rest of the epoch)
 
