@@ -25,15 +25,12 @@ SETTINGS_SHOWN = {"clip_temp": ("mode", "preprocess", "include_first_frame", "en
 
 def find_runs(paths: list[str]) -> list[dict]:
     """Every ``summary.json`` under ``paths`` -> ``{"dir", "summary", "run"}`` (sorted by folder)."""
+    from i2v.utils.tables import result_files
+
     runs = []
-    for p in paths:
-        p = Path(p)
-        files = [p] if p.name == "summary.json" else sorted(p.rglob("summary.json"))
-        if not files:
-            raise FileNotFoundError(f"no summary.json under {p}")
-        for f in files:
-            s = json.loads(f.read_text())
-            runs.append({"dir": str(f.parent), "summary": s, "run": s.get("run", {})})
+    for f in result_files(paths, "summary.json"):
+        s = json.loads(f.read_text())
+        runs.append({"dir": str(f.parent), "summary": s, "run": s.get("run", {})})
     return runs
 
 

@@ -123,13 +123,9 @@ def row_adapter(run: dict) -> str:
 
 
 def load_runs(paths: list[str]) -> list[dict]:
-    runs = []
-    for p in paths:
-        files = [Path(p)] if Path(p).name == "metrics.json" else sorted(Path(p).rglob("metrics.json"))
-        if not files:
-            raise FileNotFoundError(f"no metrics.json under {p}")
-        runs += [dict(json.loads(f.read_text()), dir=str(f.parent)) for f in files]
-    return runs
+    from i2v.utils.tables import result_files
+
+    return [dict(json.loads(f.read_text()), dir=str(f.parent)) for f in result_files(paths, "metrics.json")]
 
 
 def mean_std(values: list[float]) -> str:

@@ -209,3 +209,26 @@ def test_i2v_min_t_runs_get_rows_of_their_own_and_pair_among_themselves(tmp_path
              i2v_min_t=500 if p == 1.0 else 0)
     with pytest.raises(ValueError, match="i2v_min_t"):
         _script().render(_script().load_runs([str(tmp_path / "t2")]))
+
+
+@pytest.mark.parametrize("result", ["metrics.json", "summary.json"])
+def test_a_sweep_job_without_results_is_named_not_dropped_silently(tmp_path, capsys, result):
+    """A -m sweep where one job was interrupted or failed: its folder (.hydra/ but no result file) is named in a
+    note, for make_toy_tables.py (metrics.json) and make_tables.py (summary.json) alike; a folder that is not a job
+    of the sweep is not."""
+    from i2v.utils.tables import result_files
+
+    (tmp_path / "multirun.yaml").write_text("hydra: {}\n")
+    for job in ("full_seed0", "none_seed0", "no_i2v_seed0"):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+    (tmp_path / "full_seed0" / result).write_text("{}")
+    (tmp_path / "notes").mkdir()                                   # not a job: no .hydra
+    assert result_files([tmp_path], result) == [tmp_path / "full_seed0" / result]
+    out = capsys.readouterr().out
+    assert f"note: 2 job(s) of the sweep {tmp_path} have no {result} (interrupted or failed) and are left out: " \
+           "no_i2v_seed0, none_seed0" in out and "notes" not in out
+    with pytest.raises(FileNotFoundError, match=f"no {result} under"):
+        result_files([tmp_path / "none_seed0"], result)
+    script, reader = {"metrics.json": ("make_toy_tables", "load_runs"), "summary.json": ("make_tables", "find_runs")}[result]
+    assert len(getattr(load_script(script), reader)([str(tmp_path)])) == 1    # what the table scripts read
+    assert "are left out: no_i2v_seed0, none_seed0" in capsys.readouterr().out

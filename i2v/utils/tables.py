@@ -42,3 +42,26 @@ def read_rows(path: Union[str, Path], other: str = "error") -> list[tuple[int, R
             raise ValueError(f"{p}: expected a JSON list or {{\"items\": [...]}}")
         return list(enumerate(items, 1))
     raise ValueError(f"expected a .csv or .jsonl file, got {p}")
+
+
+def result_files(paths: list[Union[str, Path]], name: str) -> list[Path]:
+    """Every ``name`` (``metrics.json``, ``summary.json``) under ``paths`` (files of that name, or folders searched
+    recursively), in folder order; a folder without one is a FileNotFoundError. A job of a ``-m`` sweep (a folder
+    beside its ``multirun.yaml``) without one, interrupted or failed, is named in a note: its row would otherwise be
+    missing from the tables without a word."""
+    found = []
+    for p in map(Path, paths):
+        if p.name == name:
+            found.append(p)
+            continue
+        files = sorted(p.rglob(name))
+        if not files:
+            raise FileNotFoundError(f"no {name} under {p}")
+        found += files
+        for sweep in sorted(f.parent for f in p.rglob("multirun.yaml")):
+            missing = sorted(d.name for d in sweep.iterdir() if (d / ".hydra").is_dir() and not (d / name).exists())
+            if missing:
+                shown = ", ".join(missing[:8]) + (", ..." if len(missing) > 8 else "")
+                print(f"note: {len(missing)} job(s) of the sweep {sweep} have no {name} (interrupted or failed) "
+                      f"and are left out: {shown}")
+    return found
