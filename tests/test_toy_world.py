@@ -465,3 +465,37 @@ def test_ctrl_c_in_a_sweep_stops_it_and_names_the_jobs_own_command(tmp_path):
     assert said and said.group(2) == str(sweep / "0"), text[-3000:]
     assert "seed=0" in said.group(1).split() and "seed=0,1" not in said.group(1), said.group(1)
     assert (sweep / "0" / "lightning" / "last.ckpt").is_file() and not (sweep / "1").exists()
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_optim_lr_changed_on_resume_is_the_lr_that_runs(tmp_path, monkeypatch, schedule):
+    """train.resume=<run> optim.lr=<new>: the resumed optimizer came back with the old lr and silently kept it. The
+    configured lr now runs from the resume on (times the schedule's factor at each step, as a fresh run with that
+    lr would have it)."""
+    import lightning as L
+
+    import i2v.train as train_mod
+
+    class LRs(L.Callback):
+        def __init__(self):
+            self.seen = {}
+
+        def on_train_batch_start(self, trainer, *args):
+            self.seen[trainer.global_step] = trainer.optimizers[0].param_groups[0]["lr"]
+
+    def run(name, steps, lr, *extra):
+        probe, build = LRs(), train_mod.build_trainer
+        monkeypatch.setattr(train_mod, "build_trainer", lambda cfg, out: build(cfg, out, [probe]))
+        cfg = _compose("train", ["experiment=toy", f"trainer.max_steps={steps}", f"optim.lr={lr}",
+                                 f"optim.schedule={schedule}", "optim.warmup_steps=2", "train.save_every_n_steps=4",
+                                 "after_train.sample=false", "after_train.evaluate=false", "logger=none",
+                                 f"out_dir={tmp_path / name}", *extra])
+        train_mod.train(cfg)
+        monkeypatch.undo()
+        return probe.seen
+
+    run("first", 8, 1e-2)
+    resumed = run("resumed", 12, 1e-4, f"train.resume={tmp_path / 'first'}")
+    fresh = run("fresh", 12, 1e-4)
+    assert sorted(resumed) == [8, 9, 10, 11]
+    assert all(resumed[s] == pytest.approx(fresh[s], rel=1e-9) for s in resumed), (resumed, fresh)

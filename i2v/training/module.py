@@ -208,6 +208,31 @@ class I2VAdapterModule(L.LightningModule):
         if self.ema is not None and self._ema_from_weights:
             self.ema = AdapterEMA(self.bundle.trainable, self.ema.decay)
             self._ema_from_weights = False
+        if self.trainer.ckpt_path is not None:
+            self._configured_lr_on_resume()
+
+    def _configured_lr_on_resume(self) -> None:
+        """A resumed optimizer comes back with the lr it ran with; ``optim.lr`` changed on the resume's command line
+        is what the user asked for: it replaces that (the schedule's factor at this step applied; the optimizer's
+        moments are kept), with a note."""
+        want = float(self.optim_cfg["lr"])
+        opt = self.trainer.optimizers[0]
+        had = float(opt.param_groups[0].get("initial_lr", opt.param_groups[0]["lr"]))
+        if math.isclose(had, want, rel_tol=1e-9):
+            return
+        configs = self.trainer.lr_scheduler_configs
+        sched = configs[0].scheduler if configs else None
+        if sched is not None:
+            sched.base_lrs = [want] * len(sched.base_lrs)
+            lrs = [want * f(sched.last_epoch) for f in sched.lr_lambdas]
+        else:
+            lrs = [want] * len(opt.param_groups)
+        for group, lr in zip(opt.param_groups, lrs):
+            group["lr"] = lr
+            if "initial_lr" in group:
+                group["initial_lr"] = want
+        log.info("optim.lr=%g replaces the resumed run's %g from step %d on (the optimizer's moments are kept)",
+                 want, had, self.trainer.global_step)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
