@@ -94,11 +94,15 @@ def is_video_path(p: Path) -> bool:
 
 
 def find_videos(folder: str | Path) -> dict[str, Path]:
-    """``{stem: path}`` for the videos directly inside ``folder`` (files and frame folders). When several files share
-    a stem (``a.mp4`` and ``a.gif`` from the sampler), the first of mp4 > other video > gif > frame folder wins."""
+    """``{stem: path}`` for the videos directly inside ``folder`` (files and frame folders), or for ``folder`` itself
+    when it is one video file. When several files share a stem (``a.mp4`` and ``a.gif`` from the sampler), the first
+    of mp4 > other video > gif > frame folder wins."""
     root = Path(folder)
+    if root.is_file() and is_video_path(root):
+        return {root.stem: root}
     if not root.is_dir():
-        raise FileNotFoundError(f"video folder not found: {root}")
+        raise FileNotFoundError(f"video folder not found: {root}" if not root.exists() else
+                                f"{root} is neither a video ({', '.join(VIDEO_EXTS + GIF_EXTS)}) nor a folder of them")
     rank = {ext: i for i, ext in enumerate(VIDEO_EXTS + GIF_EXTS)}
     found: dict[str, Path] = {}
     for p in sorted(root.iterdir(), key=natural_key):

@@ -221,3 +221,19 @@ def test_sample_py_outputs_are_paired_with_the_image_their_json_records(tmp_path
     assert items["b_42"]["image"] is None and "b_42: the input image its .json names is gone" in capsys.readouterr().out
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(out / "a_42.png")   # an image beside the video still wins
     assert collect_items(str(out))[0]["image"] == str(out / "a_42.png")
+
+
+def test_videos_may_name_one_video_file(tmp_path):
+    """videos=<one .gif/.mp4> scores that video (was: 'video folder not found' for a file that exists); a file that
+    is not a video says so."""
+    from i2v.metrics.scoring import collect_items
+
+    rng = np.random.default_rng(4)
+    frames = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(3)]
+    write_gif(tmp_path / "one.gif", frames)
+    Image.fromarray(frames[0]).save(tmp_path / "one.png")
+    (item,) = collect_items(str(tmp_path / "one.gif"))
+    assert item["name"] == "one" and item["video"] == str(tmp_path / "one.gif")
+    assert item["image"] == str(tmp_path / "one.png")       # the same-stem image beside it, as for a folder
+    with pytest.raises(FileNotFoundError, match="is neither a video"):
+        collect_items(str(tmp_path / "one.png"))
