@@ -40,6 +40,10 @@ def run_info(cfg: DictConfig) -> dict[str, Any]:
     return info
 
 
+NO_EVAL_SET = ("mode=generate needs eval_set.manifest=<image/prompt manifest> or eval_set.mjhq.meta=<meta_data.json> "
+               "with eval_set.mjhq.images=<folder>")
+
+
 def eval_set_items(cfg: DictConfig, out_dir: Path) -> list[dict]:
     """Generation inputs ``[{image, prompt, seed, name}]`` from ``eval_set``."""
     from i2v.metrics.mjhq import mjhq_items, read_manifest
@@ -52,8 +56,7 @@ def eval_set_items(cfg: DictConfig, out_dir: Path) -> list[dict]:
         items = mjhq_items(m.meta, m.images, m.manifest or str(out_dir / "mjhq50.json"), m.per_category, m.seed,
                            m.stratified, m.n)
     else:
-        raise ValueError("mode=generate needs eval_set.manifest=<image/prompt manifest> or "
-                         "eval_set.mjhq.meta=<meta_data.json> with eval_set.mjhq.images=<folder>")
+        raise ValueError(NO_EVAL_SET)
     missing = [it["name"] for it in items if not it.get("prompt")]
     if missing:
         raise ValueError(f"eval set items without a prompt: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
@@ -116,7 +119,20 @@ def evaluate(cfg: DictConfig) -> dict:
         return evaluate_toy(cfg, out_dir)
     device = str(resolve_device(OmegaConf.select(cfg, "device", default="auto"))[0])
     torch.manual_seed(int(OmegaConf.select(cfg, "seed", default=0) or 0))
-    metrics, unavailable = build_metrics(cfg.metrics, device)   # before generating: missing weights fail early
+    # before generating: every missing weights file of this run (the metrics', the sampler's) said at once
+    problems = []
+    if cfg.mode == "generate":
+        from i2v.pipeline.bundle import sampling_input_problems
+
+        problems = sampling_input_problems(cfg)
+        if not cfg.eval_set.manifest and not cfg.eval_set.mjhq.meta:
+            problems.append(NO_EVAL_SET)
+    try:
+        metrics, unavailable = build_metrics(cfg.metrics, device)
+    except FileNotFoundError as e:
+        problems.insert(0, str(e))
+    if problems:
+        raise FileNotFoundError("\n".join(problems))
     if not metrics:
         raise ValueError("no metric enabled (metrics.*.enabled)")
     if cfg.mode == "generate":

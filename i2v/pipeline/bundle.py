@@ -270,6 +270,27 @@ def required_adapter_ckpt(ckpt, adapter_name: str) -> str:
     return str(ckpt)
 
 
+def sampling_input_problems(cfg: DictConfig) -> list[str]:
+    """What :func:`load_bundle_for_sampling` would refuse, found without loading anything: unset or missing weight
+    paths of the backbone, a missing or absent ``ckpt=``, a missing LoRA file (one message each), so that an entry can
+    say them together with its own checks (evaluate.py: the metrics' weights)."""
+    problems = []
+    try:
+        check_paths(cfg.backbone, cfg.adapter)
+    except FileNotFoundError as e:
+        problems.append(str(e))
+    if cfg.adapter.i2v:
+        try:
+            ckpt = required_adapter_ckpt(cfg.get("ckpt"), cfg.adapter.name)
+            if not Path(ckpt).is_file():
+                problems.append(f"I2V-Adapter checkpoint not found: {ckpt} (ckpt=)")
+        except ValueError as e:
+            problems.append(str(e))
+    problems += [f"LoRA file not found: {spec['path']}" for spec in cfg.get("lora") or []
+                 if not Path(str(spec["path"])).is_file()]
+    return problems
+
+
 def load_bundle_for_sampling(cfg: DictConfig, device, dtype) -> Bundle:
     """The frozen bundle of an entry's config (``backbone``, ``adapter``) with ``ckpt=`` (the I2V-Adapter) and
     ``lora=`` merged, built in fp32 on the CPU, then moved to ``device``/``dtype`` (sample.py, evaluate.py, the app)."""

@@ -96,6 +96,7 @@ def test_generate_mode_calls_the_sampler(tmp_path, monkeypatch):
         return res
 
     monkeypatch.setitem(sys.modules, "i2v.sampling", types.SimpleNamespace(generate_videos=generate_videos))
+    monkeypatch.setattr("i2v.pipeline.bundle.sampling_input_problems", lambda cfg: [])   # the stand-in needs no weights
     cfg = cfg_for(tmp_path, "experiment=table2", "fsp_row=7", f"eval_set.manifest={tmp_path / 'set.json'}",
                   "max_items=2", "metrics.flow.enabled=false")
     summary = evaluate(cfg)
@@ -114,6 +115,7 @@ def test_failures_are_clear(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="videos="):
         evaluate(cfg_for(tmp_path))
     monkeypatch.setitem(sys.modules, "i2v.sampling", None)  # the sampler cannot be imported
+    monkeypatch.setattr("i2v.pipeline.bundle.sampling_input_problems", lambda cfg: [])   # (nor its weights checked)
     (tmp_path / "set.json").write_text(json.dumps([{"image": "a.png", "prompt": "x"}]))
     with pytest.raises(ImportError, match="generate_videos"):
         evaluate(cfg_for(tmp_path, "mode=generate", f"eval_set.manifest={tmp_path / 'set.json'}",
@@ -237,3 +239,18 @@ def test_videos_may_name_one_video_file(tmp_path):
     assert item["image"] == str(tmp_path / "one.png")       # the same-stem image beside it, as for a folder
     with pytest.raises(FileNotFoundError, match="is neither a video"):
         collect_items(str(tmp_path / "one.png"))
+
+
+def test_generate_mode_names_every_missing_input_at_once(tmp_path):
+    """evaluate.py mode=generate on a fresh machine: the metrics' weights, the backbone's weight paths, the adapter
+    file and the eval set, all in one error before anything loads (was: one per attempt, three runs to find them)."""
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"out_dir={tmp_path / 'out'}", "device=cpu", "mode=generate",
+                                             f"ckpt={tmp_path / 'nope.safetensors'}"])
+    with pytest.raises(FileNotFoundError) as e:
+        evaluate(cfg)
+    said = str(e.value)
+    for part in ("metrics need local weights files", "clip_temp:", "flow_score:", "backbone=sd15 needs these weight "
+                 "paths", "backbone.unet (unset)", f"I2V-Adapter checkpoint not found: {tmp_path / 'nope.safetensors'}",
+                 "mode=generate needs eval_set.manifest="):
+        assert part in said, (part, said)
