@@ -149,3 +149,24 @@ def test_the_adapter_file_is_read_once(monkeypatch):
         cfg = compose("sample", overrides=["experiment=toy"])
     bundle = load_bundle_for_sampling(cfg, torch.device("cpu"), torch.float32)
     assert reads == [str(cfg.ckpt)] and bundle.trainable
+
+
+def test_every_missing_file_of_a_sampling_run_is_named_at_once(tmp_path, png, monkeypatch):
+    """sample.py on a fresh machine: the backbone's unset weight paths, a missing ckpt= and a missing lora= in one
+    error before anything loads (was: the adapter file first, then, once found, the weight paths)."""
+    import i2v.pipeline.bundle as bundle_mod
+    from hydra import compose, initialize_config_dir
+
+    from i2v.cli.config import CONFIGS
+
+    monkeypatch.setattr(bundle_mod, "build_bundle", lambda *a, **k: pytest.fail("the base was built"))
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("sample", overrides=[f"ckpt={tmp_path / 'nope.safetensors'}",
+                                           f"lora=[{{path: {tmp_path / 'style.safetensors'}, scale: 0.8}}]"])
+    with pytest.raises(FileNotFoundError) as e:
+        bundle_mod.load_bundle_for_sampling(cfg, torch.device("cpu"), torch.float32)
+    said = str(e.value)
+    for part in ("backbone=sd15 needs these weight paths", "backbone.unet (unset)",
+                 f"I2V-Adapter checkpoint not found: {tmp_path / 'nope.safetensors'}",
+                 f"LoRA file not found: {tmp_path / 'style.safetensors'}"):
+        assert part in said, (part, said)

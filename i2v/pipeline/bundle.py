@@ -283,11 +283,12 @@ def sampling_input_problems(cfg: DictConfig) -> list[str]:
         try:
             ckpt = required_adapter_ckpt(cfg.get("ckpt"), cfg.adapter.name)
             if not Path(ckpt).is_file():
-                problems.append(f"I2V-Adapter checkpoint not found: {ckpt} (ckpt=)")
+                problems.append(f"I2V-Adapter checkpoint not found: {ckpt} (ckpt=; written by training as "
+                                f"*.safetensors, or the official release's i2v_module.pth)")
         except ValueError as e:
             problems.append(str(e))
-    problems += [f"LoRA file not found: {spec['path']}" for spec in cfg.get("lora") or []
-                 if not Path(str(spec["path"])).is_file()]
+    problems += [f"LoRA file not found: {spec['path']} (lora=[{{path: ..., scale: ...}}])"
+                 for spec in cfg.get("lora") or [] if not Path(str(spec["path"])).is_file()]
     return problems
 
 
@@ -299,11 +300,12 @@ def load_bundle_for_sampling(cfg: DictConfig, device, dtype) -> Bundle:
     ckpt, adapter_file = cfg.get("ckpt"), None
     if cfg.adapter.i2v:   # the adapter file is read before the base loads: a wrong ckpt= fails in seconds
         ckpt = required_adapter_ckpt(ckpt, cfg.adapter.name)
-        adapter_file = read_adapter(ckpt)
-        check_adapter_backbone(ckpt, adapter_file[1], str(cfg.backbone.name))   # before its weight paths are asked
-    for spec in cfg.get("lora") or []:
-        if not Path(str(spec["path"])).is_file():
-            raise FileNotFoundError(f"LoRA file not found: {spec['path']} (lora=[{{path: ..., scale: ...}}])")
+        if Path(ckpt).is_file():
+            adapter_file = read_adapter(ckpt)
+            check_adapter_backbone(ckpt, adapter_file[1], str(cfg.backbone.name))   # before its weight paths
+    problems = sampling_input_problems(cfg)   # every missing file at once: weight paths, ckpt=, lora=
+    if problems:
+        raise FileNotFoundError("\n".join(problems))
     bundle = build_bundle(cfg.backbone, cfg.adapter, device="cpu", dtype=torch.float32, for_training=False)
     if cfg.adapter.i2v:
         bundle.load_i2v_adapter(str(ckpt), read=adapter_file)      # the file is not read a second time
