@@ -159,13 +159,12 @@ def _is_frame_strip(image_path: str, video: torch.Tensor) -> bool:
     """The same-stem image beside a video is its own frames side by side (``clipNNN.png`` of a toy run's samples),
     not the input image: as tall as one frame, as wide as all of them, and showing them (mean difference under 5%
     of the range: a lossy mp4 of the toy's strips differs by ~1%)."""
-    from i2v.utils.io import image_size
+    from i2v.utils.io import image_size, read_strip
 
     (w, h), (f, _, fh, fw) = image_size(image_path), video.shape
     if (w, h) != (f * fw, fh) or f < 2:
         return False
-    strip = read_image(image_path).reshape(3, fh, f, fw).permute(2, 0, 1, 3)
-    return bool((strip - video.float()).abs().mean() < 0.1)
+    return bool((read_strip(image_path, f) - video.float()).abs().mean() < 0.1)
 
 
 def _summary_stats(values: list[float]) -> dict:

@@ -54,11 +54,10 @@ def _item(path: Path, n: int, r: object, default_seed: int) -> dict:
     if not r.get("image") or r.get("prompt") is None:
         raise ValueError(f"needs 'image' and 'prompt' columns, got {sorted(r)}")
     img = Path(str(r["image"]))
-    img = img if img.is_absolute() or is_url(str(r["image"])) else path.parent / img
+    where = str(r["image"]) if is_url(str(r["image"])) else str(img if img.is_absolute() else path.parent / img)
     seed = as_seed(r["seed"]) if r.get("seed") not in (None, "") else default_seed
     given = r.get("name")
-    return {"row": n, "image": str(r["image"]) if is_url(str(r["image"])) else str(img), "prompt": str(r["prompt"]),
-            "seed": seed,
+    return {"row": n, "image": where, "prompt": str(r["prompt"]), "seed": seed,
             "name": safe_name(given) if given else None, "default_name": safe_name(f"{img.stem}_{seed}")}
 
 
